@@ -1,0 +1,45 @@
+# dtwinseg developer commands. Everything runs inside .venv/ (created by `make setup`).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test test-fast demo demo-long bench lint tiny-base clean
+
+setup: $(STAMP)
+
+# Torch first (pinned, from the local wheel cache), then deepspeed without build isolation
+# (its setup.py imports torch), then the project with the exact pins of constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -c constraints.txt torch torchvision
+	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation -c constraints.txt deepspeed
+	$(PIP) install -q -c constraints.txt -e '.[dev,deepspeed]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" --timeout=600
+
+demo: setup
+	$(PY) -m dtwinseg.cli demo --out runs/demo
+
+demo-long: setup
+	$(PY) -m dtwinseg.cli demo --out runs/demo-long --long
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+lint: setup
+	$(PY) -m ruff check dtwinseg data_builders training eval tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Command modules of the `dtwinseg` CLI, one per area. Each exposes ``register(app)``."""

@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pytest
+
+from dtwinseg.spatial import (
+    ABOVE,
+    BELOW,
+    INSIDE,
+    LEFT,
+    OVERLAPPING,
+    RIGHT,
+    SURROUNDING,
+    SpatialConfig,
+    pairwise_relations,
+    spatial_texts,
+    twin_json,
+    twin_json_dict,
+)
+from dtwinseg.twin import DigitalTwin
+
+
+def box(h, w, y0, y1, x0, x1):
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_relation_words_on_constructed_masks():
+    h, w = 100, 100
+    big = box(h, w, 10, 90, 10, 60)      # 0
+    small = box(h, w, 30, 40, 20, 30)    # 1: inside 0
+    right = box(h, w, 40, 60, 80, 95)    # 2: right of 0
+    below = box(h, w, 91, 99, 20, 40)    # 3: below 0, next to it (gap 1 px)
+    over = box(h, w, 50, 70, 50, 75)     # 4: overlaps 0 partially
+    rel = pairwise_relations(np.stack([big, small, right, below, over]), SpatialConfig())
+    c = rel.codes
+    assert c[1, 0] == INSIDE and c[0, 1] == SURROUNDING
+    assert c[0, 2] == LEFT and c[2, 0] == RIGHT
+    assert c[3, 0] == BELOW and c[0, 3] == ABOVE
+    assert rel.next_to[3, 0] and rel.next_to[0, 3]
+    assert not rel.next_to[2, 1]
+    assert c[4, 0] == OVERLAPPING and c[0, 4] == OVERLAPPING
+    assert (np.diag(c) == -1).all()
+
+
+def test_nesting_survives_pooling():
+    h, w = 1024, 1024
+    outer = box(h, w, 100, 900, 100, 900)
+    inner = box(h, w, 401, 403, 401, 403)  # 4 pixels, smaller than a pooling cell
+    cfg = SpatialConfig(max_pixels=64 * 64)
+    rel = pairwise_relations(np.stack([outer, inner]), cfg)
+    assert rel.codes[1, 0] == INSIDE and rel.codes[0, 1] == SURROUNDING
+
+
+def test_template_and_json_d_format():
+    h, w = 50, 80
+    twin = DigitalTwin.from_masks("i", np.stack([box(h, w, 0, 10, 0, 10), box(h, w, 0, 10, 60, 80)]),
+                                  semantics=["a cup", "a tree"])
+    texts = spatial_texts(twin)
+    assert texts[0] == "box [0, 0, 9, 9], area 2.5% of the image; left of 1"
+    d = twin_json_dict(twin)
+    assert list(d) == ["0", "1"]
+    assert d["1"] == {"spatial": "box [60, 0, 79, 9], area 5.0% of the image; right of 0", "semantic": "a tree"}
+    assert json.loads(twin_json(twin)) == d
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_relation_count_is_capped(k):
+    rng = np.random.default_rng(0)
+    masks = []
+    for _ in range(12):
+        y, x = rng.integers(0, 90, 2)
+        masks.append(box(100, 100, y, y + 8, x, x + 8))
+    twin = DigitalTwin.from_masks("i", np.stack(masks))
+    texts = spatial_texts(twin, SpatialConfig(max_relations=k))
+    for t in texts.values():
+        n_rel = 0 if ";" not in t else len(t.split(";", 1)[1].split(","))
+        assert n_rel == k
+    all_pairs = spatial_texts(twin, SpatialConfig(max_relations=-1))
+    assert all(len(t.split(";", 1)[1].split(",")) == 11 for t in all_pairs.values())
+
+
+def test_nearest_relations_come_first():
+    h, w = 100, 300
+    masks = np.stack([box(h, w, 40, 60, 0, 20), box(h, w, 40, 60, 30, 50), box(h, w, 40, 60, 250, 270)])
+    twin = DigitalTwin.from_masks("i", masks)
+    t = spatial_texts(twin, SpatialConfig(max_relations=1))
+    assert t[0].endswith("left of 1")
+    assert t[2].endswith("right of 1")
