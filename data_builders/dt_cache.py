@@ -1,0 +1,108 @@
+"""The DT cache: one twin file per sample, under a folder keyed by a hash of the perception config.
+
+Layout::
+
+    CACHE/
+      <config_hash>/
+        config.json          perception config that built these twins (no secrets), and its hash
+        twins/<key>.json     one DigitalTwin per sample; <key> = sample id, percent-encoded
+        failures.jsonl       one record per failed sample: {"id", "error", "time"}
+        manifest.json        counts of the last run (built, skipped, failed), written at its end
+
+Twins are written atomically, so a killed run leaves no half-written twin and a rerun skips every
+finished sample. Evaluation and the Seg-DT builder only read this folder: perception is never recomputed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from dtwinseg.io import append_jsonl, atomic_write_json, iter_jsonl, read_json, stable_hash
+from dtwinseg.twin import DigitalTwin
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def sample_key(sample_id: str) -> str:
+    """File-safe, collision-free name for a sample id: unsafe characters percent-encoded ("a/b" -> "a%2Fb")."""
+    key = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group(0).encode("utf-8")), sample_id)
+    return key if key not in ("", ".", "..") else f"%{key}"
+
+
+def config_hash(config: dict) -> str:
+    return stable_hash(config, length=12)
+
+
+class DTCache:
+    """One config's folder of twins (``CACHE/<config_hash>``)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.twins_dir = self.folder / "twins"
+        self.failures_path = self.folder / "failures.jsonl"
+
+    # --- opening --------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | os.PathLike, config: dict) -> DTCache:
+        """Folder for ``config`` under ``root`` (created, with config.json, if new)."""
+        h = config_hash(config)
+        cache = cls(Path(root) / h)
+        cache.twins_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = cache.folder / "config.json"
+        if not cfg_path.exists():
+            atomic_write_json(cfg_path, {"config_hash": h, "config": config})
+        return cache
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> DTCache:
+        """Open a config folder, or a cache root holding exactly one config folder."""
+        p = Path(path)
+        if (p / "twins").is_dir():
+            return cls(p)
+        subs = sorted(d for d in p.glob("*/twins") if d.is_dir()) if p.is_dir() else []
+        if len(subs) == 1:
+            return cls(subs[0].parent)
+        if not subs:
+            raise FileNotFoundError(f"{p}: no DT cache here (expected {p}/<config_hash>/twins/)")
+        names = ", ".join(s.parent.name for s in subs)
+        raise ValueError(f"{p}: holds twins of several perception configs ({names}); pass one of them")
+
+    @property
+    def config(self) -> dict:
+        path = self.folder / "config.json"
+        return read_json(path)["config"] if path.exists() else {}
+
+    # --- twins ----------------------------------------------------------------------------------
+    def path_for(self, sample_id: str) -> Path:
+        return self.twins_dir / f"{sample_key(sample_id)}.json"
+
+    def has(self, sample_id: str) -> bool:
+        return self.path_for(sample_id).exists()
+
+    def get(self, sample_id: str) -> DigitalTwin | None:
+        p = self.path_for(sample_id)
+        return DigitalTwin.load(p) if p.exists() else None
+
+    def put(self, sample_id: str, twin: DigitalTwin) -> Path:
+        return twin.save(self.path_for(sample_id))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.twins_dir.glob("*.json"))
+
+    def iter_twins(self) -> Iterator[DigitalTwin]:
+        for p in sorted(self.twins_dir.glob("*.json")):
+            yield DigitalTwin.load(p)
+
+    # --- failures and manifest ------------------------------------------------------------------
+    def record_failure(self, sample_id: str, error: str) -> None:
+        append_jsonl(self.failures_path, {"id": sample_id, "error": error, "time": time.time()})
+
+    def failures(self) -> list[dict]:
+        return list(iter_jsonl(self.failures_path))
+
+    def write_manifest(self, counts: dict) -> None:
+        atomic_write_json(self.folder / "manifest.json", {"counts": counts, "time": time.time()})
