@@ -1,0 +1,342 @@
+"""The SFTDT chat format: reasoning paths over a Digital Twin, rendered as text and parsed back.
+
+A reasoning path (paper sec. 3.3) is ``P = (D(0), D(1), ..., D(K))`` and the final indices ``I = I(K)``.
+``D(0)`` is the twin itself and goes into the user message as ``JSON(D)`` (``dtwinseg.spatial.twin_json``).
+Each later step lists only the objects of the previous step, each with its rewritten semantic, the
+reasoning behind the decision, and the verdict; objects dropped at step j never reappear. The spatial
+text is written once, in ``D(0)`` (repeating it K times would blow the context on a 150-object twin);
+``include_spatial=True`` repeats it per step, as the paper's ``JSON(D(j))`` does.
+
+Assistant text (one line per step, then the answer line)::
+
+    Step 1: {"0": {"semantic": "a red mug", "reasoning": "a mug holds coffee", "verdict": "keep"}, "1": {"semantic": "a table", "reasoning": "not a container; below 0", "verdict": "drop"}}
+    Step 2: {"0": {"semantic": "the red mug on the table", "reasoning": "the only container left", "verdict": "keep"}}
+    Answer: [0]
+
+Decision tokens (loss weight ``w_decision``) are the object ids (the digits of each step's keys) and the
+verdict words; answer tokens (``w_answer``) are the final list ``[0]``. :func:`render_path` returns their
+character spans; ``data_builders.sft_dataset`` maps them to tokens through the tokenizer's offsets.
+
+:func:`parse_path_output` reads any model output back and never raises: the final indices come from the
+``Answer:`` line (through :func:`dtwinseg.parsing.parse_indices`); without one, from the kept ids of the
+last readable step (status "repaired"); with neither, from any id list in the text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dtwinseg.io import DataError
+from dtwinseg.parsing import ParseResult, parse_indices, validate_ids
+from dtwinseg.spatial import SpatialConfig, spatial_texts, twin_json
+from dtwinseg.twin import DigitalTwin
+
+Verdict = Literal["keep", "drop"]
+VERDICTS: tuple[str, ...] = ("keep", "drop")
+
+SYSTEM_PROMPT = (
+    "You segment images by reasoning over a Digital Twin: a JSON object mapping each object id to its "
+    "spatial description (box [x_min, y_min, x_max, y_max] in pixels, area in % of the image, relations to "
+    "nearby objects) and its semantic description. Given a query, narrow the objects down step by step. "
+    'Write each step on its own line as "Step j: " followed by a JSON object with, for every object still '
+    'in play, its updated "semantic", your "reasoning", and a "verdict" of "keep" or "drop". A dropped '
+    'object never comes back. End with the line "Answer: [ids]" listing the ids whose union is the answer '
+    "([] when nothing matches)."
+)
+"""Default system message of the SFTDT format (override with ``system_prompt=``)."""
+
+USER_TEMPLATE = "Query: {query}\nDigital Twin JSON(D):\n{twin_json}"
+"""Default user message; ``{query}`` and ``{twin_json}`` are filled in."""
+
+
+# --- the path -----------------------------------------------------------------------------------------
+@dataclass
+class Decision:
+    """What one step says about one object of the previous step."""
+
+    verdict: Verdict
+    semantic: str = ""
+    reasoning: str = ""
+
+    def to_dict(self) -> dict:
+        return {"semantic": self.semantic, "reasoning": self.reasoning, "verdict": self.verdict}
+
+
+@dataclass
+class PathStep:
+    """One step D(j): a decision for every object of D(j-1), keyed by object id (in display order)."""
+
+    decisions: dict[int, Decision]
+
+    @property
+    def kept(self) -> list[int]:
+        """Ids kept at this step, sorted."""
+        return sorted(i for i, d in self.decisions.items() if d.verdict == "keep")
+
+    @property
+    def dropped(self) -> list[int]:
+        return sorted(i for i, d in self.decisions.items() if d.verdict == "drop")
+
+    def to_dict(self) -> dict:
+        return {"kept": self.kept, "objects": {str(i): d.to_dict() for i, d in self.decisions.items()}}
+
+
+@dataclass
+class ReasoningPath:
+    """D(1..K) and the final indices I (sorted ids; ``[]`` is a valid empty answer)."""
+
+    steps: list[PathStep]
+    answer: list[int]
+
+    def to_dict(self) -> dict:
+        return {"path": [s.to_dict() for s in self.steps], "answer": sorted(self.answer)}
+
+    @classmethod
+    def from_dict(cls, d: Any, *, where: str = "") -> ReasoningPath:
+        """Read ``{"path": [...], "answer": [...]}``; structural errors are DataError naming the field.
+
+        Each step is ``{"kept": [ids], "objects": {"<id>": {"semantic", "reasoning", "verdict"}}}``;
+        ``kept`` is optional and, when present, must agree with the verdicts.
+        """
+        pre = f"{where}." if where else ""
+        if not isinstance(d, dict):
+            raise DataError(None, where or None, "expected an object with 'path' and 'answer'")
+        for name in ("path", "answer"):
+            if name not in d:
+                raise DataError(None, f"{pre}{name}", "missing")
+        if not isinstance(d["path"], list):
+            raise DataError(None, f"{pre}path", "expected a list of steps")
+        steps = [_step_from_dict(s, f"{pre}path[{k}]") for k, s in enumerate(d["path"])]
+        answer = _int_list(d["answer"], f"{pre}answer")
+        return cls(steps=steps, answer=sorted(answer))
+
+
+def _int_list(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise DataError(None, where, f"expected a list of integer ids, got {value!r}")
+    if len(set(value)) != len(value):
+        raise DataError(None, where, f"duplicate ids in {value}")
+    return list(value)
+
+
+def _step_from_dict(s: Any, where: str) -> PathStep:
+    if not isinstance(s, dict) or not isinstance(s.get("objects"), dict):
+        raise DataError(None, f"{where}.objects", "expected {'<id>': {'semantic', 'reasoning', 'verdict'}}")
+    decisions: dict[int, Decision] = {}
+    for key, obj in s["objects"].items():
+        f = f"{where}.objects.{key}"
+        if not re.fullmatch(r"-?\d+", str(key)):
+            raise DataError(None, f, "object keys must be integer ids")
+        if not isinstance(obj, dict):
+            raise DataError(None, f, "expected {'semantic', 'reasoning', 'verdict'}")
+        verdict = obj.get("verdict")
+        if verdict not in VERDICTS:
+            raise DataError(None, f"{f}.verdict", f"must be 'keep' or 'drop', got {verdict!r}")
+        decisions[int(key)] = Decision(verdict=verdict, semantic=str(obj.get("semantic", "")),
+                                       reasoning=str(obj.get("reasoning", "")))
+    step = PathStep(decisions)
+    if "kept" in s:
+        kept = sorted(_int_list(s["kept"], f"{where}.kept"))
+        if kept != step.kept:
+            raise DataError(None, f"{where}.kept", f"{kept} disagrees with the verdicts (kept {step.kept})")
+    return step
+
+
+def check_path(path: ReasoningPath, twin_ids: Iterable[int], *, where: str = "") -> None:
+    """Raise DataError (naming the field) unless the path is valid for a twin with ``twin_ids``.
+
+    Valid: at least one step; step 1 decides on every twin object; step j decides on exactly the ids kept
+    at step j-1 (so a dropped object never comes back and no unknown id appears); the answer equals the
+    last step's kept ids.
+    """
+    pre = f"{where}." if where else ""
+    if not path.steps:
+        raise DataError(None, f"{pre}path", "empty reasoning path: at least one step is required")
+    previous = sorted(int(i) for i in twin_ids)
+    for k, step in enumerate(path.steps):
+        got = sorted(step.decisions)
+        unknown = sorted(set(got) - set(previous))
+        if unknown:
+            what = "not in the twin" if k == 0 else "dropped at an earlier step (or not in the twin)"
+            raise DataError(None, f"{pre}path[{k}].objects", f"ids {unknown} are {what}")
+        missing = sorted(set(previous) - set(got))
+        if missing:
+            raise DataError(None, f"{pre}path[{k}].objects", f"no decision for ids {missing} of the previous step")
+        previous = step.kept
+    if sorted(path.answer) != previous:
+        raise DataError(None, f"{pre}answer", f"{sorted(path.answer)} != the last step's kept ids {previous}")
+
+
+# --- rendering ------------------------------------------------------------------------------------------
+@dataclass
+class RenderedPath:
+    """Assistant text of a path plus character spans ``(start, end)`` (end exclusive) into ``text``.
+
+    decision_spans: object ids (the digits of each step key) and verdict words.
+    answer_spans: the final list, e.g. ``[0, 3]`` on the ``Answer:`` line.
+    """
+
+    text: str
+    decision_spans: list[tuple[int, int]] = field(default_factory=list)
+    answer_spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_path(
+    twin: DigitalTwin,
+    path: ReasoningPath,
+    spatial_cfg: SpatialConfig | None = None,
+    *,
+    include_spatial: bool = False,
+) -> RenderedPath:
+    """Render D(1..K) and the answer as the assistant text, recording decision and answer spans.
+
+    An empty semantic in a decision is filled with the twin's S_i. ``include_spatial`` adds each object's
+    T_i to every step (the paper's full ``JSON(D(j))``; longer).
+    """
+    spatial = spatial_texts(twin, spatial_cfg) if include_spatial else {}
+    semantics = {o.id: o.semantic for o in twin.objects}
+    parts: list[str] = []
+    decision_spans: list[tuple[int, int]] = []
+    pos = 0
+
+    def emit(s: str) -> int:
+        nonlocal pos
+        start = pos
+        parts.append(s)
+        pos += len(s)
+        return start
+
+    for j, step in enumerate(path.steps, 1):
+        emit(f"Step {j}: {{")
+        for n, (obj_id, d) in enumerate(step.decisions.items()):
+            emit(", " if n else "")
+            start = emit(_dump(str(obj_id)))
+            decision_spans.append((start + 1, start + 1 + len(str(obj_id))))  # digits inside the quotes
+            body: list[str] = []
+            if include_spatial:
+                body.append(f'"spatial": {_dump(spatial.get(obj_id, ""))}')
+            body.append(f'"semantic": {_dump(d.semantic or semantics.get(obj_id, ""))}')
+            body.append(f'"reasoning": {_dump(d.reasoning)}')
+            emit(": {" + ", ".join(body) + ', "verdict": "')
+            start = emit(d.verdict)
+            decision_spans.append((start, start + len(d.verdict)))
+            emit('"}')
+        emit("}\n")
+    emit("Answer: ")
+    answer_text = _dump(sorted(int(i) for i in path.answer))
+    start = emit(answer_text)
+    return RenderedPath("".join(parts), decision_spans, [(start, start + len(answer_text))])
+
+
+def sftdt_messages(
+    twin: DigitalTwin,
+    query: str,
+    spatial_cfg: SpatialConfig | None = None,
+    path: ReasoningPath | None = None,
+    *,
+    system_prompt: str | None = None,
+    user_template: str | None = None,
+    include_spatial: bool = False,
+) -> list[dict[str, str]]:
+    """Chat messages of one SFTDT example: system, user (query + JSON(D(0))), and the assistant path if given.
+
+    Returns ``[{"role": ..., "content": ...}, ...]`` ready for ``tokenizer.apply_chat_template``.
+    """
+    user = (user_template or USER_TEMPLATE).format(query=query, twin_json=twin_json(twin, spatial_cfg))
+    messages = [
+        {"role": "system", "content": system_prompt if system_prompt is not None else SYSTEM_PROMPT},
+        {"role": "user", "content": user},
+    ]
+    if path is not None:
+        rendered = render_path(twin, path, spatial_cfg, include_spatial=include_spatial)
+        messages.append({"role": "assistant", "content": rendered.text})
+    return messages
+
+
+# --- parsing --------------------------------------------------------------------------------------------
+_STEP_RE = re.compile(r"(?im)^\s*step\s*(\d+)\s*[:.)-]\s*(.*)$")
+_ANSWER_LINE_RE = re.compile(r"(?im)^\s*(?:final\s+)?answer\s*[:=]")
+_LOOSE_DECISION_RE = re.compile(r'"?(-?\d+)"?\s*:\s*\{[^{}]*?"verdict"\s*:\s*"(keep|drop)"', re.IGNORECASE)
+
+
+@dataclass
+class ParsedPath:
+    """A parsed model output.
+
+    result: the final indices as a ParseResult (never None; "failed" with ``ids == []`` when unusable).
+    steps: every step that could be read, in order (possibly fewer than written).
+    notes: problems found in the steps (unreadable step, answer inconsistent with the last step, ...).
+    """
+
+    result: ParseResult
+    steps: list[PathStep] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _parse_step_body(body: str) -> PathStep | None:
+    try:
+        obj = json.loads(body)
+        if isinstance(obj, dict):
+            decisions: dict[int, Decision] = {}
+            for key, d in obj.items():
+                if not re.fullmatch(r"\s*-?\d+\s*", str(key)) or not isinstance(d, dict):
+                    continue
+                verdict = str(d.get("verdict", "")).strip().lower()
+                if verdict not in VERDICTS:
+                    continue
+                decisions[int(key)] = Decision(verdict=verdict,  # type: ignore[arg-type]
+                                               semantic=str(d.get("semantic", "")),
+                                               reasoning=str(d.get("reasoning", "")))
+            return PathStep(decisions) if decisions else None
+    except (ValueError, RecursionError):
+        pass
+    # A truncated or slightly malformed line: salvage the verdicts that are still readable.
+    found = {int(k): Decision(verdict=v.lower()) for k, v in _LOOSE_DECISION_RE.findall(body)}  # type: ignore[arg-type]
+    return PathStep(found) if found else None
+
+
+def parse_path_output(text: object, valid_ids: Iterable[int] | None = None) -> ParsedPath:
+    """Parse an SFTDT answer (steps + ``Answer:`` line). Never raises, whatever ``text`` is.
+
+    Status of ``.result``: as :func:`dtwinseg.parsing.parse_indices` on the Answer line; "repaired" when the
+    Answer line is missing and the last readable step's kept ids are used; "failed" when neither exists
+    and no id list can be found in the text.
+    """
+    try:
+        raw = text if isinstance(text, str) else ("" if text is None else str(text))
+    except Exception:  # noqa: BLE001 - a hostile __str__ must not escape
+        return ParsedPath(ParseResult("failed", [], ["answer is not text"], ""))
+    try:
+        return _parse_path_text(raw, None if valid_ids is None else [int(i) for i in valid_ids])
+    except Exception as e:  # noqa: BLE001 - totality: a parser bug must not crash an evaluation run
+        return ParsedPath(ParseResult("failed", [], [f"parser error: {type(e).__name__}"], raw))
+
+
+def _parse_path_text(raw: str, valid_ids: Sequence[int] | None) -> ParsedPath:
+    steps: list[PathStep] = []
+    notes: list[str] = []
+    for m in _STEP_RE.finditer(raw):
+        step = _parse_step_body(m.group(2).strip())
+        if step is None:
+            notes.append(f"step {m.group(1)} unreadable")
+        else:
+            steps.append(step)
+    if _ANSWER_LINE_RE.search(raw):
+        result = parse_indices(raw, valid_ids)
+        if steps and result.ok and result.ids != steps[-1].kept:
+            notes.append(f"answer {result.ids} differs from the last step's kept ids {steps[-1].kept}")
+        return ParsedPath(result, steps, notes)
+    if steps:
+        fix: list[str] = ["no Answer line; used the last step's kept ids"]
+        ids = validate_ids(steps[-1].kept, valid_ids, fix)
+        return ParsedPath(ParseResult("repaired", ids, fix, raw), steps, notes)
+    result = parse_indices(raw, valid_ids)
+    return ParsedPath(result, steps, notes)
