@@ -69,7 +69,7 @@ def _load_builtin_readers() -> None:
     # Importing the reader modules registers them.
     import importlib
 
-    for mod in ("data_builders.reasonseg", "data_builders.llmseg", "data_builders.refcoco"):
+    for mod in ("data_builders.reasonseg", "data_builders.llmseg", "data_builders.refcoco", "data_builders.synthetic"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -1,0 +1,202 @@
+"""The synthetic benchmark: seeded, ReasonSeg-format, and every query justified by its program."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from data_builders.synthetic import DIMENSIONS, SynthConfig, generate_sample, write_dataset
+from dtwinseg.twin import decode_rle
+
+N_PER_SPLIT = 3 * len(DIMENSIONS)  # dimensions cycle, so this holds every dimension three times
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    write_dataset(root, {"train": N_PER_SPLIT, "test": 7}, seed=3, progress=False)
+    return root
+
+
+def reference_rasterise(annotation: dict, h: int, w: int) -> np.ndarray:
+    """The ReasonSeg reference rule: skip 'flag', draw polygons largest first, int32 points, ignore=255."""
+    polys = []
+    for s in annotation["shapes"]:
+        if s["label"].lower() == "flag":
+            continue
+        pts = np.array(s["points"], dtype=np.int32)
+        tmp = np.zeros((h, w), dtype=np.uint8)
+        cv2.polylines(tmp, [pts], True, 1, 1)
+        cv2.fillPoly(tmp, [pts], 1)
+        polys.append((int(tmp.sum()), pts, 255 if "ignore" in s["label"].lower() else 1))
+    mask = np.zeros((h, w), dtype=np.uint8)
+    for _, pts, value in sorted(polys, key=lambda t: -t[0]):
+        cv2.polylines(mask, [pts], True, value, 1)
+        cv2.fillPoly(mask, [pts], value)
+    return mask
+
+
+def load(root: Path, split: str) -> list[tuple[dict, list[dict]]]:
+    out = []
+    for p in sorted((root / split).glob("*.jpg")):
+        ann = json.loads(p.with_suffix(".json").read_text())
+        inst = json.loads(p.with_name(p.stem + ".instances.json").read_text())
+        out.append((ann, inst["objects"]))
+    return out
+
+
+def test_same_seed_same_sample_other_seed_differs() -> None:
+    a, b = generate_sample(5, "train", 4), generate_sample(5, "train", 4)
+    assert np.array_equal(a.scene.image, b.scene.image)
+    assert a.annotation() == b.annotation()
+    c = generate_sample(6, "train", 4)
+    assert not np.array_equal(a.scene.image, c.scene.image)
+
+
+def test_written_folder_is_deterministic(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        write_dataset(tmp_path / name, {"val": 3}, seed=11, progress=False)
+    for f in sorted((tmp_path / "a" / "val").iterdir()):
+        assert f.read_bytes() == (tmp_path / "b" / "val" / f.name).read_bytes(), f.name
+
+
+def test_all_dimensions_and_granularities_present(synth_root: Path) -> None:
+    anns = [a for a, _ in load(synth_root, "train")]
+    assert {a["dimension"] for a in anns} == set(DIMENSIONS)
+    assert {a["granularity"] for a in anns} == {0, 1, 2}
+    assert {a["is_sentence"] for a in anns} == {True, False}
+
+
+def test_polygons_rasterise_back_to_instance_masks(synth_root: Path) -> None:
+    for split in ("train", "test"):
+        for ann, objects in load(synth_root, split):
+            h, w = ann["imageHeight"], ann["imageWidth"]
+            gt = reference_rasterise(ann, h, w) == 1
+            union = np.zeros((h, w), dtype=bool)
+            for t in ann["targets"]:
+                union |= decode_rle(objects[t]["rle"])
+            assert union.sum() > 0, ann["text"]
+            iou = (gt & union).sum() / (gt | union).sum()
+            assert iou >= 0.98, (ann["imagePath"], iou)
+
+
+def test_instance_levels_and_parents(synth_root: Path) -> None:
+    for _, objects in load(synth_root, "train"):
+        n_obj = sum(1 for o in objects if o["level"] == 1)
+        assert 3 <= n_obj <= 12
+        assert all(o["level"] == 1 for o in objects[:n_obj])  # objects first, then parts
+        for o in objects[n_obj:]:
+            assert o["level"] == 2 and 0 <= o["parent"] < n_obj
+            assert objects[o["parent"]]["category"] in ("house", "tree", "car")
+            assert o["semantic"].endswith(objects[o["parent"]]["category"])
+        # visible masks of level-1 objects are disjoint (painter's order)
+        masks = np.stack([decode_rle(o["rle"]) for o in objects[:n_obj]])
+        assert masks.sum(0).max() == 1
+
+
+def _extreme_value(o: dict, which: str) -> float:
+    cx, cy = o["centroid"]
+    return {"largest": o["area_px"], "smallest": -o["area_px"], "leftmost": -cx, "rightmost": cx,
+            "topmost": -cy, "bottommost": cy}[which]
+
+
+def _nearest_to(objs: list[dict], cat: str, anchor: dict) -> int:
+    ax, ay = anchor["centroid"]
+    cands = [(math.hypot(o["centroid"][0] - ax, o["centroid"][1] - ay), k) for k, o in enumerate(objs)
+             if o["category"] == cat and o is not anchor]
+    return min(cands)[1]
+
+
+def check_program(ann: dict, objects: list[dict]) -> None:
+    """Recompute the targets from the written instance attributes and compare."""
+    objs = [o for o in objects if o["level"] == 1]
+    prog, targets = ann["program"], sorted(ann["targets"])
+    kind = prog["kind"]
+    text = ann["text"][0]
+    if kind == "reference":
+        o = objs[prog["object"]]
+        assert o["category"] in text
+        words = set(re.findall(r"[a-z]+", text.lower()))
+        same = [k for k, x in enumerate(objs) if x["category"] == o["category"]
+                and (o["colour"] not in words or x["colour"] == o["colour"])
+                and (o["size"] not in words or x["size"] == o["size"])]
+        assert same == targets
+    elif kind == "function":
+        assert [k for k, o in enumerate(objs) if o["category"] == prog["category"]] == targets
+    elif kind == "extreme":
+        group = [k for k, o in enumerate(objs) if prog["category"] in (None, o["category"])]
+        best = max(group, key=lambda k: _extreme_value(objs[k], prog["which"]))
+        assert [best] == targets and prog["which"] in text
+    elif kind == "nearest":
+        assert [_nearest_to(objs, prog["category"], objs[prog["anchor"]])] == targets
+    elif kind == "nearest_to_extreme":
+        group = [o for o in objs if o["category"] == prog["anchor_category"]]
+        anchor = max(group, key=lambda o: o["area_px"])
+        assert [_nearest_to(objs, prog["category"], anchor)] == targets
+    elif kind == "relation":
+        a = objs[prog["anchor"]]
+        sign = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}[prog["relation"]]
+        ok = [k for k, o in enumerate(objs) if o["category"] == prog["category"] and k != prog["anchor"]
+              and sign[1] * (o["centroid"][sign[0]] - a["centroid"][sign[0]]) > 0]
+        assert ok == targets
+    elif kind == "group":
+        key = next(k for k in ("colour", "category", "texture") if k in prog)
+        assert [k for k, o in enumerate(objs) if o.get(key) == prog[key]] == targets
+        assert len(targets) >= 2
+    elif kind == "count":
+        per_cat = {c: sum(o["category"] == c for o in objs) for c in {o["category"] for o in objs}}
+        assert [c for c, n in per_cat.items() if n == prog["count"]] == [prog["category"]]
+        assert [k for k, o in enumerate(objs) if o["category"] == prog["category"]] == targets
+    elif kind == "part":
+        parts = [k for k, o in enumerate(objects) if o["level"] == 2 and o["parent"] == prog["owner"]
+                 and o["category"] == prog["part"]]
+        assert parts == targets
+        assert all(objects[t]["level"] == 2 for t in targets)
+    else:
+        raise AssertionError(f"unknown program {kind}")
+
+
+def test_every_query_is_justified_by_its_program(synth_root: Path) -> None:
+    for split in ("train", "test"):
+        for ann, objects in load(synth_root, split):
+            assert ann["targets"], ann["text"]
+            check_program(ann, objects)
+            level = {0: 1, 1: 1, 2: 2}[ann["granularity"]]
+            assert all(objects[t]["level"] == level for t in ann["targets"])
+
+
+def test_largest_is_really_largest_with_margin() -> None:
+    cfg = SynthConfig()
+    seen = 0
+    for i in range(40):
+        s = generate_sample(1, "train", i, cfg, dimension="geometric")
+        if s.query.program.get("which") != "largest":
+            continue
+        seen += 1
+        cat = s.query.program["category"]
+        group = [o for o in s.scene.objects if cat in (None, o.category)]
+        areas = sorted((int(o.mask.sum()) for o in group), reverse=True)
+        (t,) = s.query.targets
+        assert int(s.scene.objects[t].mask.sum()) == areas[0]
+        assert areas[0] >= cfg.margin_ratio * areas[1]
+    assert seen > 0
+
+
+def test_synth_cli_writes_reasonseg_folder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dtwinseg.cli import app
+
+    res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path), "--n-train", "2", "--n-val", "1",
+                                   "--n-test", "1", "--seed", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    for split, n in (("train", 2), ("val", 1), ("test", 1)):
+        assert len(list((tmp_path / split).glob("*.jpg"))) == n
+        assert len(list((tmp_path / split).glob("*.instances.json"))) == n
+    assert json.loads((tmp_path / "synthetic.json").read_text())["seed"] == 2
