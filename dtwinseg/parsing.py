@@ -1,11 +1,24 @@
-"""Parsing an LLM's answer into object indices: strict about what it accepts, total about what it gets.
+"""Parsing an LLM's answer into object indices (or per-object scores): strict about what it accepts,
+total about what it gets.
 
-Every function here returns a :class:`ParseResult` and never raises on any input text.
+Every public function here returns a typed result and never raises on any input text:
+
+- :func:`parse_indices` -> :class:`ParseResult` for the ``select`` and ``sftdt`` strategies
+  (``Answer: [2, 5]``).
+- :func:`parse_scores` -> :class:`ScoreParse` for the ``score`` strategy (``{"0": 7, "1": 2}``).
+
+Status semantics (both results):
+    ok        the answer is exactly in the requested format and every id is valid;
+    repaired  something usable was recovered; every fix is listed in ``notes`` (answer found inside
+              prose or a code fence, dict answer, unknown / duplicated / non-integer ids dropped, ...);
+    failed    nothing usable; ``ids`` / ``scores`` are empty and the prediction is the empty mask.
+An empty list (``Answer: []``) is a valid answer, not a failure.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -13,8 +26,20 @@ from typing import Literal
 
 Status = Literal["ok", "repaired", "failed"]
 
-_ANSWER_RE = re.compile(r"(?im)^\s*(?:final\s+)?answer\s*[:=]\s*(.*)$")
+_ANSWER_RE = re.compile(
+    r"(?im)^[\s>*#_`-]*(?:the\s+)?(?:final\s+)?(?:answer|selected(?:\s+ids)?|ids|indices)[\s*_`]*"
+    r"(?:is|are|[:=])\s*(.*)$"
+)
 _LIST_RE = re.compile(r"\[[^\[\]]*\]")
+_NESTED_LIST_RE = re.compile(r"\[\s*\[[^\[\]]*\](?:\s*,\s*\[[^\[\]]*\])*\s*\]")
+_OBJECT_RE = re.compile(r"\{[^{}]*\}")
+_FENCE_RE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.S)
+_THINK_RE = re.compile(r"<think>.*?(?:</think>|$)", re.S | re.I)
+_EMPTY_WORDS = re.compile(r"(?i)^\W*(?:none|nothing|no\s+objects?|empty|null|n/?a)\W*$")
+_BARE_INTS = re.compile(r"^[\s#]*-?\d+(?:\s*(?:,|and|&|;|\s)\s*#?-?\d+)*[\s.]*$", re.I)
+_ID_KEYS = ("ids", "answer", "indices", "index", "selected", "selected_ids", "objects", "final", "result")
+_SCORE_KEYS = ("scores", "score", "ratings", "answer", "result")
+MAX_TEXT_CHARS = 200_000  # longer answers are cut (noted): bounds the regex work on runaway generations
 
 
 @dataclass
@@ -39,6 +64,54 @@ class ParseResult:
         return {"status": self.status, "ids": self.ids, "notes": self.notes}
 
 
+@dataclass
+class ScoreParse:
+    """Outcome of parsing a score table (``score`` strategy).
+
+    scores: object id -> score in [0, 10] for every object the answer scored validly.
+        Objects the answer did not score are absent (and listed in ``notes``, status repaired).
+    """
+
+    status: Status
+    scores: dict[int, float]
+    notes: list[str] = field(default_factory=list)
+    raw: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "scores": {str(k): v for k, v in self.scores.items()}, "notes": self.notes}
+
+
+# --- shared helpers ----------------------------------------------------------------------------
+def _as_text(text: object) -> str | None:
+    """The answer as str, or None when even str() fails (hostile objects)."""
+    try:
+        return text if isinstance(text, str) else ("" if text is None else str(text))
+    except Exception:  # noqa: BLE001 - a hostile __str__ must not escape
+        return None
+
+
+def _clean(raw: str, notes: list[str]) -> str:
+    """Drop reasoning-model think blocks and unwrap the last code fence; note each fix."""
+    text = raw
+    if len(text) > MAX_TEXT_CHARS:
+        text = text[-MAX_TEXT_CHARS:]
+        notes.append(f"answer longer than {MAX_TEXT_CHARS} characters; kept its end")
+    if "<think>" in text.lower():
+        stripped = _THINK_RE.sub("", text)
+        if stripped.strip():
+            text = stripped
+            notes.append("removed <think> block")
+    fences = _FENCE_RE.findall(text)
+    if fences:
+        text = fences[-1]
+        notes.append("answer taken from a code fence")
+    return text.strip()
+
+
 def _as_int(v: object) -> int | None:
     if isinstance(v, bool):
         return None
@@ -46,9 +119,35 @@ def _as_int(v: object) -> int | None:
         return v
     if isinstance(v, float) and v.is_integer():
         return int(v)
-    if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v):
-        return int(v)
+    if isinstance(v, str) and re.fullmatch(r"\s*#?-?\d+\s*", v):
+        return int(v.replace("#", ""))
     return None
+
+
+def _as_score(v: object) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        f = float(v)
+    elif isinstance(v, str):
+        m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*", v)
+        if not m:
+            return None
+        f = float(m.group(1))
+    else:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _loads(text: str) -> object:
+    """json.loads that returns a sentinel instead of raising."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError, TypeError):
+        return _INVALID
+
+
+_INVALID = object()
 
 
 def validate_ids(values: Iterable[object], valid_ids: Iterable[int] | None, notes: list[str]) -> list[int]:
@@ -58,7 +157,7 @@ def validate_ids(values: Iterable[object], valid_ids: Iterable[int] | None, note
     for v in values:
         i = _as_int(v)
         if i is None:
-            notes.append(f"dropped non-integer {v!r}")
+            notes.append(f"dropped non-integer {str(v)[:40]!r}")
             continue
         if valid is not None and i not in valid:
             notes.append(f"dropped unknown id {i}")
@@ -70,43 +169,233 @@ def validate_ids(values: Iterable[object], valid_ids: Iterable[int] | None, note
     return sorted(out)
 
 
+# --- ids ---------------------------------------------------------------------------------------
+def _ids_from_json(value: object, notes: list[str]) -> list | None:
+    """A JSON value -> list of candidate ids (None when it holds no id list)."""
+    if isinstance(value, list):
+        if value and all(isinstance(v, list) for v in value):
+            notes.append("flattened a nested list")
+            return [x for v in value for x in v]
+        return value
+    if isinstance(value, dict):
+        for key in _ID_KEYS:
+            for k, v in value.items():
+                if isinstance(k, str) and k.lower() == key:
+                    inner = _ids_from_json(v, notes)
+                    if inner is not None:
+                        notes.append(f"ids taken from the key {k!r} of an object")
+                        return inner
+        return None
+    if _as_int(value) is not None:
+        notes.append("single id instead of a list")
+        return [value]
+    if value is None:
+        notes.append("null answer read as the empty list")
+        return []
+    return None
+
+
+def _last_list(text: str) -> list | None:
+    """The last bracketed list in ``text`` that yields ids (JSON, else the integers inside it)."""
+    candidates = _NESTED_LIST_RE.findall(text) + _LIST_RE.findall(text)
+    candidates.sort(key=lambda s: text.rfind(s))
+    for lst in reversed(candidates):
+        v = _loads(lst)
+        if isinstance(v, list):
+            if v and all(isinstance(x, list) for x in v):
+                v = [x for sub in v for x in sub]
+            return v
+        ints = re.findall(r"-?\d+", lst)
+        if ints or not lst[1:-1].strip():
+            return ints
+    return None
+
+
 def parse_indices(text: object, valid_ids: Iterable[int] | None = None) -> ParseResult:
     """Parse a list of object ids from an answer such as ``[2, 5]`` or ``Answer: [2, 5]``.
 
     ok: the text is exactly a JSON list (optionally after ``Answer:``) of valid, distinct integers.
-    repaired: a list was found inside prose, or some entries were dropped (unknown, duplicate, non-int).
-    failed: no list found / not parseable.
+    repaired: the ids were recovered from prose, a code fence, a dict (``{"ids": [...]}``), bare
+        integers after ``Answer:``, or some entries were dropped (unknown, duplicate, non-integer).
+    failed: no list found / not parseable (``ids`` empty).
     """
-    try:
-        raw = text if isinstance(text, str) else ("" if text is None else str(text))
-    except Exception:  # noqa: BLE001 - a hostile __str__ must not escape
+    raw = _as_text(text)
+    if raw is None:
         return ParseResult("failed", [], ["answer is not text"], "")
-    notes: list[str] = []
-    stripped = raw.strip()
-    m = list(_ANSWER_RE.finditer(stripped))
-    candidate = m[-1].group(1).strip() if m else stripped
-    exact = True
     try:
-        values = json.loads(candidate)
-        if not isinstance(values, list):
-            raise ValueError
-    except (ValueError, RecursionError):
-        exact = False
-        lists = _LIST_RE.findall(candidate) or _LIST_RE.findall(stripped)
-        values = None
-        for lst in reversed(lists):
-            try:
-                v = json.loads(lst)
-            except (ValueError, RecursionError):
-                v = [t for t in re.findall(r"-?\d+", lst)]
-            if isinstance(v, list):
-                values = v
-                break
-        if values is None:
-            return ParseResult("failed", [], ["no list of ids found"], raw)
-        notes.append("list extracted from surrounding text")
-    if m and len(m) > 1:
+        return _parse_indices(raw, valid_ids)
+    except Exception as e:  # noqa: BLE001 - totality: a parser bug must not kill a 1,000-sample run
+        return ParseResult("failed", [], [f"parser error {type(e).__name__}"], raw)
+
+
+def _is_answer_marker(line: str) -> bool:
+    """True for the requested marker: ``Answer:`` or ``Final answer:`` (any case, no decoration)."""
+    return re.match(r"(?i)\s*(?:final\s+)?answer\s*[:=]", line) is not None
+
+
+def _parse_indices(raw: str, valid_ids: Iterable[int] | None) -> ParseResult:
+    notes: list[str] = []
+    text = _clean(raw, notes)
+    exact = not notes
+    answers = list(_ANSWER_RE.finditer(text))
+    candidate = answers[-1].group(1).strip().strip("*_`").strip() if answers else text
+    if len(answers) > 1:
         notes.append("several answer lines; used the last")
+    if answers and not _is_answer_marker(answers[-1].group(0)):
+        exact = False  # "ids: [..]" / "selected: [..]" are accepted, but not the requested format
+        notes.append("answer marker not in the requested 'Answer: [...]' form")
+    if answers and not candidate:  # "Answer:" followed by the list on the next lines
+        candidate = text[answers[-1].end():].strip()
+    values: list | None = None
+    parsed = _loads(candidate)
+    if isinstance(parsed, list) and not (parsed and all(isinstance(v, list) for v in parsed)):
+        values = parsed
+    elif parsed is not _INVALID:
+        values = _ids_from_json(parsed, notes)
+        exact = False
+    if values is None:
+        exact = False
+        values = _ids_from_prose(candidate, text, bool(answers), notes)
+        if values is None:
+            return ParseResult("failed", [], notes + ["no list of ids found"], raw)
     ids = validate_ids(values, valid_ids, notes)
     status: Status = "ok" if exact and not notes else "repaired"
     return ParseResult(status, ids, notes, raw)
+
+
+def _ids_from_prose(candidate: str, text: str, has_answer_line: bool, notes: list[str]) -> list | None:
+    """Recover ids from text around the answer; None when nothing id-like is there."""
+    for obj in reversed(_OBJECT_RE.findall(candidate) or _OBJECT_RE.findall(text)):
+        v = _ids_from_json(_loads(obj), notes)
+        if v is not None:
+            return v
+    lst = _last_list(candidate)
+    if lst is None:
+        lst = _last_list(text)
+    if lst is not None:
+        notes.append("list extracted from surrounding text")
+        return lst
+    if has_answer_line:
+        line = candidate.splitlines()[0] if candidate else ""
+        if _EMPTY_WORDS.match(line):
+            notes.append(f"{line.strip()!r} read as the empty list")
+            return []
+        if _BARE_INTS.match(line):
+            notes.append("bare integers after the answer marker")
+            return re.findall(r"-?\d+", line)
+    return None
+
+
+# --- scores ------------------------------------------------------------------------------------
+_SCORE_LINE_RE = re.compile(
+    r"(?im)^[\s|>*#_`-]*(?:object|obj|id|item)?[\s#_*]*(\d+)[\s*_`]*[|:=,\-–>)]+[\s*_`]*"
+    r"(?:score[\s*_]*[:=]?\s*)?(-?\d+(?:\.\d+)?)\s*(?:/\s*10)?"
+)
+
+
+def _scores_from_json(value: object, notes: list[str]) -> list[tuple[object, object]] | None:
+    """JSON value -> (id, score) pairs, or None when it is not a score table."""
+    if isinstance(value, dict):
+        for key in _SCORE_KEYS:
+            for k, v in value.items():
+                if isinstance(k, str) and k.lower() == key and isinstance(v, (dict, list)):
+                    inner = _scores_from_json(v, notes)
+                    if inner is not None:
+                        notes.append(f"scores taken from the key {k!r}")
+                        return inner
+        pairs = [(k, v) for k, v in value.items()]
+        if pairs and all(_as_int(k) is not None for k, _ in pairs):
+            return pairs
+        if {"id", "score"} <= {str(k).lower() for k in value}:
+            low = {str(k).lower(): v for k, v in value.items()}
+            return [(low["id"], low["score"])]
+        return None
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        pairs = []
+        for v in value:
+            low = {str(k).lower(): x for k, x in v.items()}
+            if "id" in low and "score" in low:
+                pairs.append((low["id"], low["score"]))
+        if pairs:
+            notes.append("scores read from a list of {id, score} objects")
+            return pairs
+    return None
+
+
+def parse_scores(text: object, valid_ids: Iterable[int] | None = None) -> ScoreParse:
+    """Parse per-object scores (0-10) from a JSON object ``{"<id>": score}``, a list of
+    ``{"id", "score"}`` objects, or lines / markdown rows such as ``3: 7`` or ``| 3 | 7/10 |``.
+
+    ok: exactly a JSON object mapping every valid id to a number in [0, 10].
+    repaired: recovered from prose / fences / lines, or some entries fixed (clamped, unknown or
+        duplicated ids dropped, objects without a score).
+    failed: no score found.
+    """
+    raw = _as_text(text)
+    if raw is None:
+        return ScoreParse("failed", {}, ["answer is not text"], "")
+    try:
+        return _parse_scores(raw, valid_ids)
+    except Exception as e:  # noqa: BLE001 - see parse_indices
+        return ScoreParse("failed", {}, [f"parser error {type(e).__name__}"], raw)
+
+
+def _parse_scores(raw: str, valid_ids: Iterable[int] | None) -> ScoreParse:
+    notes: list[str] = []
+    text = _clean(raw, notes)
+    exact = not notes
+    answers = list(_ANSWER_RE.finditer(text))
+    candidate = answers[-1].group(1).strip() if answers else text
+    if answers:
+        exact = False
+        if not candidate:
+            candidate = text[answers[-1].end():].strip()
+    pairs = _scores_from_json(_loads(candidate), notes)
+    if pairs is not None and notes:
+        exact = False
+    if pairs is None:
+        exact = False
+        for obj in reversed(_OBJECT_RE.findall(candidate) + _OBJECT_RE.findall(text)):
+            pairs = _scores_from_json(_loads(obj), notes)
+            if pairs is not None:
+                notes.append("score object extracted from surrounding text")
+                break
+    if pairs is None:
+        pairs = [(m.group(1), m.group(2)) for m in _SCORE_LINE_RE.finditer(text)]
+        if pairs:
+            notes.append("scores read line by line")
+        else:
+            return ScoreParse("failed", {}, notes + ["no scores found"], raw)
+    scores = _validate_scores(pairs, valid_ids, notes)
+    status: Status = "ok" if exact and not notes else "repaired"
+    return ScoreParse(status, scores, notes, raw)
+
+
+def _validate_scores(pairs: list[tuple[object, object]], valid_ids: Iterable[int] | None,
+                     notes: list[str]) -> dict[int, float]:
+    valid = None if valid_ids is None else sorted(set(int(i) for i in valid_ids))
+    scores: dict[int, float] = {}
+    for k, v in pairs:
+        i = _as_int(k)
+        s = _as_score(v)
+        if i is None:
+            notes.append(f"dropped non-integer id {str(k)[:40]!r}")
+            continue
+        if valid is not None and i not in valid:
+            notes.append(f"dropped unknown id {i}")
+            continue
+        if s is None:
+            notes.append(f"dropped non-numeric score for id {i}")
+            continue
+        if not 0.0 <= s <= 10.0:
+            notes.append(f"clamped score {s:g} of id {i} to [0, 10]")
+            s = min(10.0, max(0.0, s))
+        if i in scores:
+            notes.append(f"duplicate score for id {i}; kept the first")
+            continue
+        scores[i] = s
+    if valid is not None:
+        missing = [i for i in valid if i not in scores]
+        if missing and scores:
+            notes.append(f"no score for ids {missing}")
+    return dict(sorted(scores.items()))
