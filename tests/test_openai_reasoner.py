@@ -1,0 +1,132 @@
+"""The openai backend against a real chat-completions server on 127.0.0.1 started by the test."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from reasoning_helpers import make_twin
+
+from dtwinseg.reasoning import LLMReasoner, OpenAIBackend, ReasoningConfig
+
+SECRET = "sk-test-SECRET-0123456789"
+
+
+class ChatServer:
+    """Answers by the last word of the query: 'busy' -> 429 once, 'broken' -> always 500,
+    'garbage' -> prose without ids, 'bad' -> 400, else ``Answer: [<first object id>]``."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.auth: list[str] = []
+        self.seen_busy = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append(body)
+                    server.auth.append(self.headers.get("Authorization", ""))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    threading.Event().wait(0.05)  # let concurrent requests overlap
+                    self._answer(body)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def _answer(self, body):
+                user = body["messages"][-1]["content"]
+                word = user.rsplit("Query:", 1)[1].split()[-1] if "Query:" in user else ""
+                if word == "busy":
+                    with server.lock:
+                        server.seen_busy += 1
+                        first = server.seen_busy == 1
+                    if first:
+                        return self._send(429, {"error": "rate limited"}, {"Retry-After": "0"})
+                if word == "broken":
+                    return self._send(500, {"error": "boom"})
+                if word == "bad":
+                    return self._send(400, {"error": "bad request"})
+                twin = json.loads(user.split("Digital Twin:\n", 1)[1].split("\n\nQuery:", 1)[0])
+                text = "I am not sure." if word == "garbage" else f"Answer: [{sorted(twin, key=int)[0]}]"
+                self._send(200, {"choices": [{"message": {"role": "assistant", "content": text}}]})
+
+            def _send(self, code, payload, headers=None):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    with ChatServer() as s:
+        yield s
+
+
+def test_concurrent_requests_retries_and_failures(server, monkeypatch, capsys):
+    monkeypatch.setenv("TEST_LLM_KEY", SECRET)
+    cfg = ReasoningConfig(backend="openai", model="gpt-test", base_url=server.url, api_key_env="TEST_LLM_KEY",
+                          concurrency=4, max_retries=2, backoff_s=0.0, max_new_tokens=64)
+    sleeps: list[float] = []
+    backend = OpenAIBackend(cfg, sleep=sleeps.append)
+    twins = [make_twin(s, n=3) for s in range(6)]
+    queries = ["the cup", "the busy", "a garbage", "the broken", "the bad", "a tree"]
+    outs = LLMReasoner(cfg, backend).reason(list(zip(twins, queries, strict=True)))
+
+    assert [o.ids for o in outs] == [[0], [0], [], [], [], [0]]
+    assert [o.parse.status for o in outs] == ["ok", "ok", "failed", "failed", "failed", "ok"]
+    assert outs[2].error is None and outs[2].text == "I am not sure."  # a parse failure, not an API error
+    assert "HTTP 500 after 2 retries" in outs[3].error
+    assert outs[4].error == "HTTP 400"  # not retried
+    assert server.seen_busy == 2  # the 429 was retried once and then succeeded
+    n_requests = 6 + 1 + 2  # one retry for the 429, two for the 500
+    assert len(server.requests) == n_requests and backend.retries_used == 3 and sleeps == [0.0, 0.0, 0.0]
+    assert server.max_in_flight > 1  # concurrent
+    assert all(a == f"Bearer {SECRET}" for a in server.auth)
+    body = server.requests[0]
+    assert body["model"] == "gpt-test" and body["temperature"] == 0.0 and body["max_tokens"] == 64
+    assert body["messages"][0]["role"] == "system"
+    # the key never leaks into outputs, errors or the config
+    dumped = json.dumps([o.to_dict() for o in outs]) + json.dumps(cfg.to_dict()) + capsys.readouterr().out
+    assert SECRET not in dumped
+
+
+def test_unreachable_server_is_a_counted_failure():
+    cfg = ReasoningConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1", max_retries=1,
+                          backoff_s=0.0, timeout_s=2.0)
+    outs = LLMReasoner(cfg, OpenAIBackend(cfg, sleep=lambda s: None)).reason([(make_twin(0), "q")])
+    assert outs[0].parse.status == "failed" and outs[0].error.startswith("network error")
+
+
+def test_backoff_grows_and_honours_retry_after():
+    b = OpenAIBackend(ReasoningConfig(backend="openai", backoff_s=1.0))
+    assert b._backoff(0, "7") == 7.0
+    assert 1.0 <= b._backoff(0, None) < b._backoff(2, None) <= 33.0
