@@ -85,22 +85,21 @@ def score_messages(twin: DigitalTwin, query: str, spatial_cfg: SpatialConfig | N
 
 
 def render_plain(messages: list[dict]) -> str:
-    """Plain-text fallback for tokenizers without a chat template.
+    """Plain-text fallback for tokenizers without a chat template (BERT / MiniLM, raw base models).
 
-    Format (documented, stable)::
+    Format (documented, stable; identical to the SFTDT training data's ``PLAIN_TEMPLATE`` in
+    data_builders/sft_dataset.py, so a model fine-tuned on it sees the same prompt at inference)::
 
-        System: <system>\\n\\nUser: <user>\\n\\nAssistant:
+        ### System:\n<system>\n\n### User:\n<user>\n\n### Assistant:\n
 
-    The generation continues after ``Assistant:``. Consecutive assistant messages (a prefilled answer)
-    are appended after the marker.
+    The generation continues after the final ``### Assistant:\n``; a trailing assistant message (a
+    prefilled answer) is appended after it.
     """
-    parts = []
-    for m in messages:
-        role = str(m.get("role", "user")).capitalize()
-        parts.append(f"{role}: {m.get('content', '')}")
+    parts = [f"### {str(m.get('role', 'user')).capitalize()}:\n{m.get('content', '')}" for m in messages]
+    text = "\n\n".join(parts)
     if not messages or messages[-1].get("role") != "assistant":
-        parts.append("Assistant:")
-    return "\n\n".join(parts)
+        text += ("\n\n" if parts else "") + "### Assistant:\n"
+    return text
 
 
 def merge_system(messages: list[dict]) -> list[dict]:
@@ -118,8 +117,7 @@ def chat_prompt(tokenizer: Any, messages: list[dict], chat_template: str = "auto
     """The exact prompt text a local model sees; tokenize it with ``add_special_tokens=False``.
 
     chat_template: "auto" uses the tokenizer's chat template when it has one, else :func:`render_plain`
-        prefixed with the tokenizer's BOS (or CLS, for BERT-style models) token; "template" requires a
-        template; "plain" always uses the plain format. A template that rejects the system role gets
+        (no special token added, exactly as the SFTDT training data); "template" requires a template; "plain" always uses the plain format. A template that rejects the system role gets
         the system text folded into the first user message.
     """
     has_template = bool(getattr(tokenizer, "chat_template", None))
@@ -132,5 +130,4 @@ def chat_prompt(tokenizer: Any, messages: list[dict], chat_template: str = "auto
             text = tokenizer.apply_chat_template(merge_system(messages), tokenize=False,
                                                  add_generation_prompt=True)
         return str(text)
-    prefix = getattr(tokenizer, "bos_token", None) or getattr(tokenizer, "cls_token", None) or ""
-    return prefix + render_plain(messages)
+    return render_plain(messages)

@@ -83,7 +83,17 @@ def test_prompt_uses_chat_template_and_json_twin(tiny):
     assert json.dumps(twin.objects[0].semantic) in text and "Query: the red cup" in text
     plain = TransformersBackend(cfg.replace(chat_template="plain"), model, tok)
     ptext = plain.prompt_text(LLMReasoner(cfg, plain).messages(twin, "the red cup"))
-    assert ptext.startswith("<s>System: ") and ptext.endswith("\n\nAssistant:")
+    assert ptext.startswith("### System:\n") and ptext.endswith("\n\n### Assistant:\n")
+
+
+def test_plain_prompt_matches_the_sft_training_format():
+    """Inference must see exactly the prompt the SFTDT data was tokenised with (no chat template)."""
+    from data_builders.sft_dataset import PLAIN_TEMPLATE
+    from dtwinseg.prompting import render_plain, select_messages
+
+    msgs = select_messages(make_twin(1), "the cup")
+    expected = PLAIN_TEMPLATE.format(system=msgs[0]["content"], user=msgs[1]["content"], assistant="")
+    assert render_plain(msgs) == expected
 
 
 def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
