@@ -92,14 +92,13 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the launch command and exit."),
 ) -> None:
     """Fine-tune with the weighted SFTDT loss: in-process for one process, else via `accelerate launch`."""
-    from training.launch import launch
-
     from dtwinseg.io import DataError
+    from training.launch import launch
 
     try:
         out = launch(recipe, list(overrides or []), accelerate_config=accelerate_config,
                      num_processes=num_processes, dry_run=dry_run, echo=typer.echo)
-    except (DataError, ValueError, FileNotFoundError) as e:
+    except (DataError, ValueError, FileNotFoundError, RuntimeError) as e:
         _fail(e)
     if out is not None and not dry_run:
         typer.echo(f"output: {out}")

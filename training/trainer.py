@@ -1,0 +1,226 @@
+"""SFTDTConfig / SFTDTTrainer: TRL's SFTTrainer with the per-token weighted loss of paper eq. 10.
+
+    L = - sum_t w_t log P(y_t | JSON(D), x_txt, y_<t) / sum_t w_t
+
+The sum runs over every token of the optimizer step: all gradient-accumulation micro-batches and all
+ranks, so the loss (and its gradient) does not depend on how a global batch is split. With all weights 1
+it is exactly TRL's own token-averaged SFT loss.
+
+What is overridden, and why:
+- the collator pads ``loss_weights`` (fp32) next to input_ids / labels (TRL's drops unknown columns);
+- ``_prepare_inputs`` keeps the weights fp32 (under DeepSpeed, Trainer casts float inputs to bf16);
+- ``_get_num_items_in_batch`` returns the weight sum of the step (gathered over ranks) instead of the
+  label count, and ``loss_is_scaled_for_ga = True`` tells Trainer not to divide by the accumulation steps;
+- ``compute_loss`` takes per-token log-probs from TRL's fused LM head (no B x S x V logits). Models whose
+  output embedding is not fed directly by the backbone's last hidden state (e.g. ``BertLMHeadModel``,
+  which applies a transform first) use a chunked fallback: the output embedding is bypassed for one
+  forward to get its input, then TRL's chunked log-prob kernel projects it, vocabulary tile by tile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl import SFTConfig, SFTTrainer
+
+
+@dataclass
+class SFTDTConfig(SFTConfig):
+    """SFTConfig plus the SFTDT loss knobs. Defaults set what a pre-tokenised weighted dataset needs:
+    ``remove_unused_columns=False`` and ``dataset_kwargs={"skip_prepare_dataset": True}``.
+    """
+
+    use_token_kinds: bool = field(default=False, metadata={"help": (
+        "Rebuild loss_weights from the dataset's token_kinds column with w_completion / w_decision / "
+        "w_answer below (prompt tokens always 0), e.g. for an unweighted ablation (w_decision=w_answer=1) "
+        "without re-tokenising. False: use the dataset's loss_weights as build-sft wrote them.")})
+    w_completion: float = field(default=1.0, metadata={"help": "Weight of ordinary completion tokens."})
+    w_decision: float = field(default=2.0, metadata={"help": "Weight of decision tokens (ids, verdicts)."})
+    w_answer: float = field(default=4.0, metadata={"help": "Weight of the final-answer tokens."})
+    fused_lm_head: bool | None = field(default=None, metadata={"help": (
+        "Use TRL's fused LM head for the log-probs. None: when the output embedding is a direct child of the "
+        "model (Llama, Qwen, Mistral, ...); else the chunked fallback.")})
+    logprob_chunk_size: int = field(default=8192, metadata={"help": (
+        "Vocabulary tile of the chunked fallback (the fused path uses TRL's own).")})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep loss_weights in the batches."})
+
+    def __post_init__(self) -> None:
+        kwargs = dict(self.dataset_kwargs or {})
+        kwargs.setdefault("skip_prepare_dataset", True)
+        self.dataset_kwargs = kwargs
+        super().__post_init__()
+
+    @property
+    def kind_weights(self) -> list[float]:
+        """Weights of token kinds [prompt, completion, decision, answer] (see data_builders.sft_dataset)."""
+        return [0.0, self.w_completion, self.w_decision, self.w_answer]
+
+
+class WeightedCollator:
+    """Right-pads input_ids (pad id), labels (-100), loss_weights (0.0, float32) and builds attention_mask.
+
+    Examples are dicts with ``input_ids``, ``labels`` and ``loss_weights`` (or ``token_kinds`` when
+    ``kind_weights`` is given). Output tensors are B x S (S = longest, rounded up to ``pad_to_multiple_of``).
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None,
+                 kind_weights: Sequence[float] | None = None):
+        self.pad_token_id = int(pad_token_id)
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.kind_weights = None if kind_weights is None else torch.tensor(kind_weights, dtype=torch.float32)
+
+    def _weights(self, ex: dict) -> torch.Tensor:
+        if self.kind_weights is not None:
+            if "token_kinds" not in ex:
+                raise KeyError("use_token_kinds needs a 'token_kinds' column (build the dataset with build-sft)")
+            w = self.kind_weights[torch.as_tensor(ex["token_kinds"], dtype=torch.long)]
+        else:
+            w = torch.as_tensor(ex["loss_weights"], dtype=torch.float32)
+        labels = torch.as_tensor(ex["labels"])
+        return torch.where(labels == -100, torch.zeros_like(w), w)
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        n = max(len(ex["input_ids"]) for ex in examples)
+        if self.pad_to_multiple_of:
+            n = -(-n // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        b = len(examples)
+        input_ids = torch.full((b, n), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((b, n), -100, dtype=torch.long)
+        weights = torch.zeros((b, n), dtype=torch.float32)
+        attention = torch.zeros((b, n), dtype=torch.long)
+        for k, ex in enumerate(examples):
+            m = len(ex["input_ids"])
+            if len(ex["labels"]) != m:
+                raise ValueError(f"example {ex.get('id', k)}: input_ids and labels differ in length")
+            input_ids[k, :m] = torch.as_tensor(ex["input_ids"], dtype=torch.long)
+            labels[k, :m] = torch.as_tensor(ex["labels"], dtype=torch.long)
+            weights[k, :m] = self._weights(ex)
+            attention[k, :m] = 1
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "loss_weights": weights}
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under DDP / DeepSpeed / PEFT wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def fused_head_supported(model: torch.nn.Module) -> bool:
+    """True when the output embedding is a direct child of the model (so it sees the backbone's output)."""
+    base = _unwrapped(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    return head is not None and any(child is head for child in base.children())
+
+
+class SFTDTTrainer(SFTTrainer):
+    """SFTTrainer with the weighted SFTDT loss. Takes SFTTrainer's arguments; the training dataset has
+    ``input_ids``, ``labels``, ``loss_weights`` (and optionally ``token_kinds``, ``id``) columns.
+    """
+
+    def __init__(self, model: Any, args: SFTDTConfig | None = None, data_collator: Any = None,
+                 *pos: Any, processing_class: Any = None, **kwargs: Any):
+        if args is None:
+            args = SFTDTConfig(output_dir="sftdt-output")
+        if not isinstance(args, SFTDTConfig):
+            raise TypeError(f"SFTDTTrainer needs an SFTDTConfig, got {type(args).__name__}")
+        if data_collator is None:
+            tok = getattr(processing_class, "tokenizer", processing_class)
+            pad = getattr(tok, "pad_token_id", None)
+            if pad is None:
+                pad = getattr(tok, "eos_token_id", None)
+            if pad is None and not isinstance(model, str):
+                pad = getattr(model.config, "pad_token_id", None)
+            data_collator = WeightedCollator(pad if pad is not None else 0, args.pad_to_multiple_of,
+                                             args.kind_weights if args.use_token_kinds else None)
+        super().__init__(model, args, data_collator, *pos, processing_class=processing_class, **kwargs)
+        self.loss_is_scaled_for_ga = True  # normalised by the step's total weight already
+        self.model_accepts_loss_kwargs = False
+        self._use_fused = fused_head_supported(self.model) if args.fused_lm_head is None else args.fused_lm_head
+
+    # --- inputs -----------------------------------------------------------------------------------
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        weights = inputs.pop("loss_weights", None)
+        inputs = super()._prepare_inputs(inputs)
+        if weights is not None:  # never cast to the DeepSpeed compute dtype
+            inputs["loss_weights"] = weights.to(device=self.args.device, dtype=torch.float32)
+        return inputs
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        """Sum of the loss weights of the whole optimizer step (micro-batches, and ranks when averaging)."""
+        if not batch_samples or "loss_weights" not in batch_samples[0]:
+            return None
+        total = sum(b["loss_weights"][:, 1:].to(torch.float32).sum() for b in batch_samples)
+        total = torch.as_tensor(total, dtype=torch.float32, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total.reshape(1)).sum()
+        return total
+
+    # --- loss -------------------------------------------------------------------------------------
+    def _chunked_log_probs(self, model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """(log_probs, is_top1, mask), each B x (S-1), without B x S x V logits (fallback path)."""
+        from trl.kernels import ChunkedLogProbFunction
+        from trl.trainer.utils import maybe_gather_lm_head_ctx
+
+        head = _unwrapped(model).get_output_embeddings()
+        labels = inputs["labels"]
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        head.forward = lambda hidden: hidden  # the model now returns the head's input as "logits"
+        try:
+            hidden = model(**model_inputs).logits
+        finally:
+            del head.forward
+        hidden, shifted = hidden[:, :-1], labels[:, 1:]
+        mask = shifted != -100
+        with maybe_gather_lm_head_ctx(head.weight, head.bias):
+            log_probs, _, _, _, is_top1 = ChunkedLogProbFunction.apply(
+                hidden[mask], head.weight, head.bias, shifted[mask], 1.0, self.args.logprob_chunk_size,
+                None, 1.0, ("log_probs", "is_top1"))
+        full = log_probs.new_zeros(mask.shape).masked_scatter(mask, log_probs)
+        top1 = is_top1.new_zeros(mask.shape).masked_scatter(mask, is_top1)
+        return full, top1, mask
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | None = None) -> Any:
+        mode = "train" if self.model.training else "eval"
+        inputs = dict(inputs)
+        weights = inputs.pop("loss_weights", None)
+        if weights is None:
+            raise KeyError("batch has no 'loss_weights': use the SFTDT dataset (build-sft) and its collator")
+        inputs["use_cache"] = False
+        if self._use_fused:
+            outputs = model(**inputs, fused_lm_head=True)
+            log_probs, is_top1, mask = outputs.log_probs, outputs.is_top1, outputs.label_mask
+        else:
+            log_probs, is_top1, mask = self._chunked_log_probs(model, inputs)
+            outputs = None
+        w = weights[:, 1:].to(torch.float32) * mask
+        total = w.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)
+        loss = -(log_probs.to(torch.float32) * w).sum() / total.to(torch.float32).clamp(min=1e-8)
+        if (num_items_in_batch is not None and self.args.average_tokens_across_devices
+                and self.args.world_size > 1):
+            loss = loss * self.accelerator.num_processes  # DDP / ZeRO average the gradients over ranks
+        self._log_token_metrics(mode, is_top1, mask, w, inputs)
+        if return_outputs:
+            return loss, outputs
+        return loss
+
+    def _log_token_metrics(self, mode: str, is_top1: torch.Tensor | None, mask: torch.Tensor, w: torch.Tensor,
+                           inputs: dict[str, Any]) -> None:
+        gather = self.accelerator.gather_for_metrics
+        num_valid = gather(mask.sum().detach().reshape(1)).sum()
+        if is_top1 is not None:
+            correct = gather((is_top1.detach().float() * mask).sum().reshape(1)).sum()
+            self._metrics[mode]["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
+            heavy = w > 1.0  # decision and answer tokens
+            n_heavy = gather(heavy.sum().reshape(1)).sum()
+            c_heavy = gather((is_top1.detach().float() * heavy).sum().reshape(1)).sum()
+            self._metrics[mode]["weighted_token_accuracy"].append((c_heavy / n_heavy).item() if n_heavy > 0 else 0.0)
+        if mode == "train" and "attention_mask" in inputs:
+            self._total_train_tokens += int(gather(inputs["attention_mask"].sum().reshape(1)).sum().item())
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
