@@ -1,0 +1,110 @@
+"""Checkpoint specs of ``dtwinseg eval --checkpoint``.
+
+Forms (optionally prefixed ``NAME=`` to label the checkpoint in reports, e.g. ``sftdt=runs/x/adapter``):
+
+    runs/sft/adapter        a peft adapter folder (adapter_config.json); its base model is the
+                            adapter's ``base_model_name_or_path`` (the reasoning config's ``model``
+                            only when the adapter records none)
+    runs/full/model         a local model folder (config.json)
+    package:MOD/sub/path    a folder inside an installed Python package (e.g. the shipped MiniLM)
+    openai:MODEL            an OpenAI-compatible API model (base_url / key variable from the config)
+    hf:ORG/NAME             a Hub model id (transformers backend)
+
+The backend of the reasoning config is kept for local checkpoints (``transformers`` or ``vllm``);
+``openai:`` switches to the API backend. Labels default to the folder name (``parent-name`` when the
+folder is called ``adapter`` / ``model`` / ``final``) or ``openai-MODEL``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dtwinseg.reasoning import ReasoningConfig, adapter_base
+
+_LABEL_RE = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
+_GENERIC = {"adapter", "model", "final", "checkpoint", "output"}
+
+
+@dataclass
+class Checkpoint:
+    """One thing to evaluate: a label, the spec it came from, its reasoning config, and optionally a
+    ready reasoner (tests, custom code) that replaces the one the config would build."""
+
+    label: str
+    spec: str
+    cfg: ReasoningConfig
+    reasoner: Any = None
+
+    def describe(self) -> dict:
+        """What reports show about it (no secrets: the config holds only the key's variable name)."""
+        return {"spec": self.spec, "strategy": self.cfg.strategy, "backend": self.cfg.backend,
+                "model": self.cfg.model, "adapter": self.cfg.adapter}
+
+
+def _resolve_package(path: str) -> str:
+    if not path.startswith("package:"):
+        return path
+    import importlib.util
+
+    module, _, sub = path[len("package:"):].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{path}: Python package {module!r} is not installed")
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
+def _default_label(path: str) -> str:
+    p = Path(path.rstrip("/"))
+    name = p.name
+    if name in _GENERIC and p.parent.name:
+        name = f"{p.parent.name}-{name}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "checkpoint"
+
+
+def parse_checkpoint(spec: str, base: ReasoningConfig) -> Checkpoint:
+    """The checkpoint a spec names, with ``base`` (the reasoning config) adjusted to it."""
+    label = None
+    m = _LABEL_RE.match(spec)
+    if m and not os.path.exists(spec):
+        label, spec_body = m.group(1), m.group(2)
+    else:
+        spec_body = spec
+    if spec_body.startswith("openai:"):
+        model = spec_body[len("openai:"):]
+        cfg = base.replace(backend="openai", model=model, adapter=None)
+        return Checkpoint(label or f"openai-{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}", spec, cfg)
+    backend = base.backend if base.backend in ("transformers", "vllm") else "transformers"
+    if spec_body.startswith("hf:"):
+        model = spec_body[3:]
+        return Checkpoint(label or _default_label(model), spec, base.replace(backend=backend, model=model,
+                                                                               adapter=None))
+    path = _resolve_package(spec_body)
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):
+        try:
+            model = adapter_base(path)
+        except ValueError:  # DataError: no base recorded in the adapter
+            if not base.model:
+                raise
+            model = base.model
+        cfg = base.replace(backend=backend, model=_resolve_package(model), adapter=path)
+    elif os.path.isfile(os.path.join(path, "config.json")):
+        cfg = base.replace(backend=backend, model=path, adapter=None)
+    else:
+        raise FileNotFoundError(
+            f"checkpoint {spec!r}: {path} holds neither adapter_config.json (peft adapter) nor config.json "
+            "(model); use openai:MODEL or hf:ORG/NAME for remote models")
+    return Checkpoint(label or _default_label(spec_body), spec, cfg)
+
+
+def parse_checkpoints(specs: list[str], base: ReasoningConfig) -> list[Checkpoint]:
+    """Parse every spec; labels must be unique (use NAME=SPEC to disambiguate)."""
+    cks = [parse_checkpoint(s, base) for s in specs]
+    labels = [c.label for c in cks]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ValueError(f"duplicate checkpoint labels {dup}: name them with NAME=SPEC")
+    return cks
