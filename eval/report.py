@@ -101,6 +101,7 @@ def worst_overlays(out: Path, metrics: dict, k: int) -> list[Path]:
     import io
 
     from data_builders.dt_cache import DTCache, sample_key
+    from dtwinseg.twin import DigitalTwin
     from dtwinseg.visualize import load_rgb, render_overlay
     from eval.harness import iter_run_records
 
@@ -116,9 +117,13 @@ def worst_overlays(out: Path, metrics: dict, k: int) -> list[Path]:
         records = sorted(iter_run_records(out, label), key=lambda r: (r["iou"], r["id"]))[:k]
         for rank, r in enumerate(records):
             twin = cache.get(r["id"])
-            if twin is None:
-                continue
-            gt = _ground_truth(dataset, r, twin)
+            gt = _ground_truth(dataset, r)
+            if twin is None:  # missing twin: show the image and the ground truth alone
+                if gt is None:
+                    continue
+                twin = DigitalTwin(r["id"], int(gt.shape[0]), int(gt.shape[1]))
+            elif gt is not None and gt.shape != (twin.height, twin.width):
+                gt = None
             img = render_overlay(load_rgb(r.get("image_path"), twin.height, twin.width), twin, r["ids"], gt)
             buf = io.BytesIO()
             img.save(buf, format="PNG")
@@ -136,13 +141,13 @@ def _open_quietly(spec: str):
         return None
 
 
-def _ground_truth(dataset, record: dict, twin):
+def _ground_truth(dataset, record: dict):
     """The sample's ground truth (re-read from the dataset by position), or None when unavailable."""
     try:
         sample = dataset[record["index"]] if dataset is not None else None
     except (IndexError, KeyError, TypeError, ValueError, OSError):
         sample = None
-    if sample is None or sample.id != record["id"] or sample.gt_mask.shape != (twin.height, twin.width):
+    if sample is None or sample.id != record["id"]:
         return None
     return sample.gt_mask
 

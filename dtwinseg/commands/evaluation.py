@@ -1,9 +1,120 @@
-"""CLI commands of this area; see dtwinseg/cli.py."""
+"""CLI commands of the evaluation area: eval, eval-merge, compare, publish (see dtwinseg/cli.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+CHECKPOINT_HELP = (
+    "What to evaluate; repeat for several. Forms: a peft adapter folder (base model from its "
+    "adapter_config.json), a local model folder, package:MODULE/sub/path, openai:MODEL (OpenAI-compatible "
+    "API; base_url and key variable from the reasoning config), hf:ORG/NAME. Prefix NAME= to label it, "
+    "e.g. sftdt=runs/sft/adapter."
+)
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
+
+    @app.command("eval")
+    def eval_cmd(
+        dataset: str = typer.Argument(..., help="DATASET_SPEC NAME:ROOT:SPLIT, e.g. reasonseg:/data/ReasonSeg:test."),
+        dt_cache: Path = typer.Option(..., "--dt-cache", help="DT cache built by `dtwinseg build-dt` (a cache "
+                                      "root with one config folder, or the config folder itself)."),
+        checkpoint: list[str] = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
+        out: Path = typer.Option(..., "--out", help="Run folder (runs/NAME); a rerun resumes it."),
+        strategy: str | None = typer.Option(None, "--strategy", help="Override the strategy: select, sftdt "
+                                            "or score."),
+        reasoning_config: Path | None = typer.Option(None, "--reasoning-config", help="ReasoningConfig YAML "
+                                                     "(generation settings, spatial config, API endpoint)."),
+        shard: str | None = typer.Option(None, "--shard", help="I/N: evaluate every N-th sample starting at "
+                                         "I. Default: RANK/WORLD_SIZE under torchrun / accelerate launch."),
+        limit: int | None = typer.Option(None, "--limit", help="Only the first N samples of the dataset."),
+        batch_size: int | None = typer.Option(None, "--batch-size", help="Samples per generation batch "
+                                              "(default: the reasoning config's)."),
+        worst: int = typer.Option(4, "--worst", help="Worst-case overlays per checkpoint in the report."),
+        lenient: bool = typer.Option(False, "--lenient", help="Skip (and count) malformed dataset files "
+                                     "instead of stopping."),
+        wandb: bool = typer.Option(False, "--wandb", help="Log the table to wandb (WANDB_MODE=offline works "
+                                   "without network)."),
+    ) -> None:
+        """Evaluate checkpoints on cached twins: predictions JSONL, metrics.json (gIoU/cIoU per split and
+        dimension, oracle bound, parse failures), report.md with plots and worst-case overlays."""
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from dtwinseg.reasoning import ReasoningConfig
+        from eval.checkpoints import parse_checkpoints
+        from eval.harness import EvalOptions, evaluate, parse_shard
+
+        base = ReasoningConfig.from_yaml(reasoning_config) if reasoning_config else ReasoningConfig()
+        if strategy:
+            base = base.replace(strategy=strategy)
+        cks = parse_checkpoints(list(checkpoint), base)
+        opts = EvalOptions(limit=limit, shard=parse_shard(shard), batch_size=batch_size, worst_k=worst,
+                           strict=not lenient, wandb=wandb)
+        metrics = evaluate(dataset, dt_cache, cks, out, opts, log=typer.echo)
+        if metrics is not None:
+            from eval.report import metrics_table
+
+            typer.echo(metrics_table(metrics))
+
+    @app.command("eval-merge")
+    def eval_merge(
+        run: Path = typer.Argument(..., help="Run folder whose shards finished (runs/NAME)."),
+        partial: bool = typer.Option(False, "--partial", help="Merge the shards present even if some are "
+                                     "missing."),
+        worst: int = typer.Option(4, "--worst", help="Worst-case overlays per checkpoint."),
+    ) -> None:
+        """Merge the metric accumulators of a sharded run into metrics.json and write the report."""
+        from eval.harness import EvalOptions, merge_run
+        from eval.report import metrics_table
+
+        metrics = merge_run(run, opts=EvalOptions(worst_k=worst), log=typer.echo, require_all=not partial)
+        if metrics is None:
+            raise typer.Exit(1)
+        typer.echo(metrics_table(metrics))
+
+    @app.command("compare")
+    def compare_cmd(
+        runs: list[Path] = typer.Argument(..., help="Run folders with a metrics.json."),
+        out: Path | None = typer.Option(None, "--out", help="Where compare.md/.json/.png go (default: the "
+                                        "parent of the first run)."),
+    ) -> None:
+        """One table (markdown + PNG) across runs, checkpoints and splits, with the paper's published
+        numbers as reference rows where dataset and split match."""
+        from eval.compare import compare, markdown
+
+        table = compare(runs, out or runs[0].parent)
+        typer.echo(markdown(table))
+        typer.echo(f"written: {(out or runs[0].parent) / 'compare.md'}")
+
+    @app.command("publish")
+    def publish_cmd(
+        adapter_dir: Path = typer.Argument(..., help="peft adapter folder (adapter_config.json + weights)."),
+        repo_id: str = typer.Option(..., "--repo-id", help="Hub repository ORG/NAME."),
+        private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Only write the folder that would be uploaded."),
+        metrics: Path | None = typer.Option(None, "--metrics", help="runs/X/metrics.json whose results go into "
+                                            "the card's model-index."),
+        checkpoint: str | None = typer.Option(None, "--checkpoint", help="Label of this adapter in the metrics "
+                                              "file when it holds several."),
+        base_model: str | None = typer.Option(None, "--base-model", help="Hub id of the base model when "
+                                              "adapter_config.json records a local path."),
+        data: str | None = typer.Option(None, "--data", help="Text for the card's Data section."),
+        stage_dir: Path | None = typer.Option(None, "--stage-dir", help="Staging folder (default: "
+                                              "ADAPTER_DIR-publish next to the adapter)."),
+        force: bool = typer.Option(False, "--force", help="Overwrite an existing repository revision."),
+    ) -> None:
+        """Publish an adapter with a model card (base model, recipe, data, eval results) to the Hub.
+        The token is read from HF_TOKEN (or the huggingface-hub login) and never printed."""
+        from eval.publish import PublishError, publish
+
+        try:
+            publish(adapter_dir, repo_id, private=private, dry_run=dry_run, metrics_path=metrics,
+                    checkpoint=checkpoint, base_model=base_model, dataset_note=data, force=force,
+                    stage_dir=stage_dir, log=typer.echo)
+        except PublishError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
