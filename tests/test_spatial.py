@@ -88,3 +88,16 @@ def test_nearest_relations_come_first():
     t = spatial_texts(twin, SpatialConfig(max_relations=1))
     assert t[0].endswith("left of 1")
     assert t[2].endswith("right of 1")
+
+
+def test_pooled_equals_max_pool2d_ceil_mode():
+    import torch
+
+    from dtwinseg.spatial import _pooled
+
+    rng = np.random.default_rng(5)
+    for h, w in ((64, 64), (61, 77), (33, 100)):
+        m = torch.as_tensor(rng.random((3, h, w)) < 0.02)
+        k = int(np.ceil(np.sqrt(h * w / 256)))
+        want = torch.nn.functional.max_pool2d(m[:, None].float(), k, k, ceil_mode=True)[:, 0] > 0
+        assert torch.equal(_pooled(m, 256), want)
