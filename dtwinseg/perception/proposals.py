@@ -59,6 +59,9 @@ class ProposalConfig:
         part_iou_tau: tau, pairwise mask IoU above which part-level duplicates are dropped (0.7).
         containment_tau: tau', |m_j ∩ m*| / |m_j| above which m_j is dropped at object/group level (0.8).
         containment: "largest" (the paper: test against the single largest mask) | "all-larger".
+        exact_filters: measure stability and NMS boxes on the full-size logits of the IoU-filter
+            survivors instead of on the low-res logits: bit-for-bit SamAutomaticMaskGenerator decisions
+            at the cost of upsampling every IoU survivor (still skips the IoU rejects that AMG upsamples).
         object_dedup: at object/group level, also drop re-prompted masks that duplicate another
             (IoU > part_iou_tau): different centroids often return the same object. Project default, the
             paper is silent.
@@ -71,6 +74,7 @@ class ProposalConfig:
     stability_score_offset: float = 1.0
     box_nms_thresh: float = 0.7
     upsample_chunk: int = 32
+    exact_filters: bool = False
     autocast: str = "none"
     refine: bool = True
     part_iou_tau: float = 0.7
@@ -334,6 +338,8 @@ class ProposalGenerator:
         pts = points.repeat_interleave(low_res.shape[1], dim=0)
         keep = scores > cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 else torch.ones_like(scores, dtype=torch.bool)
         logits, scores, pts = logits[keep], scores[keep], pts[keep]
+        if cfg.exact_filters:
+            return self._filter_full_res(logits, scores, pts)
         lh, lw, sy, sx = self._valid_low_res()
         valid = logits[:, :lh, :lw]
         stab = calculate_stability_score(valid, thr, cfg.stability_score_offset)
@@ -345,6 +351,25 @@ class ProposalGenerator:
         scale = torch.tensor([sx, sy, sx, sy], device=boxes.device)
         boxes = boxes * scale + torch.tensor([0.0, 0.0, sx - 1, sy - 1], device=boxes.device)
         return logits, scores, stab, pts, boxes
+
+    def _filter_full_res(self, logits: torch.Tensor, scores: torch.Tensor, pts: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stability filter and boxes on full-size logits (chunked, nothing full-size is kept)."""
+        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+
+        thr, cfg = self.model.mask_threshold, self.config
+        stabs, boxes = [], []
+        for start in range(0, len(logits), cfg.upsample_chunk):
+            full = self.model.postprocess_masks(logits[start:start + cfg.upsample_chunk, None],
+                                                self.predictor.input_size, self.predictor.original_size)[:, 0]
+            stabs.append(calculate_stability_score(full, thr, cfg.stability_score_offset))
+            boxes.append(batched_mask_to_box(full > thr).float())
+        h, w = self.predictor.original_size
+        stab = torch.cat(stabs) if stabs else torch.zeros(0, device=logits.device)
+        box = torch.cat(boxes) if boxes else torch.zeros(0, 4, device=logits.device)
+        keep = stab >= cfg.stability_score_thresh if cfg.stability_score_thresh > 0 else torch.ones_like(
+            stab, dtype=torch.bool)
+        return logits[keep], scores[keep], stab[keep], pts[keep], box[keep]
 
     def _upsample_and_encode(self, logits: torch.Tensor) -> tuple[list[dict], np.ndarray, np.ndarray,
                                                                   np.ndarray]:

@@ -1,0 +1,142 @@
+"""SAM proposals on a random-weight vit_b, and parity with segment-anything's SamAutomaticMaskGenerator.
+
+The image encoder runs once for the module (SAM always encodes at 1024 px: seconds on CPU); the
+pipelines share its embedding through ``fixed_encoder``.
+"""
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from dtwinseg.perception.planted import fixed_encoder, make_scene, plant
+from dtwinseg.perception.proposals import ProposalConfig, ProposalGenerator, _coco_rles
+from dtwinseg.twin import mask_bbox
+
+pytestmark = pytest.mark.slow
+
+IMAGE_HW = (150, 200)   # SAM input frame 768 x 1024
+
+
+@pytest.fixture(scope="module")
+def sam_and_features():
+    from segment_anything import SamPredictor, sam_model_registry
+
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_b"](checkpoint=None).eval()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(*IMAGE_HW, 3), dtype=np.uint8)
+    predictor = SamPredictor(sam)
+    with torch.no_grad():
+        predictor.set_image(image)   # the real encoder, once
+    return sam, image, predictor.features.clone()
+
+
+def amg_masks(sam, image, **kw):
+    from segment_anything import SamAutomaticMaskGenerator
+
+    anns = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **kw).generate(image)
+    return anns
+
+
+def match(ours_rles, amg_anns):
+    """IoU matrix ours x AMG."""
+    theirs = [a["segmentation"] for a in amg_anns]
+    if not ours_rles or not theirs:
+        return np.zeros((len(ours_rles), len(theirs)))
+    return np.asarray(mask_utils.iou(_coco_rles(ours_rles), theirs, [0] * len(theirs)))
+
+
+def test_real_decoder_matches_amg_without_filters(sam_and_features):
+    """Real random-weight decoder outputs, no filter: every candidate must come out identical."""
+    sam, image, feats = sam_and_features
+    kw = dict(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    gen = ProposalGenerator(sam, ProposalConfig(**kw, refine=False, points_per_batch=5))
+    with fixed_encoder(sam, feats):
+        ours = gen.generate(image)
+        theirs = amg_masks(sam, image, points_per_batch=4, **kw)
+    assert len(ours) == len(theirs) == 27
+    iou = match(ours.rles, theirs)
+    nonempty = np.array([a["area"] > 0 for a in theirs])
+    # each AMG mask has an identical mask among ours (empty masks have IoU 0 by convention)
+    assert (iou.max(0)[nonempty] > 0.999).all()
+    assert sorted(ours.predicted_iou.round(5)) == sorted(round(a["predicted_iou"], 5) for a in theirs)
+
+
+@pytest.fixture(scope="module")
+def planted_pair(sam_and_features):
+    """AMG's masks and ours (default low-res filters and exact filters) on one planted scene."""
+    sam, image, feats = sam_and_features
+    scene = make_scene((768, 1024), n_groups=10, seed=3)
+    out = {}
+    with fixed_encoder(sam, feats), plant(sam, scene, run_decoder=False):
+        out["amg"] = amg_masks(sam, image, points_per_side=12)
+        for exact in (False, True):
+            gen = ProposalGenerator(sam, ProposalConfig(points_per_side=12, refine=False, exact_filters=exact))
+            out[exact] = gen.generate(image)
+    return out
+
+
+def test_planted_parity_with_amg_exact_filters(planted_pair):
+    ours, theirs = planted_pair[True], planted_pair["amg"]
+    assert len(theirs) >= 10, "the planted scene must give a realistic number of survivors"
+    assert len(ours) == len(theirs)
+    iou = match(ours.rles, theirs)
+    assert (iou.max(1) >= 0.99).all() and (iou.max(0) >= 0.99).all()
+    # matched masks carry the same scores, stability and boxes
+    j = iou.argmax(1)
+    assert np.allclose(ours.predicted_iou, [theirs[k]["predicted_iou"] for k in j], atol=1e-5)
+    assert np.allclose(ours.stability, [theirs[k]["stability_score"] for k in j], atol=1e-4)
+    xywh = np.array([theirs[k]["bbox"] for k in j])
+    assert np.allclose(ours.boxes[:, :2], xywh[:, :2]) and np.allclose(ours.boxes[:, 2:] - ours.boxes[:, :2], xywh[:, 2:])
+
+
+def test_planted_parity_with_amg_low_res_filters(planted_pair):
+    """Default mode decides stability / NMS on low-res logits: the same masks except near-threshold ones."""
+    ours, theirs = planted_pair[False], planted_pair["amg"]
+    iou = match(ours.rles, theirs)
+    matched_ours, matched_amg = iou.max(1) >= 0.99, iou.max(0) >= 0.99
+    assert matched_ours.mean() >= 0.85 and matched_amg.mean() >= 0.85
+    assert abs(len(ours) - len(theirs)) <= max(2, len(theirs) // 10)
+    j = iou.argmax(1)[matched_ours]
+    assert np.allclose(ours.predicted_iou[matched_ours], [theirs[k]["predicted_iou"] for k in j], atol=1e-5)
+
+
+def test_proposal_fields_are_consistent(sam_and_features):
+    sam, image, feats = sam_and_features
+    scene = make_scene((768, 1024), n_groups=6, seed=5)
+    gen = ProposalGenerator(sam, ProposalConfig(points_per_side=8, points_per_batch=7, upsample_chunk=3))
+    with fixed_encoder(sam, feats), plant(sam, scene, run_decoder=False):
+        props = gen.generate(image)
+    assert len(props) > 0
+    masks = props.masks()
+    assert masks.shape == (len(props), *IMAGE_HW)
+    assert (props.areas() == masks.reshape(len(props), -1).sum(1)).all()
+    for m, b in zip(masks, props.boxes, strict=True):
+        assert tuple(b) == mask_bbox(m)
+    assert (props.predicted_iou > 0.88).all() and (props.stability >= 0.95 - 0.02).all()
+    # sorted by predicted IoU like AMG's NMS output
+    assert (np.diff(props.predicted_iou) <= 1e-6).all()
+    t = props.timings
+    assert t["candidates"] == 64 * 3 and t["survivors"] == len(props)
+
+
+def test_thresholds_change_the_result(sam_and_features):
+    sam, image, feats = sam_and_features
+    scene = make_scene((768, 1024), n_groups=8, seed=7)
+    out = {}
+    for theta in (0.80, 0.95):
+        gen = ProposalGenerator(sam, ProposalConfig(points_per_side=8, pred_iou_thresh=theta))
+        with fixed_encoder(sam, feats), plant(sam, scene, run_decoder=False):
+            out[theta] = gen.generate(image)
+    assert len(out[0.95]) < len(out[0.80])
+    assert (out[0.95].predicted_iou > 0.95).all()
+
+
+def test_bf16_autocast_runs_the_real_decoder(sam_and_features):
+    sam, image, feats = sam_and_features
+    cfg = ProposalConfig(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                         box_nms_thresh=1.0, autocast="bf16")
+    with fixed_encoder(sam, feats):
+        props = ProposalGenerator(sam, cfg).generate(image)
+    assert len(props) == 12 and props.predicted_iou.dtype == np.float32
