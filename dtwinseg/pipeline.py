@@ -1,0 +1,118 @@
+"""Segmenter = perception (image + query -> DigitalTwin) + reasoning (twin + query -> ids) -> mask.
+
+A pipeline YAML has two sections::
+
+    perception:   # dtwinseg.perception.builder.PerceptionConfig (SAM checkpoint, VLM, thresholds)
+      ...
+    reasoning:    # dtwinseg.reasoning.ReasoningConfig (strategy, backend, model / adapter, ...)
+      strategy: select
+      backend: openai
+      model: gpt-4o
+
+This is what ``dtwinseg segment IMAGE "QUERY" --config pipeline.yaml`` calls.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from dtwinseg.io import DataError, atomic_write_bytes, atomic_write_text, load_yaml
+from dtwinseg.reasoning import Reasoner, ReasoningConfig, ReasoningOutput, build_reasoner
+from dtwinseg.twin import DigitalTwin
+
+
+class TwinSource(Protocol):
+    """Perception: anything that builds a twin for an image and a query (TwinBuilder does)."""
+
+    def build(self, image: Any, query: str, image_id: str) -> DigitalTwin: ...
+
+
+@dataclass
+class Segmentation:
+    """Result of one query: the twin, the reasoning output and the H x W bool mask (union of ids)."""
+
+    twin: DigitalTwin
+    output: ReasoningOutput
+    mask: np.ndarray
+
+    def save(self, out: str | os.PathLike, image: np.ndarray | None = None) -> dict[str, Path]:
+        """Write mask.png, overlay.png, twin.json and reasoning.txt under ``out`` (atomically)."""
+        import io
+
+        from dtwinseg.visualize import mask_png, render_overlay
+
+        out = Path(out)
+        files: dict[str, Path] = {}
+
+        def png(name: str, img: Any) -> None:
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            files[name] = atomic_write_bytes(out / name, buf.getvalue())
+
+        png("mask.png", mask_png(self.mask))
+        base = image if image is not None else np.full((self.twin.height, self.twin.width, 3), 128, np.uint8)
+        png("overlay.png", render_overlay(base, self.twin, self.output.ids))
+        files["twin.json"] = self.twin.save(out / "twin.json")
+        p = self.output.parse
+        lines = [f"query: {self.twin.query}", f"strategy: {self.output.strategy}", f"ids: {self.output.ids}",
+                 f"parse: {p.status}" + (f" ({'; '.join(p.notes)})" if p.notes else "")]
+        if self.output.scores is not None:
+            lines.append(f"scores: {self.output.scores}")
+        if self.output.error:
+            lines.append(f"error: {self.output.error}")
+        lines += ["", "--- model output ---", self.output.text]
+        files["reasoning.txt"] = atomic_write_text(out / "reasoning.txt", "\n".join(lines) + "\n")
+        return files
+
+
+class Segmenter:
+    """Perception + reasoning. ``perception`` may be None when twins are given to :meth:`segment_twin`."""
+
+    def __init__(self, perception: TwinSource | None, reasoner: Reasoner):
+        self.perception = perception
+        self.reasoner = reasoner
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike, *, with_perception: bool = True) -> Segmenter:
+        """Build from a pipeline YAML (sections ``perception`` and ``reasoning``)."""
+        data = load_yaml(path)
+        if "reasoning" not in data:
+            raise DataError(path, "reasoning", "missing: the pipeline config needs a reasoning section")
+        reasoning = ReasoningConfig.from_dict(data["reasoning"], path=path)
+        perception = None
+        if with_perception:
+            if "perception" not in data:
+                raise DataError(path, "perception", "missing (or pass a prebuilt twin with --twin)")
+            perception = build_perception(data["perception"], path)
+        return cls(perception, build_reasoner(reasoning))
+
+    def segment_twin(self, twin: DigitalTwin, query: str) -> Segmentation:
+        out = self.reasoner.reason([(twin, query)])[0]
+        return Segmentation(twin, out, twin.union(out.ids))
+
+    def segment(self, image: Any, query: str, image_id: str = "image") -> Segmentation:
+        """image: H x W x 3 uint8 array (or whatever the perception backend accepts)."""
+        if self.perception is None:
+            raise ValueError("this Segmenter has no perception stage; use segment_twin")
+        twin = self.perception.build(image, query, image_id)
+        if not twin.query:
+            twin.query = query
+        return self.segment_twin(twin, query)
+
+
+def build_perception(section: Any, path: str | os.PathLike) -> TwinSource:
+    """TwinBuilder(PerceptionConfig) from the perception section of a pipeline YAML."""
+    try:
+        from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder
+    except ImportError as e:
+        raise DataError(path, "perception", f"the perception builder is not available ({e})") from e
+    if not isinstance(section, dict):
+        raise DataError(path, "perception", "expected a mapping")
+    make = getattr(PerceptionConfig, "from_dict", None)
+    cfg = make(section) if make is not None else PerceptionConfig(**section)
+    return TwinBuilder(cfg)
