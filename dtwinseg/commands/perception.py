@@ -1,9 +1,72 @@
-"""CLI commands of this area; see dtwinseg/cli.py."""
+"""``dtwinseg build-dt``: Digital Twins for a whole dataset, cached. See dtwinseg/cli.py.
+
+Heavy imports (torch, segment-anything, transformers) happen inside the command body so ``--help`` is
+instant.
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 
+def build_dt_command(
+    dataset_spec: str = typer.Argument(..., metavar="DATASET_SPEC",
+                                       help="NAME:ROOT:SPLIT, e.g. reasonseg:/data/ReasonSeg:val or "
+                                            "synthetic:runs/demo/data:test."),
+    config: Path = typer.Option(..., "--config", "-c", exists=True, dir_okay=False,
+                                help="Perception YAML (recipes/perception/*.yaml): source sam|oracle, SAM "
+                                     "checkpoint, proposal thresholds, VLM backend (key by env var name only)."),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="Cache root; twins go to OUT/<config hash>/twins/<sample id>.json."),
+    shard: str = typer.Option("0/1", "--shard",
+                              help="i/n: build only samples whose index is i modulo n (run n processes, "
+                                   "e.g. one per GPU, with i = 0..n-1)."),
+    vlm: str = typer.Option(None, "--vlm",
+                            help="Override the config's VLM backend: none (proposals only, semantics filled "
+                                 "later with --fill-semantics), openai, transformers."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N samples of the split."),
+    strict: bool = typer.Option(True, "--strict/--no-strict",
+                                help="--no-strict skips malformed annotation files (counted) instead of "
+                                     "stopping at the first one."),
+    fill_semantics: bool = typer.Option(False, "--fill-semantics",
+                                        help="Second pass: read the twins a --vlm none run cached and write "
+                                             "twins with VLM semantics (needs a VLM backend)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar with ETA."),
+) -> None:
+    """Build one Digital Twin per sample (SAM or oracle masks, VLM granularity and semantics) into a cache.
+
+    Resumable (finished samples are skipped), shardable (--shard i/n), and a failing sample is recorded
+    in OUT/<hash>/failures.jsonl while the run goes on. Counts go to stdout and the manifest.
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    from data_builders.build_dt import build_dt, parse_shard
+    from dtwinseg.io import DataError
+    from dtwinseg.perception.builder import PerceptionConfig
+
+    err = Console(stderr=True)
+    try:
+        cfg = PerceptionConfig.from_yaml(config)
+        if vlm is not None:
+            if vlm not in ("none", "openai", "transformers"):
+                raise ValueError(f"--vlm must be none, openai or transformers, got {vlm!r}")
+            cfg.vlm.backend = vlm
+        if fill_semantics and cfg.vlm.backend == "none":
+            raise ValueError("--fill-semantics needs a VLM: set vlm.backend in the config or pass --vlm")
+        cache, counts = build_dt(dataset_spec, cfg, out, shard=parse_shard(shard), limit=limit, strict=strict,
+                                 fill_semantics=fill_semantics, progress=progress)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({"cache": str(cache.folder), **counts.to_dict()}, indent=2))
+    if counts.failed:
+        err.print(f"[yellow]{counts.failed} sample(s) failed; see {escape(str(cache.failures_path))}[/yellow]")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
+    app.command("build-dt")(build_dt_command)

@@ -1,0 +1,278 @@
+"""Image + query -> DigitalTwin: granularity, mask proposals (SAM or oracle), refinement, semantics.
+
+``TwinBuilder(config).build(image, query, image_id, instances=None, granularity=None)``:
+
+1. granularity L: from the VLM when one is configured (unparseable answer -> 1, counted), else from the
+   ``granularity`` argument (a dataset's tag) when given, else 1. ``use_granularity: false`` always uses
+   level 1 (the paper's "SAM only" ablation).
+2. proposals: ``source: sam`` runs :class:`ProposalGenerator` (everything mode + refinement for L);
+   ``source: oracle`` takes ground-truth instances (``{"rle", "semantic", "level", "parent"}``): all of
+   them at part level, only the level-1 (object) instances at object / group level.
+3. semantics S_i: from the VLM (crop + whole image + query, strategy ``direct`` / ``in_context`` /
+   ``system``) when configured; else the instance ``semantic`` (oracle) or "" (filled by a later pass).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dtwinseg.io import DataError, load_yaml, stable_hash
+from dtwinseg.perception.prompts import STRATEGIES
+from dtwinseg.perception.proposals import ProposalConfig, ProposalGenerator, Proposals
+from dtwinseg.perception.vlm import VLM, VLMConfig, assign_semantics, decide_granularity, make_vlm
+from dtwinseg.twin import DigitalTwin, Granularity, TwinObject, decode_rle, mask_bbox
+
+SOURCES = ("sam", "oracle")
+RANDOM_CHECKPOINT = "random"
+
+
+@dataclass
+class PerceptionConfig:
+    """How twins are built. Loads from YAML (``PerceptionConfig.from_yaml``); holds no secrets.
+
+    Attributes:
+        source: "sam" (SAM everything mode) | "oracle" (ground-truth instance masks of the sample).
+        sam_model_type: segment-anything model type: vit_h (the paper) | vit_l | vit_b.
+        sam_checkpoint: path of the SAM checkpoint (e.g. sam_vit_h_4b8939.pth); "random" builds random
+            weights (tests and benchmarks only).
+        device: torch device for SAM: "auto" (cuda if available, else cpu), "cpu", "cuda:0", ...
+        proposals: ProposalConfig (grid, theta, stability, NMS, refinement taus, autocast).
+        vlm: VLMConfig (backend none | openai | transformers).
+        semantic_strategy: "direct" | "in_context" | "system" (the paper's best).
+        use_granularity: False -> always level 1 (the "SAM only" ablation of Table 4).
+        crop_padding: context around a mask's box in its crop, as a fraction of the box size.
+    """
+
+    source: str = "sam"
+    sam_model_type: str = "vit_h"
+    sam_checkpoint: str | None = None
+    device: str = "auto"
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    semantic_strategy: str = "system"
+    use_granularity: bool = True
+    crop_padding: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.semantic_strategy not in STRATEGIES:
+            raise ValueError(f"semantic_strategy must be one of {STRATEGIES}, got {self.semantic_strategy!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None, *, path: str | os.PathLike | None = None) -> PerceptionConfig:
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise DataError(path, sorted(unknown)[0], f"unknown perception config field; known: "
+                            f"{', '.join(cls.__dataclass_fields__)}")
+        try:
+            d["proposals"] = ProposalConfig.from_dict(d.get("proposals"))
+            d["vlm"] = VLMConfig.from_dict(d.get("vlm"))
+            return cls(**d)
+        except (TypeError, ValueError) as e:
+            raise DataError(path, None, str(e)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> PerceptionConfig:
+        return cls.from_dict(load_yaml(path), path=path)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def hash(self) -> str:
+        return stable_hash(self.to_dict())
+
+
+def load_rgb(image: Image.Image | str | os.PathLike | np.ndarray) -> Image.Image:
+    """An RGB PIL image from a PIL image, an H x W x 3 uint8 array or a path (fully decoded: a truncated
+    file fails here, not later)."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image).convert("RGB")
+    with Image.open(image) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def mask_views(image: Image.Image, mask: np.ndarray, padding: float = 0.1) -> tuple[Image.Image, Image.Image]:
+    """The two images the VLM sees for one mask: (crop of the padded box with the outside dimmed,
+    whole image with the mask outlined in red)."""
+    import cv2
+
+    arr = np.asarray(image, dtype=np.uint8)
+    h, w = mask.shape
+    x0, y0, x1, y1 = mask_bbox(mask)
+    px, py = padding * (x1 - x0 + 1), padding * (y1 - y0 + 1)
+    xa, ya = int(max(0, x0 - px)), int(max(0, y0 - py))
+    xb, yb = int(min(w, x1 + 1 + px)), int(min(h, y1 + 1 + py))
+    dimmed = np.where(mask[..., None], arr, (arr * 0.35).astype(np.uint8))
+    crop = Image.fromarray(dimmed[ya:max(yb, ya + 1), xa:max(xb, xa + 1)])
+    m8 = mask.astype(np.uint8)
+    thick = max(1, round(min(h, w) / 200))
+    edge = (m8 - cv2.erode(m8, np.ones((3, 3), np.uint8), iterations=thick)).astype(bool)
+    outlined = arr.copy()
+    outlined[edge] = (255, 0, 0)
+    return crop, Image.fromarray(outlined)
+
+
+class TwinBuilder:
+    """Builds DigitalTwins with one perception config. SAM and the VLM are created on first use (or
+    injected: ``generator=`` / ``vlm=``) and reused for every image."""
+
+    def __init__(self, config: PerceptionConfig, *, generator: ProposalGenerator | None = None,
+                 vlm: VLM | None = None):
+        self.config = config
+        self._generator = generator
+        self._vlm = vlm
+        self._vlm_made = vlm is not None
+        self.config_hash = config.hash()
+
+    @property
+    def vlm(self) -> VLM | None:
+        if not self._vlm_made:
+            self._vlm = make_vlm(self.config.vlm)
+            self._vlm_made = True
+        return self._vlm
+
+    @property
+    def generator(self) -> ProposalGenerator:
+        if self._generator is None:
+            cfg = self.config
+            if not cfg.sam_checkpoint:
+                raise ValueError("perception config: sam_checkpoint is required for source 'sam' "
+                                 "(a path to e.g. sam_vit_h_4b8939.pth, or 'random' for random weights)")
+            ckpt = None if cfg.sam_checkpoint == RANDOM_CHECKPOINT else cfg.sam_checkpoint
+            if ckpt is not None and not Path(ckpt).is_file():
+                raise FileNotFoundError(f"SAM checkpoint not found: {ckpt}")
+            self._generator = ProposalGenerator.from_checkpoint(cfg.sam_model_type, ckpt, device=_device(cfg.device),
+                                                                config=cfg.proposals)
+        return self._generator
+
+    # --- steps ----------------------------------------------------------------------------------
+    def decide_level(self, image: Image.Image, query: str, granularity: int | None) -> tuple[int, str, bool]:
+        """(level, where it came from: fixed | vlm | sample | default, whether the VLM answer fell back)."""
+        if not self.config.use_granularity:
+            return int(Granularity.OBJECT), "fixed", False
+        if self.vlm is not None:
+            level, fell_back = decide_granularity(self.vlm, image, query)
+            return level, "vlm", fell_back
+        if granularity is not None:
+            return int(granularity), "sample", False
+        return int(Granularity.OBJECT), "default", False
+
+    def sam_objects(self, image: Image.Image, level: int) -> tuple[list[TwinObject], dict]:
+        """SAM proposals refined for ``level`` as twin objects (semantics empty), and the timings."""
+        gen = self.generator
+        props = gen.generate(np.asarray(image))
+        if self.config.proposals.refine:
+            props = gen.refine(props, level)
+        return objects_from_proposals(props, level), dict(props.timings)
+
+    @staticmethod
+    def oracle_objects(instances: list[dict] | None, level: int, height: int, width: int) -> list[TwinObject]:
+        """Ground-truth instances for ``level``: all at part level, only objects (level 1) otherwise."""
+        if instances is None:
+            raise ValueError("source 'oracle' needs the sample's ground-truth instances (none given)")
+        chosen = [d for d in instances if level == Granularity.PART or int(d.get("level", 1)) == Granularity.OBJECT]
+        objects = []
+        for k, inst in enumerate(chosen):
+            mask = decode_rle(inst["rle"])
+            if mask.shape != (height, width):
+                raise DataError(None, f"instances[{k}].rle.size", f"{list(mask.shape)} is not the image size "
+                                f"{[height, width]}")
+            objects.append(TwinObject.from_mask(k, mask, semantic=str(inst.get("semantic", "")),
+                                                level=int(inst.get("level", 1))))
+        return objects
+
+    def fill_semantics(self, twin: DigitalTwin, image: Image.Image | str | os.PathLike) -> DigitalTwin:
+        """Assign S_i with the configured VLM to every object of ``twin`` (second pass after --vlm none)."""
+        if self.vlm is None:
+            raise ValueError("fill_semantics needs a VLM (vlm.backend openai or transformers)")
+        img = load_rgb(image)
+        t0 = time.perf_counter()
+        texts, fallbacks = self._semantics(img, twin.query, twin.masks())
+        for obj, text in zip(twin.objects, texts, strict=True):
+            obj.semantic = text
+        prov = dict(twin.provenance)
+        prov.update(semantic_source="vlm", semantic_fallbacks=fallbacks, vlm=self._vlm_provenance(),
+                    semantics_filled_by=self.config_hash)
+        prov.setdefault("timings", {})["semantics_s"] = time.perf_counter() - t0
+        twin.provenance = prov
+        return twin
+
+    def _semantics(self, image: Image.Image, query: str, masks: np.ndarray) -> tuple[list[str], int]:
+        views = [mask_views(image, m, self.config.crop_padding) for m in masks]
+        return assign_semantics(self.vlm, views, query, self.config.semantic_strategy)
+
+    def _vlm_provenance(self) -> dict:
+        v = self.config.vlm
+        return {"backend": v.backend, "model": v.model} if self.vlm is not None else {"backend": "none"}
+
+    # --- the whole thing --------------------------------------------------------------------------
+    def build(self, image: Image.Image | str | os.PathLike | np.ndarray, query: str, image_id: str,
+              instances: list[dict] | None = None, granularity: int | None = None) -> DigitalTwin:
+        """The twin of one image for one query (see the module docstring for each step)."""
+        t0 = time.perf_counter()
+        img = load_rgb(image)
+        w, h = img.size
+        level, level_source, level_fallback = self.decide_level(img, query, granularity)
+        t1 = time.perf_counter()
+        timings: dict[str, Any] = {"granularity_s": t1 - t0}
+        if self.config.source == "sam":
+            objects, prop_timings = self.sam_objects(img, level)
+            timings.update(prop_timings)
+        else:
+            objects = self.oracle_objects(instances, level, h, w)
+        t2 = time.perf_counter()
+        timings["proposals_s"] = t2 - t1
+        semantic_source, fallbacks = ("oracle" if self.config.source == "oracle" else "none"), 0
+        if self.vlm is not None and objects:
+            masks = np.stack([o.mask() for o in objects])
+            texts, fallbacks = self._semantics(img, query, masks)
+            for obj, text in zip(objects, texts, strict=True):
+                obj.semantic = text
+            semantic_source = "vlm"
+        timings["semantics_s"] = time.perf_counter() - t2
+        timings["total_s"] = time.perf_counter() - t0
+        provenance = {
+            "config_hash": self.config_hash,
+            "source": self.config.source,
+            "sam": ({"model_type": self.config.sam_model_type,
+                     "checkpoint": Path(self.config.sam_checkpoint or "").name or None}
+                    if self.config.source == "sam" else None),
+            "vlm": self._vlm_provenance(),
+            "semantic_strategy": self.config.semantic_strategy,
+            "semantic_source": semantic_source,
+            "semantic_fallbacks": fallbacks,
+            "granularity_source": level_source,
+            "granularity_fallback": level_fallback,
+            "timings": timings,
+        }
+        return DigitalTwin(image_id=image_id, height=h, width=w, granularity=level, objects=objects,
+                           query=query, provenance=provenance)
+
+
+def objects_from_proposals(props: Proposals, level: int) -> list[TwinObject]:
+    """Twin objects from proposals (RLEs kept as they are, no re-encoding)."""
+    areas = props.areas() * (100.0 / (props.height * props.width))
+    return [TwinObject(id=i, rle=props.rles[i], bbox=tuple(float(v) for v in props.boxes[i]),  # type: ignore[arg-type]
+                       area=float(areas[i]), predicted_iou=float(props.predicted_iou[i]),
+                       stability=float(props.stability[i]), semantic="", level=int(level))
+            for i in range(len(props))]
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
