@@ -55,10 +55,15 @@ class LLMBackend(Protocol):
 
 # --- transformers ------------------------------------------------------------------------------
 def resolve_device(device: str) -> str:
+    """"auto" -> cuda:LOCAL_RANK when CUDA is available, else cpu; anything else as given."""
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        # one GPU per process under torchrun / accelerate launch (sharded evaluation)
+        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        return f"cuda:{local % torch.cuda.device_count()}"
     return device
 
 
