@@ -31,6 +31,36 @@ def synth(
     typer.echo(f"wrote {out}")
 
 
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder: data, twins, datasets, models, "
+                             "eval report, summary.json."),
+    long: bool = typer.Option(False, "--long", help="Train 3x longer on 2x the data (make demo-long)."),
+    quick: bool = typer.Option(False, "--quick", help="A few training steps on a handful of samples "
+                               "(what the test suite runs; numbers are meaningless)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Override the optimizer steps per run."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """The whole pipeline on synthetic scenes: oracle twins -> Seg-DT -> SFTDT (weighted and unweighted)
+    -> evaluation of base / SFTDT / unweighted on the held-out test split -> table and report."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from eval.demo import DemoConfig, demo_markdown, run_demo
+
+    if long and quick:
+        raise typer.BadParameter("--long and --quick exclude each other")
+    cfg = DemoConfig.preset("quick" if quick else "long" if long else "default")
+    if max_steps is not None:
+        cfg.max_steps = max_steps
+    summary = run_demo(out, cfg, progress=progress, log=typer.echo)
+    typer.echo("")
+    typer.echo(demo_markdown(summary, out))
+    typer.echo(f"summary: {out / 'summary.json'}   report: {out / 'eval'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
     app.command("synth")(synth)
+    app.command("demo")(demo)

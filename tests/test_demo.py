@@ -1,0 +1,85 @@
+"""The demo pipeline: compact format, base model preparation, and a shortened end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dtwinseg.parsing import parse_indices
+from dtwinseg.reasoning.compact import CompactConfig, CompactStrategy, compact_answer, compact_twin_text
+from dtwinseg.twin import DigitalTwin
+
+
+def small_twin() -> DigitalTwin:
+    masks = np.zeros((2, 20, 30), dtype=bool)
+    masks[0, 2:6, 3:9] = True
+    masks[1, 10:20, 20:30] = True
+    return DigitalTwin.from_masks("t", masks, semantics=["a small red circle", "a large blue square"])
+
+
+def test_compact_text_lists_every_object_with_position_and_area() -> None:
+    text = compact_twin_text(small_twin())
+    lines = text.splitlines()
+    assert lines[0] == "0: a small red circle, at 5 3, area 4.0"
+    assert lines[1].startswith("1: a large blue square, at 24 14, area 16.7")
+    box = compact_twin_text(small_twin(), CompactConfig(position="box", areas=False))
+    assert box.splitlines()[1] == "1: a large blue square, box 20 10 29 19"
+    with pytest.raises(ValueError, match="position"):
+        compact_twin_text(small_twin(), CompactConfig(position="nowhere"))
+
+
+def test_compact_answer_span_and_strategy_decode_round_trip() -> None:
+    text, (a, b) = compact_answer([3, 1])
+    assert text == "Answer: [1, 3]" and text[a:b] == "[1, 3]"
+    strat = CompactStrategy(CompactConfig())
+    twin = small_twin()
+    assert strat.decode("answer : [ 1 ]", twin).parse.ids == [1]  # WordPiece-decoded spacing
+    assert strat.decode("[ [ [", twin).parse.status == "failed"
+    assert parse_indices(text, [1, 3]).ids == [1, 3]
+    msgs = strat.messages(twin, "the red circle")
+    assert msgs[-1]["content"].startswith("query: the red circle\n0: a small red circle")
+
+
+def test_prepare_minilm_causal_loads_as_causal_lm(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from dtwinseg.base_models import BaseModelConfig, prepare_base_model
+
+    out = prepare_base_model(tmp_path / "base", BaseModelConfig(init_seed=1))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.is_decoder and type(model).__name__ == "BertLMHeadModel"
+    assert json.loads((out / "base_model.json").read_text())["config"]["init_seed"] == 1
+    stamp = (out / "config.json").stat().st_mtime_ns
+    assert prepare_base_model(tmp_path / "base", BaseModelConfig(init_seed=1)) == out  # reused
+    assert (out / "config.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="unknown base model"):
+        prepare_base_model(tmp_path / "x", BaseModelConfig(name="gpt-9"))
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_summary_and_report(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dtwinseg.cli import app
+
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    for label in ("base", "trained", "unweighted"):
+        assert 0.0 <= summary[label]["giou"] <= 1.0 and 0.0 <= summary[label]["ciou"] <= 1.0
+        assert set(summary[label]["dimensions"]) <= {"recognition", "function", "spatial", "geometric",
+                                                     "multi_step", "group", "part"}
+    # oracle twins come from the ground-truth instances: the bound is (near) perfect
+    assert summary["oracle"]["giou"] > 0.97
+    assert summary["wall_time_s"] > 0
+    assert (out / "eval" / "metrics.json").is_file()
+    assert (out / "eval" / "report.md").is_file()
+    assert list((out / "eval").rglob("*.png")), "report plots missing"
+    assert "| trained |" in res.output and "oracle bound" in res.output
+    # both trainings saved a loadable model next to their recipe
+    for name in ("trained", "unweighted"):
+        assert (out / f"train-{name}" / "config.json").is_file()
