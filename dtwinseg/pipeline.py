@@ -114,5 +114,5 @@ def build_perception(section: Any, path: str | os.PathLike) -> TwinSource:
     if not isinstance(section, dict):
         raise DataError(path, "perception", "expected a mapping")
     make = getattr(PerceptionConfig, "from_dict", None)
-    cfg = make(section) if make is not None else PerceptionConfig(**section)
+    cfg = make(section, path=path) if make is not None else PerceptionConfig(**section)
     return TwinBuilder(cfg)
