@@ -140,3 +140,20 @@ def test_bf16_autocast_runs_the_real_decoder(sam_and_features):
     with fixed_encoder(sam, feats):
         props = ProposalGenerator(sam, cfg).generate(image)
     assert len(props) == 12 and props.predicted_iou.dtype == np.float32
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_fast_decoder_equals_sam_mask_decoder(sam_and_features, multimask):
+    from dtwinseg.perception.fast_decoder import FastMaskDecoder
+
+    sam, _, feats = sam_and_features
+    pts = torch.rand(5, 1, 2) * 1000
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(points=(pts, torch.ones(5, 1, dtype=torch.int)), boxes=None, masks=None)
+        kw = dict(image_embeddings=feats, image_pe=sam.prompt_encoder.get_dense_pe(),
+                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+        ref_masks, ref_iou = sam.mask_decoder(**kw)
+        masks, iou = FastMaskDecoder(sam.mask_decoder, chunk=2)(**kw)
+    assert masks.shape == ref_masks.shape == (5, 3 if multimask else 1, 256, 256)
+    scale = ref_masks.abs().max()
+    assert torch.allclose(masks, ref_masks, atol=1e-4 * scale) and torch.allclose(iou, ref_iou, atol=1e-5)

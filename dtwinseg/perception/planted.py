@@ -109,29 +109,39 @@ def planted_outputs(scene: BlobScene, coords: torch.Tensor, low_res: int = 256
 
 @contextlib.contextmanager
 def plant(model: Any, scene: BlobScene, *, run_decoder: bool = True) -> Iterator[None]:
-    """Within the block, ``model.mask_decoder`` returns the planted outputs for the last points given to
-    ``model.prompt_encoder``. ``run_decoder`` still runs the real decoder first (real timing)."""
-    pe, dec = model.prompt_encoder, model.mask_decoder
-    orig_pe, orig_dec = pe.forward, dec.forward
+    """Within the block, ``model.mask_decoder`` (and its FastMaskDecoder) return the planted outputs for
+    the last points given to ``model.prompt_encoder``. ``run_decoder`` still runs the real decoder first
+    (real timing)."""
+    from dtwinseg.perception.fast_decoder import fast_decoder_for
+
+    pe = model.prompt_encoder
+    orig_pe = pe.forward
     last: dict[str, torch.Tensor] = {}
 
     def pe_forward(points: Any = None, boxes: Any = None, masks: Any = None) -> Any:
         last["coords"] = points[0][:, 0, :]
         return orig_pe(points=points, boxes=boxes, masks=masks)
 
-    def dec_forward(*args: Any, **kwargs: Any) -> Any:
-        if run_decoder:
-            orig_dec(*args, **kwargs)
-        logits, ious = planted_outputs(scene, last["coords"])
-        if not kwargs.get("multimask_output", True):
-            return logits[:, :1], ious[:, :1]
-        return logits, ious
+    def planted_forward(orig: Any) -> Any:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if run_decoder:
+                orig(*args, **kwargs)
+            logits, ious = planted_outputs(scene, last["coords"])
+            if not kwargs.get("multimask_output", True):
+                return logits[:, :1], ious[:, :1]
+            return logits, ious
+        return forward
 
-    pe.forward, dec.forward = pe_forward, dec_forward
+    decoders = (model.mask_decoder, fast_decoder_for(model))
+    pe.forward = pe_forward
+    for dec in decoders:
+        dec.forward = planted_forward(dec.forward)
     try:
         yield
     finally:
-        del pe.forward, dec.forward
+        del pe.forward
+        for dec in decoders:
+            del dec.forward
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from dtwinseg.perception.fast_decoder import fast_decoder_for
 from dtwinseg.twin import Granularity, encode_rles
 
 CONTAINMENT_MODES = ("largest", "all-larger")
@@ -59,6 +60,9 @@ class ProposalConfig:
         part_iou_tau: tau, pairwise mask IoU above which part-level duplicates are dropped (0.7).
         containment_tau: tau', |m_j ∩ m*| / |m_j| above which m_j is dropped at object/group level (0.8).
         containment: "largest" (the paper: test against the single largest mask) | "all-larger".
+        fast_decoder: run SAM's mask decoder through FastMaskDecoder (same weights and mathematics,
+            shared image-token work done once; outputs equal up to float rounding).
+        decoder_chunk: prompts per FastMaskDecoder step (bounds memory, ~50 MB per prompt in float32).
         exact_filters: measure stability and NMS boxes on the full-size logits of the IoU-filter
             survivors instead of on the low-res logits: bit-for-bit SamAutomaticMaskGenerator decisions
             at the cost of upsampling every IoU survivor (still skips the IoU rejects that AMG upsamples).
@@ -74,6 +78,8 @@ class ProposalConfig:
     stability_score_offset: float = 1.0
     box_nms_thresh: float = 0.7
     upsample_chunk: int = 32
+    fast_decoder: bool = True
+    decoder_chunk: int = 16
     exact_filters: bool = False
     autocast: str = "none"
     refine: bool = True
@@ -87,8 +93,8 @@ class ProposalConfig:
             raise ValueError(f"containment must be one of {CONTAINMENT_MODES}, got {self.containment!r}")
         if self.autocast not in AUTOCAST_MODES:
             raise ValueError(f"autocast must be one of {AUTOCAST_MODES}, got {self.autocast!r}")
-        if self.points_per_side < 1 or self.points_per_batch < 1 or self.upsample_chunk < 1:
-            raise ValueError("points_per_side, points_per_batch and upsample_chunk must be >= 1")
+        if min(self.points_per_side, self.points_per_batch, self.upsample_chunk, self.decoder_chunk) < 1:
+            raise ValueError("points_per_side, points_per_batch, upsample_chunk and decoder_chunk must be >= 1")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ProposalConfig:
@@ -306,9 +312,13 @@ class ProposalGenerator:
         coords = self.predictor.transform.apply_coords(np.asarray(points_xy), self.predictor.original_size)
         pts = torch.as_tensor(coords, device=self.device)[:, None, :]  # float64 as in SAM's AMG
         labels = torch.ones(pts.shape[0], 1, dtype=torch.int, device=self.device)
+        if self.config.fast_decoder:
+            decoder = fast_decoder_for(self.model, self.config.decoder_chunk)
+        else:
+            decoder = self.model.mask_decoder
         with self._autocast():
             sparse, dense = self.model.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
-            low_res, iou = self.model.mask_decoder(
+            low_res, iou = decoder(
                 image_embeddings=self.predictor.features,
                 image_pe=self.model.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,

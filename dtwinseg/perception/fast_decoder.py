@@ -1,0 +1,167 @@
+"""SAM's mask decoder for many point prompts on ONE image, with the shared work done once.
+
+Same parameters, same mathematics as ``segment_anything.modeling.MaskDecoder.forward`` (outputs equal up
+to float rounding; tests/test_proposals.py checks it), reorganised for everything mode where hundreds of
+prompts share one image embedding:
+
+- The image tokens are not copied per prompt: in the first block they are identical for every prompt,
+  so their projections are computed once and broadcast.
+- Attention with few tokens against 4096 image tokens is folded through the projections: scores are
+  ``(W_k^T q) . x`` instead of ``q . (W_k x)``, and values ``(attn @ x) W_v^T`` instead of
+  ``attn @ (x W_v^T)``, so no per-prompt 4096 x 256 projection is materialised (softmax is invariant to the
+  dropped per-query key-bias term; attention rows sum to 1, so the value bias passes through).
+- The output upscaling (two stride-2 2x2 transposed convolutions + LayerNorm2d + GELU) runs as per-pixel
+  GEMMs in token-major layout; only the final B x 4 x 256 x 256 masks are permuted to image layout.
+
+Prompts with dense (mask) inputs that differ per prompt fall back to the original decoder.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def fast_decoder_for(model: Any, chunk: int | None = None) -> FastMaskDecoder:
+    """The model's FastMaskDecoder (created once and kept outside the module tree, so ``state_dict`` is
+    unchanged); ``chunk`` updates its prompt chunk size."""
+    fast = model.__dict__.get("_dtwinseg_fast_decoder")
+    if fast is None:
+        fast = FastMaskDecoder(model.mask_decoder)
+        object.__setattr__(model, "_dtwinseg_fast_decoder", fast)
+    if chunk is not None:
+        fast.chunk = chunk
+    return fast
+
+
+class FastMaskDecoder(nn.Module):
+    """Drop-in for ``MaskDecoder.forward`` (same arguments and outputs) when all prompts share one image.
+
+    Args:
+        decoder: a segment-anything ``MaskDecoder`` (its weights are used, not copied).
+        chunk: prompts processed together (bounds memory: ~50 MB per prompt in float32).
+    """
+
+    def __init__(self, decoder: Any, chunk: int = 16):
+        super().__init__()
+        self.decoder = decoder
+        self.chunk = chunk
+
+    def forward(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
+                dense_prompt_embeddings: Tensor, multimask_output: bool) -> tuple[Tensor, Tensor]:
+        """image_embeddings 1 x C x h x w, image_pe 1 x C x h x w, sparse B x P x C, dense B x C x h x w
+        -> masks B x (3 | 1) x 4h x 4w logits, iou B x (3 | 1)."""
+        dense = dense_prompt_embeddings
+        if image_embeddings.shape[0] != 1 or (dense.shape[0] > 1 and dense.stride(0) != 0):
+            return self.decoder(image_embeddings=image_embeddings, image_pe=image_pe,
+                                sparse_prompt_embeddings=sparse_prompt_embeddings,
+                                dense_prompt_embeddings=dense, multimask_output=multimask_output)
+        src = (image_embeddings + dense[:1]).flatten(2).transpose(1, 2)  # 1 x N x C, shared
+        pos = image_pe.flatten(2).transpose(1, 2)
+        masks, ious = [], []
+        for start in range(0, sparse_prompt_embeddings.shape[0], self.chunk):
+            m, i = self._predict(src, pos, sparse_prompt_embeddings[start:start + self.chunk],
+                                 image_embeddings.shape[-2:])
+            masks.append(m)
+            ious.append(i)
+        mask, iou = torch.cat(masks), torch.cat(ious)
+        sel = slice(1, None) if multimask_output else slice(0, 1)
+        return mask[:, sel], iou[:, sel]
+
+    def _predict(self, src: Tensor, pos: Tensor, sparse: Tensor, hw: torch.Size) -> tuple[Tensor, Tensor]:
+        d = self.decoder
+        tr = d.transformer
+        b = sparse.shape[0]
+        out_tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)  # B x T x C
+        queries, keys = tokens, src
+        for layer in tr.layers:
+            queries, keys = _block(layer, queries, keys, tokens, pos)
+        attn_out = _token_to_image(tr.final_attn_token_to_image, queries + tokens, keys, keys + pos)
+        queries = tr.norm_final_attn(queries + attn_out)
+        iou_pred = d.iou_prediction_head(queries[:, 0])
+        mask_tokens = queries[:, 1:1 + d.num_mask_tokens]
+        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(d.output_hypernetworks_mlps)], 1)
+        return _upscale_and_project(d.output_upscaling, keys, hyper, hw), iou_pred
+
+
+def _block(layer: Any, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
+    """TwoWayAttentionBlock.forward with the folded cross-attentions (keys: 1 or B x N x C)."""
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + query_pe
+        queries = queries + layer.self_attn(q=q, k=q, v=queries)
+    queries = layer.norm1(queries)
+    x = keys + key_pe  # both cross-attentions of the block see the same keys + pe
+    queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys, x))
+    queries = layer.norm3(queries + layer.mlp(queries))
+    keys = layer.norm4(keys + _image_to_token(layer.cross_attn_image_to_token, x, queries + query_pe, queries))
+    return queries, keys
+
+
+def _heads(attn: Any) -> tuple[int, int]:
+    return attn.num_heads, attn.internal_dim // attn.num_heads
+
+
+def _token_to_image(attn: Any, q: Tensor, keys: Tensor, k: Tensor) -> Tensor:
+    """Attention(q=q, k=k, v=keys) with k = keys + pe: q B x T x C, keys and k 1|B x N x C -> B x T x C."""
+    b, t, c = q.shape
+    h, dh = _heads(attn)
+    qh = attn.q_proj(q).view(b, t, h, dh)
+    q_folded = torch.einsum("bthd,hdc->bhtc", qh, attn.k_proj.weight.view(h, dh, c)).reshape(b, h * t, c)
+    if keys.shape[0] == 1:
+        scores = (q_folded.reshape(b * h * t, c) @ k[0].T).view(b, h * t, -1)
+    else:
+        scores = torch.bmm(q_folded, k.transpose(1, 2))
+    probs = torch.softmax(scores / math.sqrt(dh), dim=-1)
+    if keys.shape[0] == 1:
+        pooled = (probs.reshape(b * h * t, -1) @ keys[0]).view(b, h, t, c)
+    else:
+        pooled = torch.bmm(probs, keys).view(b, h, t, c)
+    v = torch.einsum("bhtc,hdc->bthd", pooled, attn.v_proj.weight.view(h, dh, c)) + attn.v_proj.bias.view(h, dh)
+    return attn.out_proj(v.reshape(b, t, h * dh))
+
+
+def _image_to_token(attn: Any, x: Tensor, k_tokens: Tensor, v_tokens: Tensor) -> Tensor:
+    """Attention(q=x, k=k_tokens, v=v_tokens): x 1|B x N x C image tokens (+pe), tokens B x T x C
+    -> B x N x C."""
+    b, t, c = k_tokens.shape
+    h, dh = _heads(attn)
+    kh = attn.k_proj(k_tokens).view(b, t, h, dh)
+    wq = attn.q_proj.weight.view(h, dh, c)
+    k_folded = torch.einsum("bthd,hdc->bcht", kh, wq).reshape(b, c, h * t)
+    bias = torch.einsum("bthd,hd->bht", kh, attn.q_proj.bias.view(h, dh)).reshape(b, 1, h * t)
+    if x.shape[0] == 1:
+        n = x.shape[1]
+        scores = (x[0] @ k_folded.permute(1, 0, 2).reshape(c, b * h * t)).view(n, b, h * t).transpose(0, 1)
+    else:
+        n = x.shape[1]
+        scores = torch.bmm(x, k_folded)
+    probs = torch.softmax(((scores + bias) / math.sqrt(dh)).view(b, n, h, t), dim=-1)
+    vh = attn.v_proj(v_tokens).view(b, t, h, dh)
+    v_out = torch.einsum("bthd,chd->bhtc", vh, attn.out_proj.weight.view(c, h, dh)).reshape(b, h * t, c)
+    return torch.baddbmm(attn.out_proj.bias.expand(b, n, c), probs.reshape(b, n, h * t), v_out)
+
+
+def _upscale_and_project(upscaling: nn.Sequential, keys: Tensor, hyper: Tensor, hw: torch.Size) -> Tensor:
+    """output_upscaling (convT 2x2/2, LayerNorm2d, act, convT 2x2/2, act) on B x N x C tokens as per-pixel
+    GEMMs, then the hypernetwork product: -> B x M x 4h x 4w mask logits."""
+    ct1, ln, act1, ct2, act2 = upscaling
+    b, n, c = keys.shape
+    h, w = hw
+    c1, c2 = ct1.out_channels, ct2.out_channels
+    w1 = ct1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # (C_in, [i, j, C_out])
+    y = torch.addmm(ct1.bias.repeat(4), keys.reshape(b * n, c), w1).view(b * n * 4, c1)
+    y = act1(F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps))
+    w2 = ct2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+    y = act2(torch.addmm(ct2.bias.repeat(4), y, w2)).view(b, n * 16, c2)
+    m = hyper.shape[1]
+    masks = torch.bmm(y, hyper.transpose(1, 2))  # B x (N * 16) x M
+    # (y, x, i1, j1, i2, j2) -> (4y + 2 i1 + i2, 4x + 2 j1 + j2)
+    masks = masks.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return masks.reshape(b, m, 4 * h, 4 * w)
