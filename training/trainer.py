@@ -118,6 +118,29 @@ def fused_head_supported(model: torch.nn.Module) -> bool:
     return head is not None and any(child is head for child in base.children())
 
 
+def _has_unpartitioned_zero3_head(model: torch.nn.Module) -> bool:
+    """True under ZeRO-3 when the output embedding was left unpartitioned (TRL's fused head then fails
+    reading ``ds_status``; the chunked path reads the full weight directly)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return False
+    head = _unwrapped(model).get_output_embeddings()
+    return head is not None and not hasattr(head.weight, "ds_status")
+
+
+def _gathered(*params: torch.nn.Parameter | None) -> Any:
+    """All-gather ZeRO-3 partitioned parameters for a direct read; a no-op for ordinary parameters."""
+    import contextlib
+
+    parts = [p for p in params if p is not None and hasattr(p, "ds_status")]
+    if not parts:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(parts, modifier_rank=None)
+
+
 class SFTDTTrainer(SFTTrainer):
     """SFTTrainer with the weighted SFTDT loss. Takes SFTTrainer's arguments; the training dataset has
     ``input_ids``, ``labels``, ``loss_weights`` (and optionally ``token_kinds``, ``id``) columns.
@@ -165,7 +188,6 @@ class SFTDTTrainer(SFTTrainer):
     def _chunked_log_probs(self, model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """(log_probs, is_top1, mask), each B x (S-1), without B x S x V logits (fallback path)."""
         from trl.kernels import ChunkedLogProbFunction
-        from trl.trainer.utils import maybe_gather_lm_head_ctx
 
         head = _unwrapped(model).get_output_embeddings()
         labels = inputs["labels"]
@@ -177,7 +199,7 @@ class SFTDTTrainer(SFTTrainer):
             del head.forward
         hidden, shifted = hidden[:, :-1], labels[:, 1:]
         mask = shifted != -100
-        with maybe_gather_lm_head_ctx(head.weight, head.bias):
+        with _gathered(head.weight, head.bias):
             log_probs, _, _, _, is_top1 = ChunkedLogProbFunction.apply(
                 hidden[mask], head.weight, head.bias, shifted[mask], 1.0, self.args.logprob_chunk_size,
                 None, 1.0, ("log_probs", "is_top1"))
@@ -193,7 +215,7 @@ class SFTDTTrainer(SFTTrainer):
         if weights is None:
             raise KeyError("batch has no 'loss_weights': use the SFTDT dataset (build-sft) and its collator")
         inputs["use_cache"] = False
-        if self._use_fused:
+        if self._use_fused and not _has_unpartitioned_zero3_head(model):
             outputs = model(**inputs, fused_lm_head=True)
             log_probs, is_top1, mask = outputs.log_probs, outputs.is_top1, outputs.label_mask
         else:
