@@ -81,6 +81,18 @@ def _pooled(masks: torch.Tensor, max_pixels: int) -> torch.Tensor:
     return masks.reshape(n, hp // k, k, wp // k, k).any(dim=4).any(dim=2)
 
 
+def _projections(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column pixel counts (float32 N x H, N x W) of CPU bool masks.
+
+    Summed as uint8 with an int32 accumulator in numpy: ~6x faster than torch's float sums here and no
+    float copy of the masks (300 masks of 1024 x 1024 would be 1.2 GB as float32).
+    """
+    u = masks.numpy().view(np.uint8)
+    rows = torch.from_numpy(u.sum(2, dtype=np.int32).astype(np.float32))
+    cols = torch.from_numpy(u.sum(1, dtype=np.int32).astype(np.float32))
+    return rows, cols
+
+
 def pairwise_relations(masks: np.ndarray, cfg: SpatialConfig | None = None) -> PairwiseRelations:
     """Relations for all ordered pairs of N x H x W bool masks, vectorised."""
     cfg = cfg or SpatialConfig()
@@ -97,8 +109,7 @@ def pairwise_relations(masks: np.ndarray, cfg: SpatialConfig | None = None) -> P
     overlap = inter / torch.minimum(area[:, None], area[None, :])
 
     # Boxes and centroids at full resolution (cheap: projections on each axis).
-    mf = m.float()
-    rows, cols = mf.sum(2), mf.sum(1)  # N x H, N x W
+    rows, cols = _projections(m)  # N x H, N x W
     npix = rows.sum(1).clamp_min(1.0)
     cy = (rows * torch.arange(h, dtype=torch.float32)).sum(1) / npix
     cx = (cols * torch.arange(w, dtype=torch.float32)).sum(1) / npix

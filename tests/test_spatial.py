@@ -101,3 +101,14 @@ def test_pooled_equals_max_pool2d_ceil_mode():
         k = int(np.ceil(np.sqrt(h * w / 256)))
         want = torch.nn.functional.max_pool2d(m[:, None].float(), k, k, ceil_mode=True)[:, 0] > 0
         assert torch.equal(_pooled(m, 256), want)
+
+
+def test_projections_equal_float_sums():
+    import torch
+
+    from dtwinseg.spatial import _projections
+
+    m = torch.as_tensor(np.random.default_rng(6).random((4, 37, 300)) < 0.9)
+    rows, cols = _projections(m)
+    assert torch.equal(rows, m.float().sum(2)) and torch.equal(cols, m.float().sum(1))
+    assert rows.dtype == torch.float32 and rows.max() > 255  # no uint8 overflow
