@@ -157,3 +157,23 @@ def test_fast_decoder_equals_sam_mask_decoder(sam_and_features, multimask):
     assert masks.shape == ref_masks.shape == (5, 3 if multimask else 1, 256, 256)
     scale = ref_masks.abs().max()
     assert torch.allclose(masks, ref_masks, atol=1e-4 * scale) and torch.allclose(iou, ref_iou, atol=1e-5)
+
+
+def test_fast_decoder_early_rejection_only_drops_masks_below_theta(sam_and_features):
+    from dtwinseg.perception.fast_decoder import FastMaskDecoder
+
+    sam, _, feats = sam_and_features
+    pts = torch.rand(6, 1, 2) * 1000
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(points=(pts, torch.ones(6, 1, dtype=torch.int)), boxes=None, masks=None)
+        kw = dict(image_embeddings=feats, image_pe=sam.prompt_encoder.get_dense_pe(),
+                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+        fast = FastMaskDecoder(sam.mask_decoder, chunk=4)
+        ref_masks, ref_iou = fast(**kw)
+        theta = float(ref_iou.max(1).values.median())
+        fast.skip_iou_below = theta
+        masks, iou = fast(**kw)
+    kept = (ref_iou > theta).any(1)
+    assert 0 < kept.sum() < 6 and fast.last_skipped == int((~kept).sum())
+    assert torch.equal(iou, ref_iou)
+    assert torch.allclose(masks[kept], ref_masks[kept], atol=1e-5) and (masks[~kept] == -1e4).all()

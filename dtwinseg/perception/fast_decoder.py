@@ -10,6 +10,10 @@ prompts share one image embedding:
   ``(W_k^T q) . x`` instead of ``q . (W_k x)``, and values ``(attn @ x) W_v^T`` instead of
   ``attn @ (x W_v^T)``, so no per-prompt 4096 x 256 projection is materialised (softmax is invariant to the
   dropped per-query key-bias term; attention rows sum to 1, so the value bias passes through).
+- Optional early rejection (``skip_iou_below``, set by the everything-mode caller to theta): the IoU head
+  only needs the transformer's output tokens, so prompts none of whose returned masks can pass the
+  predicted-IoU filter skip the upscaling and get constant -1e4 logits; exact for a caller that discards
+  masks with predicted IoU <= theta anyway.
 - The output upscaling (two stride-2 2x2 transposed convolutions + LayerNorm2d + GELU) runs as per-pixel
   GEMMs in token-major layout; only the final B x 4 x 256 x 256 masks are permuted to image layout.
 
@@ -19,6 +23,7 @@ Prompts with dense (mask) inputs that differ per prompt fall back to the origina
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,6 +55,10 @@ class FastMaskDecoder(nn.Module):
         super().__init__()
         self.decoder = decoder
         self.chunk = chunk
+        self.skip_iou_below: float | None = None
+        # test / benchmark hook: (start, end) of the prompts in the current chunk -> IoUs deciding the skip
+        self.gate_ious: Callable[[int, int], Tensor] | None = None
+        self.last_skipped = 0
 
     def forward(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
                 dense_prompt_embeddings: Tensor, multimask_output: bool) -> tuple[Tensor, Tensor]:
@@ -62,17 +71,19 @@ class FastMaskDecoder(nn.Module):
                                 dense_prompt_embeddings=dense, multimask_output=multimask_output)
         src = (image_embeddings + dense[:1]).flatten(2).transpose(1, 2)  # 1 x N x C, shared
         pos = image_pe.flatten(2).transpose(1, 2)
+        sel = slice(1, None) if multimask_output else slice(0, 1)
         masks, ious = [], []
+        self.last_skipped = 0
         for start in range(0, sparse_prompt_embeddings.shape[0], self.chunk):
-            m, i = self._predict(src, pos, sparse_prompt_embeddings[start:start + self.chunk],
-                                 image_embeddings.shape[-2:])
+            chunk = sparse_prompt_embeddings[start:start + self.chunk]
+            m, i = self._predict(src, pos, chunk, image_embeddings.shape[-2:], sel, (start, start + len(chunk)))
             masks.append(m)
             ious.append(i)
         mask, iou = torch.cat(masks), torch.cat(ious)
-        sel = slice(1, None) if multimask_output else slice(0, 1)
         return mask[:, sel], iou[:, sel]
 
-    def _predict(self, src: Tensor, pos: Tensor, sparse: Tensor, hw: torch.Size) -> tuple[Tensor, Tensor]:
+    def _predict(self, src: Tensor, pos: Tensor, sparse: Tensor, hw: torch.Size, sel: slice,
+                 span: tuple[int, int]) -> tuple[Tensor, Tensor]:
         d = self.decoder
         tr = d.transformer
         b = sparse.shape[0]
@@ -86,7 +97,15 @@ class FastMaskDecoder(nn.Module):
         iou_pred = d.iou_prediction_head(queries[:, 0])
         mask_tokens = queries[:, 1:1 + d.num_mask_tokens]
         hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(d.output_hypernetworks_mlps)], 1)
-        return _upscale_and_project(d.output_upscaling, keys, hyper, hw), iou_pred
+        if self.skip_iou_below is None:
+            return _upscale_and_project(d.output_upscaling, keys, hyper, hw), iou_pred
+        gate = self.gate_ious(*span) if self.gate_ious is not None else iou_pred[:, sel]
+        keep = (gate > self.skip_iou_below).any(dim=1)
+        masks = keys.new_full((b, hyper.shape[1], 4 * hw[0], 4 * hw[1]), -1e4)
+        if keep.any():
+            masks[keep] = _upscale_and_project(d.output_upscaling, keys[keep], hyper[keep], hw)
+        self.last_skipped += int((~keep).sum())
+        return masks, iou_pred
 
 
 def _block(layer: Any, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:

@@ -62,6 +62,8 @@ class ProposalConfig:
         containment: "largest" (the paper: test against the single largest mask) | "all-larger".
         fast_decoder: run SAM's mask decoder through FastMaskDecoder (same weights and mathematics,
             shared image-token work done once; outputs equal up to float rounding).
+        skip_rejected: with the fast decoder, prompts whose 3 masks all have predicted IoU <= theta skip
+            the output upscaling (exact: the IoU filter drops those masks anyway).
         decoder_chunk: prompts per FastMaskDecoder step (bounds memory, ~50 MB per prompt in float32).
         exact_filters: measure stability and NMS boxes on the full-size logits of the IoU-filter
             survivors instead of on the low-res logits: bit-for-bit SamAutomaticMaskGenerator decisions
@@ -80,6 +82,7 @@ class ProposalConfig:
     upsample_chunk: int = 32
     fast_decoder: bool = True
     decoder_chunk: int = 16
+    skip_rejected: bool = True
     exact_filters: bool = False
     autocast: str = "none"
     refine: bool = True
@@ -116,7 +119,8 @@ class Proposals:
         rles: N COCO RLEs (``counts`` as str).
         boxes: N x 4 float, (x_min, y_min, x_max, y_max) in pixels, max inclusive (as SAM's AMG).
         predicted_iou: N SAM predicted IoUs.
-        stability: N stability scores (measured on the full-size logits of the kept mask).
+        stability: N stability scores, as the filter measured them (low-res logits; full-size logits
+            with ``exact_filters``).
         points: N x 2 prompt points (x, y) in pixels that produced each mask.
         height, width: image size in pixels.
         timings: seconds per stage.
@@ -306,14 +310,19 @@ class ProposalGenerator:
 
     # --- stage 2: decoder ---------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, points_xy: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, points_xy: np.ndarray, skip_rejected: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt the decoder with one point each: P x 2 pixel (x, y) -> low-res logits P x 3 x 256 x 256
-        and predicted IoUs P x 3 (float32, on the model's device)."""
+        and predicted IoUs P x 3 (float32, on the model's device).
+
+        ``skip_rejected`` (fast decoder only): prompts none of whose 3 masks has predicted IoU above
+        ``pred_iou_thresh`` skip the upscaling and get -1e4 logits (the IoU filter drops them anyway)."""
         coords = self.predictor.transform.apply_coords(np.asarray(points_xy), self.predictor.original_size)
         pts = torch.as_tensor(coords, device=self.device)[:, None, :]  # float64 as in SAM's AMG
         labels = torch.ones(pts.shape[0], 1, dtype=torch.int, device=self.device)
         if self.config.fast_decoder:
             decoder = fast_decoder_for(self.model, self.config.decoder_chunk)
+            use_skip = skip_rejected and self.config.skip_rejected and self.config.pred_iou_thresh > 0
+            decoder.skip_iou_below = self.config.pred_iou_thresh if use_skip else None
         else:
             decoder = self.model.mask_decoder
         with self._autocast():
@@ -339,7 +348,7 @@ class ProposalGenerator:
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """IoU + stability filters on flattened low-res candidates; returns the survivors' logits
         (K x 256 x 256), IoUs, stabilities, points and boxes in original pixels (K x 4)."""
-        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+        from segment_anything.utils.amg import calculate_stability_score
 
         cfg = self.config
         thr = self.model.mask_threshold
@@ -356,7 +365,7 @@ class ProposalGenerator:
         if cfg.stability_score_thresh > 0:
             keep = stab >= cfg.stability_score_thresh
             logits, scores, pts, stab, valid = logits[keep], scores[keep], pts[keep], stab[keep], valid[keep]
-        boxes = batched_mask_to_box(valid > thr).float()
+        boxes = masks_to_boxes(valid > thr)
         # low-res pixel j covers original pixels [j*s, (j+1)*s): inclusive max like SAM's full-res boxes
         scale = torch.tensor([sx, sy, sx, sy], device=boxes.device)
         boxes = boxes * scale + torch.tensor([0.0, 0.0, sx - 1, sy - 1], device=boxes.device)
@@ -365,7 +374,7 @@ class ProposalGenerator:
     def _filter_full_res(self, logits: torch.Tensor, scores: torch.Tensor, pts: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stability filter and boxes on full-size logits (chunked, nothing full-size is kept)."""
-        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+        from segment_anything.utils.amg import calculate_stability_score
 
         thr, cfg = self.model.mask_threshold, self.config
         stabs, boxes = [], []
@@ -373,7 +382,7 @@ class ProposalGenerator:
             full = self.model.postprocess_masks(logits[start:start + cfg.upsample_chunk, None],
                                                 self.predictor.input_size, self.predictor.original_size)[:, 0]
             stabs.append(calculate_stability_score(full, thr, cfg.stability_score_offset))
-            boxes.append(batched_mask_to_box(full > thr).float())
+            boxes.append(masks_to_boxes(full > thr))
         h, w = self.predictor.original_size
         stab = torch.cat(stabs) if stabs else torch.zeros(0, device=logits.device)
         box = torch.cat(boxes) if boxes else torch.zeros(0, 4, device=logits.device)
@@ -381,28 +390,20 @@ class ProposalGenerator:
             stab, dtype=torch.bool)
         return logits[keep], scores[keep], stab[keep], pts[keep], box[keep]
 
-    def _upsample_and_encode(self, logits: torch.Tensor) -> tuple[list[dict], np.ndarray, np.ndarray,
-                                                                  np.ndarray]:
-        """Full-size masks of K low-res logits (chunked): RLEs, boxes K x 4, stabilities K, centroids K x 2."""
-        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
-
+    def _upsample_and_encode(self, logits: torch.Tensor) -> tuple[list[dict], np.ndarray]:
+        """Full-size masks of K low-res logits (chunked, exactly SAM's postprocess_masks): RLEs, boxes K x 4."""
         thr = self.model.mask_threshold
         rles: list[dict] = []
-        boxes, stabs, cents = [], [], []
+        boxes = []
         for start in range(0, len(logits), self.config.upsample_chunk):
             chunk = logits[start:start + self.config.upsample_chunk, None]
-            full = self.model.postprocess_masks(chunk, self.predictor.input_size,
-                                                self.predictor.original_size)[:, 0]
-            stabs.append(calculate_stability_score(full, thr, self.config.stability_score_offset))
-            masks = full > thr
-            del full
-            boxes.append(batched_mask_to_box(masks).float())
-            cents.append(mask_centroids(masks))
+            masks = self.model.postprocess_masks(chunk, self.predictor.input_size,
+                                                 self.predictor.original_size)[:, 0] > thr
+            boxes.append(masks_to_boxes(masks))
             rles.extend(encode_rles(masks.to(torch.uint8).cpu().numpy()))
         if not rles:
-            return [], np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.float32)
-        return (rles, torch.cat(boxes).cpu().numpy(), torch.cat(stabs).float().cpu().numpy(),
-                torch.cat(cents).cpu().numpy())
+            return [], np.zeros((0, 4), np.float32)
+        return rles, torch.cat(boxes).cpu().numpy()
 
     # --- public API ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -421,7 +422,7 @@ class ProposalGenerator:
         kept: list[tuple[torch.Tensor, ...]] = []
         for start in range(0, len(grid), self.config.points_per_batch):
             batch = grid[start:start + self.config.points_per_batch]
-            low_res, iou = self.decode(batch)
+            low_res, iou = self.decode(batch, skip_rejected=True)
             pts = torch.as_tensor(batch, dtype=torch.float32, device=low_res.device)
             kept.append(self._filter_low_res(low_res, iou, pts))
             del low_res, iou
@@ -432,10 +433,10 @@ class ProposalGenerator:
             order = torch.argsort(scores, descending=True, stable=True)
         logits, scores, pts = logits[order], scores[order], pts[order]
         t2 = time.perf_counter()
-        rles, full_boxes, full_stab, _ = self._upsample_and_encode(logits)
+        rles, full_boxes = self._upsample_and_encode(logits)
         h, w = self.predictor.original_size
         props = Proposals(rles=rles, boxes=full_boxes, predicted_iou=scores.cpu().numpy(),
-                          stability=full_stab, points=pts.cpu().numpy(), height=h, width=w)
+                          stability=stab[order].float().cpu().numpy(), points=pts.cpu().numpy(), height=h, width=w)
         t3 = time.perf_counter()
         props.timings = {"encoder_s": t1 - t0, "decoder_filter_s": t2 - t1, "upsample_rle_s": t3 - t2,
                          "candidates": int(len(grid) * 3), "survivors": len(rles)}
@@ -472,9 +473,11 @@ class ProposalGenerator:
     def reprompt_largest(self, points_xy: np.ndarray) -> Proposals:
         """Prompt SAM with each point alone in multimask mode and keep the largest of its 3 masks
         (largest by low-res area over the image region); full-size survivors as Proposals."""
+        from segment_anything.utils.amg import calculate_stability_score
+
         lh, lw, _, _ = self._valid_low_res()
         thr = self.model.mask_threshold
-        logits_out, iou_out = [], []
+        logits_out, iou_out, stab_out = [], [], []
         for start in range(0, len(points_xy), self.config.points_per_batch):
             low_res, iou = self.decode(points_xy[start:start + self.config.points_per_batch])
             area = (low_res[:, :, :lh, :lw] > thr).flatten(2).sum(-1)  # P x 3
@@ -482,11 +485,29 @@ class ProposalGenerator:
             idx = torch.arange(len(pick), device=pick.device)
             logits_out.append(low_res[idx, pick])
             iou_out.append(iou[idx, pick])
+            stab_out.append(calculate_stability_score(logits_out[-1][:, :lh, :lw], thr,
+                                                      self.config.stability_score_offset))
         logits = torch.cat(logits_out)
-        rles, boxes, stab, _ = self._upsample_and_encode(logits)
+        stab = torch.cat(stab_out).float().cpu().numpy()
+        rles, boxes = self._upsample_and_encode(logits)
         h, w = self.predictor.original_size
         return Proposals(rles=rles, boxes=boxes, predicted_iou=torch.cat(iou_out).cpu().numpy(),
                          stability=stab, points=np.asarray(points_xy, dtype=np.float32), height=h, width=w)
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes (x_min, y_min, x_max, y_max), max inclusive, of N x H x W bool masks -> N x 4 float;
+    all zeros for an empty mask (as SAM's batched_mask_to_box, from two any() projections)."""
+    n, h, w = masks.shape
+    if n == 0:
+        return torch.zeros(0, 4, device=masks.device)
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    y0 = rows.int().argmax(dim=1)
+    y1 = h - 1 - rows.flip(1).int().argmax(dim=1)
+    x0 = cols.int().argmax(dim=1)
+    x1 = w - 1 - cols.flip(1).int().argmax(dim=1)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1).float()
+    return boxes * rows.any(dim=1, keepdim=True)
 
 
 def mask_centroids(masks: torch.Tensor) -> torch.Tensor:
