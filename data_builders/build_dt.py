@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 from data_builders.dt_cache import DTCache
 from data_builders.registry import open_dataset
 from dtwinseg.io import atomic_write_json
 from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,8 +62,9 @@ def shard_indices(n_samples: int, shard: tuple[int, int] = (0, 1), limit: int | 
 
 
 def cache_config(config: PerceptionConfig, *, fill_semantics: bool = False) -> dict:
-    """The dict a cache folder is keyed by (no secrets: the VLM config holds an env variable name)."""
-    d = config.to_dict()
+    """The dict a cache folder is keyed by: the config's identity (no operational fields, no secrets: the
+    VLM config holds an env variable name)."""
+    d = config.identity()
     if fill_semantics:
         d["semantics_pass"] = "second"
     return d
@@ -91,11 +95,14 @@ def build_dt(
     source = DTCache.create(out, cache_config(proposals_only(config))) if fill_semantics else None
     builder = builder or TwinBuilder(config)
     counts = BuildCounts(input_skipped=len(dataset.skipped))
-    for idx in _progress(shard_indices(len(dataset), shard, limit), f"twins {dataset_spec}", progress):
+    indices = shard_indices(len(dataset), shard, limit)
+    for idx, sample in _progress(_shard_samples(dataset, indices), f"twins {dataset_spec}", progress,
+                                 total=len(indices)):
         counts.samples += 1
         sid = f"#{idx}"
         try:
-            sample = dataset[idx]
+            if isinstance(sample, Exception):
+                raise sample
             sid = sample.id
             if cache.has(sid):
                 counts.existing += 1
@@ -121,6 +128,26 @@ def build_dt(
     return cache, counts
 
 
+def _shard_samples(dataset: Any, indices: list[int]) -> Iterator[tuple[int, Any]]:
+    """(index, Sample or the exception reading it) for ``indices``: random access when the reader has
+    it, else one pass over the reader."""
+    if hasattr(dataset, "__getitem__"):
+        for i in indices:
+            try:
+                yield i, dataset[i]
+            except Exception as e:  # noqa: BLE001 - recorded as this sample's failure
+                yield i, e
+        return
+    if not indices:
+        return
+    wanted, last = set(indices), indices[-1]
+    for i, sample in enumerate(dataset):
+        if i in wanted:
+            yield i, sample
+        if i >= last:
+            return
+
+
 def write_manifest(cache: DTCache, counts: BuildCounts, shard: tuple[int, int], spec: str) -> None:
     """manifest.json for a whole run; manifest.shard-i-of-n.json per shard (no two writers collide)."""
     record = {**counts.to_dict(), "dataset": spec, "shard": f"{shard[0]}/{shard[1]}"}
@@ -133,7 +160,7 @@ def write_manifest(cache: DTCache, counts: BuildCounts, shard: tuple[int, int], 
                           {"counts": record, "time": time.time()})
 
 
-def _progress(items: list[int], label: str, enabled: bool) -> Iterator[int]:
+def _progress(items: Iterable[T], label: str, enabled: bool, total: int | None = None) -> Iterator[T]:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -146,7 +173,7 @@ def _progress(items: list[int], label: str, enabled: bool) -> Iterator[int]:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, disable=not enabled, transient=False) as bar:
-        task = bar.add_task(label, total=len(items))
+        task = bar.add_task(label, total=total)
         for item in items:
             yield item
             bar.advance(task)

@@ -246,3 +246,36 @@ def test_vlm_failure_is_recorded_and_two_pass_semantics(tmp_path, planted_sam, m
         a, b = first.get(sid), second.get(sid)
         assert [o.rle for o in a.objects] == [o.rle for o in b.objects]
         assert {o.semantic for o in b.objects} == {"red cup"} and b.provenance["semantic_source"] == "vlm"
+
+
+def test_cache_key_ignores_operational_fields_but_not_thresholds():
+    a = PerceptionConfig.from_dict({"source": "sam", "device": "cuda:0", "proposals": {"points_per_batch": 64},
+                                    "vlm": {"backend": "openai", "model": "gpt-4o", "max_concurrency": 2}})
+    b = PerceptionConfig.from_dict({"source": "sam", "device": "cpu", "proposals": {"points_per_batch": 512},
+                                    "vlm": {"backend": "openai", "model": "gpt-4o", "max_concurrency": 64}})
+    c = PerceptionConfig.from_dict({"source": "sam", "proposals": {"pred_iou_thresh": 0.8},
+                                    "vlm": {"backend": "openai", "model": "gpt-4o"}})
+    assert a.hash() == b.hash() != c.hash()
+    assert "device" not in a.identity() and a.identity()["proposals"]["pred_iou_thresh"] == 0.88
+
+
+def test_readers_without_random_access_are_sharded_by_one_pass(tmp_path, monkeypatch):
+    from data_builders import build_dt as bd
+    from data_builders.registry import open_dataset
+
+    root = write_reasonseg(tmp_path / "ReasonSeg", 5)
+
+    class IterOnly:
+        def __init__(self, ds):
+            self.ds, self.skipped = ds, ds.skipped
+
+        def __iter__(self):
+            return iter(self.ds)
+
+        def __len__(self):
+            return len(self.ds)
+
+    monkeypatch.setattr(bd, "open_dataset", lambda spec, strict: IterOnly(open_dataset(spec, strict=strict)))
+    cfg = PerceptionConfig.from_yaml(oracle_config(tmp_path))
+    cache, counts = bd.build_dt(f"reasonseg:{root}:val", cfg, tmp_path / "c", shard=(1, 2), progress=False)
+    assert counts.built == 2 and sorted(t.image_id for t in cache.iter_twins()) == ["s01", "s03"]

@@ -30,6 +30,12 @@ from dtwinseg.perception.vlm import VLM, VLMConfig, assign_semantics, decide_gra
 from dtwinseg.twin import DigitalTwin, Granularity, TwinObject, decode_rle, mask_bbox
 
 SOURCES = ("sam", "oracle")
+# config fields that change how fast twins are built, never what they contain
+_NEUTRAL = {
+    "": ("device",),
+    "proposals": ("points_per_batch", "upsample_chunk", "decoder_chunk"),
+    "vlm": ("max_concurrency", "max_retries", "timeout_s", "backoff_s", "backoff_max_s", "batch_size", "device"),
+}
 RANDOM_CHECKPOINT = "random"
 
 
@@ -87,8 +93,20 @@ class PerceptionConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def identity(self) -> dict:
+        """The fields that decide the twins (what a cache is keyed by): ``to_dict`` without the
+        operational ones (devices, batch sizes, concurrency, retries, timeouts), so e.g. N shards on
+        N GPUs, or a rerun with another batch size, share one cache folder."""
+        d = self.to_dict()
+        for k in _NEUTRAL[""]:
+            d.pop(k, None)
+        for section in ("proposals", "vlm"):
+            for k in _NEUTRAL[section]:
+                d[section].pop(k, None)
+        return d
+
     def hash(self) -> str:
-        return stable_hash(self.to_dict())
+        return stable_hash(self.identity())
 
 
 def load_rgb(image: Image.Image | str | os.PathLike | np.ndarray) -> Image.Image:
