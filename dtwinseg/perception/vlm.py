@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -155,9 +156,14 @@ class OpenAIVLM:
         self._key = os.environ.get(KEY_ENV) or os.environ.get(config.api_key_env) or ""
         self.url = config.base_url.rstrip("/") + "/chat/completions"
         self.stats = {"requests": 0, "retries": 0, "failures": 0}
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIVLM(model={self.config.model!r}, url={self.url!r})"
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.stats[what] += 1
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
@@ -197,7 +203,7 @@ class OpenAIVLM:
         data = self._payload(req)
         last = ""
         for attempt in range(self.config.max_retries + 1):
-            self.stats["requests"] += 1
+            self._count("requests")
             headers: dict[str, str] = {}
             try:
                 status, headers, body = self._post(data)
@@ -210,11 +216,11 @@ class OpenAIVLM:
             if status != -1 and status not in self.RETRY_STATUS:
                 break
             if attempt < self.config.max_retries:
-                self.stats["retries"] += 1
+                self._count("retries")
                 delay = self._delay(attempt, headers)
                 log.warning("VLM request failed (%s); retry %d in %.1fs", self._redact(last), attempt + 1, delay)
                 time.sleep(delay)
-        self.stats["failures"] += 1
+        self._count("failures")
         raise VLMError(self._redact(f"{self.url}: {last}"))
 
     def _content(self, body: bytes) -> str:
