@@ -31,6 +31,9 @@ from trl import SFTConfig, SFTTrainer
 class SFTDTConfig(SFTConfig):
     """SFTConfig plus the SFTDT loss knobs. Defaults set what a pre-tokenised weighted dataset needs:
     ``remove_unused_columns=False`` and ``dataset_kwargs={"skip_prepare_dataset": True}``.
+
+    DeepSpeed on several GPU-less ranks (``torchrun``, ``DS_ACCELERATOR=cpu``, no ``use_cpu``) is made to
+    work by initialising accelerate's state over gloo first (training/cpu_deepspeed.py).
     """
 
     use_token_kinds: bool = field(default=False, metadata={"help": (
@@ -51,6 +54,10 @@ class SFTDTConfig(SFTConfig):
         kwargs = dict(self.dataset_kwargs or {})
         kwargs.setdefault("skip_prepare_dataset", True)
         self.dataset_kwargs = kwargs
+        from training.cpu_deepspeed import configure_cpu_deepspeed_state, cpu_deepspeed_requested
+
+        if cpu_deepspeed_requested(self.deepspeed):  # GPU-less DeepSpeed ranks: see training/cpu_deepspeed.py
+            self.accelerator_config = configure_cpu_deepspeed_state(self.accelerator_config, self.use_cpu)
         super().__post_init__()
 
     @property
