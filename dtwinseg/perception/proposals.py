@@ -4,7 +4,9 @@ Pipeline of :meth:`ProposalGenerator.generate` (refinement off = SamAutomaticMas
 
 1. the image encoder runs once (``SamPredictor.set_image``);
 2. the mask decoder runs on a ``points_per_side`` x ``points_per_side`` grid in batches of
-   ``points_per_batch`` points, 3 masks per point (multimask);
+   ``points_per_batch`` points, 3 masks per point (multimask), through FastMaskDecoder (same weights and
+   mathematics, shared image-token work done once; prompts whose 3 predicted IoUs are all <= theta skip
+   the output upscaling, as their masks are dropped anyway);
 3. on the LOW-RES logits (256 x 256, cropped to the image's valid region), on the model's device and in
    batched tensor ops: predicted-IoU filter (``> pred_iou_thresh``), stability filter (``>= thresh``),
    boxes, box NMS;
@@ -383,7 +385,6 @@ class ProposalGenerator:
                                                 self.predictor.input_size, self.predictor.original_size)[:, 0]
             stabs.append(calculate_stability_score(full, thr, cfg.stability_score_offset))
             boxes.append(masks_to_boxes(full > thr))
-        h, w = self.predictor.original_size
         stab = torch.cat(stabs) if stabs else torch.zeros(0, device=logits.device)
         box = torch.cat(boxes) if boxes else torch.zeros(0, 4, device=logits.device)
         keep = stab >= cfg.stability_score_thresh if cfg.stability_score_thresh > 0 else torch.ones_like(
