@@ -60,7 +60,7 @@ def main(quick: bool = False) -> dict:
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
     model_type = "vit_h" if gpu else "vit_b"
-    pps = 32 if gpu else (6 if quick else 10)
+    pps = 32 if gpu else (6 if quick else 8)
     repeats = 3 if quick else 5 if gpu else 3
     torch.manual_seed(0)
     sam = sam_model_registry[model_type](checkpoint=None).to(device).eval()
@@ -101,7 +101,7 @@ def main(quick: bool = False) -> dict:
         with plant(sam, scene, run_decoder=False):
             post = interleaved({"amg": run_amg, "ours": run_ours}, repeats=repeats, warmup=1)
 
-    n_prompts = 32 if not quick else 12
+    n_prompts = 24 if not quick else 12
     pts = torch.rand(n_prompts, 1, 2, device=device) * 1000
     fast = FastMaskDecoder(sam.mask_decoder, chunk=cfg.decoder_chunk if not gpu else 64)
     with torch.no_grad():
