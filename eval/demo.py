@@ -42,19 +42,22 @@ class DemoConfig:
         unweighted ablation sets every weight to 1.
     eval_batch_size: 1, because left padding shifts BERT's absolute positions.
     max_new_tokens: generation budget of the short ``Answer: [ids]`` line.
+    dropout: hidden and attention dropout of the base during fine-tuning (0: a short run learns faster).
+    compact: CompactConfig fields of the twin text.
     """
 
     n_train: int = 700
     n_test: int = 70
     seed: int = 0
     max_objects: int = 6
-    max_steps: int = 150
+    max_steps: int = 60
     batch_size: int = 16
     learning_rate: float = 5e-4
     w_answer: float = 4.0
     w_completion: float = 1.0
     eval_batch_size: int = 1
     max_new_tokens: int = 16
+    dropout: float = 0.0
     compact: dict = field(default_factory=dict)
 
     @classmethod
@@ -143,7 +146,8 @@ def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted
     w = {"w_completion": cfg.w_completion, "w_decision": 2.0, "w_answer": cfg.w_answer} if weighted else \
         {"w_completion": 1.0, "w_decision": 1.0, "w_answer": 1.0}
     return {
-        "model": {"name_or_path": str(base), "dtype": "float32"},
+        "model": {"name_or_path": str(base), "dtype": "float32",
+                  "kwargs": {"hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout}},
         "data": {"train": str(data), "eval": None},
         "lora": {"use_lora": False},
         "training": {"output_dir": str(out), "use_cpu": True, "max_steps": cfg.max_steps,
