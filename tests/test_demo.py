@@ -83,3 +83,22 @@ def test_quick_demo_writes_summary_and_report(tmp_path: Path) -> None:
     # both trainings saved a loadable model next to their recipe
     for name in ("trained", "unweighted"):
         assert (out / f"train-{name}" / "config.json").is_file()
+
+
+def test_freeze_parameters_by_name_parts_and_ranges() -> None:
+    from transformers import BertConfig, BertLMHeadModel
+
+    from dtwinseg.io import DataError
+    from training.run import freeze_parameters
+
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32, is_decoder=True)
+    model = BertLMHeadModel(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    counts = freeze_parameters(model, ["embeddings", "encoder.layer.0-2"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("bert.encoder.layer.3.", "cls.")) for n in trainable)
+    assert not model.get_output_embeddings().weight.requires_grad  # tied to the word embeddings
+    assert counts["frozen"] + counts["trainable"] == total and counts["frozen"] > counts["trainable"]
+    with pytest.raises(DataError, match="encoder.layer.9"):
+        freeze_parameters(model, ["encoder.layer.7-9"])

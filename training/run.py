@@ -5,7 +5,9 @@ A recipe (see recipes/*.yaml) has these sections:
 - ``model``: ``name_or_path`` (Hub id / folder / ``package:<module>/<folder>``) or ``config`` (a model
   config dict, random init: tests, benchmarks), ``tokenizer`` (default: the model's), ``dtype``
   (float32 | bfloat16 | float16), ``kwargs`` (extra from_pretrained / config arguments, e.g.
-  ``is_decoder: true`` to load a BERT as a causal LM).
+  ``is_decoder: true`` to load a BERT as a causal LM), ``freeze`` (full fine-tuning only: parameter
+  groups kept fixed, as dotted name parts with optional ``a-b`` ranges, e.g. ``[embeddings,
+  "encoder.layer.0-2"]``; a tied LM head freezes with the embeddings; see :func:`freeze_parameters`).
 - ``data``: ``train`` (and optional ``eval``): folders written by ``dtwinseg build-sft``.
 - ``lora``: ``use_lora`` (false = full fine-tuning), ``r``, ``alpha``, ``dropout``, ``target_modules``.
 - ``training``: any SFTDTConfig / SFTConfig / TrainingArguments field (``output_dir`` required);
@@ -117,6 +119,37 @@ def build_model(model_section: dict, tokenizer: Any) -> Any:
     return AutoModelForCausalLM.from_pretrained(resolve_model_path(model_section["name_or_path"]), **kwargs)
 
 
+def _expand_freeze_entry(entry: str) -> list[str]:
+    """``"encoder.layer.0-2"`` -> ``["encoder.layer.0", "encoder.layer.1", "encoder.layer.2"]``."""
+    parts = str(entry).strip().split(".")
+    for k, part in enumerate(parts):
+        lo, sep, hi = part.partition("-")
+        if sep and lo.isdigit() and hi.isdigit():
+            head, tail = ".".join(parts[:k]), ".".join(parts[k + 1:])
+            return [".".join(x for x in (head, str(i), tail) if x) for i in range(int(lo), int(hi) + 1)]
+    return [".".join(parts)]
+
+
+def freeze_parameters(model: Any, entries: list[str] | None) -> dict:
+    """Set ``requires_grad = False`` on every parameter whose dotted name contains one of ``entries`` as
+    whole name parts (``"embeddings"`` matches ``bert.embeddings.word_embeddings.weight``, not
+    ``embeddings_x``); ``a-b`` in an entry is a range of integers. Returns counts
+    ``{"frozen": n_params, "trainable": n_params}`` (elements). An entry that matches nothing is an error.
+    """
+    names = [n for e in (entries or []) for n in _expand_freeze_entry(e)]
+    used = set()
+    for name, p in model.named_parameters():
+        for n in names:
+            if f".{n}." in f".{name}.":
+                p.requires_grad_(False)
+                used.add(n)
+    missing = [n for n in names if n not in used]
+    if missing:
+        raise DataError(None, "model.freeze", f"no parameter matches {missing}")
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return {"frozen": frozen, "trainable": sum(p.numel() for p in model.parameters()) - frozen}
+
+
 def lora_config(section: dict | None) -> Any:
     """peft.LoraConfig from the recipe's lora section, or None for full fine-tuning."""
     section = section or {}
@@ -161,6 +194,10 @@ def train_from_recipe(recipe: dict | str | os.PathLike, overrides: list[str] | N
     args = SFTDTConfig(**train_cfg)
     tokenizer = build_tokenizer(r["model"])
     model = build_model(r["model"], tokenizer)
+    if r["model"].get("freeze"):
+        if (r.get("lora") or {}).get("use_lora", True):
+            raise DataError(None, "model.freeze", "only for full fine-tuning (lora.use_lora: false)")
+        freeze_parameters(model, list(r["model"]["freeze"]))
     train_ds = load_from_disk(str(r["data"]["train"]))
     eval_ds = load_from_disk(str(r["data"]["eval"])) if r["data"].get("eval") else None
     trainer = SFTDTTrainer(model, args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
