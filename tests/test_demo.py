@@ -102,3 +102,32 @@ def test_freeze_parameters_by_name_parts_and_ranges() -> None:
     assert counts["frozen"] + counts["trainable"] == total and counts["frozen"] > counts["trainable"]
     with pytest.raises(DataError, match="encoder.layer.9"):
         freeze_parameters(model, ["encoder.layer.7-9"])
+
+
+def test_batched_generation_equals_one_by_one_for_bert_decoder() -> None:
+    """Left padding in a batch must not shift BERT's absolute positions: generate derives position_ids
+    from the attention mask, so a batch of prompts of different lengths decodes like one at a time."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertLMHeadModel
+
+    from dtwinseg.base_models import packaged_minilm_path
+    from dtwinseg.reasoning.backends import TransformersBackend
+    from dtwinseg.reasoning.config import ReasoningConfig
+
+    tok = AutoTokenizer.from_pretrained(str(packaged_minilm_path()))
+    torch.manual_seed(0)
+    model = BertLMHeadModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=64, is_decoder=True)).eval()
+    convs = [[{"role": "user", "content": q}] for q in
+             ("query: the red circle\n0: a small red circle, at 5 3, area 4.0",
+              "hi",
+              "query: something to drink from\n0: a cup\n1: a large blue star, at 100 20, area 3.0")]
+
+    def answers(batch_size: int) -> list[str]:
+        cfg = ReasoningConfig(backend="transformers", model="tiny", device="cpu", batch_size=batch_size,
+                              max_new_tokens=5, chat_template="plain")
+        return TransformersBackend(cfg, model=model, tokenizer=tok).generate(convs)
+
+    one_by_one = answers(1)
+    assert all(one_by_one) and len(set(one_by_one)) == 3
+    assert answers(3) == one_by_one
