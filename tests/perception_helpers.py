@@ -63,14 +63,18 @@ def save_tiny_llava(folder: Path) -> Path:
 
 
 class ChatServer:
-    """A real HTTP server speaking /v1/chat/completions. ``script`` is a list of (status, content)
-    consumed in order (then ``default``); ``answer_fn(request_json) -> str`` answers 200s dynamically."""
+    """A real HTTP server speaking /v1/chat/completions on 127.0.0.1 (perception, reasoning and the
+    shared client tests). ``script`` is a list of (status, content) consumed in order (then ``default``);
+    ``answer_fn(request_json) -> str`` answers 200s dynamically; a 429 carries ``Retry-After:
+    retry_after`` (None: no header). Records request bodies, Authorization headers and peak concurrency."""
 
-    def __init__(self, script=None, default=(200, "1"), answer_fn=None, delay_s: float = 0.0):
+    def __init__(self, script=None, default=(200, "1"), answer_fn=None, delay_s: float = 0.0,
+                 retry_after: str | None = "0"):
         self.script = list(script or [])
         self.default = default
         self.answer_fn = answer_fn
         self.delay_s = delay_s
+        self.retry_after = retry_after
         self.requests: list[dict] = []
         self.auth: list[str] = []
         self.in_flight = 0
@@ -102,13 +106,16 @@ class ChatServer:
                                                                                "content": content}}]}).encode()
                 else:
                     payload = json.dumps({"error": {"message": str(content)}}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                if status == 429:
-                    self.send_header("Retry-After", "0")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    if status == 429 and server.retry_after is not None:
+                        self.send_header("Retry-After", server.retry_after)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and hung up
+                    pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -116,6 +123,8 @@ class ChatServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    url = base_url
 
     def __enter__(self) -> ChatServer:
         self.thread.start()

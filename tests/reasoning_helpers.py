@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from perception_helpers import ChatServer
 
 from dtwinseg.twin import DigitalTwin
 
@@ -101,39 +102,17 @@ def write_reasonseg(root: Path, split: str, items: list[dict]) -> Path:
     return root
 
 
-class SemanticChatServer:
+def semantic_answer(body: dict) -> str:
+    """``Answer: [ids]`` with the ids whose semantic text appears in the query of a reasoning prompt."""
+    user = body["messages"][-1]["content"]
+    twin = json.loads(user.split("Digital Twin:\n", 1)[1].split("\n\nQuery:", 1)[0])
+    query = user.rsplit("Query:", 1)[1]
+    return f"Answer: {sorted(int(k) for k, v in twin.items() if v['semantic'] and v['semantic'] in query)}"
+
+
+class SemanticChatServer(ChatServer):
     """A loopback OpenAI-compatible server: answers ``Answer: [ids]`` with the ids whose semantic text
     appears in the query (a deterministic stand-in for a zero-shot API model)."""
 
     def __init__(self):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                user = body["messages"][-1]["content"]
-                twin = json.loads(user.split("Digital Twin:\n", 1)[1].split("\n\nQuery:", 1)[0])
-                query = user.rsplit("Query:", 1)[1]
-                ids = [int(k) for k, v in twin.items() if v["semantic"] and v["semantic"] in query]
-                data = json.dumps({"choices": [{"message": {"content": f"Answer: {sorted(ids)}"}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(answer_fn=semantic_answer)

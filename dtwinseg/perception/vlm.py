@@ -4,9 +4,10 @@
 Backends:
 
 - ``openai``: any OpenAI-compatible chat-completions endpoint (GPT-4o, or a local vLLM / SGLang server
-  serving Qwen2.5-VL); images as base64 data URLs; a thread pool bounds concurrency; 429 / 5xx / timeouts
-  are retried with exponential backoff (honouring Retry-After). The API key is read from the environment
-  (``DTWINSEG_VLM_API_KEY``, else the variable named by ``api_key_env``), never stored, logged or saved.
+  serving Qwen2.5-VL); images as base64 data URLs; HTTP, retries (429 / 5xx / timeouts, honouring
+  Retry-After), concurrency and key redaction come from :mod:`dtwinseg.openai_chat`. The API key is read
+  from the environment (``DTWINSEG_VLM_API_KEY``, else the variable named by ``api_key_env``), never
+  stored, logged or saved.
 - ``transformers``: ``AutoModelForImageTextToText`` + ``AutoProcessor`` from a path or hub id, batched,
   left-padded, greedy generation.
 
@@ -18,24 +19,15 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import logging
-import os
-import random
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from PIL import Image
 
+from dtwinseg.openai_chat import RETRY_STATUS, ChatClientConfig, ChatCompletionsClient, ChatCompletionsError
 from dtwinseg.perception import prompts
-
-log = logging.getLogger(__name__)
 
 BACKENDS = ("none", "openai", "transformers")
 KEY_ENV = "DTWINSEG_VLM_API_KEY"
@@ -146,98 +138,50 @@ def image_data_url(image: Image.Image, max_side: int = 1024) -> str:
 # --- openai ------------------------------------------------------------------------------------------
 
 class OpenAIVLM:
-    """OpenAI-compatible chat-completions backend (stdlib HTTP, thread-pool concurrency, retries)."""
+    """OpenAI-compatible chat-completions backend: VLMRequests as text + image data-URL messages, sent
+    through the shared :class:`~dtwinseg.openai_chat.ChatCompletionsClient` (retries, concurrency)."""
 
     name = "openai"
-    RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+    RETRY_STATUS = RETRY_STATUS
 
-    def __init__(self, config: VLMConfig):
+    def __init__(self, config: VLMConfig, sleep: Callable[[float], None] = time.sleep):
         self.config = config
-        self._key = os.environ.get(KEY_ENV) or os.environ.get(config.api_key_env) or ""
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
-        self.stats = {"requests": 0, "retries": 0, "failures": 0}
-        self._lock = threading.Lock()
+        self.client = ChatCompletionsClient(ChatClientConfig(
+            base_url=config.base_url, model=config.model, api_key_envs=(KEY_ENV, config.api_key_env),
+            timeout_s=config.timeout_s, max_retries=config.max_retries, backoff_s=config.backoff_s,
+            backoff_max_s=config.backoff_max_s, jitter=(0.5, 1.0), concurrency=config.max_concurrency),
+            sleep=sleep)
+        self.url = self.client.url
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """HTTP ``requests`` (attempts), ``retries`` and ``failures`` so far."""
+        return self.client.stats
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIVLM(model={self.config.model!r}, url={self.url!r})"
 
-    def _count(self, what: str) -> None:
-        with self._lock:
-            self.stats[what] += 1
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
-
-    def _payload(self, req: VLMRequest) -> bytes:
+    def _messages(self, req: VLMRequest) -> list[dict[str, Any]]:
         content: list[dict[str, Any]] = [{"type": "text", "text": req.user}]
         content += [{"type": "image_url", "image_url": {"url": image_data_url(im, self.config.image_max_side)}}
                     for im in req.images]
-        messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
-            {"role": "user", "content": content}]
-        body = {"model": self.config.model, "messages": messages, "max_tokens": self.config.max_new_tokens,
-                "temperature": self.config.temperature}
-        return json.dumps(body).encode("utf-8")
-
-    def _post(self, data: bytes) -> tuple[int, dict[str, str], bytes]:
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as resp:
-                return resp.status, dict(resp.headers), resp.read()
-        except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers or {}), e.read() if e.fp else b""
-
-    def _delay(self, attempt: int, headers: dict[str, str]) -> float:
-        retry_after = headers.get("Retry-After") or headers.get("retry-after")
-        if retry_after:
-            try:
-                return min(float(retry_after), self.config.backoff_max_s)
-            except ValueError:
-                pass
-        base = min(self.config.backoff_s * 2 ** attempt, self.config.backoff_max_s)
-        return base * (0.5 + random.random() / 2)
-
-    def _one(self, req: VLMRequest) -> str:
-        data = self._payload(req)
-        last = ""
-        for attempt in range(self.config.max_retries + 1):
-            self._count("requests")
-            headers: dict[str, str] = {}
-            try:
-                status, headers, body = self._post(data)
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                status, body, last = -1, b"", f"connection error: {type(e).__name__}: {e}"
-            if status == 200:
-                return self._content(body)
-            if status != -1:
-                last = f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
-            if status != -1 and status not in self.RETRY_STATUS:
-                break
-            if attempt < self.config.max_retries:
-                self._count("retries")
-                delay = self._delay(attempt, headers)
-                log.warning("VLM request failed (%s); retry %d in %.1fs", self._redact(last), attempt + 1, delay)
-                time.sleep(delay)
-        self._count("failures")
-        raise VLMError(self._redact(f"{self.url}: {last}"))
-
-    def _content(self, body: bytes) -> str:
-        try:
-            content = json.loads(body)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise VLMError(f"{self.url}: not a chat-completions answer ({type(e).__name__})") from None
-        if isinstance(content, list):  # some servers return content parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        return content if isinstance(content, str) else ""
+        system = [{"role": "system", "content": req.system}] if req.system else []
+        return system + [{"role": "user", "content": content}]
 
     def chat(self, requests: Sequence[VLMRequest]) -> list[str]:
-        if not requests:
-            return []
-        workers = max(1, min(self.config.max_concurrency, len(requests)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(self._one, requests))
+        answers = self.client.complete_many([self._messages(r) for r in requests],
+                                            max_tokens=self.config.max_new_tokens,
+                                            temperature=self.config.temperature)
+        return [_answer_or_raise(a) for a in answers]
+
+
+def _answer_or_raise(answer: str | ChatCompletionsError) -> str:
+    """An answer text; a null-content answer is "" (the parsers count it as a fallback); errors raise."""
+    if not isinstance(answer, ChatCompletionsError):
+        return answer
+    if answer.kind == "no_content":
+        return ""
+    raise VLMError(str(answer)) from None
 
 
 # --- transformers ------------------------------------------------------------------------------------

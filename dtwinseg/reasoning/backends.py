@@ -3,9 +3,10 @@
 - :class:`TransformersBackend`: a local causal LM (``AutoModelForCausalLM``; BERT-style encoders are
   loaded with ``is_decoder=True``) plus an optional peft LoRA adapter; batched, LEFT-padded, greedy by
   default.
-- :class:`OpenAIBackend`: any OpenAI-compatible ``/chat/completions`` endpoint; concurrent requests
-  on a thread pool, retries with exponential backoff on 429 / 5xx / network errors; the key comes from
-  an environment variable and never appears in a log, an error message or a saved config.
+- :class:`OpenAIBackend`: any OpenAI-compatible ``/chat/completions`` endpoint through the shared
+  :mod:`dtwinseg.openai_chat` client (concurrent requests on a thread pool, retries with exponential
+  backoff on 429 / 5xx / network errors); the key comes from an environment variable and never appears
+  in a log, an error message or a saved config.
 - :class:`VLLMBackend` (optional extra ``pip install dtwinseg[vllm]``): one vLLM engine per base model,
   shared by every adapter, each adapter served through a ``LoRARequest``.
 
@@ -16,16 +17,12 @@ reasoner counts it as a failed parse. Nothing outside this module branches on th
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
+from dtwinseg.openai_chat import ChatClientConfig, ChatCompletionsClient, ChatCompletionsError
 from dtwinseg.prompting import chat_prompt
 from dtwinseg.reasoning.config import ReasoningConfig
 
@@ -187,82 +184,53 @@ class TransformersBackend:
 
 
 # --- OpenAI-compatible API ---------------------------------------------------------------------
-RETRY_STATUS = (408, 409, 425, 429, 500, 502, 503, 504)
-
-
 class OpenAIBackend:
-    """Chat completions over HTTP (stdlib only): concurrent, retried, key from ``cfg.api_key_env``."""
+    """Chat completions through the shared :class:`~dtwinseg.openai_chat.ChatCompletionsClient`:
+    concurrent, retried, key from ``cfg.api_key_env``; failures become GenerationFailure."""
 
     name = "openai"
 
     def __init__(self, cfg: ReasoningConfig, sleep: Callable[[float], None] = time.sleep):
         self.cfg = cfg
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
-        self._sleep = sleep
-        self.retries_used = 0
+        self.client = ChatCompletionsClient(ChatClientConfig(
+            base_url=cfg.base_url, model=cfg.model, api_key_envs=(cfg.api_key_env,), timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries, backoff_s=cfg.backoff_s, backoff_max_s=30.0, retry_after_max_s=60.0,
+            jitter=(1.0, 1.1), concurrency=cfg.concurrency), sleep=sleep)
+        self.url = self.client.url
 
-    def _headers(self) -> dict:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.cfg.api_key_env, "")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def _body(self, conversation: Conversation) -> bytes:
-        body: dict[str, Any] = {"model": self.cfg.model, "messages": conversation,
-                                "max_tokens": self.cfg.max_new_tokens}
-        body["temperature"] = self.cfg.temperature if self.cfg.do_sample else 0.0
-        if self.cfg.do_sample:
-            body["top_p"] = self.cfg.top_p
-        return json.dumps(body).encode("utf-8")
+    @property
+    def retries_used(self) -> int:
+        """Retries made so far (all conversations)."""
+        return self.client.stats["retries"]
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                return min(float(retry_after), 60.0)
-            except ValueError:
-                pass
-        return min(self.cfg.backoff_s * (2 ** attempt), 30.0) * (1 + 0.1 * random.random())
+        return self.client.backoff(attempt, retry_after)
+
+    def _params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"max_tokens": self.cfg.max_new_tokens,
+                                  "temperature": self.cfg.temperature if self.cfg.do_sample else 0.0}
+        if self.cfg.do_sample:
+            params["top_p"] = self.cfg.top_p
+        return params
 
     def complete(self, conversation: Conversation) -> str:
         """One conversation -> the answer text, or GenerationFailure after ``max_retries`` retries."""
-        data = self._body(conversation)
-        error = "no attempt made"
-        for attempt in range(self.cfg.max_retries + 1):
-            retry_after = None
-            req = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
-                    payload = json.loads(resp.read().decode("utf-8"))
-                return _answer_text(payload)
-            except urllib.error.HTTPError as e:
-                error = f"HTTP {e.code}"
-                retry_after = e.headers.get("Retry-After") if e.headers else None
-                if e.code not in RETRY_STATUS:
-                    return GenerationFailure(error)
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                error = f"network error {type(e).__name__}"
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                return GenerationFailure(f"malformed response ({type(e).__name__})")
-            if attempt < self.cfg.max_retries:
-                self.retries_used += 1
-                self._sleep(self._backoff(attempt, retry_after))
-        return GenerationFailure(f"{error} after {self.cfg.max_retries} retries")
+        try:
+            return self.client.complete(conversation, **self._params())
+        except ChatCompletionsError as e:
+            return self._failure(e)
+
+    def _failure(self, e: ChatCompletionsError) -> GenerationFailure:
+        """A secret-free reason: "HTTP 400", "HTTP 500 after 2 retries", "network error URLError after
+        ...", "malformed response (KeyError)"."""
+        if e.kind in ("malformed", "no_content"):
+            return GenerationFailure(f"malformed response ({e.cause})")
+        short = f"HTTP {e.status}" if e.kind == "http" else f"network error {e.cause}"
+        return GenerationFailure(f"{short} after {self.cfg.max_retries} retries" if e.retried_out else short)
 
     def generate(self, conversations: Sequence[Conversation]) -> list[str]:
-        if not conversations:
-            return []
-        with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(conversations))) as pool:
-            return list(pool.map(self.complete, conversations))
-
-
-def _answer_text(payload: Any) -> str:
-    content = payload["choices"][0]["message"]["content"]
-    if isinstance(content, list):  # content parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    if content is None:
-        raise ValueError("null content")
-    return str(content)
+        answers = self.client.complete_many(list(conversations), **self._params())
+        return [self._failure(a) if isinstance(a, ChatCompletionsError) else a for a in answers]
 
 
 # --- vLLM (optional) ---------------------------------------------------------------------------

@@ -1,0 +1,216 @@
+"""One OpenAI-compatible ``/chat/completions`` client (stdlib HTTP) shared by every API backend.
+
+:class:`ChatCompletionsClient` posts ``{"model", "messages", **params}`` to ``<base_url>/chat/completions``
+and returns the answer text. It retries HTTP 408 / 409 / 425 / 429 / 500 / 502 / 503 / 504, timeouts and
+connection errors with exponential backoff (a ``Retry-After`` header wins), does not retry other 4xx, and
+raises one :class:`ChatCompletionsError` when a request fails for good. ``complete_many`` runs requests on a
+bounded thread pool and returns answers or errors in input order.
+
+The API key is read from the environment (the first non-empty variable of ``api_key_envs``) each time it
+is needed: it is never an attribute, never in ``repr``, and is replaced by ``***`` in every log line and
+error message. Users: :class:`dtwinseg.perception.vlm.OpenAIVLM` and
+:class:`dtwinseg.reasoning.backends.OpenAIBackend`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import logging
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+Messages = list[dict[str, Any]]
+
+
+class ChatCompletionsError(RuntimeError):
+    """A request failed for good; ``str()`` is ``"<url>: <detail>"`` with the key redacted.
+
+    Attributes:
+        kind: "http" (a non-200 status), "network" (timeout / connection error), "malformed" (a 200 whose
+            body is not a chat-completions answer) or "no_content" (the answer's content is null).
+        status: the HTTP status for "http", else None.
+        cause: short, secret-free reason: the exception type name ("network", "malformed") or
+            "null content"; "" for "http".
+        detail: the redacted detail after the URL (e.g. ``"HTTP 500: <first 200 bytes of the body>"``).
+        retried_out: True when the request was retryable and ``max_retries`` retries were all used.
+    """
+
+    def __init__(self, url: str, kind: str, detail: str, *, status: int | None = None, cause: str = "",
+                 retried_out: bool = False):
+        super().__init__(f"{url}: {detail}")
+        self.kind, self.detail, self.status, self.cause, self.retried_out = kind, detail, status, cause, retried_out
+
+
+@dataclass
+class ChatClientConfig:
+    """How to reach the endpoint. Only NAMES of key variables are fields, never a key.
+
+    Attributes:
+        base_url: OpenAI-compatible base URL (".../v1").
+        model: the ``model`` field of every request.
+        api_key_envs: environment variables tried in order for the key (none set: no Authorization header).
+        timeout_s: seconds per HTTP attempt.
+        max_retries: retries of a retryable failure (so at most ``max_retries + 1`` attempts).
+        backoff_s: first retry delay in seconds; doubles per attempt, capped at ``backoff_max_s``.
+        backoff_max_s: cap of the exponential delay (seconds).
+        retry_after_max_s: cap of a server's Retry-After delay (seconds; None: ``backoff_max_s``).
+        jitter: (low, high) multipliers; the exponential delay is scaled by a uniform draw in that range.
+        concurrency: parallel requests in ``complete_many``.
+    """
+
+    base_url: str
+    model: str = ""
+    api_key_envs: tuple[str, ...] = ("OPENAI_API_KEY",)
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+    retry_after_max_s: float | None = None
+    jitter: tuple[float, float] = (0.5, 1.0)
+    concurrency: int = 8
+
+
+class ChatCompletionsClient:
+    """Chat completions over HTTP: retried, bounded-concurrent, key-redacting.
+
+    ``stats`` counts ``requests`` (HTTP attempts), ``retries`` and ``failures`` (requests that raised);
+    it is updated under a lock and safe to read at any time. ``sleep`` is injectable for tests.
+    """
+
+    def __init__(self, config: ChatClientConfig, sleep: Callable[[float], None] = time.sleep):
+        self.config = config
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.stats = {"requests": 0, "retries": 0, "failures": 0}
+        self._sleep = sleep
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # the key is never an attribute; say so by showing only safe fields
+        return f"ChatCompletionsClient(model={self.config.model!r}, url={self.url!r})"
+
+    def _api_key(self) -> str:
+        return next((v for v in (os.environ.get(n, "") for n in self.config.api_key_envs) if v), "")
+
+    def redact(self, text: str) -> str:
+        """``text`` with the current API key replaced by ``***``."""
+        key = self._api_key()
+        return text.replace(key, "***") if key else text
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.stats[what] += 1
+
+    def backoff(self, attempt: int, retry_after: str | None = None) -> float:
+        """Seconds to wait before retry ``attempt + 1``: Retry-After (seconds or HTTP date, capped at
+        ``retry_after_max_s``) when given, else ``backoff_s * 2**attempt`` capped and jittered."""
+        cfg = self.config
+        wait = _retry_after_seconds(retry_after)
+        if wait is not None:
+            return min(wait, cfg.backoff_max_s if cfg.retry_after_max_s is None else cfg.retry_after_max_s)
+        low, high = cfg.jitter
+        return min(cfg.backoff_s * 2 ** attempt, cfg.backoff_max_s) * random.uniform(low, high)
+
+    def _post(self, data: bytes) -> tuple[int, dict[str, str], bytes]:
+        headers = {"Content-Type": "application/json"}
+        key = self._api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers or {}), e.read() if e.fp else b""
+
+    def _fail(self, kind: str, detail: str, **kw: Any) -> ChatCompletionsError:
+        self._count("failures")
+        return ChatCompletionsError(self.url, kind, self.redact(detail), **kw)
+
+    def complete(self, messages: Messages, **params: Any) -> str:
+        """The answer text for one conversation; ``params`` (max_tokens, temperature, ...) go into the body.
+
+        Raises ChatCompletionsError once retries are used up, on a non-retryable status, or on a body that
+        is not a chat-completions answer."""
+        data = json.dumps({"model": self.config.model, "messages": messages, **params}).encode("utf-8")
+        for attempt in range(max(0, self.config.max_retries) + 1):
+            self._count("requests")
+            headers: dict[str, str] = {}
+            try:
+                status, headers, body = self._post(data)
+            except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets
+                kind, status, cause = "network", None, type(e).__name__
+                detail = f"connection error: {cause}: {e}"
+            else:
+                if status == 200:
+                    return self._answer(body)
+                kind, cause = "http", ""
+                detail = f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
+                if status not in RETRY_STATUS:
+                    raise self._fail(kind, detail, status=status)
+            if attempt < self.config.max_retries:
+                self._count("retries")
+                delay = self.backoff(attempt, _header(headers, "Retry-After"))
+                log.warning("chat request failed (%s); retry %d in %.1fs", self.redact(detail), attempt + 1, delay)
+                self._sleep(delay)
+        raise self._fail(kind, detail, status=status, cause=cause, retried_out=True)
+
+    def _answer(self, body: bytes) -> str:
+        try:
+            content = json.loads(body)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            name = type(e).__name__
+            raise self._fail("malformed", f"not a chat-completions answer ({name})", cause=name) from None
+        if isinstance(content, list):  # some servers return content parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if content is None:
+            raise self._fail("no_content", "answer has null content", cause="null content")
+        if not isinstance(content, str):
+            raise self._fail("malformed", "not a chat-completions answer (TypeError)", cause="TypeError")
+        return content
+
+    def complete_many(self, conversations: Sequence[Messages], **params: Any) -> list[str | ChatCompletionsError]:
+        """``complete`` for each conversation on at most ``concurrency`` threads; answers and errors come
+        back in input order (an error takes its request's place instead of raising)."""
+        if not conversations:
+            return []
+
+        def one(messages: Messages) -> str | ChatCompletionsError:
+            try:
+                return self.complete(messages, **params)
+            except ChatCompletionsError as e:
+                return e
+
+        workers = max(1, min(self.config.concurrency, len(conversations)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(one, conversations))
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds (a number or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time()) if when is not None else None
