@@ -47,7 +47,7 @@ class DemoConfig:
         position_ids from the attention mask; batched == one-by-one is checked in tests/test_demo.py).
     max_new_tokens: generation budget of the short ``Answer: [ids]`` line.
     dropout: hidden and attention dropout of the base during fine-tuning (0: a short run learns faster).
-    compact: CompactConfig fields of the twin text.
+    compact: CompactConfig fields of the twin text (default: ids after their descriptions, "last").
     """
 
     n_train: int = 700
@@ -64,15 +64,15 @@ class DemoConfig:
     eval_batch_size: int = 16
     max_new_tokens: int = 16
     dropout: float = 0.0
-    compact: dict = field(default_factory=dict)
+    compact: dict = field(default_factory=lambda: {"id_position": "last"})
 
     @classmethod
     def preset(cls, mode: str) -> DemoConfig:
-        """"default", "long" (3x the training) or "quick" (a few steps on a handful of samples: tests)."""
+        """"default", "long" (4x the steps on 2x the data) or "quick" (a few steps on a handful of samples: tests)."""
         if mode == "quick":
             return cls(n_train=8, n_test=7, max_steps=2, batch_size=2, max_new_tokens=6, eval_batch_size=4)
         if mode == "long":
-            return cls(n_train=1400, n_test=140, max_steps=600, batch_size=16, learning_rate=5e-4)
+            return cls(n_train=1400, n_test=140, max_steps=400)
         return cls()
 
     def to_dict(self) -> dict:

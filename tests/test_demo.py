@@ -27,8 +27,12 @@ def test_compact_text_lists_every_object_with_position_and_area() -> None:
     assert lines[1].startswith("1: a large blue square, at 24 14, area 16.7")
     box = compact_twin_text(small_twin(), CompactConfig(position="box", areas=False))
     assert box.splitlines()[1] == "1: a large blue square, box 20 10 29 19"
+    last = compact_twin_text(small_twin(), CompactConfig(id_position="last"))
+    assert last.splitlines()[0] == "a small red circle, at 5 3, area 4.0, id 0"
     with pytest.raises(ValueError, match="position"):
         compact_twin_text(small_twin(), CompactConfig(position="nowhere"))
+    with pytest.raises(ValueError, match="id_position"):
+        compact_twin_text(small_twin(), CompactConfig(id_position="middle"))
 
 
 def test_compact_answer_span_and_strategy_decode_round_trip() -> None:
