@@ -29,7 +29,8 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
     "training_step": [("step_time_ratio", "<= 1.05"), ("peak_memory_ratio", "<= 1.0")],
     "metric": [("speedup", "n/a (ours vs per-mask reference)")],
     "eval_throughput": [("speedup", "n/a (batched vs one-by-one)")],
-    "prompt_size": [],
+    "prompt_size": [("all_pairs_over_capped_tokens_at_max_n", "n/a (tokens, N=300: all-pairs / capped)"),
+                    ("prompt_seconds_capped", "n/a (s, N=300 masks at 1024x1024)")],
 }
 
 
@@ -37,6 +38,17 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
     return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def _per_n_rows(r: dict) -> list[tuple[str, object]]:
+    """prompt_size: tokens per object for each N (BPE), capped vs all-pairs."""
+    rows = []
+    for size in r.get("sizes", []):
+        per = size.get("bpe", {}).get("tokens_per_object", {})
+        if per:
+            rows.append((f"BPE tokens per object at N={size['n']} (capped / all-pairs)",
+                         f"{per.get('capped', 0):.1f} / {per.get('all_pairs', 0):.1f}"))
+    return rows
 
 
 def write_table() -> Path:
@@ -58,9 +70,10 @@ def write_table() -> Path:
         for key, target in HEADLINES.get(r.get("name", path.stem), []):
             if key in r and key not in summary:
                 rows.insert(0, (f"{key} (target {target})", r[key]))
+        rows += _per_n_rows(r)
         if rows:
             lines += ["| metric | value |", "| --- | --- |"]
-            lines += [f"| {k} | {_fmt(v)} |" for k, v in rows]
+            lines += [f"| {str(k).replace('|', '/')} | {_fmt(v).replace('|', '/')} |" for k, v in rows]
             lines.append("")
         if r.get("notes"):
             lines += [str(r["notes"]), ""]
