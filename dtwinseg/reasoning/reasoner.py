@@ -12,10 +12,11 @@ A strategy turns a twin and a query into chat messages and an answer text back i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from dtwinseg.parsing import ParseResult, parse_indices, parse_scores
+from dtwinseg.paths import parse_path_output, sftdt_messages
 from dtwinseg.prompting import score_messages, select_messages
 from dtwinseg.reasoning.backends import GenerationFailure, LLMBackend, make_backend
 from dtwinseg.reasoning.config import ReasoningConfig
@@ -95,21 +96,13 @@ class SFTDTStrategy:
 
     cfg: ReasoningConfig
     name: str = "sftdt"
-    _paths: Any = field(default=None, repr=False)
-
-    def _module(self) -> Any:
-        if self._paths is None:
-            import dtwinseg.paths as paths
-
-            self._paths = paths
-        return self._paths
 
     def messages(self, twin: DigitalTwin, query: str) -> list[dict]:
-        return self._module().sftdt_messages(twin, query, spatial_cfg=self.cfg.spatial)
+        return sftdt_messages(twin, query, spatial_cfg=self.cfg.spatial)
 
     def decode(self, text: str, twin: DigitalTwin) -> Decoded:
         try:
-            return Decoded(self._module().parse_path_output(text, twin.ids).result)
+            return Decoded(parse_path_output(text, twin.ids).result)
         except Exception as e:  # noqa: BLE001 - a parser must never stop the run
             return Decoded(ParseResult("failed", [], [f"path parser error {type(e).__name__}"], text))
 
