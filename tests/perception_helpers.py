@@ -65,14 +65,16 @@ def save_tiny_llava(folder: Path) -> Path:
 class ChatServer:
     """A real HTTP server speaking /v1/chat/completions on 127.0.0.1 (perception, reasoning and the
     shared client tests). ``script`` is a list of (status, content) consumed in order (then ``default``);
-    ``answer_fn(request_json) -> str`` answers 200s dynamically; a 429 carries ``Retry-After:
-    retry_after`` (None: no header). Records request bodies, Authorization headers and peak concurrency."""
+    ``answer_fn(request_json) -> str`` answers 200s dynamically; ``respond_fn(request_json) -> (status,
+    content)`` decides every reply instead of the script; a 429 carries ``Retry-After: retry_after``
+    (None: no header). Records request bodies, Authorization headers and peak concurrency."""
 
     def __init__(self, script=None, default=(200, "1"), answer_fn=None, delay_s: float = 0.0,
-                 retry_after: str | None = "0"):
+                 retry_after: str | None = "0", respond_fn=None):
         self.script = list(script or [])
         self.default = default
         self.answer_fn = answer_fn
+        self.respond_fn = respond_fn
         self.delay_s = delay_s
         self.retry_after = retry_after
         self.requests: list[dict] = []
@@ -91,14 +93,19 @@ class ChatServer:
                 with server.lock:
                     server.requests.append(body)
                     server.auth.append(self.headers.get("Authorization", ""))
-                    status, content = server.script.pop(0) if server.script else server.default
+                    scripted = server.script.pop(0) if server.script else None
+                    script_left = bool(server.script)
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 time.sleep(server.delay_s)
                 with server.lock:
                     server.in_flight -= 1
-                if status == 200 and content is not None and server.answer_fn and not server.script:
-                    content = server.answer_fn(body)
+                if server.respond_fn is not None:
+                    status, content = server.respond_fn(body)
+                else:
+                    status, content = scripted or server.default
+                    if status == 200 and content is not None and server.answer_fn and not script_left:
+                        content = server.answer_fn(body)
                 if status == 200 and isinstance(content, bytes):
                     payload = content
                 elif status == 200:

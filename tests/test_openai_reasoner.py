@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from perception_helpers import ChatServer
 from reasoning_helpers import make_twin
 
 from dtwinseg.reasoning import LLMReasoner, OpenAIBackend, ReasoningConfig
@@ -14,80 +13,34 @@ from dtwinseg.reasoning import LLMReasoner, OpenAIBackend, ReasoningConfig
 SECRET = "sk-test-SECRET-0123456789"
 
 
-class ChatServer:
+class QueryChatServer(ChatServer):
     """Answers by the last word of the query: 'busy' -> 429 once, 'broken' -> always 500,
     'garbage' -> prose without ids, 'bad' -> 400, else ``Answer: [<first object id>]``."""
 
     def __init__(self):
-        self.requests: list[dict] = []
-        self.auth: list[str] = []
+        super().__init__(respond_fn=self._respond, delay_s=0.05)  # the delay lets requests overlap
         self.seen_busy = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.lock = threading.Lock()
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append(body)
-                    server.auth.append(self.headers.get("Authorization", ""))
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    threading.Event().wait(0.05)  # let concurrent requests overlap
-                    self._answer(body)
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-            def _answer(self, body):
-                user = body["messages"][-1]["content"]
-                word = user.rsplit("Query:", 1)[1].split()[-1] if "Query:" in user else ""
-                if word == "busy":
-                    with server.lock:
-                        server.seen_busy += 1
-                        first = server.seen_busy == 1
-                    if first:
-                        return self._send(429, {"error": "rate limited"}, {"Retry-After": "0"})
-                if word == "broken":
-                    return self._send(500, {"error": "boom"})
-                if word == "bad":
-                    return self._send(400, {"error": "bad request"})
-                twin = json.loads(user.split("Digital Twin:\n", 1)[1].split("\n\nQuery:", 1)[0])
-                text = "I am not sure." if word == "garbage" else f"Answer: [{sorted(twin, key=int)[0]}]"
-                self._send(200, {"choices": [{"message": {"role": "assistant", "content": text}}]})
-
-            def _send(self, code, payload, headers=None):
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def _respond(self, body: dict) -> tuple[int, str]:
+        user = body["messages"][-1]["content"]
+        word = user.rsplit("Query:", 1)[1].split()[-1] if "Query:" in user else ""
+        if word == "busy":
+            with self.lock:
+                self.seen_busy += 1
+                first = self.seen_busy == 1
+            if first:
+                return 429, "rate limited"
+        if word == "broken":
+            return 500, "boom"
+        if word == "bad":
+            return 400, "bad request"
+        twin = json.loads(user.split("Digital Twin:\n", 1)[1].split("\n\nQuery:", 1)[0])
+        return 200, "I am not sure." if word == "garbage" else f"Answer: [{sorted(twin, key=int)[0]}]"
 
 
 @pytest.fixture
 def server():
-    with ChatServer() as s:
+    with QueryChatServer() as s:
         yield s
 
 
