@@ -39,6 +39,8 @@ from dtwinseg.metrics import GroupedIoU, per_mask_iou
 from dtwinseg.reasoning import ReasoningOutput, build_reasoner
 from dtwinseg.twin import DigitalTwin
 from eval.checkpoints import Checkpoint
+from eval.records import iter_run_records, load_records  # noqa: F401  (re-exported)
+from eval.report import write_report
 
 STATUSES = ("ok", "repaired", "failed")
 
@@ -108,30 +110,6 @@ def sample_record(sample: Sample, twin: DigitalTwin | None, out: ReasoningOutput
             rec["scores"] = {str(k): v for k, v in out.scores.items()}
     rec.update(oracle_stats(twin, gt))
     return rec
-
-
-def load_records(path: Path) -> list[dict]:
-    """Records of a predictions file; a torn last line (killed writer) is dropped from the file too,
-    so appending after it cannot glue two records together."""
-    import json
-
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    records, good = [], []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-            good.append(line)
-        except json.JSONDecodeError as e:
-            if n != len(lines):
-                raise DataError(path, f"line {n}", f"invalid JSON ({e.msg})") from e
-    if len(good) != len([ln for ln in lines if ln.strip()]) or (text and not text.endswith("\n")):
-        atomic_write_text(path, "".join(ln + "\n" for ln in good))
-    return records
 
 
 def state_from_records(records: Sequence[dict]) -> dict:
@@ -341,14 +319,5 @@ def merge_run(out: str | os.PathLike, opts: EvalOptions | None = None, log: Call
     metrics = {"dataset": info["dataset"], "split": info.get("split"), "dt_cache": info.get("dt_cache"),
                "n_samples": info.get("n_samples"), "checkpoints": per_ck, "time": time.time()}
     atomic_write_json(out / "metrics.json", metrics)
-    from eval.report import write_report
-
     write_report(out, metrics, worst_k=opts.worst_k, wandb_log=opts.wandb, log=log)
     return metrics
-
-
-def iter_run_records(out: Path, label: str) -> Iterator[dict]:
-    """All prediction records of one checkpoint of a run, over its shards."""
-    for p in sorted((out / label).glob("predictions*.jsonl")):
-        yield from load_records(p)
-

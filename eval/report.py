@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dtwinseg.io import atomic_write_bytes, atomic_write_text
+from eval.records import iter_run_records
 
 
 def pct(x: float | None) -> str:
@@ -103,7 +104,6 @@ def worst_overlays(out: Path, metrics: dict, k: int) -> list[Path]:
     from data_builders.dt_cache import DTCache, sample_key
     from dtwinseg.twin import DigitalTwin
     from dtwinseg.visualize import load_rgb, render_overlay
-    from eval.harness import iter_run_records
 
     if k <= 0:
         return []

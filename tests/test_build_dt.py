@@ -69,7 +69,7 @@ def twin_dicts(cache):
 
 
 def test_cli_oracle_build_with_a_bad_image(tmp_path):
-    from dtwinseg.cli import app
+    from cli.main import app
 
     root = write_reasonseg(tmp_path / "ReasonSeg", 5, bad={3})
     res = CliRunner().invoke(app, ["build-dt", f"reasonseg:{root}:val", "--config", str(oracle_config(tmp_path)),
@@ -137,7 +137,7 @@ def test_shards_cover_every_sample_exactly_once(tmp_path):
 
 
 def test_cli_reports_config_errors(tmp_path):
-    from dtwinseg.cli import app
+    from cli.main import app
 
     root = write_reasonseg(tmp_path / "ReasonSeg", 1)
     bad = tmp_path / "bad.yaml"

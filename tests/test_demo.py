@@ -67,7 +67,7 @@ def test_prepare_minilm_causal_loads_as_causal_lm(tmp_path: Path) -> None:
 def test_quick_demo_writes_summary_and_report(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from dtwinseg.cli import app
+    from cli.main import app
 
     out = tmp_path / "demo"
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--no-progress"])

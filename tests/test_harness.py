@@ -183,14 +183,14 @@ def test_two_process_sharded_run_equals_one_process(bench, tmp_path):
                 "--reasoning-config", str(rcfg), "--worst", "1"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DTWINSEG_TEST_KEY": "sk-secret-xyz",
                "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "dtwinseg.cli", "eval"] + args + ["--out", str(tmp_path / "sharded")]
+        cmd = [sys.executable, "-m", "cli", "eval"] + args + ["--out", str(tmp_path / "sharded")]
         procs = [subprocess.Popen(cmd + ["--shard", f"{i}/2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for i in range(2)]
         logs = [p.communicate(timeout=300)[0] for p in procs]
         assert all(p.returncode == 0 for p in procs), logs
         from typer.testing import CliRunner
 
-        from dtwinseg.cli import app
+        from cli.main import app
 
         os.environ["DTWINSEG_TEST_KEY"] = "sk-secret-xyz"
         try:

@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from dtwinseg.cli import app
+from cli.main import app
 from eval.publish import PublishError, publish
 
 METRICS = {

@@ -9,7 +9,7 @@ from PIL import Image
 from reasoning_helpers import SemanticChatServer
 from typer.testing import CliRunner
 
-from dtwinseg.cli import app
+from cli.main import app
 from dtwinseg.pipeline import Segmenter
 from dtwinseg.reasoning import ReasoningConfig, build_reasoner
 from dtwinseg.twin import DigitalTwin

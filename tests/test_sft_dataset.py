@@ -78,7 +78,7 @@ def test_build_sft_cli(tmp_path):
     from typer.testing import CliRunner
 
     from data_builders.segdt import write_records
-    from dtwinseg.cli import app
+    from cli.main import app
 
     write_records(tmp_path / "r.jsonl", records(3), inline_twin=True)
     tok = bpe_tokenizer()

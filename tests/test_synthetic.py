@@ -191,7 +191,7 @@ def test_largest_is_really_largest_with_margin() -> None:
 def test_synth_cli_writes_reasonseg_folder(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from dtwinseg.cli import app
+    from cli.main import app
 
     res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path), "--n-train", "2", "--n-val", "1",
                                    "--n-test", "1", "--seed", "2", "--no-progress"])

@@ -196,7 +196,7 @@ def test_tiny_recipe_through_cli_with_wandb_offline(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from data_builders.segdt import write_records
-    from dtwinseg.cli import app
+    from cli.main import app
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")

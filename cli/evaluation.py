@@ -1,4 +1,4 @@
-"""CLI commands of the evaluation area: eval, eval-merge, compare, publish (see dtwinseg/cli.py)."""
+"""CLI commands of the evaluation area: eval, eval-merge, compare, publish (see cli/main.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``dtwinseg data ...``: look at datasets before using them. See dtwinseg/cli.py.
+"""``dtwinseg data ...``: look at datasets before using them. See cli/main.py.
 
 Heavy imports (readers, numpy, OpenCV) happen inside the command bodies so ``--help`` is instant.
 """

@@ -1,4 +1,4 @@
-"""``dtwinseg build-dt``: Digital Twins for a whole dataset, cached. See dtwinseg/cli.py.
+"""``dtwinseg build-dt``: Digital Twins for a whole dataset, cached. See cli/main.py.
 
 Heavy imports (torch, segment-anything, transformers) happen inside the command body so ``--help`` is
 instant.

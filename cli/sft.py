@@ -1,6 +1,6 @@
 """SFTDT commands: build-segdt (programmatic paths), build-sft (tokenised dataset), train (LoRA / DeepSpeed).
 
-See dtwinseg/cli.py. Heavy imports stay inside the command bodies so ``dtwinseg --help`` is instant.
+See cli/main.py. Heavy imports stay inside the command bodies so ``dtwinseg --help`` is instant.
 """
 
 from __future__ import annotations

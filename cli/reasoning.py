@@ -1,4 +1,4 @@
-"""CLI commands of the reasoning area: segment (see dtwinseg/cli.py)."""
+"""CLI commands of the reasoning area: segment (see cli/main.py)."""
 
 from __future__ import annotations
 

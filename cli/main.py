@@ -1,5 +1,5 @@
 """The `dtwinseg` command. Thin wrappers only: each area registers its commands from
-``dtwinseg/commands/<area>.py``, and heavy imports happen inside the command bodies so that
+``cli/<area>.py``, and heavy imports happen inside the command bodies so that
 ``dtwinseg --help`` stays instant. Commands may import the workflow packages (data_builders, training,
 eval); the library modules of ``dtwinseg`` never do.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from dtwinseg.commands import data, demo, evaluation, perception, reasoning, sft
+from cli import data, demo, evaluation, perception, reasoning, sft
 
 app = typer.Typer(
     name="dtwinseg",
