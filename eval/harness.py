@@ -34,7 +34,7 @@ from data_builders.dt_cache import DTCache
 from data_builders.programmatic import best_subset
 from data_builders.registry import open_dataset
 from data_builders.sample import Sample
-from dtwinseg.io import DataError, append_jsonl, atomic_write_json, atomic_write_text, read_json
+from dtwinseg.io import DataError, append_jsonl, atomic_write_json, read_json
 from dtwinseg.metrics import GroupedIoU, per_mask_iou
 from dtwinseg.reasoning import ReasoningOutput, build_reasoner
 from dtwinseg.twin import DigitalTwin
