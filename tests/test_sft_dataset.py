@@ -77,8 +77,8 @@ def test_overlong_examples_truncate_the_twin_or_drop(tokenizer):
 def test_build_sft_cli(tmp_path):
     from typer.testing import CliRunner
 
-    from data_builders.segdt import write_records
     from cli.main import app
+    from data_builders.segdt import write_records
 
     write_records(tmp_path / "r.jsonl", records(3), inline_twin=True)
     tok = bpe_tokenizer()

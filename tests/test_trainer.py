@@ -195,8 +195,8 @@ def test_two_cpu_ranks_equal_one(tmp_path):
 def test_tiny_recipe_through_cli_with_wandb_offline(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from data_builders.segdt import write_records
     from cli.main import app
+    from data_builders.segdt import write_records
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
