@@ -30,21 +30,16 @@ def register(app: typer.Typer) -> None:
         import numpy as np
         from PIL import Image
 
-        from dtwinseg.io import DataError, load_yaml
-        from dtwinseg.pipeline import Segmenter, build_perception
-        from dtwinseg.reasoning import ReasoningConfig, build_reasoner
+        from dtwinseg.io import DataError
+        from dtwinseg.pipeline import Segmenter
         from dtwinseg.twin import DigitalTwin
 
         try:
             rgb = np.asarray(Image.open(image).convert("RGB"))
         except OSError as e:
             raise DataError(image, None, f"cannot read the image ({e})") from e
-        data = load_yaml(config)
-        rcfg = ReasoningConfig.from_dict(data.get("reasoning", {}), path=config)
-        if strategy:
-            rcfg = rcfg.replace(strategy=strategy)
-        perception = None if twin else build_perception(data.get("perception"), config)
-        seg = Segmenter(perception, build_reasoner(rcfg))
+        seg = Segmenter.from_config(config, with_perception=twin is None,
+                                    reasoning_overrides={"strategy": strategy} if strategy else None)
         if twin:
             tw = DigitalTwin.load(twin)
             if (tw.height, tw.width) != rgb.shape[:2]:

@@ -78,12 +78,18 @@ class Segmenter:
         self.reasoner = reasoner
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike, *, with_perception: bool = True) -> Segmenter:
-        """Build from a pipeline YAML (sections ``perception`` and ``reasoning``)."""
+    def from_config(cls, path: str | os.PathLike, *, with_perception: bool = True,
+                    reasoning_overrides: dict | None = None) -> Segmenter:
+        """Build from a pipeline YAML (sections ``perception`` and ``reasoning``, e.g. recipes/pipeline/).
+
+        ``with_perception=False`` builds the reasoning stage only (for prebuilt twins); ``reasoning_overrides``
+        replaces fields of the reasoning section (e.g. ``{"strategy": "sftdt"}``)."""
         data = load_yaml(path)
-        if "reasoning" not in data:
+        if not isinstance(data.get("reasoning"), dict):
             raise DataError(path, "reasoning", "missing: the pipeline config needs a reasoning section")
         reasoning = ReasoningConfig.from_dict(data["reasoning"], path=path)
+        if reasoning_overrides:
+            reasoning = reasoning.replace(**reasoning_overrides)
         perception = None
         if with_perception:
             if "perception" not in data:
@@ -107,12 +113,8 @@ class Segmenter:
 
 def build_perception(section: Any, path: str | os.PathLike) -> TwinSource:
     """TwinBuilder(PerceptionConfig) from the perception section of a pipeline YAML."""
-    try:
-        from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder
-    except ImportError as e:
-        raise DataError(path, "perception", f"the perception builder is not available ({e})") from e
+    from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder
+
     if not isinstance(section, dict):
         raise DataError(path, "perception", "expected a mapping")
-    make = getattr(PerceptionConfig, "from_dict", None)
-    cfg = make(section, path=path) if make is not None else PerceptionConfig(**section)
-    return TwinBuilder(cfg)
+    return TwinBuilder(PerceptionConfig.from_dict(section, path=path))
