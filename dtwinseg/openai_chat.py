@@ -20,9 +20,10 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,7 +63,8 @@ class ChatClientConfig:
         base_url: OpenAI-compatible base URL (".../v1").
         model: the ``model`` field of every request.
         api_key_envs: environment variables tried in order for the key (none set: no Authorization header).
-        timeout_s: seconds per HTTP attempt.
+        timeout_s: deadline of one HTTP attempt in seconds: connect, send, headers and the whole body
+            (not per socket read, so a trickling server cannot stretch it).
         max_retries: retries of a retryable failure (so at most ``max_retries + 1`` attempts).
         backoff_s: first retry delay in seconds; doubles per attempt, capped at ``backoff_max_s``.
         backoff_max_s: cap of the exponential delay (seconds).
@@ -123,16 +125,43 @@ class ChatCompletionsClient:
         return min(cfg.backoff_s * 2 ** attempt, cfg.backoff_max_s) * random.uniform(low, high)
 
     def _post(self, data: bytes) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP attempt under a whole-request deadline (connect + send + headers + body within
+        ``timeout_s``): a watchdog shuts the socket down when the deadline passes, so a server that trickles
+        one byte at a time cannot keep the request alive. Raises TimeoutError then."""
         headers = {"Content-Type": "application/json"}
         key = self._api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        timeout = self.config.timeout_s
+        conn, path = _connection(self.url, timeout)
+        expired = threading.Event()
+
+        def abort() -> None:
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(timeout, abort)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as resp:
-                return resp.status, dict(resp.headers), resp.read()
-        except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers or {}), e.read() if e.fp else b""
+            conn.request("POST", path, body=data, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            if expired.is_set():
+                raise TimeoutError(f"timed out: no complete answer within {timeout:g} s")
+            return resp.status, dict(resp.headers), body
+        except (OSError, http.client.HTTPException) as e:
+            if expired.is_set():
+                raise TimeoutError(f"timed out: no complete answer within {timeout:g} s") from e
+            raise
+        finally:
+            watchdog.cancel()
+            conn.close()
 
     def _fail(self, kind: str, detail: str, **kw: Any) -> ChatCompletionsError:
         self._count("failures")
@@ -195,6 +224,25 @@ class ChatCompletionsClient:
         workers = max(1, min(self.config.concurrency, len(conversations)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(one, conversations))
+
+
+def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+    """An unopened connection for ``url`` (through the environment's HTTP(S)_PROXY unless NO_PROXY says
+    otherwise) and the request target to send."""
+    parts = urllib.parse.urlsplit(url)
+    https = parts.scheme == "https"
+    cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        conn = http.client.HTTPConnection(p.hostname or "", p.port, timeout=timeout)
+        if https:
+            conn = http.client.HTTPSConnection(p.hostname or "", p.port, timeout=timeout)
+            conn.set_tunnel(parts.hostname or "", parts.port)
+            return conn, target
+        return conn, url
+    return cls(parts.hostname or "", parts.port, timeout=timeout), target
 
 
 def _header(headers: dict[str, str], name: str) -> str | None:
