@@ -112,3 +112,46 @@ def test_projections_equal_float_sums():
     rows, cols = _projections(m)
     assert torch.equal(rows, m.float().sum(2)) and torch.equal(cols, m.float().sum(1))
     assert rows.dtype == torch.float32 and rows.max() > 255  # no uint8 overflow
+
+
+def test_default_relates_every_pair_as_eq5():
+    """Paper eq. 5: T_i = F_spatial(b_i, A_i, {R_ij}_{j != i}) -- every other object, by default."""
+    rng = np.random.default_rng(1)
+    masks = []
+    for _ in range(9):
+        y, x = rng.integers(0, 90, 2)
+        masks.append(box(100, 100, y, y + 8, x, x + 8))
+    twin = DigitalTwin.from_masks("i", np.stack(masks))
+    assert SpatialConfig().all_pairs
+    texts = spatial_texts(twin)
+    assert texts == spatial_texts(twin, SpatialConfig(max_relations="all"))
+    assert texts == spatial_texts(twin, SpatialConfig(max_relations=-1))
+    for i, t in texts.items():
+        named = sorted(int(p.rsplit(" ", 1)[1]) for p in t.split(";", 1)[1].split(","))
+        assert named == [j for j in range(9) if j != i]
+    capped = spatial_texts(twin, SpatialConfig(max_relations=3))
+    assert all(len(capped[i]) < len(texts[i]) for i in texts)
+
+
+@pytest.mark.parametrize("value, stored", [("all", None), ("ALL", None), (None, None), (-1, None), (0, 0),
+                                           (6, 6), ("4", 4)])
+def test_max_relations_values(value, stored):
+    assert SpatialConfig(max_relations=value).max_relations == stored
+
+
+@pytest.mark.parametrize("value", ["some", -2, 2.5, True, [3]])
+def test_max_relations_rejects_bad_values(value):
+    from dtwinseg.io import DataError
+
+    with pytest.raises(DataError, match="max_relations"):
+        SpatialConfig(max_relations=value)
+
+
+def test_reasoning_config_reads_all_from_yaml(tmp_path):
+    from dtwinseg.reasoning.config import ReasoningConfig
+
+    p = tmp_path / "r.yaml"
+    p.write_text("spatial: {max_relations: all}\n")
+    assert ReasoningConfig.from_yaml(p).spatial.all_pairs
+    p.write_text("spatial: {max_relations: 6}\n")
+    assert ReasoningConfig.from_yaml(p).spatial.max_relations == 6
