@@ -1,0 +1,263 @@
+"""The reasoning-format contract: what a format is, its shared config, and the registry of formats by name.
+
+A *reasoning format* is everything that has to be identical at training and at inference for one way of
+asking an LLM about a Digital Twin: the prompt messages, the target text a model is trained to write
+(with the character spans that carry the loss weights), the parser that reads any answer back, and the
+generation budget the answer needs. ``build-sft`` (data_builders/sft_dataset.py) and the reasoners
+(dtwinseg/reasoning/) both get a format from :func:`build_format` and never build prompts or parse
+answers themselves, so training data and inference cannot drift apart.
+
+Contract of a format (:class:`ReasoningFormat`)::
+
+    fmt = build_format("sftdt", FormatConfig(...))
+    fmt.name                        # the registered name
+    fmt.config                      # the FormatConfig it was built with
+    fmt.messages(twin, query)       # -> [{"role": "system"?, ...}, {"role": "user", ...}]: the prompt
+    fmt.target(twin, Target(...))   # -> Completion: assistant text + decision / answer character spans
+    fmt.parse(text, twin)           # -> Decoded: ids (+ per-object scores); total: never raises,
+                                    #    linear time in len(text) (caps applied before any regex)
+    fmt.budget(twin)                # -> int: new tokens a complete answer needs for this twin
+
+``Target`` carries what a training example knows: the answer ids, the reasoning path (sftdt) and
+per-object scores from ground-truth overlap (score); a format uses what it needs and says which field it
+misses (DataError). Span kinds: decision spans get ``w_decision`` and answer spans ``w_answer`` in the
+SFTDT loss (method.md sec. 3).
+
+Registry: :func:`register_format` (name, factory ``FormatConfig -> ReasoningFormat``),
+:func:`build_format`, :func:`available_formats`. The built-in formats (select, sftdt, score) register
+themselves when ``dtwinseg.formats`` is imported; other modules (the compact formats) do the same.
+
+:class:`FormatConfig` is the one config both sides share (issue 14 item 6): ``build-sft`` writes it into
+the dataset folder (``format.json``, :func:`save_format`), the reasoning config reads it back
+(``format_from:``) and :func:`check_same_format` refuses a mismatch in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from dtwinseg.io import DataError, atomic_write_json, read_json
+from dtwinseg.parsing import ParseResult
+from dtwinseg.spatial import SpatialConfig
+from dtwinseg.twin import DigitalTwin
+
+FORMAT_FILE = "format.json"
+"""File name of the saved format (name + FormatConfig) in a dataset, run or adapter folder."""
+
+
+@dataclass
+class FormatConfig:
+    """Options of a reasoning format, shared by build-sft and the reasoning config (saved with the dataset).
+
+    system_prompt: the system message (None: the format's default; "" : no system message).
+    user_template: the user message with ``{query}`` and ``{twin}`` fields (None: the format's default).
+    spatial: the spatial text of JSON(D) (relations, thresholds: dtwinseg.spatial.SpatialConfig).
+    include_spatial: sftdt: repeat each object's spatial text T_i in every path step (the paper's full
+        JSON(D(j)); longer, True is the paper's form). Default False: T_i once, in D(0).
+    indent: JSON(D) indentation (None: compact, the fewest tokens).
+    reasoning: score: write a reasoning line per object before its score (Rea2Seg "scores through
+        reasoning"); select: ignored.
+    tokens_per_object: generation budget per twin object (None: the format's own estimate, see
+        ``budget``); the budget is ``base_tokens + tokens_per_object * len(twin)`` or the estimate.
+    base_tokens: fixed part of the generation budget (the answer line, prose).
+    options: format-specific options (e.g. the compact format's ``position``, the score format's
+        rerank ``select: best|margin``, ``margin``, ``min``); each format validates its own.
+    """
+
+    system_prompt: str | None = None
+    user_template: str | None = None
+    spatial: SpatialConfig = field(default_factory=SpatialConfig)
+    include_spatial: bool = False
+    indent: int | None = None
+    reasoning: bool = False
+    tokens_per_object: int | None = None
+    base_tokens: int = 64
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.spatial, dict):
+            self.spatial = _strict(SpatialConfig, self.spatial, "spatial", None)
+        if self.tokens_per_object is not None and int(self.tokens_per_object) < 1:
+            raise DataError(None, "tokens_per_object", "must be >= 1 (or null for the format's estimate)")
+        if int(self.base_tokens) < 0:
+            raise DataError(None, "base_tokens", "must be >= 0")
+        if not isinstance(self.options, dict):
+            raise DataError(None, "options", f"expected a mapping, got {type(self.options).__name__}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, *, path: str | os.PathLike | None = None, where: str = "format") -> FormatConfig:
+        """Strict: an unknown key or a bad value is a DataError naming ``where.<key>``."""
+        if d is None:
+            return cls()
+        if isinstance(d, cls):
+            return d
+        return _strict(cls, d, where, path)
+
+
+def _strict(cls: type, value: Any, where: str, path: str | os.PathLike | None) -> Any:
+    if not isinstance(value, dict):
+        raise DataError(path, where, f"expected a mapping, got {type(value).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise DataError(path, f"{where}.{unknown[0]}", f"unknown option; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**value)
+    except DataError as e:
+        raise DataError(path, f"{where}.{e.field}" if e.field else where, e.message) from None
+    except (TypeError, ValueError) as e:
+        raise DataError(path, where, str(e)) from None
+
+
+@dataclass
+class Completion:
+    """The assistant text a model is trained to write, with character spans ``(start, end)`` into it.
+
+    decision_spans: tokens of the reasoning decisions (object ids and verdicts of a path, scores).
+    answer_spans: tokens of the final answer (the id list of ``Answer: [...]``).
+    """
+
+    text: str
+    decision_spans: list[tuple[int, int]] = field(default_factory=list)
+    answer_spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class Target:
+    """What one training example knows about its answer.
+
+    answer: the final ids (sorted; ``[]`` is a valid empty answer).
+    path: the reasoning path D(1..K) (``dtwinseg.formats.sftdt.ReasoningPath``), for path formats.
+    scores: per-object target scores in [0, 10] (from ground-truth overlap), for score formats.
+    """
+
+    answer: list[int]
+    path: Any = None
+    scores: dict[int, float] | None = None
+
+
+@dataclass
+class Decoded:
+    """A parsed answer: the ids as a ParseResult and, for score formats, every object's score."""
+
+    parse: ParseResult
+    scores: dict[int, float] | None = None
+
+
+@runtime_checkable
+class ReasoningFormat(Protocol):
+    """One way of prompting for, training on and reading back an answer over a twin (module docstring)."""
+
+    name: str
+    config: FormatConfig
+
+    def messages(self, twin: DigitalTwin, query: str) -> list[dict]: ...
+
+    def target(self, twin: DigitalTwin, target: Target) -> Completion: ...
+
+    def parse(self, text: str, twin: DigitalTwin) -> Decoded: ...
+
+    def budget(self, twin: DigitalTwin) -> int: ...
+
+
+def chat(system: str | None, user: str) -> list[dict]:
+    """``[system?, user]`` chat messages (no system message when ``system`` is empty)."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
+def linear_budget(cfg: FormatConfig, twin: DigitalTwin, per_object: int) -> int:
+    """``base_tokens + tokens_per_object * len(twin)`` with the config's per-object cost when it sets one."""
+    per = cfg.tokens_per_object if cfg.tokens_per_object is not None else per_object
+    return int(cfg.base_tokens) + int(per) * len(twin)
+
+
+# --- registry ---------------------------------------------------------------------------------------------
+FormatFactory = Callable[[FormatConfig], ReasoningFormat]
+_REGISTRY: dict[str, FormatFactory] = {}
+
+
+def register_format(name: str, factory: FormatFactory, *, replace: bool = False) -> None:
+    """Make ``build_format(name, cfg)`` return ``factory(cfg)``. Re-registering a name needs ``replace``."""
+    if not name or not isinstance(name, str):
+        raise ValueError("a format name must be a non-empty string")
+    if name in _REGISTRY and not replace and _REGISTRY[name] is not factory:
+        raise ValueError(f"reasoning format {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def available_formats() -> tuple[str, ...]:
+    """Registered format names, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def build_format(name: str, config: FormatConfig | dict | None = None) -> ReasoningFormat:
+    """The format registered as ``name``, configured by ``config`` (DataError for an unknown name)."""
+    if name not in _REGISTRY:
+        raise DataError(None, "strategy", f"{name!r} is not a reasoning format; known: "
+                        f"{', '.join(available_formats())}")
+    return _REGISTRY[name](FormatConfig.from_dict(config))
+
+
+# --- saved with a dataset, read back at inference ---------------------------------------------------------
+def format_record(name: str, config: FormatConfig) -> dict:
+    """The JSON object saved as format.json: ``{"format": name, "config": {...}}``."""
+    return {"format": name, "config": config.to_dict()}
+
+
+def save_format(folder: str | os.PathLike, name: str, config: FormatConfig) -> Path:
+    """Write ``folder/format.json`` atomically."""
+    return atomic_write_json(Path(folder) / FORMAT_FILE, format_record(name, config))
+
+
+def find_format_file(path: str | os.PathLike) -> Path | None:
+    """``path`` itself (a format.json) or ``path/format.json``, or None when neither exists."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    return p / FORMAT_FILE if (p / FORMAT_FILE).is_file() else None
+
+
+def load_format(path: str | os.PathLike) -> tuple[str, FormatConfig]:
+    """(name, FormatConfig) from a format.json or a folder holding one; DataError naming the file otherwise."""
+    file = find_format_file(path)
+    if file is None:
+        raise DataError(path, None, f"no {FORMAT_FILE} here (build-sft writes it into the dataset folder)")
+    data = read_json(file)
+    if not isinstance(data, dict) or not isinstance(data.get("format"), str):
+        raise DataError(file, "format", "expected {\"format\": name, \"config\": {...}}")
+    return data["format"], FormatConfig.from_dict(data.get("config"), path=file, where="config")
+
+
+def format_differences(a: tuple[str, FormatConfig], b: tuple[str, FormatConfig]) -> list[str]:
+    """Dotted names of the fields where two (name, config) pairs differ (``[]`` when identical)."""
+    if a[0] != b[0]:
+        return ["format"]
+    da, db = json.loads(json.dumps(a[1].to_dict())), json.loads(json.dumps(b[1].to_dict()))
+    return _diff(da, db, "")
+
+
+def _diff(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def check_same_format(trained: tuple[str, FormatConfig], used: tuple[str, FormatConfig], *,
+                      source: str | os.PathLike | None = None) -> None:
+    """Raise a one-line DataError when the inference format differs from the one a model was trained on."""
+    diff = format_differences(trained, used)
+    if diff:
+        raise DataError(source, diff[0], f"the reasoning format differs from the one the model was trained with "
+                        f"({', '.join(diff[:5])}); use format_from: to read it back, or set the same values")
