@@ -1,8 +1,11 @@
 """``dtwinseg build-dt``: one DigitalTwin per dataset sample, cached (data_builders/dt_cache.py).
 
 - Resumable: a sample whose twin exists is skipped; twins are written atomically, so a killed run
-  leaves no half-written file and a rerun continues where it stopped.
-- ``shard=(i, n)``: this process takes the samples whose index (in the reader's stable order, after
+  leaves no half-written file and a rerun continues where it stopped. A cached twin that does not parse
+  or fails the schema is rebuilt (``rebuilt_corrupt``); one built while the VLM gave no usable answer
+  (null content: ``vlm_fallbacks`` in its provenance) is built again (``refilled``) unless
+  ``refill_fallbacks=False``. A lock file per shard stops two processes building the same shard.
+- ``shard=(i, n)`` (:mod:`dtwinseg.runtime`): this process takes the samples whose index (in the reader's stable order, after
   ``limit``) is i modulo n, so N processes / machines split a dataset with no overlap and no gap.
 - A failing sample (unreadable image, VLM error after retries, bad instances) is recorded in the cache's
   failures file and the run goes on; the counts are printed and written to the manifest.
@@ -15,50 +18,49 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterable, Iterator
+import time
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from data_builders.dt_cache import DTCache
 from data_builders.registry import open_dataset
 from dtwinseg.io import atomic_write_json
 from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder
+from dtwinseg.runtime import RunLock, iter_positions, parse_shard, shard_indices, shard_suffix
+from dtwinseg.runtime import progress as show_progress
 
-T = TypeVar("T")
+__all__ = ["BuildCounts", "build_dt", "cache_config", "parse_shard", "proposals_only", "shard_indices"]
 
 
 @dataclass
 class BuildCounts:
-    """What one run did. ``input_skipped``: files the reader skipped under strict=False."""
+    """What one run did. ``input_skipped``: files the reader skipped (malformed under strict=False, and
+    annotations without an image). ``rebuilt_corrupt`` / ``refilled``: cached twins built again because
+    they were corrupt / had VLM fallbacks (also counted in ``built`` or ``failed``)."""
 
     samples: int = 0
     built: int = 0
     existing: int = 0
     failed: int = 0
     input_skipped: int = 0
+    rebuilt_corrupt: int = 0
+    refilled: int = 0
     granularity_fallbacks: int = 0
     semantic_fallbacks: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def all_failed(self) -> bool:
+        """Every sample of this shard failed (a broken setup rather than bad luck)."""
+        return self.samples > 0 and self.failed == self.samples
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """"i/n" -> (i, n) with 0 <= i < n."""
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 <= i < n")
-    return i, n
-
-
-def shard_indices(n_samples: int, shard: tuple[int, int] = (0, 1), limit: int | None = None) -> list[int]:
-    """Indices this shard handles: the first ``limit`` samples (all when None), those == i mod n."""
-    i, n = shard
-    total = n_samples if limit is None else min(limit, n_samples)
-    return list(range(i, total, n))
+    def summary(self) -> str:
+        """One line: what happened to the samples of this run."""
+        return (f"build-dt: {self.samples} samples: {self.built} built, {self.existing} existing, "
+                f"{self.failed} failed, {self.input_skipped} input files skipped, {self.rebuilt_corrupt} "
+                f"corrupt twins rebuilt, {self.refilled} refilled after VLM fallbacks")
 
 
 def cache_config(config: PerceptionConfig, *, fill_semantics: bool = False) -> dict:
@@ -88,64 +90,53 @@ def build_dt(
     fill_semantics: bool = False,
     builder: TwinBuilder | None = None,
     progress: bool = True,
+    refill_fallbacks: bool = True,
 ) -> tuple[DTCache, BuildCounts]:
     """Build (or resume) the twins of a dataset shard into ``out``; returns the cache and the counts."""
     dataset = open_dataset(dataset_spec, strict=strict)
     cache = DTCache.create(out, cache_config(config, fill_semantics=fill_semantics))
     source = DTCache.create(out, cache_config(proposals_only(config))) if fill_semantics else None
-    builder = builder or TwinBuilder(config)
     counts = BuildCounts(input_skipped=len(dataset.skipped))
     indices = shard_indices(len(dataset), shard, limit)
-    for idx, sample in _progress(_shard_samples(dataset, indices), f"twins {dataset_spec}", progress,
-                                 total=len(indices)):
-        counts.samples += 1
-        sid = f"#{idx}"
-        try:
-            if isinstance(sample, Exception):
-                raise sample
-            sid = sample.id
-            if cache.has(sid):
-                counts.existing += 1
+    with RunLock(cache.folder / f".lock{shard_suffix(shard)}", f"{cache.folder} (shard {shard[0]}/{shard[1]})"):
+        builder = builder or TwinBuilder(config)
+        samples = iter_positions(dataset, indices)
+        for idx, sample in show_progress(samples, f"twins {dataset_spec}", progress, total=len(indices)):
+            counts.samples += 1
+            sid = f"#{idx}"
+            try:
+                if isinstance(sample, Exception):
+                    raise sample
+                sid = sample.id
+                state, _, _ = cache.inspect(sid)
+                if state == "ok" or (state == "fallback" and not refill_fallbacks):
+                    counts.existing += 1
+                    continue
+                counts.rebuilt_corrupt += state == "corrupt"
+                counts.refilled += state == "fallback"
+                twin = _build_one(builder, sample, sid, source)
+                cache.put(sid, twin)
+            except Exception as e:  # noqa: BLE001 - one bad sample must not stop a long run
+                cache.record_failure(sid, f"{type(e).__name__}: {e}")
+                counts.failed += 1
                 continue
-            if source is not None:
-                twin = source.get(sid)
-                if twin is None:
-                    raise FileNotFoundError(f"no proposals-only twin in {source.folder}: run build-dt with "
-                                            "--vlm none first")
-                twin = builder.fill_semantics(twin, sample.image_path)
-            else:
-                twin = builder.build(sample.image_path, sample.query, sid, instances=sample.instances,
-                                     granularity=sample.granularity)
-            cache.put(sid, twin)
-        except Exception as e:  # noqa: BLE001 - one bad sample must not stop a long run
-            cache.record_failure(sid, f"{type(e).__name__}: {e}")
-            counts.failed += 1
-            continue
-        counts.built += 1
-        counts.granularity_fallbacks += int(bool(twin.provenance.get("granularity_fallback")))
-        counts.semantic_fallbacks += int(twin.provenance.get("semantic_fallbacks", 0))
-    write_manifest(cache, counts, shard, dataset_spec)
+            counts.built += 1
+            counts.granularity_fallbacks += int(bool(twin.provenance.get("granularity_fallback")))
+            counts.semantic_fallbacks += int(twin.provenance.get("semantic_fallbacks", 0))
+        write_manifest(cache, counts, shard, dataset_spec)
     return cache, counts
 
 
-def _shard_samples(dataset: Any, indices: list[int]) -> Iterator[tuple[int, Any]]:
-    """(index, Sample or the exception reading it) for ``indices``: random access when the reader has
-    it, else one pass over the reader."""
-    if hasattr(dataset, "__getitem__"):
-        for i in indices:
-            try:
-                yield i, dataset[i]
-            except Exception as e:  # noqa: BLE001 - recorded as this sample's failure
-                yield i, e
-        return
-    if not indices:
-        return
-    wanted, last = set(indices), indices[-1]
-    for i, sample in enumerate(dataset):
-        if i in wanted:
-            yield i, sample
-        if i >= last:
-            return
+def _build_one(builder: TwinBuilder, sample: Any, sid: str, source: DTCache | None) -> Any:
+    """The twin of one sample: built from the image, or (second pass) the cached proposals-only twin with
+    VLM semantics filled in."""
+    if source is None:
+        return builder.build(sample.image_path, sample.query, sid, instances=sample.instances,
+                             granularity=sample.granularity)
+    twin = source.get(sid)
+    if twin is None:
+        raise FileNotFoundError(f"no proposals-only twin in {source.folder}: run build-dt with --vlm none first")
+    return builder.fill_semantics(twin, sample.image_path)
 
 
 def write_manifest(cache: DTCache, counts: BuildCounts, shard: tuple[int, int], spec: str) -> None:
@@ -154,26 +145,5 @@ def write_manifest(cache: DTCache, counts: BuildCounts, shard: tuple[int, int], 
     if shard[1] == 1:
         cache.write_manifest(record)
     else:
-        import time
-
         atomic_write_json(cache.folder / f"manifest.shard-{shard[0]}-of-{shard[1]}.json",
                           {"counts": record, "time": time.time()})
-
-
-def _progress(items: Iterable[T], label: str, enabled: bool, total: int | None = None) -> Iterator[T]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, disable=not enabled, transient=False) as bar:
-        task = bar.add_task(label, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)

@@ -5,12 +5,14 @@ Layout::
     CACHE/
       <config_hash>/
         config.json          perception config that built these twins (no secrets), and its hash
-        twins/<key>.json     one DigitalTwin per sample; <key> = sample id, percent-encoded
+        twins/<key>.json     one DigitalTwin per sample; <key> = sample id, percent-encoded (cut and
+                             suffixed with a hash of the id when longer than 200 bytes)
         failures.jsonl       one record per failed sample: {"id", "error", "time"}
         manifest.json        counts of the last run (built, skipped, failed), written at its end
 
 Twins are written atomically, so a killed run leaves no half-written twin and a rerun skips every
-finished sample. Evaluation and the Seg-DT builder only read this folder: perception is never recomputed.
+finished sample. A twin file that does not parse or fails the schema (truncated by a full disk, edited by
+hand, resized image) is reported by :meth:`DTCache.inspect` as corrupt: build-dt rebuilds it, eval counts it. Evaluation and the Seg-DT builder only read this folder: perception is never recomputed.
 """
 
 from __future__ import annotations
@@ -21,20 +23,37 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from dtwinseg.io import append_jsonl, atomic_write_json, iter_jsonl, read_json, stable_hash
+from dtwinseg.io import (
+    DataError,
+    append_jsonl,
+    atomic_write_json,
+    bounded_name,
+    iter_jsonl,
+    read_json,
+    stable_hash,
+)
 from dtwinseg.twin import DigitalTwin
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def sample_key(sample_id: str) -> str:
-    """File-safe, collision-free name for a sample id: unsafe characters percent-encoded ("a/b" -> "a%2Fb")."""
+    """File-safe, collision-free name for a sample id: unsafe characters percent-encoded ("a/b" -> "a%2Fb"),
+    and a long key cut to 200 bytes with a hash of the whole id (a 40-character CJK id encodes to 360)."""
     key = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group(0).encode("utf-8")), sample_id)
-    return key if key not in ("", ".", "..") else f"%{key}"
+    return bounded_name(key if key not in ("", ".", "..") else f"%{key}")
 
 
 def config_hash(config: dict) -> str:
     return stable_hash(config, length=12)
+
+
+def vlm_fallbacks(twin: DigitalTwin) -> int:
+    """How many of a twin's VLM answers fell back to a default (null or unreadable content): semantics
+    per object plus the granularity decision. 0 for twins whose semantics did not come from a VLM."""
+    prov = twin.provenance or {}
+    n = int(prov.get("semantic_fallbacks") or 0) if prov.get("semantic_source") == "vlm" else 0
+    return n + int(bool(prov.get("granularity_fallback")))
 
 
 class DTCache:
@@ -84,8 +103,30 @@ class DTCache:
         return self.path_for(sample_id).exists()
 
     def get(self, sample_id: str) -> DigitalTwin | None:
+        """The cached twin, None when there is none; a corrupt twin file is a DataError naming it."""
         p = self.path_for(sample_id)
-        return DigitalTwin.load(p) if p.exists() else None
+        if not p.exists():
+            return None
+        try:
+            return DigitalTwin.load(p)
+        except UnicodeDecodeError as e:
+            raise DataError(p, None, f"not UTF-8 text ({e.reason})") from None
+        except OSError as e:
+            raise DataError(p, None, f"cannot read: {e.strerror or e}") from None
+
+    def inspect(self, sample_id: str) -> tuple[str, DigitalTwin | None, str]:
+        """(state, twin, reason): "missing", "corrupt" (does not parse or fails the schema; reason says
+        why), "fallback" (built while the VLM gave no usable answer for some objects or the granularity:
+        worth asking again) or "ok"."""
+        try:
+            twin = self.get(sample_id)
+        except DataError as e:
+            return "corrupt", None, str(e)
+        if twin is None:
+            return "missing", None, ""
+        if vlm_fallbacks(twin):
+            return "fallback", twin, f"{vlm_fallbacks(twin)} VLM fallback(s)"
+        return "ok", twin, ""
 
     def put(self, sample_id: str, twin: DigitalTwin) -> Path:
         return twin.save(self.path_for(sample_id))

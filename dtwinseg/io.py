@@ -1,10 +1,13 @@
-"""Small file helpers shared by every writer: atomic writes, JSON/JSONL, YAML configs, stable hashes."""
+"""Small file helpers shared by every writer: atomic writes (with the process umask), JSON/JSONL, YAML
+configs, stable hashes, and the checks on names and sizes that reach the file system (labels, file keys,
+stored text caps)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -32,8 +35,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; finished files get the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -46,6 +50,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    """The process umask: from /proc on Linux (thread-safe), else set-and-restore."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -113,3 +131,39 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise DataError(path, None, "expected a mapping at the top level")
     return data
+
+
+# --- names and sizes that reach the file system ----------------------------------------------------
+_LABEL_RE = re.compile(r"[A-Za-z0-9_.+-]{1,100}")
+MAX_NAME_BYTES = 200  # below the usual 255-byte file-name limit, leaving room for suffixes
+
+
+def check_label(label: str, field: str = "label") -> str:
+    """``label`` if it is safe as one folder name (letters, digits, ``_ . + -``, at most 100 characters,
+    not only dots); else a DataError naming ``field``."""
+    if not isinstance(label, str) or not _LABEL_RE.fullmatch(label) or not label.strip("."):
+        raise DataError(None, field, f"{label!r} is not a usable name: use 1-100 letters, digits, '_', '.', '+' "
+                                     "or '-' (not only dots), e.g. NAME=SPEC")
+    return label
+
+
+def bounded_name(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
+    """``name`` when its UTF-8 form fits in ``max_bytes``; else a prefix that fits plus ``~`` and a hash of
+    the whole name (distinct names stay distinct; the file system's 255-byte limit is never hit)."""
+    raw = name.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    head = raw[:max_bytes - len(digest) - 1].decode("utf-8", "ignore")
+    while head.endswith("%") or head[-2:-1] == "%":  # never cut a percent escape in half
+        head = head[:-1]
+    return f"{head}~{digest}"
+
+
+def clip_middle(text: str, cap: int) -> tuple[str, bool]:
+    """(``text``, False) when it fits in ``cap`` characters; else its first and last ``cap // 2``
+    characters around a marker, and True. The head (where answers usually start) is never lost."""
+    if len(text) <= cap:
+        return text, False
+    half = max(cap // 2, 1)
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}", True

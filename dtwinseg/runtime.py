@@ -1,0 +1,223 @@
+"""Where a process stands in a multi-process job, and the plumbing every long job shares: the shard spec
+(``--shard I/N`` or RANK / WORLD_SIZE), the samples a shard takes, one progress bar per job (drawn by
+local rank 0 only), the device "auto" resolves to (``cuda:LOCAL_RANK``), and a lock file that stops two
+processes writing the same output while never blocking forever after a ``kill -9``.
+
+Used by ``build-dt`` (data_builders/build_dt.py), the eval harness (eval/harness.py) and the backends
+that place models on a device.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dtwinseg.io import DataError
+
+T = TypeVar("T")
+Shard = tuple[int, int]
+
+_SHARD_RE = re.compile(r"\s*(\d{1,9})\s*/\s*(\d{1,9})\s*")
+
+
+# --- ranks and shards --------------------------------------------------------------------------
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    try:
+        return int(raw) if raw.strip() else default
+    except ValueError:
+        raise DataError(None, name, f"environment variable must be an integer, got {raw!r}") from None
+
+
+def local_rank(env: Mapping[str, str] | None = None) -> int:
+    """LOCAL_RANK (torchrun, accelerate launch), else 0."""
+    return _env_int(os.environ if env is None else env, "LOCAL_RANK", 0)
+
+
+def parse_shard(text: str | None = None, env: Mapping[str, str] | None = None) -> Shard:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; without text, (RANK, WORLD_SIZE) when WORLD_SIZE > 1; else (0, 1).
+
+    A malformed spec is a DataError naming ``--shard``."""
+    env = os.environ if env is None else env
+    if text:
+        m = _SHARD_RE.fullmatch(text)
+        if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+            raise DataError(None, "--shard", f"expected I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+        return int(m.group(1)), int(m.group(2))
+    world = _env_int(env, "WORLD_SIZE", 1)
+    if world > 1:
+        rank = _env_int(env, "RANK", local_rank(env))
+        if not 0 <= rank < world:
+            raise DataError(None, "RANK", f"rank {rank} outside WORLD_SIZE {world}")
+        return rank, world
+    return 0, 1
+
+
+def shard_indices(n_samples: int, shard: Shard = (0, 1), limit: int | None = None) -> list[int]:
+    """Dataset positions a shard takes: of the first ``limit`` samples (all when None), those == i mod n."""
+    i, n = shard
+    total = n_samples if limit is None else min(limit, n_samples)
+    return list(range(i, total, n))
+
+
+def shard_suffix(shard: Shard) -> str:
+    """File-name suffix of a shard's own files: "" for one process, ``.shard-I-of-N`` otherwise."""
+    i, n = shard
+    return "" if n == 1 else f".shard-{i}-of-{n}"
+
+
+def iter_positions(dataset: Any, indices: list[int]) -> Iterator[tuple[int, Any]]:
+    """(position, sample or the exception reading it) for ``indices``: random access when the reader has
+    it, else one pass over the reader that stops after the last wanted position."""
+    if hasattr(dataset, "__getitem__"):
+        for k in indices:
+            try:
+                yield k, dataset[k]
+            except Exception as e:  # noqa: BLE001 - the caller counts it as this sample's failure
+                yield k, e
+        return
+    if not indices:
+        return
+    wanted, last = set(indices), indices[-1]
+    for k, sample in enumerate(dataset):
+        if k in wanted:
+            yield k, sample
+        if k >= last:
+            return
+
+
+# --- progress ----------------------------------------------------------------------------------
+class ProgressBar:
+    """One bar per job: drawn only when ``enabled`` and this is local rank 0 (co-located ranks would
+    otherwise draw over each other). ``advance(n)`` works either way."""
+
+    def __init__(self, label: str, total: int | None, enabled: bool = True,
+                 env: Mapping[str, str] | None = None):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.drawn = bool(enabled) and local_rank(env) == 0
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn())
+        self._bar = Progress(*columns, disable=not self.drawn, transient=False)
+        self._task = self._bar.add_task(label, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        self._bar.advance(self._task, n)
+
+    def __enter__(self) -> ProgressBar:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._bar.__exit__(*exc)
+
+
+def progress(items: Iterable[T], label: str, enabled: bool = True, total: int | None = None) -> Iterator[T]:
+    """``items`` with a :class:`ProgressBar` advanced once per item."""
+    with ProgressBar(label, total, enabled) as bar:
+        for item in items:
+            yield item
+            bar.advance()
+
+
+# --- devices -----------------------------------------------------------------------------------
+def resolve_device(device: str = "auto", env: Mapping[str, str] | None = None) -> str:
+    """"auto" -> ``cuda:LOCAL_RANK`` (modulo the visible GPUs) when CUDA is available, else "cpu";
+    "cuda" alone also takes the local rank's GPU; anything else as given."""
+    if device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        if device == "cuda":
+            raise DataError(None, "device", "cuda requested but no CUDA device is available")
+        return "cpu"
+    return f"cuda:{local_rank(env) % torch.cuda.device_count()}"
+
+
+# --- locks -------------------------------------------------------------------------------------
+class RunLock:
+    """An exclusive lock on ``path`` held while one process writes an output folder.
+
+    Uses ``flock``: the kernel releases it when the holder dies (``kill -9`` included), so a stale lock
+    file never blocks a later run. The file records ``pid@host`` for the refusal message. Where flock is
+    unavailable, falls back to an O_EXCL file whose pid is checked for liveness on the same host.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str = "this output"):
+        self.path = Path(path)
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            os.close(fd)
+            return self._acquire_excl()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise DataError(self.path, None, f"{self.what} is being written by {holder}; wait for it "
+                                                 "or use another --out") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _holder().encode(), 0)
+        self._fd = fd
+        return self
+
+    def _acquire_excl(self) -> RunLock:  # pragma: no cover - not POSIX
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            holder = self.path.read_text(encoding="utf-8", errors="replace").strip()
+            pid, _, host = holder.partition("@")
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                self.path.unlink(missing_ok=True)
+                return self._acquire_excl()
+            raise DataError(self.path, None, f"{self.what} is being written by {holder}") from None
+        os.write(fd, _holder().encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays (harmless, reused next time)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _holder() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _alive(pid: int) -> bool:  # pragma: no cover - fallback path only
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
