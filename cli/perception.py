@@ -35,6 +35,9 @@ def build_dt_command(
                                         help="Second pass: read the twins a --vlm none run cached and write "
                                              "twins with VLM semantics (needs a VLM backend)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar with ETA."),
+    refill_fallbacks: bool = typer.Option(True, "--refill-fallbacks/--keep-fallbacks",
+                                          help="Build again the cached twins whose VLM answers fell back "
+                                               "(null content) so the VLM is asked again."),
 ) -> None:
     """Build one Digital Twin per sample (SAM or oracle masks, VLM granularity and semantics) into a cache.
 
@@ -58,13 +61,17 @@ def build_dt_command(
         if fill_semantics and cfg.vlm.backend == "none":
             raise ValueError("--fill-semantics needs a VLM: set vlm.backend in the config or pass --vlm")
         cache, counts = build_dt(dataset_spec, cfg, out, shard=parse_shard(shard), limit=limit, strict=strict,
-                                 fill_semantics=fill_semantics, progress=progress)
+                                 fill_semantics=fill_semantics, progress=progress,
+                                 refill_fallbacks=refill_fallbacks)
     except (DataError, ValueError, FileNotFoundError) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps({"cache": str(cache.folder), **counts.to_dict()}, indent=2))
     if counts.failed:
         err.print(f"[yellow]{counts.failed} sample(s) failed; see {escape(str(cache.failures_path))}[/yellow]")
+    err.print(escape(counts.summary()), highlight=False, soft_wrap=True)
+    if counts.all_failed:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -48,8 +48,9 @@ def _type_names(types: type | tuple[type, ...]) -> str:
     return " or ".join(t.__name__ for t in ts)
 
 
-def read_json_fallback(path: str | os.PathLike, encodings: Sequence[str] = ("utf-8", "cp1252")) -> Any:
-    """Parse a JSON file, trying each text encoding in turn (the reference reads UTF-8, then cp1252).
+def read_json_fallback(path: str | os.PathLike, encodings: Sequence[str] = ("utf-8-sig", "cp1252")) -> Any:
+    """Parse a JSON file, trying each text encoding in turn (the reference reads UTF-8, then cp1252; a
+    UTF-8 byte-order mark, as some Windows editors write, is accepted).
 
     A file that no encoding decodes into valid JSON (truncated, not JSON) is a DataError naming it.
     """

@@ -179,6 +179,14 @@ def read_record(image_path: Path) -> ReasonSegRecord:
                            polygons, dimension, granularity, instances, targets)
 
 
+def orphan_annotations(split_dir: Path, images: list[Path]) -> list[tuple[str, str]]:
+    """``(file, reason)`` for every annotation whose ``<stem>.jpg`` is missing: a counted skip (always,
+    strict or not), never a sample that silently disappears."""
+    stems = {p.stem for p in images}
+    return [(str(j), f"{j}: no image {j.stem}.jpg for this annotation (only *.jpg are read, as the reference)")
+            for j in sorted(split_dir.glob("*.json")) if not j.name.endswith(".instances.json") and j.stem not in stems]
+
+
 def resolve_split_dir(root: str | os.PathLike, split: str) -> Path:
     """``root/<split>``, else ``root/ReasonSeg/<split>``."""
     base = Path(root)
@@ -206,10 +214,12 @@ class ReasonSegDataset(ListDataset[ReasonSegRecord]):
         super().__init__(split, strict)
         self.root = Path(root)
         self.split_dir = resolve_split_dir(root, split)
-        for image_path in sorted(self.split_dir.glob("*.jpg")):
+        images = sorted(self.split_dir.glob("*.jpg"))
+        for image_path in images:
             rec = self._try(lambda p=image_path: read_record(p), str(image_path))
             if rec is not None:
                 self._records.append(rec)
+        self.skipped += orphan_annotations(self.split_dir, images)
 
     def _record_file(self, record: ReasonSegRecord) -> str:
         return str(record.json_path)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from data_builders.sample import Sample
+from dtwinseg.io import DataError
 
 
 class Dataset(Protocol):
@@ -53,10 +54,9 @@ def parse_spec(spec: str) -> DatasetSpec:
     """Split ``name:root:split``; the root may itself contain ':' (only the first and last count)."""
     parts = spec.split(":")
     if len(parts) < 3 or not parts[0] or not parts[-1]:
-        raise ValueError(
-            f"bad DATASET_SPEC {spec!r}: expected NAME:ROOT:SPLIT, e.g. reasonseg:/data/ReasonSeg:val "
-            f"(names: {', '.join(sorted(_known()))})"
-        )
+        raise DataError(None, "DATASET_SPEC",
+                        f"{spec!r} is not NAME:ROOT:SPLIT, e.g. reasonseg:/data/ReasonSeg:val "
+                        f"(names: {', '.join(sorted(_known()))})")
     return DatasetSpec(parts[0].lower(), ":".join(parts[1:-1]), parts[-1])
 
 
@@ -78,9 +78,18 @@ def _load_builtin_readers() -> None:
 
 
 def open_dataset(spec: str | DatasetSpec, *, strict: bool = True) -> Dataset:
-    """Open the dataset a spec names. ``strict=False`` skips (and counts) malformed files."""
+    """Open the dataset a spec names. ``strict=False`` skips (and counts) malformed files.
+
+    A split with no sample at all is a DataError (a wrong root or split name would otherwise evaluate
+    or build nothing and report success)."""
     s = parse_spec(spec) if isinstance(spec, str) else spec
     _load_builtin_readers()
     if s.name not in _READERS:
-        raise ValueError(f"unknown dataset {s.name!r} in {str(s)!r}; known: {', '.join(sorted(_READERS))}")
-    return _READERS[s.name](s.root, s.split, strict=strict)
+        raise DataError(None, "DATASET_SPEC",
+                        f"unknown dataset {s.name!r} in {str(s)!r}; known: {', '.join(sorted(_READERS))}")
+    dataset = _READERS[s.name](s.root, s.split, strict=strict)
+    if len(dataset) == 0:
+        skipped = getattr(dataset, "skipped", [])
+        why = f"; {len(skipped)} input file(s) skipped, first: {skipped[0][1]}" if skipped else ""
+        raise DataError(s.root, "split", f"no samples in {s}{why}")
+    return dataset
