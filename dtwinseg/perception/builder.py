@@ -8,8 +8,12 @@
 2. proposals: ``source: sam`` runs :class:`ProposalGenerator` (everything mode + refinement for L);
    ``source: oracle`` takes ground-truth instances (``{"rle", "semantic", "level", "parent"}``): all of
    them at part level, only the level-1 (object) instances at object / group level.
-3. semantics S_i: from the VLM (crop + whole image + query, strategy ``direct`` / ``in_context`` /
-   ``system``) when configured; else the instance ``semantic`` (oracle) or "" (filled by a later pass).
+3. semantics S_i = F_VLM(x_img, x_txt, m_i, {m_j}) (paper eq. 4): from the VLM when configured, with
+   strategy ``direct`` / ``in_context`` / ``system``; else the instance ``semantic`` (oracle) or "" (filled
+   by a later pass). The VLM sees a crop of m_i and the whole image. ``semantic_context: others`` (the
+   default, eq. 4) draws every other mask m_j on that whole image as a numbered cyan outline (m_i in red,
+   numbered too) and lists the nearest ``context_max_listed`` of them in the text with box, area and
+   relation to m_i; ``semantic_context: none`` shows m_i alone (the per-mask form).
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import numpy as np
 from PIL import Image
 
 from dtwinseg.io import DataError, load_yaml, stable_hash
-from dtwinseg.perception.prompts import STRATEGIES
+from dtwinseg.perception.prompts import CONTEXTS, STRATEGIES
 from dtwinseg.perception.proposals import ProposalConfig, ProposalGenerator, Proposals
 from dtwinseg.perception.vlm import VLM, VLMConfig, assign_semantics, decide_granularity, make_vlm
+from dtwinseg.spatial import pairwise_relations, relation_phrase
 from dtwinseg.twin import DigitalTwin, Granularity, TwinObject, decode_rle, mask_bbox
 
 SOURCES = ("sam", "oracle")
@@ -54,6 +59,11 @@ class PerceptionConfig:
         semantic_strategy: "direct" | "in_context" | "system" (the paper's best).
         use_granularity: False -> always level 1 (the "SAM only" ablation of Table 4).
         crop_padding: context around a mask's box in its crop, as a fraction of the box size.
+        semantic_context: "others" (eq. 4: the other masks {m_j} outlined and numbered on the whole image
+            and listed in the text) | "none" (each mask alone).
+        context_max_listed: how many other masks (nearest first) the text lists with their box, area and
+            relation; null lists all. The image always outlines all of them. Default 12: the text of a
+            150-mask twin would otherwise cost ~150 lines per request, 150 requests per image.
     """
 
     source: str = "sam"
@@ -65,12 +75,18 @@ class PerceptionConfig:
     semantic_strategy: str = "system"
     use_granularity: bool = True
     crop_padding: float = 0.1
+    semantic_context: str = "others"
+    context_max_listed: int | None = 12
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
         if self.semantic_strategy not in STRATEGIES:
             raise ValueError(f"semantic_strategy must be one of {STRATEGIES}, got {self.semantic_strategy!r}")
+        if self.semantic_context not in CONTEXTS:
+            raise ValueError(f"semantic_context must be one of {CONTEXTS}, got {self.semantic_context!r}")
+        if self.context_max_listed is not None and int(self.context_max_listed) < 0:
+            raise ValueError(f"context_max_listed must be >= 0 or null, got {self.context_max_listed!r}")
 
     @classmethod
     def from_dict(cls, d: dict | None, *, path: str | os.PathLike | None = None) -> PerceptionConfig:
@@ -121,25 +137,104 @@ def load_rgb(image: Image.Image | str | os.PathLike | np.ndarray) -> Image.Image
         return im.convert("RGB")
 
 
-def mask_views(image: Image.Image, mask: np.ndarray, padding: float = 0.1) -> tuple[Image.Image, Image.Image]:
-    """The two images the VLM sees for one mask: (crop of the padded box with the outside dimmed,
-    whole image with the mask outlined in red)."""
+CONTEXT_RGB = (0, 255, 255)  # the other masks' outlines (cyan)
+TARGET_RGB = (255, 0, 0)  # the described mask's outline (red)
+
+
+def _edge(mask: np.ndarray, thick: int) -> np.ndarray:
+    """The inner boundary band of a bool mask, ``thick`` pixels wide."""
     import cv2
 
-    arr = np.asarray(image, dtype=np.uint8)
+    m8 = mask.astype(np.uint8)
+    return (m8 - cv2.erode(m8, np.ones((3, 3), np.uint8), iterations=thick)).astype(bool)
+
+
+def _crop(arr: np.ndarray, mask: np.ndarray, padding: float) -> Image.Image:
     h, w = mask.shape
     x0, y0, x1, y1 = mask_bbox(mask)
     px, py = padding * (x1 - x0 + 1), padding * (y1 - y0 + 1)
     xa, ya = int(max(0, x0 - px)), int(max(0, y0 - py))
     xb, yb = int(min(w, x1 + 1 + px)), int(min(h, y1 + 1 + py))
     dimmed = np.where(mask[..., None], arr, (arr * 0.35).astype(np.uint8))
-    crop = Image.fromarray(dimmed[ya:max(yb, ya + 1), xa:max(xb, xa + 1)])
-    m8 = mask.astype(np.uint8)
-    thick = max(1, round(min(h, w) / 200))
-    edge = (m8 - cv2.erode(m8, np.ones((3, 3), np.uint8), iterations=thick)).astype(bool)
+    return Image.fromarray(dimmed[ya:max(yb, ya + 1), xa:max(xb, xa + 1)])
+
+
+def _thickness(h: int, w: int) -> int:
+    return max(1, round(min(h, w) / 200))
+
+
+def mask_views(image: Image.Image, mask: np.ndarray, padding: float = 0.1) -> tuple[Image.Image, Image.Image]:
+    """The two images the VLM sees for one mask alone: (crop of the padded box with the outside dimmed,
+    whole image with the mask outlined in red)."""
+    arr = np.asarray(image, dtype=np.uint8)
+    h, w = mask.shape
     outlined = arr.copy()
-    outlined[edge] = (255, 0, 0)
-    return crop, Image.fromarray(outlined)
+    outlined[_edge(mask, _thickness(h, w))] = TARGET_RGB
+    return _crop(arr, mask, padding), Image.fromarray(outlined)
+
+
+def label_point(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the mask pixel nearest to its centroid (the centroid of a ring lies outside it)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return 0, 0
+    k = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))
+    return int(xs[k]), int(ys[k])
+
+
+def _put_label(arr: np.ndarray, text: str, at: tuple[int, int], rgb: tuple[int, int, int]) -> None:
+    import cv2
+
+    h, w = arr.shape[:2]
+    scale = max(0.35, min(h, w) / 700)
+    thick = max(1, round(scale * 2))
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    x = int(min(max(at[0] - tw // 2, 0), max(w - tw, 0)))
+    y = int(min(max(at[1] + th // 2, th), h - 1))
+    cv2.putText(arr, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    cv2.putText(arr, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, rgb, thick, cv2.LINE_AA)
+
+
+def context_views(image: Image.Image, masks: np.ndarray, ids: list[int],
+                  padding: float = 0.1) -> list[tuple[Image.Image, Image.Image]]:
+    """Eq. 4 views of every mask: (its crop, the whole image with every mask outlined and numbered by its
+    id, cyan for the others {m_j} and red for this one). The shared outlines are drawn once."""
+    arr = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    n, h, w = masks.shape
+    thin = max(2, _thickness(h, w) // 2)
+    edges = [_edge(m, thin) for m in masks]
+    points = [label_point(m) for m in masks]
+    base = arr.copy()
+    for e in edges:
+        base[e] = CONTEXT_RGB
+    for i, p in zip(ids, points, strict=True):
+        _put_label(base, str(i), p, CONTEXT_RGB)
+    views = []
+    for k in range(n):
+        whole = base.copy()
+        whole[_edge(masks[k], _thickness(h, w))] = TARGET_RGB
+        _put_label(whole, str(ids[k]), points[k], TARGET_RGB)
+        views.append((_crop(arr, masks[k], padding), Image.fromarray(whole)))
+    return views
+
+
+def context_lines(masks: np.ndarray, ids: list[int], max_listed: int | None = None) -> list[list[str]]:
+    """For every mask i, one line per other mask j (nearest first, at most ``max_listed``): its id, box,
+    area and where it is relative to i, e.g. ``"3: box [10, 4, 52, 40], area 2.1%, left of region 0"``."""
+    n, h, w = masks.shape
+    if n < 2:
+        return [[] for _ in range(n)]
+    rel = pairwise_relations(masks)
+    boxes = [mask_bbox(m) for m in masks]
+    areas = masks.reshape(n, -1).sum(1) * (100.0 / (h * w))
+    out = []
+    for i in range(n):
+        order = [int(j) for j in np.argsort(rel.distance[i], kind="stable") if j != i]
+        if max_listed is not None:
+            order = order[:max_listed]
+        out.append([f"{ids[j]}: box [{', '.join(str(int(v)) for v in boxes[j])}], area {areas[j]:.1f}%, "
+                    f"{relation_phrase(rel.codes[j, i], rel.next_to[j, i])} region {ids[i]}" for j in order])
+    return out
 
 
 class TwinBuilder:
@@ -217,7 +312,7 @@ class TwinBuilder:
             raise ValueError("fill_semantics needs a VLM (vlm.backend openai or transformers)")
         img = load_rgb(image)
         t0 = time.perf_counter()
-        texts, fallbacks = self._semantics(img, twin.query, twin.masks())
+        texts, fallbacks = self._semantics(img, twin.query, twin.masks(), twin.ids)
         for obj, text in zip(twin.objects, texts, strict=True):
             obj.semantic = text
         prov = dict(twin.provenance)
@@ -227,9 +322,16 @@ class TwinBuilder:
         twin.provenance = prov
         return twin
 
-    def _semantics(self, image: Image.Image, query: str, masks: np.ndarray) -> tuple[list[str], int]:
-        views = [mask_views(image, m, self.config.crop_padding) for m in masks]
-        return assign_semantics(self.vlm, views, query, self.config.semantic_strategy)
+    def _semantics(self, image: Image.Image, query: str, masks: np.ndarray,
+                   ids: list[int]) -> tuple[list[str], int]:
+        cfg = self.config
+        if cfg.semantic_context == "none":
+            views = [mask_views(image, m, cfg.crop_padding) for m in masks]
+            return assign_semantics(self.vlm, views, query, cfg.semantic_strategy)
+        views = context_views(image, masks, ids, cfg.crop_padding)
+        lines = context_lines(masks, ids, cfg.context_max_listed)
+        return assign_semantics(self.vlm, views, query, cfg.semantic_strategy,
+                                contexts=list(zip(ids, lines, strict=True)))
 
     def _vlm_provenance(self) -> dict:
         v = self.config.vlm
@@ -255,7 +357,7 @@ class TwinBuilder:
         semantic_source, fallbacks = ("oracle" if self.config.source == "oracle" else "none"), 0
         if self.vlm is not None and objects:
             masks = np.stack([o.mask() for o in objects])
-            texts, fallbacks = self._semantics(img, query, masks)
+            texts, fallbacks = self._semantics(img, query, masks, [o.id for o in objects])
             for obj, text in zip(objects, texts, strict=True):
                 obj.semantic = text
             semantic_source = "vlm"
@@ -269,6 +371,7 @@ class TwinBuilder:
                     if self.config.source == "sam" else None),
             "vlm": self._vlm_provenance(),
             "semantic_strategy": self.config.semantic_strategy,
+            "semantic_context": self.config.semantic_context,
             "semantic_source": semantic_source,
             "semantic_fallbacks": fallbacks,
             "granularity_source": level_source,

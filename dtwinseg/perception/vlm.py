@@ -12,7 +12,8 @@ Backends:
   left-padded, greedy generation.
 
 Uses: :func:`decide_granularity` (answer parsed to 0/1/2, fallback 1 counted) and
-:func:`assign_semantics` (crop + whole image + query per mask, strategies direct / in_context / system).
+:func:`assign_semantics` (crop + whole image + query per mask, strategies direct / in_context / system;
+with the other masks {m_j} as context, eq. 4, or alone).
 """
 
 from __future__ import annotations
@@ -255,11 +256,20 @@ def decide_granularity(vlm: VLM, image: Image.Image, query: str) -> tuple[int, b
 
 
 def assign_semantics(vlm: VLM, views: Sequence[tuple[Image.Image, Image.Image]], query: str,
-                     strategy: str = "system") -> tuple[list[str], int]:
-    """S_i for each mask from its (crop, whole image with the mask outlined) views and the query.
+                     strategy: str = "system",
+                     contexts: Sequence[tuple[int, list[str]]] | None = None) -> tuple[list[str], int]:
+    """S_i for each mask from its (crop, whole image) views and the query.
 
+    ``contexts`` (eq. 4, one per mask): the mask's number on its whole-image view and the lines that
+    describe the other masks {m_j}; None asks about each mask alone (the whole image then outlines only it).
     Returns (descriptions, number of answers that fell back to "")."""
-    system, user = prompts.semantic_messages(query, strategy)
-    answers = vlm.chat([VLMRequest(user=user, images=[crop, whole], system=system) for crop, whole in views])
+    if contexts is not None and len(contexts) != len(views):
+        raise ValueError(f"{len(contexts)} contexts for {len(views)} masks")
+    requests = []
+    for k, (crop, whole) in enumerate(views):
+        index, others = contexts[k] if contexts is not None else (None, None)
+        system, user = prompts.semantic_messages(query, strategy, index, others)
+        requests.append(VLMRequest(user=user, images=[crop, whole], system=system))
+    answers = vlm.chat(requests)
     parsed = [prompts.parse_semantic(a, strategy) for a in answers]
     return [p[0] for p in parsed], sum(p[1] for p in parsed)
