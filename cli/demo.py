@@ -14,7 +14,7 @@ def synth(
     n_test: int = typer.Option(140, "--n-test", help="Samples in the test split."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed writes byte-identical folders."),
     config: Path | None = typer.Option(None, "--config", help="YAML with SynthConfig fields (image size, "
-                                       "objects per scene, ...); defaults documented in data_builders/synthetic.py."),
+                                       "objects per scene, ...); defaults documented in data_builders/synthetic/config.py."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Generate synthetic reasoning-segmentation scenes: images, ReasonSeg JSON with dimension and

@@ -1,0 +1,93 @@
+"""Vocabulary and knobs of the synthetic scenes: dimensions, colours, categories, parts, functions, SynthConfig."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+DIMENSIONS = ("recognition", "function", "spatial", "geometric", "multi_step", "group", "part")
+SPLITS = ("train", "val", "test")
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 40),
+    "orange": (245, 140, 30),
+    "purple": (140, 60, 190),
+    "pink": (245, 130, 190),
+    "gray": (120, 120, 120),
+}
+TEXTURES = ("plain", "striped", "dotted")
+SIZE_RADIUS = {"small": (13, 18), "medium": (21, 28), "large": (32, 42)}
+
+SHAPES = ("circle", "square", "triangle", "star", "hexagon")
+ICONS = ("cup", "chair", "sun", "umbrella")
+COMPOSITES = ("house", "tree", "car")
+# Parts of composite objects: (part name, colour rule). Colour rule: "main" = the object's colour,
+# or a fixed colour name.
+PART_COLOURS = {
+    "house": (("walls", "main"), ("roof", "red"), ("door", "orange")),
+    "tree": (("trunk", "orange"), ("crown", "green")),
+    "car": (("body", "main"), ("wheel", "gray"), ("wheel", "gray")),
+}
+PART_PLURALS = {"wheel": "wheels"}
+FUNCTIONS = {
+    "cup": ("something to drink from", "I am thirsty and want some tea; which object here would I drink it from?"),
+    "chair": ("something to sit on", "My legs are tired after a long walk. What in this picture could I sit on?"),
+    "sun": ("what gives light and warmth", "Which thing in the picture gives us light and warmth during the day?"),
+    "umbrella": ("something that keeps you dry in the rain",
+                 "It is starting to rain and I do not want to get wet. What could I hold over my head?"),
+    "house": ("a place where people live", "Where in this picture could a family live and sleep at night?"),
+    "tree": ("something that gives shade", "On a hot summer day, what here could I rest under to stay in the shade?"),
+    "car": ("something you can drive", "I need to get to work across town. Which object could I drive there?"),
+}
+PART_FUNCTIONS = {
+    "roof": "the part of the house that keeps the rain out",
+    "door": "the part of the house you walk in through",
+    "crown": "the leafy top of the tree",
+    "trunk": "the wooden stem of the tree",
+    "wheel": "what the car rolls on",
+    "body": "the body of the car",
+    "walls": "the walls of the house",
+}
+PLURALS = {"cup": "cups", "chair": "chairs", "sun": "suns", "umbrella": "umbrellas", "house": "houses",
+           "tree": "trees", "car": "cars", "circle": "circles", "square": "squares", "triangle": "triangles",
+           "star": "stars", "hexagon": "hexagons"}
+
+
+@dataclass
+class SynthConfig:
+    """Knobs of the scene generator.
+
+    size: image side in pixels (square images).
+    min_objects, max_objects: objects per scene (composites count once), drawn uniformly.
+    category_pool: (min, max) distinct categories per scene; a small pool makes repeated categories, so
+        "largest circle" / "all the stars" have something to choose among.
+    colour_pool: (min, max) distinct colours per scene.
+    p_composite: probability that an object is a composite (house / tree / car).
+    p_icon: probability that a non-composite object is an icon rather than a shape.
+    min_visible: an object keeps at least this fraction of its pixels visible under later objects.
+    p_sentence: probability that a query is a long sentence rather than a short phrase.
+    margin_px: centroid offset (pixels) a spatial / extremal comparison needs to count as unambiguous.
+    margin_ratio: ratio by which the chosen object must beat the runner-up in area / distance comparisons.
+    jpeg_quality: quality of the written JPEG images.
+    max_tries: scenes tried per sample before giving up on the requested dimension.
+    """
+
+    size: int = 256
+    min_objects: int = 3
+    max_objects: int = 12
+    category_pool: tuple[int, int] = (3, 5)
+    colour_pool: tuple[int, int] = (3, 5)
+    p_composite: float = 0.2
+    p_icon: float = 0.4
+    min_visible: float = 0.6
+    p_sentence: float = 0.5
+    margin_px: float = 10.0
+    margin_ratio: float = 1.25
+    jpeg_quality: int = 95
+    max_tries: int = 200
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
