@@ -38,6 +38,12 @@ def register(app: typer.Typer) -> None:
                                      "instead of stopping."),
         wandb: bool = typer.Option(False, "--wandb", help="Log the table to wandb (WANDB_MODE=offline works "
                                    "without network)."),
+        restart: bool = typer.Option(False, "--restart", help="Evaluate again from scratch the labels whose "
+                                     "checkpoint (model, adapter, strategy, reasoning settings) changed since "
+                                     "they were evaluated in this --out (default: refuse)."),
+        retry_failed: bool = typer.Option(True, "--retry-failed/--no-retry-failed", help="On resume, re-run "
+                                          "samples that failed with an error (API outage, missing or corrupt "
+                                          "twin, unreadable input)."),
     ) -> None:
         """Evaluate checkpoints on cached twins: predictions JSONL, metrics.json (gIoU/cIoU per split and
         dimension, oracle bound, parse failures), report.md with plots and worst-case overlays."""
@@ -46,19 +52,23 @@ def register(app: typer.Typer) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from dtwinseg.reasoning import ReasoningConfig
         from eval.checkpoints import parse_checkpoints
-        from eval.harness import EvalOptions, evaluate, parse_shard
+        from eval.harness import EvalOptions, evaluate_shard, parse_shard
 
         base = ReasoningConfig.from_yaml(reasoning_config) if reasoning_config else ReasoningConfig()
         if strategy:
             base = base.replace(strategy=strategy)
         cks = parse_checkpoints(list(checkpoint), base)
         opts = EvalOptions(limit=limit, shard=parse_shard(shard), batch_size=batch_size, worst_k=worst,
-                           strict=not lenient, wandb=wandb)
-        metrics = evaluate(dataset, dt_cache, cks, out, opts, log=typer.echo)
-        if metrics is not None:
+                           strict=not lenient, wandb=wandb, restart=restart, retry_failed=retry_failed)
+        result = evaluate_shard(dataset, dt_cache, cks, out, opts, log=typer.echo)
+        if result.metrics is not None:
             from eval.report import metrics_table
 
-            typer.echo(metrics_table(metrics))
+            typer.echo(metrics_table(result.metrics))
+        if result.all_failed_labels:
+            typer.echo(f"error: every sample failed for {', '.join(result.all_failed_labels)} (see the "
+                       "summary above and the predictions' 'error' fields)", err=True)
+            raise typer.Exit(1)
 
     @app.command("eval-merge")
     def eval_merge(

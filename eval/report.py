@@ -19,7 +19,7 @@ def metrics_table(metrics: dict) -> str:
     cks = metrics["checkpoints"]
     groups = list(dict.fromkeys(g for c in cks.values() for g in c["groups"]))
     head = ["checkpoint", "strategy"] + [f"{g} gIoU / cIoU (oracle)" for g in groups] + \
-        ["parse ok / repaired / failed", "errors", "missing twins"]
+        ["parse ok / repaired / failed", "errors", "missing twins", "bad twins", "bad inputs"]
     rows = [head, ["---"] * len(head)]
     for label, c in cks.items():
         row = [label, c.get("strategy", "")]
@@ -29,7 +29,7 @@ def metrics_table(metrics: dict) -> str:
                        f"({pct(e['oracle_giou'])} / {pct(e['oracle_ciou'])})")
         p = c["parse"]
         row += [f"{p.get('ok', 0)} / {p.get('repaired', 0)} / {p.get('failed', 0)}", str(c["errors"]),
-                str(c["missing_twins"])]
+                str(c["missing_twins"]), str(c.get("bad_twins", 0)), str(c.get("input_errors", 0))]
         rows.append(row)
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
@@ -97,13 +97,10 @@ def split_plots(out: Path, metrics: dict) -> list[Path]:
     return paths
 
 
-def worst_overlays(out: Path, metrics: dict, k: int) -> list[Path]:
-    """worst/<label>/<rank>_<id>.png for the k lowest-IoU samples of each checkpoint."""
-    import io
-
+def worst_overlays(out: Path, metrics: dict, k: int, log: Callable[[str], None] = print) -> list[Path]:
+    """worst/<label>/<rank>_<id>.png for the k lowest-IoU samples of each checkpoint (an overlay that cannot
+    be drawn is skipped with one log line)."""
     from data_builders.dt_cache import DTCache, sample_key
-    from dtwinseg.twin import DigitalTwin
-    from dtwinseg.visualize import load_rgb, render_overlay
 
     if k <= 0:
         return []
@@ -114,22 +111,38 @@ def worst_overlays(out: Path, metrics: dict, k: int) -> list[Path]:
     dataset = _open_quietly(metrics["dataset"])
     paths = []
     for label in metrics["checkpoints"]:
-        records = sorted(iter_run_records(out, label), key=lambda r: (r["iou"], r["id"]))[:k]
-        for rank, r in enumerate(records):
-            twin = cache.get(r["id"])
-            gt = _ground_truth(dataset, r)
-            if twin is None:  # missing twin: show the image and the ground truth alone
-                if gt is None:
-                    continue
-                twin = DigitalTwin(r["id"], int(gt.shape[0]), int(gt.shape[1]))
-            elif gt is not None and gt.shape != (twin.height, twin.width):
-                gt = None
-            img = render_overlay(load_rgb(r.get("image_path"), twin.height, twin.width), twin, r["ids"], gt)
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-            paths.append(atomic_write_bytes(out / "worst" / label / f"{rank:02d}_{sample_key(r['id'])}.png",
-                                            buf.getvalue()))
+        scored = [r for r in iter_run_records(out, label) if "iou" in r]
+        for rank, r in enumerate(sorted(scored, key=lambda r: (r["iou"], r["id"]))[:k]):
+            try:
+                png = _overlay_png(cache, dataset, r)
+            except Exception as e:  # noqa: BLE001 - a corrupt twin or unreadable image costs one overlay only
+                log(f"worst-case overlay of {r['id']} skipped: {type(e).__name__}: {e}")
+                continue
+            if png is not None:
+                paths.append(atomic_write_bytes(out / "worst" / label / f"{rank:02d}_{sample_key(r['id'])}.png", png))
     return paths
+
+
+def _overlay_png(cache, dataset, record: dict) -> bytes | None:
+    """PNG bytes of one record's overlay (None when neither a twin nor a ground truth is available)."""
+    import io
+
+    from dtwinseg.twin import DigitalTwin
+    from dtwinseg.visualize import load_rgb, render_overlay
+
+    twin = cache.get(record["id"])
+    gt = _ground_truth(dataset, record)
+    if twin is None:  # missing twin: show the image and the ground truth alone
+        if gt is None:
+            return None
+        twin = DigitalTwin(record["id"], int(gt.shape[0]), int(gt.shape[1]))
+    elif gt is not None and gt.shape != (twin.height, twin.width):
+        gt = None
+    ids = record["ids"] if all(i in set(twin.ids) for i in record["ids"]) else []
+    img = render_overlay(load_rgb(record.get("image_path"), twin.height, twin.width), twin, ids, gt)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _open_quietly(spec: str):
@@ -156,7 +169,7 @@ def write_report(out: Path, metrics: dict, *, worst_k: int = 4, wandb_log: bool 
                  log: Callable[[str], None] = print) -> Path:
     """report.md + plots + worst-case overlays (+ a wandb table when asked); returns report.md."""
     plots = split_plots(out, metrics)
-    worst = worst_overlays(out, metrics, worst_k)
+    worst = worst_overlays(out, metrics, worst_k, log)
     lines = [f"# Evaluation: {metrics['dataset']}", "",
              f"DT cache: `{metrics.get('dt_cache')}`; samples: {metrics.get('n_samples')}. "
              "gIoU / cIoU in percent (reference metric); in brackets the oracle bound: the best greedy union "

@@ -1,0 +1,116 @@
+"""What an eval run folder evaluates, checked on every rerun so that a resume never mixes results.
+
+``run.json`` names the dataset, DT cache, limit, sharding and every checkpoint (no secrets: only the key
+variable's name). Each label's folder also holds ``identity{SFX}.json`` per shard: the model, adapter,
+backend, strategy and a hash of the reasoning settings that change answers. A rerun whose checkpoint
+differs from the one that wrote the existing predictions refuses with a clear message, unless
+``restart`` says to start that label's shard over (its predictions and state are then removed). The merge
+refuses shards written by different identities.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dtwinseg.io import DataError, atomic_write_json, read_json, stable_hash
+from dtwinseg.runtime import shard_suffix
+from eval.checkpoints import Checkpoint
+
+# Reasoning fields that do not change what a model answers (throughput, transport, placement).
+OPERATIONAL = frozenset({"batch_size", "concurrency", "max_retries", "backoff_s", "timeout_s", "device",
+                         "api_key_env", "base_url", "vllm_kwargs"})
+IDENTITY_FIELDS = ("backend", "model", "adapter", "strategy", "reasoning_hash")
+
+
+def identity(ck: Checkpoint) -> dict:
+    """The identity of a checkpoint's results: backend, model, adapter, strategy, reasoning-config hash."""
+    cfg = ck.cfg.to_dict()
+    reasoning = {k: v for k, v in cfg.items() if k not in OPERATIONAL}
+    return {"backend": ck.cfg.backend, "model": ck.cfg.model, "adapter": ck.cfg.adapter,
+            "strategy": ck.cfg.strategy, "reasoning_hash": stable_hash(reasoning, length=16)}
+
+
+def _describe(ident: dict) -> str:
+    return ", ".join(f"{k} {ident.get(k)!r}" for k in IDENTITY_FIELDS if ident.get(k) is not None)
+
+
+def label_files(ck_dir: Path, shard: tuple[int, int]) -> list[Path]:
+    """This shard's result files of one label (predictions, state, identity)."""
+    sfx = shard_suffix(shard)
+    return [ck_dir / f"predictions{sfx}.jsonl", ck_dir / f"state{sfx}.json", ck_dir / f"identity{sfx}.json"]
+
+
+def check_identity(ck: Checkpoint, out: Path, shard: tuple[int, int], old_run: dict | None,
+                   restart: bool) -> None:
+    """Refuse (DataError) to resume a label's shard written by another checkpoint identity; with
+    ``restart``, remove that shard's results instead. Then record the current identity."""
+    ck_dir = out / ck.label
+    preds, state, ident_path = label_files(ck_dir, shard)
+    new = identity(ck)
+    if preds.exists() or state.exists():
+        old = read_json(ident_path) if ident_path.exists() else _legacy_identity(old_run, ck.label)
+        diff = [k for k in IDENTITY_FIELDS if old is not None and k in old and old[k] != new[k]]
+        if diff and not restart:
+            raise DataError(ident_path, ", ".join(diff),
+                            f"'{ck.label}' in this run was evaluated with {_describe(old)}; now "
+                            f"{_describe(new)}. Pass --restart to evaluate it again from scratch, or use "
+                            "another label (NAME=SPEC) or --out")
+        if diff or restart:
+            for p in (preds, state):
+                p.unlink(missing_ok=True)
+    ck_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(ident_path, new)
+
+
+def _legacy_identity(old_run: dict | None, label: str) -> dict | None:
+    """Identity fields a run.json written before identity files recorded for ``label``."""
+    desc = ((old_run or {}).get("checkpoints") or {}).get(label)
+    if not isinstance(desc, dict):
+        return None
+    return {k: desc[k] for k in ("backend", "model", "adapter", "strategy") if k in desc}
+
+
+def check_merge_identities(out: Path, label: str, n_shards: int) -> None:
+    """All shards of a label were written by one identity (else the merged numbers would mix models)."""
+    seen = {}
+    for i in range(n_shards):
+        p = out / label / f"identity{shard_suffix((i, n_shards))}.json"
+        if p.exists():
+            seen[p] = read_json(p)
+    distinct = {stable_hash(v) for v in seen.values()}
+    if len(distinct) > 1:
+        names = ", ".join(p.name for p in seen)
+        raise DataError(out / label, "identity", f"shards of '{label}' were evaluated by different checkpoints "
+                                                 f"({names}); rerun the odd shards with --restart")
+
+
+def write_run_info(out: Path, dataset_spec: str, dt_cache: str | os.PathLike, checkpoints: Sequence[Checkpoint],
+                   *, limit: int | None, shards: int, n_samples: int, split: Any, skipped: Sequence,
+                   restart: bool, shard: tuple[int, int]) -> None:
+    """run.json: what this run evaluates. A rerun must name the same dataset, limit and sharding; each
+    label's identity is checked per shard (:func:`check_identity`)."""
+    info_path = out / "run.json"
+    info = {"dataset": str(dataset_spec), "split": split, "dt_cache": str(dt_cache), "limit": limit,
+            "shards": shards, "n_samples": n_samples, "skipped_files": [list(x) for x in skipped],
+            "checkpoints": {ck.label: {**ck.describe(), **identity(ck), "reasoning": ck.cfg.to_dict()}
+                            for ck in checkpoints}}
+    old = read_json(info_path) if info_path.exists() else None
+    if old is not None:
+        if not isinstance(old, dict):
+            raise DataError(info_path, None, "expected a JSON object; remove it or use another --out")
+        if old.get("dataset") != info["dataset"] or old.get("limit") != info["limit"]:
+            raise DataError(info_path, "dataset", f"this run evaluated {old.get('dataset')} (limit "
+                                                  f"{old.get('limit')}); use another --out for {dataset_spec}")
+        if old.get("shards") != info["shards"]:
+            raise DataError(info_path, "shards", f"this run was sharded {old.get('shards')} ways, not "
+                                                 f"{info['shards']}")
+    for ck in checkpoints:
+        check_identity(ck, out, shard, old, restart)
+    if old is not None:
+        old_cks = dict(old.get("checkpoints") or {})
+        old_cks.update(info["checkpoints"])
+        info["checkpoints"] = old_cks
+    atomic_write_json(info_path, info)
