@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from data_builders.dt_cache import DTCache
-from data_builders.programmatic import ProgrammaticConfig, best_subset, build_segdt, programmatic_path
+from data_builders.programmatic import (
+    ProgrammaticConfig,
+    best_subset,
+    build_segdt,
+    path_with_kind,
+    programmatic_path,
+)
 from data_builders.registry import register_reader
 from data_builders.sample import Sample
 from data_builders.segdt import iter_records, load_records, record_from_dict, write_records
@@ -29,7 +35,8 @@ def scene(seed: int = 0, n: int = 6, size: int = 32) -> tuple[DigitalTwin, np.nd
         masks[k, y0:y0 + h, x0:x0 + w] = True
     gt = (masks[1] | masks[3]).astype(np.uint8)
     gt[:, :2] = 255
-    twin = DigitalTwin.from_masks(f"s{seed}", masks, semantics=[f"thing {k}" for k in range(n)])
+    names = ["a red cup", "a blue mug", "a lamp", "a red mug", "a table", "a green mug", "a chair", "a book"]
+    twin = DigitalTwin.from_masks(f"s{seed}", masks, semantics=[names[k % len(names)] for k in range(n)])
     return twin, gt
 
 
@@ -65,21 +72,121 @@ def test_best_subset_ignores_255_and_handles_empty_target():
         best_subset(masks, np.zeros((3, 4), np.uint8))
 
 
-def test_programmatic_path_is_valid_and_reaches_the_oracle():
+def test_generic_path_is_valid_reaches_the_oracle_and_names_a_reason_per_object():
     for seed in range(5):
         twin, gt = scene(seed)
-        path, got = programmatic_path(twin, gt, ProgrammaticConfig())
+        path, got, kind = path_with_kind(twin, gt, ProgrammaticConfig(), query="which mugs are there?")
         check_path(path, twin.ids)
-        assert len(path.steps) == 2
+        assert kind == "generic" and 1 <= len(path.steps) <= 2
         assert (path.answer, got) == best_subset(twin.masks(), gt, twin.ids)
-        # Step 1 drops only objects that do not touch the target.
-        for i in path.steps[0].dropped:
-            assert not (twin.get(i).mask() & (gt == 1)).any() or i not in path.answer
         assert all(d.reasoning for s in path.steps for d in s.decisions.values())
+        # step 1 keeps the mugs (the query's word, visible in S_i) and the answer, drops the rest with why
+        mugs = {o.id for o in twin.objects if "mug" in o.semantic}
+        first = path.steps[0]
+        assert set(first.kept) == mugs | set(path.answer)
+        for i in first.dropped:
+            assert "not what the query asks for" in first.decisions[i].reasoning
+        for i in mugs & set(first.kept):
+            assert first.decisions[i].reasoning == 'mentions "mug", as the query does'
+        if len(path.steps) == 2:  # the other mugs: what sets them apart from the answer, in words
+            for i in path.steps[1].dropped:
+                assert "where" in path.steps[1].decisions[i].reasoning or "area" in path.steps[1].decisions[i].reasoning
+
+
+def test_paths_never_use_hidden_ground_truth_overlap():
+    """Two ground truths with the same best answer but different overlap with the other objects give the
+    same path: no step keeps or drops by pixels the model never sees."""
+    twin, gt = scene(0)
+    answer, _ = best_subset(twin.masks(), gt, twin.ids)
+    other = next(i for i in twin.ids if i not in answer)
+    gt2 = gt.copy()
+    m = twin.get(other).mask() & (gt2 != 255)
+    ys, xs = np.nonzero(m)
+    gt2[ys[:2], xs[:2]] = 1  # two pixels of another object on the target: overlap changes, answer does not
+    assert best_subset(twin.masks(), gt2, twin.ids)[0] == answer
+    p1, _ = programmatic_path(twin, gt, query="the mugs")
+    p2, _ = programmatic_path(twin, gt2, query="the mugs")
+    assert p1 == p2
+
+
+@pytest.fixture(scope="module")
+def synthetic_twins():
+    """Two samples per dimension: (sample, oracle twin) with the query program and instances."""
+    from data_builders.synthetic import generate_sample
+    from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder
+
+    builder = TwinBuilder(PerceptionConfig(source="oracle"))
+    out = []
+    for i in range(14):
+        s = generate_sample(5, "train", i)
+        inst = s.scene.instances()
+        twin = builder.build(s.scene.image, s.text, s.name, instances=inst, granularity=s.query.granularity)
+        out.append((s, inst, twin))
+    return out
+
+
+def test_program_paths_state_visible_evidence_with_one_step_per_hop(synthetic_twins):
+    import re
+
+    for s, inst, twin in synthetic_twins:
+        gt = s.target_mask().astype(np.uint8)
+        path, got, kind = path_with_kind(twin, gt, query=s.text, program=s.query.program, instances=inst)
+        check_path(path, twin.ids)
+        prog = s.query.program
+        assert kind == "program", (s.name, prog)
+        assert got == 1.0 and path.answer == best_subset(twin.masks(), gt, twin.ids)[0]
+        sem = {o.id: o.semantic for o in twin.objects}
+        for step in path.steps:
+            for i, d in step.decisions.items():
+                assert d.reasoning and d.semantic.startswith(sem[i])
+                # category verdicts name the object's own kind, as its semantic states it
+                m = re.fullmatch(r"an? (\w+), not .*", d.reasoning)
+                if m and d.verdict == "drop" and "whole" not in d.reasoning:
+                    assert m.group(1) in sem[i]
+        n = len(path.steps)
+        if prog["kind"] == "nearest_to_extreme":
+            assert n == 3  # kinds, the extreme anchor, the nearest: one step per hop
+            assert any("the largest" in d.reasoning for d in path.steps[1].decisions.values())
+            assert any("px from" in d.reasoning for d in path.steps[2].decisions.values())
+        elif prog["kind"] in ("function", "group", "count"):
+            assert n == 1
+        elif prog["kind"] in ("relation", "nearest", "extreme", "part"):
+            assert n <= 2
+        else:
+            assert 1 <= n <= 4
+
+
+def test_relation_evidence_quotes_the_true_centres(synthetic_twins):
+    from data_builders.evidence import object_facts
+
+    checked = 0
+    for s, inst, twin in synthetic_twins:
+        prog = s.query.program
+        if prog["kind"] != "relation":
+            continue
+        path, _ = programmatic_path(twin, s.target_mask().astype(np.uint8), query=s.text, program=prog,
+                                    instances=inst)
+        facts = object_facts(twin)
+        axis = "x" if prog["relation"] in ("left of", "right of") else "y"
+        for i, d in path.steps[-1].decisions.items():
+            if d.reasoning.startswith("centre"):
+                v = facts[i].cx if axis == "x" else facts[i].cy
+                assert d.reasoning.startswith(f"centre {axis} {v:.0f} vs ")
+                assert (d.verdict == "keep") == (not d.reasoning.endswith(f"not {prog['relation']} it"))
+                checked += 1
+    assert checked >= 2
+
+
+def test_program_that_contradicts_the_twin_falls_back_to_generic(synthetic_twins):
+    s, inst, twin = synthetic_twins[0]  # recognition
+    wrong = {"kind": "function", "category": "no-such-thing"}
+    _, _, kind = path_with_kind(twin, s.target_mask().astype(np.uint8), query=s.text, program=wrong,
+                                instances=inst)
+    assert kind == "generic"
 
 
 def record(twin: DigitalTwin, **over) -> dict:
-    path, got = programmatic_path(twin, scene(0)[1])
+    path, got = programmatic_path(twin, scene(0)[1], query="the mugs")
     d = {"id": "a", "image": "a.jpg", "query": "q", "twin": twin.to_dict(), **path.to_dict(),
          "granularity": 1, "dimension": None, "match_iou": got}
     d.update(over)
