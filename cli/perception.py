@@ -65,7 +65,7 @@ def build_dt_command(
                                  refill_fallbacks=refill_fallbacks)
     except (DataError, ValueError, FileNotFoundError) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None  # bad input or config: the same exit code as every command
     typer.echo(json.dumps({"cache": str(cache.folder), **counts.to_dict()}, indent=2))
     if counts.failed:
         err.print(f"[yellow]{counts.failed} sample(s) failed; see {escape(str(cache.failures_path))}[/yellow]")

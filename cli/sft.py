@@ -1,4 +1,4 @@
-"""SFTDT commands: build-segdt (programmatic paths), build-sft (tokenised dataset), train (LoRA / DeepSpeed).
+"""SFTDT commands: build-segdt (programmatic or teacher paths), build-sft (tokenised dataset), train (LoRA / DeepSpeed).
 
 See cli/main.py. Heavy imports stay inside the command bodies so ``dtwinseg --help`` is instant.
 """
@@ -22,25 +22,49 @@ def build_segdt(
     dt_cache: Path = typer.Option(..., "--dt-cache", help="DT cache folder (built by build-dt) with one twin "
                                   "per sample; a cache root holding a single config folder also works."),
     out: Path = typer.Option(..., "--out", help="Seg-DT records JSONL to write (atomically)."),
-    min_iou: float = typer.Option(0.5, "--min-iou", help="Skip samples whose best union of twin objects "
-                                  "reaches a lower IoU with the ground truth."),
-    min_overlap: float = typer.Option(0.05, "--min-overlap", help="Share of an object's pixels on the "
-                                      "target for step 1 to keep it as a candidate."),
+    paths: str = typer.Option("programmatic", "--paths", help="Who writes the reasoning paths: programmatic "
+                              "(visible evidence per object; one step per hop of a synthetic query program) "
+                              "or teacher (an OpenAI-compatible LLM, each path verified against the ground "
+                              "truth; rejected paths are counted)."),
+    teacher_config: Path = typer.Option(None, "--teacher-config", help="Teacher YAML for --paths teacher "
+                                        "(e.g. recipes/segdt/teacher_gpt4o.yaml); the key comes from the "
+                                        "environment variable it names."),
+    min_iou: float = typer.Option(None, "--min-iou", help="Skip samples whose best union of twin objects "
+                                  "(programmatic) or whose teacher answer (teacher) reaches a lower IoU with "
+                                  "the ground truth [default: 0.5, or the teacher config's min_iou]."),
+    use_program: bool = typer.Option(True, "--program/--no-program", help="Use the query program of "
+                                     "synthetic samples (one step per hop); otherwise generic hops."),
     strict: bool = typer.Option(False, "--strict/--lenient", help="Stop on a malformed dataset file "
                                 "instead of skipping and counting it."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Derive Seg-DT records (programmatic reasoning paths + oracle answers) from ground-truth masks."""
-    from data_builders.programmatic import ProgrammaticConfig
-    from data_builders.programmatic import build_segdt as run
+    """Derive Seg-DT records (reasoning paths + answers) from ground-truth masks and cached twins."""
+    from dtwinseg.io import DataError
 
+    if paths not in ("programmatic", "teacher"):
+        _fail(ValueError(f"--paths must be programmatic or teacher, got {paths!r}"))
     try:
-        counts = run(dataset_spec, dt_cache, out, ProgrammaticConfig(min_iou=min_iou, min_overlap=min_overlap),
-                     strict=strict)
-    except (ValueError, FileNotFoundError) as e:
+        if paths == "teacher":
+            from data_builders.teacher import TeacherConfig, build_segdt_teacher
+
+            if teacher_config is None:
+                raise ValueError("--paths teacher needs --teacher-config FILE.yaml")
+            tcfg = TeacherConfig.from_yaml(teacher_config)
+            if min_iou is not None:
+                tcfg.min_iou = min_iou
+            counts = build_segdt_teacher(dataset_spec, dt_cache, out, tcfg, strict=strict, progress=progress)
+            for r in counts.pop("rejected")[:10]:
+                typer.echo(f"rejected {r['id']}: {r['reason']}", err=True)
+        else:
+            from data_builders.programmatic import ProgrammaticConfig
+            from data_builders.programmatic import build_segdt as run
+
+            cfg = ProgrammaticConfig(min_iou=0.5 if min_iou is None else min_iou, use_program=use_program)
+            counts = run(dataset_spec, dt_cache, out, cfg, strict=strict, progress=progress)
+            for f in counts.pop("failures")[:10]:
+                typer.echo(f"failed {f['id']}: {f['error']}", err=True)
+    except (DataError, ValueError, FileNotFoundError) as e:
         _fail(e)
-    failures = counts.pop("failures")
-    for f in failures[:10]:
-        typer.echo(f"failed {f['id']}: {f['error']}", err=True)
     typer.echo(json.dumps(counts, indent=2))
 
 

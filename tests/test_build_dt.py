@@ -143,10 +143,10 @@ def test_cli_reports_config_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("source: oracle\nthreshold: 3\n")
     res = CliRunner().invoke(app, ["build-dt", f"reasonseg:{root}:val", "-c", str(bad), "-o", str(tmp_path / "o")])
-    assert res.exit_code == 1 and "threshold" in res.output and "bad.yaml" in res.output
+    assert res.exit_code == 2 and "threshold" in res.output and "bad.yaml" in res.output
     res = CliRunner().invoke(app, ["build-dt", f"reasonseg:{root}:val", "-c", str(oracle_config(tmp_path)),
                                    "-o", str(tmp_path / "o"), "--fill-semantics"])
-    assert res.exit_code == 1 and "needs a VLM" in res.output
+    assert res.exit_code == 2 and "needs a VLM" in res.output
 
 
 def test_mask_views_crop_and_outline():
@@ -164,7 +164,7 @@ def test_mask_views_crop_and_outline():
 def planted_sam():
     from segment_anything import sam_model_registry
 
-    from dtwinseg.perception.planted import BlobScene
+    from dtwinseg.testing.planted_sam import BlobScene
 
     torch.manual_seed(0)
     sam = sam_model_registry["vit_b"](checkpoint=None).eval()
@@ -195,8 +195,8 @@ def answer(body):
 
 
 def run_planted(planted_sam, fn):
-    from dtwinseg.perception.planted import fixed_encoder, plant
     from dtwinseg.perception.proposals import ProposalGenerator
+    from dtwinseg.testing.planted_sam import fixed_encoder, plant
 
     sam, scene = planted_sam
     with fixed_encoder(sam, torch.zeros(1, 256, 64, 64)), plant(sam, scene, run_decoder=False):
