@@ -6,12 +6,43 @@ eval); the library modules of ``dtwinseg`` never do.
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
+import click
 import typer
+from typer.core import TyperGroup
 
 from cli import data, demo, evaluation, perception, reasoning, sft
 
+DEBUG_ENV = "DTWINSEG_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """True with ``dtwinseg --debug ...`` or DTWINSEG_DEBUG=1: errors then show the full traceback."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+class ErrorBoundary(TyperGroup):
+    """The one place where bad input becomes one line: a DataError (ConfigError included: file, field, what
+    is wrong) or a missing file prints ``error: ...`` on stderr and exits 2; the traceback only in debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from dtwinseg.io import DataError
+
+        try:
+            return super().invoke(ctx)
+        except (DataError, FileNotFoundError) as e:
+            if debug_enabled():
+                raise
+            msg = " ".join(str(e).split()) or type(e).__name__
+            click.echo(f"error: {msg}", err=True)
+            ctx.exit(2)
+
+
 app = typer.Typer(
     name="dtwinseg",
+    cls=ErrorBoundary,
     help="Reasoning segmentation through Digital Twins: build twins (SAM + VLM), reason over them with an "
     "LLM, fine-tune it with SFTDT, and evaluate gIoU / cIoU exactly as the reference code.",
     no_args_is_help=True,
@@ -19,6 +50,14 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (also "
+                               f"{DEBUG_ENV}=1); by default bad input prints one line and exits 2."),
+) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @app.command()

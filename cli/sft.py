@@ -106,25 +106,30 @@ def build_sft(
 
 def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
-    overrides: list[str] = typer.Argument(None, help="key=value overrides of the recipe, dotted for nested "
-                                          "keys, e.g. training.learning_rate=1e-4 lora.r=8."),
+    overrides: list[str] = typer.Argument(None, help="section.field=value overrides of the recipe, typed by the "
+                                          "field they set, e.g. training.learning_rate=1e-4 lora.r=8 "
+                                          "training.save_strategy=no lora.target_modules=[q_proj,v_proj]."),
     accelerate_config: Path = typer.Option(None, "--accelerate-config", help="accelerate config YAML for a "
                                            "multi-process / DeepSpeed launch (default: the recipe's "
                                            "launch.accelerate_config)."),
     num_processes: int = typer.Option(None, "--num-processes", help="Total processes (GPUs) over all "
-                                      "machines; overrides the accelerate config."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the launch command and exit."),
+                                      "machines; wins over the accelerate config and the recipe."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Build SFTDTConfig, LoraConfig, the DeepSpeed config "
+                                 "and the launch command, print them with the resolved recipe, and exit."),
 ) -> None:
-    """Fine-tune with the weighted SFTDT loss: in-process for one process, else via `accelerate launch`."""
-    from dtwinseg.io import DataError
+    """Fine-tune with the weighted SFTDT loss: in-process for one process, else via `accelerate launch`.
+
+    Process count, first match: --num-processes (total); the accelerate config's num_processes (total over
+    its num_machines); the recipe's launch.num_processes (per machine) x num_machines; else 1.
+    """
     from training.launch import launch
 
     try:
         out = launch(recipe, list(overrides or []), accelerate_config=accelerate_config,
-                     num_processes=num_processes, dry_run=dry_run, echo=typer.echo)
-    except (DataError, ValueError, FileNotFoundError, RuntimeError) as e:
+                     num_processes=num_processes, dry_run_only=dry_run, echo=typer.echo)
+    except RuntimeError as e:
         _fail(e)
-    if out is not None and not dry_run:
+    if out is not None:
         typer.echo(f"output: {out}")
 
 

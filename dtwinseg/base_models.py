@@ -15,10 +15,13 @@ Its limits: 512 positions and an uncased WordPiece vocabulary, so it fits the co
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dtwinseg.io import atomic_write_json
+from dtwinseg.io import DataError, atomic_write_json
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 BASE_MODELS = ("minilm-causal",)
 
@@ -96,3 +99,56 @@ def resolve_model_path(name: str) -> str:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"{name}: Python package {module!r} is not installed")
     return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
+def is_hub_id(name: str) -> bool:
+    """True for ``ORG/NAME`` that is not a local path (then it names a Hugging Face Hub repository)."""
+    return bool(_HUB_ID.match(name)) and ".." not in name and not os.path.exists(name)
+
+
+def _hub_error(repo_id: str, e: Exception) -> DataError:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if isinstance(e, LocalEntryNotFoundError) or constants.HF_HUB_OFFLINE:
+        why = ("not a local folder, and as a Hub id it is not in the local cache while the Hub is offline "
+               "(HF_HUB_OFFLINE=1): download it once online, or give a local folder")
+    elif isinstance(e, GatedRepoError):
+        why = "gated Hub repository: accept its license on the Hub and log in (`hf auth login` or HF_TOKEN)"
+    elif isinstance(e, RepositoryNotFoundError):
+        why = "not a local folder, and no such Hub repository (or it is private: log in with `hf auth login` or HF_TOKEN)"
+    else:
+        why = f"cannot reach it on the Hub ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+    return DataError(repo_id, None, why)
+
+
+def hub_file(repo_id: str, filename: str) -> str | None:
+    """Local path of ``filename`` of a Hub model repository (downloaded or cached), None when the repository
+    has no such file. Respects HF_HUB_OFFLINE; a missing repository, no network or an offline miss is a
+    one-line DataError naming the id."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download(repo_id, filename, etag_timeout=30)
+    except LocalEntryNotFoundError as e:  # offline miss, or the file is absent from an offline cache
+        raise _hub_error(repo_id, e) from None
+    except EntryNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001 - every Hub failure becomes one line naming the id
+        raise _hub_error(repo_id, e) from None
+
+
+def resolve_hub_model(repo_id: str) -> tuple[str, str]:
+    """("adapter", local folder) for a Hub peft adapter (small: downloaded whole), ("model", repo_id) for a
+    full model (transformers downloads it when loading)."""
+    if hub_file(repo_id, "adapter_config.json") is not None:
+        from huggingface_hub import snapshot_download
+
+        try:
+            return "adapter", snapshot_download(repo_id, etag_timeout=30)
+        except Exception as e:  # noqa: BLE001
+            raise _hub_error(repo_id, e) from None
+    if hub_file(repo_id, "config.json") is None:
+        raise DataError(repo_id, None, "the Hub repository has neither adapter_config.json nor config.json")
+    return "model", repo_id

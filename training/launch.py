@@ -1,59 +1,176 @@
-"""``dtwinseg train``: run a recipe in this process, or build and run the ``accelerate launch`` command.
+"""``dtwinseg train``: plan the run (process count, launch command), dry-run it, or run it.
 
-One process (``--num-processes 1``, or a recipe without an accelerate config): in-process
-:func:`training.run.train_from_recipe`. Otherwise::
+The process count follows ONE rule (:func:`plan_processes`), first match wins:
 
-    accelerate launch --config_file <accelerate_config> [--num_processes N] --module training.run \
+1. ``--num-processes N``: N processes in total, over all machines (accelerate's meaning);
+2. the accelerate config's ``num_processes`` (also a total over all ``num_machines``): the config
+   describes the hardware, so it wins over the recipe;
+3. the recipe's ``launch.num_processes``: processes on EACH machine, times the config's ``num_machines``;
+4. otherwise 1.
+
+One process in total: in-process :func:`training.run.train_from_recipe`. Otherwise::
+
+    accelerate launch --config_file <accelerate_config> --num_processes <total> --module training.run \
         RECIPE.yaml [overrides...] --no-merge
 
-and, once every rank has finished, the optional LoRA merge runs here, in one process (merging under
-DeepSpeed is unsupported).
+(every machine runs that command with its own ``machine_rank`` in its accelerate config) and, once every
+rank has finished, the optional LoRA merge runs here, in one process (merging under DeepSpeed is
+unsupported). ``--dry-run`` builds everything but the weights: SFTDTConfig, LoraConfig, the resolved
+DeepSpeed config and the command, and prints them with the resolved recipe.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from training.run import load_recipe, merge_adapter, train_from_recipe
+import yaml
+
+from dtwinseg.config import ConfigError, load_config_yaml, redact
+from training.recipe import Recipe, build_training_args, load_recipe, lora_config, project_file
 
 
-def launch_command(recipe: str | os.PathLike, overrides: list[str], accelerate_config: str | os.PathLike,
-                   num_processes: int | None = None) -> list[str]:
+@dataclass
+class ProcessPlan:
+    """How many processes run where, and which rule decided it."""
+
+    total: int
+    machines: int
+    source: str
+
+    @property
+    def per_machine(self) -> int:
+        return self.total // self.machines
+
+    def describe(self) -> str:
+        return (f"processes: {self.total} in total = {self.machines} machine(s) x {self.per_machine} "
+                f"(from {self.source})")
+
+
+def plan_processes(recipe_per_machine: int | None, accelerate_cfg: dict | None,
+                   cli_total: int | None) -> ProcessPlan:
+    """The process count by the rule of the module docstring; ConfigError when it does not divide evenly."""
+    acc = accelerate_cfg or {}
+    machines = int(acc.get("num_machines") or 1)
+    if machines < 1:
+        raise ConfigError("accelerate config", "num_machines", f"must be >= 1, got {machines}")
+    if cli_total:
+        plan = ProcessPlan(int(cli_total), machines, "--num-processes, total over all machines")
+    elif acc.get("num_processes"):
+        plan = ProcessPlan(int(acc["num_processes"]), machines, "the accelerate config's num_processes")
+    elif recipe_per_machine:
+        plan = ProcessPlan(int(recipe_per_machine) * machines, machines,
+                           "the recipe's launch.num_processes per machine x num_machines")
+    else:
+        plan = ProcessPlan(1, machines, "the default")
+    if plan.total < 1 or plan.total % machines:
+        raise ConfigError("launch", "num_processes", f"{plan.total} processes cannot be split evenly over "
+                          f"{machines} machines")
+    return plan
+
+
+def launch_command(recipe: str | os.PathLike, overrides: list[str], accelerate_config: str | os.PathLike | None,
+                   num_processes: int) -> list[str]:
     """The argv of the multi-process launch (accelerate's CLI module run by this Python)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config)]
-    if num_processes:
-        cmd += ["--num_processes", str(num_processes)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if accelerate_config:
+        cmd += ["--config_file", str(accelerate_config)]
+    cmd += ["--num_processes", str(num_processes)]
     return cmd + ["--module", "training.run", str(recipe), *overrides, "--no-merge"]
+
+
+def _accelerate_config(r: Recipe, cli_path: str | os.PathLike | None) -> tuple[Path | None, dict | None]:
+    given = cli_path or r.launch.accelerate_config
+    if not given:
+        return None, None
+    path = project_file(given)
+    if not path.is_file():
+        field = "--accelerate-config" if cli_path else "launch.accelerate_config"
+        raise ConfigError(r.path, field, f"{given}: file not found")
+    return path, load_config_yaml(path)
+
+
+def resolved_deepspeed(args: Any, total_processes: int) -> dict | None:
+    """The DeepSpeed config the run will use: the recipe's file with the "auto" values transformers fills
+    from the training arguments, and the global batch for ``total_processes``. Values that depend on the
+    model (bucket sizes) stay "auto" until the model is loaded."""
+    hf = getattr(args, "hf_deepspeed_config", None)
+    if hf is None:
+        return None
+    cfg = json.loads(json.dumps(hf.config, default=str))
+    micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    cfg["train_batch_size"] = micro * accum * total_processes
+    return cfg
+
+
+def _wants_gpu(r: Recipe) -> bool:
+    t = r.training
+    return bool(t.get("bf16") or t.get("fp16")) and not t.get("use_cpu")
+
+
+def dry_run(r: Recipe, plan: ProcessPlan, command: str, echo: Callable[[str], None]) -> None:
+    """Build SFTDTConfig, LoraConfig and the DeepSpeed config and print them with the resolved recipe."""
+    import torch
+
+    assume_gpu = _wants_gpu(r) and not torch.cuda.is_available()
+    args = build_training_args(r, assume_gpu=assume_gpu)
+    lora = lora_config(r)
+    echo("# resolved recipe (secrets redacted)")
+    echo(yaml.safe_dump(redact(r.to_dict()), sort_keys=False, allow_unicode=True).rstrip())
+    note = " (checked as on a bf16 GPU machine: this one has no GPU)" if assume_gpu else ""
+    echo(f"# SFTDTConfig: ok{note}: learning_rate {args.learning_rate}, lr_scheduler_type "
+         f"{args.lr_scheduler_type.value}, warmup_steps {args.warmup_steps}, per_device_train_batch_size "
+         f"{args.per_device_train_batch_size}, gradient_accumulation_steps {args.gradient_accumulation_steps}, "
+         f"bf16 {args.bf16}, activation_checkpointing {args.activation_checkpointing}, max_steps "
+         f"{args.max_steps}, num_train_epochs {args.num_train_epochs}")
+    if lora is None:
+        echo("# LoraConfig: none (full fine-tuning)")
+    else:
+        echo(f"# LoraConfig: r {lora.r}, lora_alpha {lora.lora_alpha}, lora_dropout {lora.lora_dropout}, "
+             f"target_modules {sorted(lora.target_modules) if isinstance(lora.target_modules, set) else lora.target_modules}")
+    ds = resolved_deepspeed(args, plan.total)
+    if ds is not None:
+        echo("# DeepSpeed config (resolved)")
+        echo(json.dumps(ds, indent=2))
+    for name in ("train", "eval"):
+        folder = getattr(r.data, name)
+        if folder and not Path(folder).is_dir():
+            echo(f"# note: data.{name} {folder} does not exist yet (dtwinseg build-sft writes it)")
+    echo(f"# {plan.describe()}")
+    echo(command)
 
 
 def launch(recipe: str | os.PathLike, overrides: list[str] | None = None, *,
            accelerate_config: str | os.PathLike | None = None, num_processes: int | None = None,
-           dry_run: bool = False, echo: Callable[[str], None] = print) -> Path | None:
+           dry_run_only: bool = False, echo: Callable[[str], None] = print) -> Path | None:
     """Train a recipe; returns the output folder (None on a dry run). See the module docstring."""
+    from training.run import merge_adapter, train_from_recipe
+
     overrides = list(overrides or [])
     r = load_recipe(recipe, overrides)
-    section = r.get("launch") or {}
-    acc = accelerate_config or section.get("accelerate_config")
-    n = num_processes or section.get("num_processes")
-    if acc is None or n == 1:
-        if dry_run:
-            echo(f"in-process: python -m training.run {shlex.join([str(recipe), *overrides])}")
-            return None
-        return train_from_recipe(r)
-    if not Path(acc).exists():
-        raise FileNotFoundError(f"accelerate config {acc} not found")
-    cmd = launch_command(recipe, overrides, acc, n)
-    echo(shlex.join(cmd))
-    if dry_run:
+    acc_path, acc_cfg = _accelerate_config(r, accelerate_config)
+    plan = plan_processes(r.launch.num_processes, acc_cfg, num_processes)
+    if plan.total == 1:
+        command = f"in-process: python -m training.run {shlex.join([str(recipe), *overrides])}"
+        cmd = None
+    else:
+        cmd = launch_command(recipe, overrides, acc_path, plan.total)
+        command = shlex.join(cmd)
+    if dry_run_only:
+        dry_run(r, plan, command, echo)
         return None
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
-    proc = subprocess.run(cmd, env=env)
+    if cmd is None:
+        return train_from_recipe(r)
+    echo(f"{plan.describe()}\n{command}")
+    proc = subprocess.run(cmd, env=dict(os.environ))
     if proc.returncode != 0:
         raise RuntimeError(f"accelerate launch failed with exit code {proc.returncode}")
     merge_adapter(r)
-    return Path(r["training"]["output_dir"])
+    return r.output_dir

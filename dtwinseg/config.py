@@ -1,0 +1,294 @@
+"""Strict typed configuration: YAML sections -> dataclasses, with every value converted by its field's type.
+
+One helper for every config the project reads (recipes, overrides, pipeline YAMLs):
+
+- :func:`load_config_yaml` / :func:`parse_scalar` read YAML with YAML 1.2 scalars: ``no`` / ``off`` stay
+  strings, ``1e-4`` is a float (PyYAML's 1.1 rules make the first ``False`` and the second a string);
+- :func:`convert` turns a value into a type hint's type (``float``, ``int``, ``bool``, ``str``, enums,
+  ``Literal``, ``list[X]``, ``dict``, ``X | None``, unions, nested dataclasses) or raises :class:`ConfigError`
+  naming the field;
+- :func:`build_dataclass` refuses unknown keys with a "did you mean";
+- secrets: :func:`is_secret_key` matches exact secret key names (``api_key``, ``hub_token``, ``token``,
+  ``password``, ...; never ``tokenizer`` or ``use_token_kinds``), :func:`redact` replaces their values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from dtwinseg.io import DataError
+
+REDACTED = "<redacted>"
+SECRET_KEYS = frozenset({
+    "token", "hub_token", "hf_token", "access_token", "auth_token", "refresh_token", "api_key", "apikey",
+    "openai_api_key", "wandb_api_key", "password", "passwd", "secret", "client_secret", "secret_key",
+    "private_key", "hub_private_key",
+})
+_SECRET_SUFFIXES = ("_api_key", "_password", "_secret", "_secret_key", "_access_token", "_auth_token")
+
+
+class ConfigError(DataError):
+    """A configuration value or key is wrong: the message names the file, the field and what is wrong."""
+
+
+def is_secret_key(key: object) -> bool:
+    """True for exact secret key names (and ``*_api_key``-style suffixes); ``tokenizer`` is not one."""
+    k = str(key).strip().lower().replace("-", "_")
+    return k in SECRET_KEYS or k.endswith(_SECRET_SUFFIXES)
+
+
+def redact(obj: Any) -> Any:
+    """A copy with the value of every secret-named key replaced by ``<redacted>`` (None stays None)."""
+    if isinstance(obj, Mapping):
+        return {k: (REDACTED if is_secret_key(k) and v is not None else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def strip_secrets(obj: Any) -> Any:
+    """A copy without any secret-named key (for files that leave the machine)."""
+    if isinstance(obj, Mapping):
+        return {k: strip_secrets(v) for k, v in obj.items() if not is_secret_key(k)}
+    if isinstance(obj, list | tuple):
+        return [strip_secrets(v) for v in obj]
+    return obj
+
+
+def secret_paths(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the secret-named keys set (not None) anywhere in ``obj``."""
+    out: list[str] = []
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            path = f"{prefix}{k}"
+            if is_secret_key(k) and v is not None:
+                out.append(path)
+            else:
+                out += secret_paths(v, path + ".")
+    return out
+
+
+# --- YAML with YAML 1.2 scalars ----------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose booleans are only true/false and whose floats include ``1e-4``."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def parse_scalar(text: str) -> Any:
+    """An override's value as YAML 1.2 (``[a, b]``, ``{k: v}``, ``null``, ``1e-4``; ``no`` stays a string)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return text
+
+
+def load_config_yaml(path: str | os.PathLike) -> dict:
+    """A YAML mapping read with YAML 1.2 scalars; errors are ConfigError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(path, None, f"invalid YAML: {' '.join(str(e).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, None, "expected a mapping at the top level")
+    return data
+
+
+# --- conversion by type hint ------------------------------------------------------------------------
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _fail(where: tuple[str | None, str], what: str) -> ConfigError:
+    return ConfigError(where[0], where[1] or None, what)
+
+
+def _convert_union(value: Any, args: tuple, where: tuple[str | None, str]) -> Any:
+    if value is None and type(None) in args:
+        return None
+    options = [a for a in args if a is not type(None)]
+    for a in options:  # an exact match first: "no" for `SaveStrategy | str` stays the string
+        base = typing.get_origin(a) or a
+        if isinstance(base, type) and not issubclass(base, enum.Enum) and isinstance(value, base) \
+                and not (isinstance(value, bool) and base is not bool):
+            return convert(value, a, where)
+    errors = []
+    for a in options:
+        try:
+            return convert(value, a, where)
+        except ConfigError as e:
+            errors.append(e.message)
+    names = " or ".join(_type_name(a) for a in options) + (" or null" if type(None) in args else "")
+    raise _fail(where, f"expected {names}, got {value!r}")
+
+
+def convert(value: Any, hint: Any, where: tuple[str | None, str] = (None, "")) -> Any:
+    """``value`` as the type ``hint`` names; ConfigError(file, field) when it cannot be.
+
+    ``where`` is (file, dotted field) for the message. Strings convert to numbers / bools for numeric /
+    bool fields (``"1e-4"`` -> 1e-4); numbers convert to strings for string fields.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return value
+    if origin is typing.Union or origin is types.UnionType:
+        return _convert_union(value, args, where)
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise _fail(where, f"expected one of {list(args)}, got {value!r}")
+    if value is None:
+        raise _fail(where, f"expected {_type_name(hint)}, got null")
+    if origin in (list, tuple, set) or hint in (list, tuple, set):
+        item = args[0] if args else Any
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise _fail(where, f"expected a list, got {value!r}")
+        return [convert(v, item, (where[0], f"{where[1]}[{i}]")) for i, v in enumerate(value)]
+    if origin is dict or hint is dict or origin is Mapping:
+        if not isinstance(value, dict):
+            raise _fail(where, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        return build_dataclass(hint, value, where[0], where[1])
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            choices = [m.value for m in hint]
+            raise _fail(where, f"expected one of {choices}, got {value!r}") from None
+    return _convert_scalar(value, hint, where)
+
+
+def _convert_scalar(value: Any, hint: Any, where: tuple[str | None, str]) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str | int) and str(value).strip().lower() in _TRUE | _FALSE:
+            return str(value).strip().lower() in _TRUE
+        raise _fail(where, f"expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"[-+]?\d{1,30}", value.strip()):
+            return int(value)
+        raise _fail(where, f"expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise _fail(where, f"expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise _fail(where, f"expected a string, got {value!r}")
+    if isinstance(hint, type):
+        if isinstance(value, hint):
+            return value
+        raise _fail(where, f"expected {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """{field name: resolved type hint} of a dataclass, read from the class (subclass fields included)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def unknown_key_error(key: str, known: list[str], path: str | None, section: str) -> ConfigError:
+    """ConfigError for an unknown key, with the closest known names."""
+    field = f"{section}.{key}" if section else key
+    close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.6) or \
+        [k for k in known if str(key).startswith(k) or k.startswith(str(key))][:3]
+    hint = f"; did you mean {' or '.join(repr(f'{section}.{c}' if section else c) for c in close)}?" if close \
+        else ""
+    return ConfigError(path, field, f"unknown key{hint}")
+
+
+def convert_fields(cls: type, data: Mapping, path: str | None = None, section: str = "") -> dict:
+    """``data`` with every key checked against ``cls``'s fields and its value converted to the field type."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(path, section or None, f"expected a mapping, got {data!r}")
+    types_ = field_types(cls)
+    out = {}
+    for key, value in data.items():
+        if key not in types_:
+            raise unknown_key_error(str(key), sorted(types_), path, section)
+        out[key] = convert(value, types_[key], (path, f"{section}.{key}" if section else str(key)))
+    return out
+
+
+def build_dataclass(cls: type, data: Mapping | None, path: str | None = None, section: str = "") -> Any:
+    """``cls(**data)`` after :func:`convert_fields`; a __post_init__ ValueError becomes a ConfigError."""
+    kwargs = convert_fields(cls, data or {}, path, section)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise ConfigError(path, section or None, " ".join(str(e).split())) from None
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """``data[a][b][c] = value`` for ``key = "a.b.c"`` (sections created as needed)."""
+    parts = key.split(".")
+    node = data
+    for k, p in enumerate(parts[:-1]):
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(None, ".".join(parts[:k + 1]), "is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _accepts(hint: Any, kinds: tuple[type, ...]) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_accepts(a, kinds) for a in typing.get_args(hint))
+    return hint in kinds or hint is Any
+
+
+def convert_text(text: str, hint: Any, where: tuple[str | None, str] = (None, "")) -> Any:
+    """A ``key=value`` override's text converted by the field's type (``1e-4`` float, ``no`` the string)."""
+    parsed = parse_scalar(text)
+    numeric = isinstance(parsed, int | float) and not isinstance(parsed, bool)
+    if numeric and _accepts(hint, (str,)) and not _accepts(hint, (int, float)):
+        return text  # a string field keeps what was typed ("007", "1e-4")
+    return convert(parsed, hint, where)

@@ -1,0 +1,218 @@
+"""Typed recipes, `dtwinseg train --dry-run`, the process-count rule, secrets, one-line CLI errors, and every
+shipped recipe: its config builds, and each GPU recipe trains 2 steps on CPU with a tiny random Llama."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from sft_helpers import MINILM, records
+from typer.testing import CliRunner
+
+from cli.main import app
+from dtwinseg.config import ConfigError, convert, convert_text, is_secret_key, redact
+from training.launch import plan_processes
+from training.recipe import load_recipe
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")  # training recipes: a training section
+                 if "training" in (yaml.safe_load(p.read_text()) or {}))
+GPU_RECIPES = ["llama31_8b_1gpu.yaml", "llama33_70b_sftdt.yaml"]
+TINY_LLAMA = ("{model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, "
+              "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 1024, "
+              "tie_word_embeddings: false}")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+# --- the strict-config helper ---------------------------------------------------------------------------
+def test_values_are_converted_by_field_type():
+    from transformers.trainer_utils import SaveStrategy
+
+    assert convert_text("1e-4", float) == pytest.approx(1e-4) and isinstance(convert_text("1e-4", float), float)
+    assert convert_text("no", SaveStrategy | str) == "no"
+    assert convert_text("no", bool) is False and convert_text("true", bool) is True
+    assert convert_text("[q_proj, v_proj]", list[str]) == ["q_proj", "v_proj"]
+    assert convert_text("{use_reentrant: true}", dict | str | None) == {"use_reentrant": True}
+    assert convert_text("null", int | None) is None and convert_text("8", int | None) == 8
+    assert convert_text("007", str) == "007"  # a string field keeps what was typed
+    with pytest.raises(ConfigError, match="expected an integer"):
+        convert("8.5", int, (None, "lora.r"))
+    with pytest.raises(ConfigError, match="expected true or false"):
+        convert("maybe", bool, (None, "x"))
+
+
+def test_recipe_yaml_reads_yaml_1_2_scalars(tmp_path):
+    text = (ROOT / "recipes" / "tiny_cpu.yaml").read_text().replace('save_strategy: "no"', "save_strategy: no")
+    text = text.replace("learning_rate: 1.0e-3", "learning_rate: 1e-3")
+    (tmp_path / "r.yaml").write_text(text)
+    r = load_recipe(tmp_path / "r.yaml")
+    assert r.training["save_strategy"] == "no" and r.training["learning_rate"] == pytest.approx(1e-3)
+
+
+def test_unknown_keys_and_bad_values_name_file_and_field(tmp_path):
+    bad = yaml.safe_load((ROOT / "recipes" / "tiny_cpu.yaml").read_text())
+    bad["lora"]["rnak"] = 8
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match=r"bad.yaml: field 'lora.rnak': unknown key; did you mean 'lora.r'"):
+        load_recipe(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="did you mean 'training.learning_rate'"):
+        load_recipe(ROOT / "recipes" / "tiny_cpu.yaml", ["training.learnin_rate=1"])
+    with pytest.raises(ConfigError, match="did you mean 'training'"):
+        load_recipe(ROOT / "recipes" / "tiny_cpu.yaml", ["trainng.learning_rate=1e-4"])
+
+
+# --- dry run ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [n for n in RECIPES if n != "llama33_70b_sftdt.yaml"])
+def test_dry_run_builds_every_recipe(name):
+    res = invoke("train", str(ROOT / "recipes" / name), "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "# SFTDTConfig: ok" in res.output and "# resolved recipe" in res.output
+    assert "warmup_ratio:" not in (ROOT / "recipes" / name).read_text()
+
+
+def test_dry_run_of_the_deepspeed_recipe_as_a_user_runs_it(tmp_path):
+    """In a subprocess (DeepSpeed config objects are process-global), from another working directory."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "cli", "train", str(ROOT / "recipes" / "llama33_70b_sftdt.yaml"),
+                           "--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert '"stage": 3' in out and '"train_batch_size": 64' in out  # 1 x 8 accumulation x 8 processes
+    assert "# LoraConfig: r 16" in out and "--num_processes 8" in out and "--module training.run" in out
+
+
+def test_done_when_overrides():
+    recipe = str(ROOT / "recipes" / "tiny_cpu.yaml")
+    for bad, field in (("training.nonexistent=1", "training.nonexistent"),
+                       ("training.learning_rate=abc", "training.learning_rate"), ("lora.rank=8", "lora.rank")):
+        res = invoke("train", recipe, bad, "--dry-run")
+        assert res.exit_code == 2, res.output
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: override:") and field in lines[0], res.output
+    r = load_recipe(recipe, ["training.learning_rate=1e-4", "training.save_strategy=no"])
+    assert isinstance(r.training["learning_rate"], float) and r.training["learning_rate"] == pytest.approx(1e-4)
+    assert r.training["save_strategy"] == "no"
+    res = invoke("train", recipe, "training.learning_rate=1e-4", "training.save_strategy=no", "--dry-run")
+    assert res.exit_code == 0 and "learning_rate: 0.0001" in res.output and "save_strategy: 'no'" in res.output
+
+
+# --- the process-count rule -------------------------------------------------------------------------------
+def test_process_count_rule(tmp_path):
+    one = plan_processes(8, {"num_machines": 1, "num_processes": 8}, None)
+    assert (one.total, one.per_machine) == (8, 8)
+    two = plan_processes(8, {"num_machines": 2, "num_processes": 16}, None)  # the config wins: all 16 GPUs
+    assert (two.total, two.machines, two.per_machine) == (16, 2, 8)
+    from_recipe = plan_processes(8, {"num_machines": 2}, None)  # recipe = per machine
+    assert (from_recipe.total, from_recipe.per_machine) == (16, 8)
+    explicit = plan_processes(8, {"num_machines": 2, "num_processes": 16}, 4)  # --num-processes = total
+    assert (explicit.total, explicit.per_machine) == (4, 2)
+    assert plan_processes(None, None, None).total == 1
+    with pytest.raises(ConfigError, match="evenly"):
+        plan_processes(None, {"num_machines": 2, "num_processes": 3}, None)
+    acc = yaml.safe_load((ROOT / "accelerate_config.yaml").read_text())
+    acc.update(num_machines=2, num_processes=16, main_process_ip="10.0.0.1")
+    (tmp_path / "acc2.yaml").write_text(yaml.safe_dump(acc))
+    recipe = str(ROOT / "recipes" / "tiny_cpu.yaml")
+    res = invoke("train", recipe, "--accelerate-config", str(tmp_path / "acc2.yaml"), "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "16 in total = 2 machine(s) x 8" in res.output and "--num_processes 16" in res.output
+    res = invoke("train", recipe, "--accelerate-config", str(tmp_path / "acc2.yaml"), "--num-processes", "4",
+                 "--dry-run")
+    assert "4 in total = 2 machine(s) x 2" in res.output and "--num_processes 4" in res.output
+
+
+# --- secrets ----------------------------------------------------------------------------------------------
+def test_secret_names_are_exact():
+    for key in ("api_key", "hub_token", "token", "password", "HF_TOKEN", "openai_api_key", "client_secret"):
+        assert is_secret_key(key), key
+    for key in ("tokenizer", "use_token_kinds", "pad_token", "eos_token", "max_new_tokens", "api_key_env",
+                "average_tokens_across_devices", "secretary"):
+        assert not is_secret_key(key), key
+    r = redact({"model": {"tokenizer": "tok", "api_key": "sk-1"}, "training": {"use_token_kinds": False}})
+    assert r == {"model": {"tokenizer": "tok", "api_key": "<redacted>"}, "training": {"use_token_kinds": False}}
+
+
+def test_secrets_cannot_be_set_and_never_print(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_ENV_SECRET_123")
+    recipe = str(ROOT / "recipes" / "tiny_cpu.yaml")
+    res = invoke("train", recipe, "training.hub_token=hf_OVERRIDE_SECRET", "--dry-run")
+    assert res.exit_code == 2 and "hf_OVERRIDE_SECRET" not in res.output
+    assert "training.hub_token" in res.output and "HF_TOKEN" in res.output
+    data = yaml.safe_load(Path(recipe).read_text())
+    data["training"]["hub_token"] = "hf_FILE_SECRET"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    res = invoke("train", str(tmp_path / "s.yaml"), "--dry-run")
+    assert res.exit_code == 2 and "hf_FILE_SECRET" not in res.output and "s.yaml" in res.output
+    res = invoke("train", recipe, "--dry-run")
+    assert res.exit_code == 0 and "hf_ENV_SECRET_123" not in res.output
+    assert "use_token_kinds: false" in res.output and "tokenizer: package:" in res.output
+
+
+# --- one-line errors --------------------------------------------------------------------------------------
+def test_errors_are_one_line_unless_debug(tmp_path, monkeypatch):
+    monkeypatch.delenv("DTWINSEG_DEBUG", raising=False)
+    (tmp_path / "broken.yaml").write_text("model: [unclosed\n")
+    res = invoke("train", str(tmp_path / "broken.yaml"), "--dry-run")
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "broken.yaml" in res.output, res.output
+    assert "Traceback" not in res.output
+    monkeypatch.setenv("DTWINSEG_DEBUG", "1")
+    res = invoke("train", str(tmp_path / "broken.yaml"), "--dry-run")
+    assert res.exit_code != 0 and isinstance(res.exception, ConfigError)
+    monkeypatch.delenv("DTWINSEG_DEBUG")
+    res = invoke("--debug", "train", str(tmp_path / "broken.yaml"), "--dry-run")
+    assert isinstance(res.exception, ConfigError)
+    os.environ.pop("DTWINSEG_DEBUG", None)
+
+
+# --- every GPU recipe trains 2 steps on CPU ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    from data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset, load_tokenizer, save_dataset
+
+    out = tmp_path_factory.mktemp("sft") / "data"
+    ds, _ = build_sft_dataset(records(4, objects=3), load_tokenizer(MINILM), SFTDatasetConfig(max_length=512))
+    return save_dataset(ds, out, {"test": True})
+
+
+def cpu_overrides(name: str, out: Path, data: Path) -> list[str]:
+    """What a GPU recipe needs on a CPU: a tiny random Llama, fp32, 2 steps; LoRA, activation checkpointing,
+    its scheduler and warmup stay the recipe's."""
+    over = [f"model.config={TINY_LLAMA}", f"model.tokenizer={MINILM}", "model.dtype=float32",
+            "training.bf16=false", "training.use_cpu=true", "training.max_steps=2", "training.report_to=[]",
+            "training.per_device_train_batch_size=1", "training.gradient_accumulation_steps=2",
+            f"training.output_dir={out}", f"data.train={data}", f"merge.output_dir={out / 'merged'}"]
+    if name == "llama33_70b_sftdt.yaml":
+        over += ["training.deepspeed=null", "launch.accelerate_config=null", "launch.num_processes=1"]
+    return over
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GPU_RECIPES)
+def test_gpu_recipe_trains_two_steps_on_cpu(name, tmp_path, sft_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    recipe = str(ROOT / "recipes" / name)
+    over = cpu_overrides(name, out, sft_data)
+    res = invoke("train", recipe, *over)
+    assert res.exit_code == 0, res.output
+    assert (out / "adapter_model.safetensors").stat().st_size > 0
+    state = yaml.safe_load((out / "recipe.yaml").read_text())
+    original = load_recipe(recipe, over)
+    assert original.lora.use_lora and original.training["activation_checkpointing"] is True
+    assert load_recipe(out / "recipe.yaml").to_dict() == original.to_dict() == state
+    if original.merge.enabled:
+        assert (out / "merged" / "config.json").is_file()
+    import torch
+
+    args = torch.load(out / "checkpoint-2" / "training_args.bin", weights_only=False) \
+        if (out / "checkpoint-2").is_dir() else None
+    if args is not None:
+        assert args.hub_token is None and args.lr_scheduler_type.value == "cosine" and args.warmup_steps == 0.03
