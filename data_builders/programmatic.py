@@ -32,7 +32,7 @@ import torch
 
 from data_builders.evidence import Hop, ObjectFacts, generic_hops, object_facts, program_hops
 from data_builders.segdt import SegDTRecord
-from dtwinseg.paths import Decision, PathStep, ReasoningPath, check_path
+from dtwinseg.formats.sftdt import Decision, PathStep, ReasoningPath, check_path
 from dtwinseg.spatial import SpatialConfig, pairwise_relations
 from dtwinseg.twin import DigitalTwin, decode_rle
 

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from data_builders.dt_cache import DTCache
+from dtwinseg.formats.sftdt import ReasoningPath, check_path
 from dtwinseg.io import DataError, write_jsonl
-from dtwinseg.paths import ReasoningPath, check_path
 from dtwinseg.twin import DigitalTwin
 
 REQUIRED_FIELDS = ("id", "image", "query", "twin", "path", "answer", "granularity")

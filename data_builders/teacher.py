@@ -9,7 +9,7 @@ explains a known answer instead of guessing it. ``hint: none`` lets it find the 
 Its output is parsed with the SFTDT parser and kept only when
 
 1. it parses cleanly (steps and an ``Answer:`` line; "repaired" or "failed" outputs are rejected),
-2. the steps form a valid path over the twin (:func:`dtwinseg.paths.check_path`),
+2. the steps form a valid path over the twin (:func:`dtwinseg.formats.sftdt.check_path`),
 3. every decision carries a reasoning text, and
 4. the union of the answer's masks reaches IoU >= ``min_iou`` with the ground-truth mask (255 ignored).
 
@@ -30,9 +30,9 @@ import numpy as np
 
 from data_builders.programmatic import ProgrammaticConfig, best_subset, programmatic_record, sample_program
 from data_builders.segdt import SegDTRecord
+from dtwinseg.formats.sftdt import ReasoningPath, check_path, parse_path_output, sftdt_messages
 from dtwinseg.io import DataError, load_yaml
 from dtwinseg.openai_chat import ChatClientConfig, ChatCompletionsClient, ChatCompletionsError
-from dtwinseg.paths import ReasoningPath, check_path, parse_path_output, sftdt_messages
 from dtwinseg.spatial import SpatialConfig
 from dtwinseg.twin import DigitalTwin
 

@@ -20,8 +20,8 @@ from data_builders.programmatic import (
 from data_builders.registry import register_reader
 from data_builders.sample import Sample
 from data_builders.segdt import iter_records, load_records, record_from_dict, write_records
+from dtwinseg.formats.sftdt import check_path
 from dtwinseg.io import DataError
-from dtwinseg.paths import check_path
 from dtwinseg.twin import DigitalTwin
 
 
