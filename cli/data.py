@@ -43,10 +43,11 @@ def stats(
         ds = open_dataset(dataset_spec, strict=strict)
         summary = summarise(_with_progress(ds, progress and not as_json, err), ds)
     except (DataError, ValueError) as e:
-        err.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
-        if strict and isinstance(e, DataError):
-            err.print("(use --no-strict to skip malformed files and count them)")
-        raise typer.Exit(1) from None
+        hint = " (use --no-strict to skip malformed files and count them)" if strict and isinstance(e, DataError) \
+            else ""
+        err.print(f"[red]error:[/red] {escape(' '.join(str(e).split()))}{hint}", markup=True, highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(2) from None
     summary = {"spec": dataset_spec, **summary}
     if as_json:
         typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -44,12 +44,11 @@ def register(app: typer.Typer) -> None:
         retry_failed: bool = typer.Option(True, "--retry-failed/--no-retry-failed", help="On resume, re-run "
                                           "samples that failed with an error (API outage, missing or corrupt "
                                           "twin, unreadable input)."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show one progress bar per "
+                                      "checkpoint (only local rank 0 draws under torchrun / accelerate)."),
     ) -> None:
         """Evaluate checkpoints on cached twins: predictions JSONL, metrics.json (gIoU/cIoU per split and
         dimension, oracle bound, parse failures), report.md with plots and worst-case overlays."""
-        import os
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from dtwinseg.reasoning import ReasoningConfig
         from eval.checkpoints import parse_checkpoints
         from eval.harness import EvalOptions, evaluate_shard, parse_shard
@@ -59,7 +58,8 @@ def register(app: typer.Typer) -> None:
             base = base.replace(strategy=strategy)
         cks = parse_checkpoints(list(checkpoint), base)
         opts = EvalOptions(limit=limit, shard=parse_shard(shard), batch_size=batch_size, worst_k=worst,
-                           strict=not lenient, wandb=wandb, restart=restart, retry_failed=retry_failed)
+                           strict=not lenient, wandb=wandb, restart=restart, retry_failed=retry_failed,
+                           progress=progress)
         result = evaluate_shard(dataset, dt_cache, cks, out, opts, log=typer.echo)
         if result.metrics is not None:
             from eval.report import metrics_table

@@ -24,9 +24,6 @@ def register(app: typer.Typer) -> None:
                                             "score."),
     ) -> None:
         """Segment one image for one query: perception -> Digital Twin -> LLM reasoning -> mask."""
-        import os
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import numpy as np
         from PIL import Image
 

@@ -12,6 +12,10 @@ import typer
 
 
 def _fail(e: Exception) -> None:
+    from dtwinseg.io import DataError
+
+    if isinstance(e, DataError):
+        raise e  # the CLI's error boundary prints it in one line and exits 2 (cli/main.py)
     typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
 
@@ -82,6 +86,7 @@ def build_sft(
     w_completion: float = typer.Option(1.0, "--w-completion", help="Loss weight of other completion tokens."),
     push_to_hub: str = typer.Option(None, "--push-to-hub", help="Also push to this Hub dataset repo "
                                     "(private; token from HF_TOKEN / the login cache, never printed)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Tokenise Seg-DT records with the model's chat template and per-token loss weights."""
     from data_builders.segdt import load_records
@@ -93,7 +98,7 @@ def build_sft(
                                w_answer=w_answer, w_completion=w_completion)
         recs = load_records(records)
         tok = load_tokenizer(tokenizer)
-        ds, stats = build_sft_dataset(recs, tok, cfg, progress=True, total=len(recs))
+        ds, stats = build_sft_dataset(recs, tok, cfg, progress=progress, total=len(recs))
     except (DataError, ValueError, FileNotFoundError, OSError) as e:
         _fail(e)
     save_dataset(ds, out, {"records": str(records), "tokenizer": tokenizer, "config": cfg.to_dict(),

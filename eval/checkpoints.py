@@ -8,7 +8,9 @@ Forms (optionally prefixed ``NAME=`` to label the checkpoint in reports, e.g. ``
     runs/full/model         a local model folder (config.json)
     package:MOD/sub/path    a folder inside an installed Python package (e.g. the shipped MiniLM)
     openai:MODEL            an OpenAI-compatible API model (base_url / key variable from the config)
-    hf:ORG/NAME             a Hub model id (transformers backend)
+    ORG/NAME, hf:ORG/NAME   a Hugging Face Hub id (when not a local path): a full model, or a peft
+                            adapter (downloaded; its base from its adapter_config.json). HF_HUB_OFFLINE
+                            is respected; offline, an id missing from the cache is a one-line error
 
 The backend of the reasoning config is kept for local checkpoints (``transformers`` or ``vllm``);
 ``openai:`` switches to the API backend. Labels default to the folder name (``parent-name`` when the
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dtwinseg.base_models import resolve_model_path
+from dtwinseg.base_models import is_hub_id, resolve_hub_model, resolve_model_path
 from dtwinseg.reasoning import ReasoningConfig, adapter_base
 
 _LABEL_RE = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
@@ -67,10 +69,13 @@ def parse_checkpoint(spec: str, base: ReasoningConfig) -> Checkpoint:
         cfg = base.replace(backend="openai", model=model, adapter=None)
         return Checkpoint(label or f"openai-{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}", spec, cfg)
     backend = base.backend if base.backend in ("transformers", "vllm") else "transformers"
-    if spec_body.startswith("hf:"):
-        model = spec_body[3:]
-        return Checkpoint(label or _default_label(model), spec, base.replace(backend=backend, model=model,
-                                                                               adapter=None))
+    hub = spec_body[3:] if spec_body.startswith("hf:") else spec_body if is_hub_id(spec_body) else None
+    if hub is not None:
+        kind, where = resolve_hub_model(hub)
+        if kind == "model":
+            return Checkpoint(label or _default_label(hub), spec, base.replace(backend=backend, model=hub,
+                                                                             adapter=None))
+        spec_body, label = where, label or _default_label(hub)
     path = resolve_model_path(spec_body)
     if os.path.isfile(os.path.join(path, "adapter_config.json")):
         try:

@@ -48,7 +48,7 @@ def test_stats_strict_error_and_lenient_skips(tmp_path: Path):
     root = make_root(tmp_path)
     (root / "ReasonSeg" / "test" / "b.json").write_text('{"text": ["x"], "is_sent')  # truncated
     res = CliRunner().invoke(app, ["data", "stats", f"reasonseg:{root}:test"])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "b.json" in res.output and "invalid JSON" in res.output and "--no-strict" in res.output
     res = CliRunner().invoke(app, ["data", "stats", f"reasonseg:{root}:test", "--no-strict", "--json"])
     assert res.exit_code == 0, res.output
@@ -59,7 +59,7 @@ def test_stats_strict_error_and_lenient_skips(tmp_path: Path):
     (root / "ReasonSeg" / "test" / "b.json").write_text(json.dumps({"text": ["x"], "is_sentence": True,
                                                                     "shapes": [{"label": "[bold]t", "points": [[1]]}]}))
     res = CliRunner().invoke(app, ["data", "stats", f"reasonseg:{root}:test"])
-    assert res.exit_code == 1 and "shapes[0].points" in res.output
+    assert res.exit_code == 2 and "shapes[0].points" in res.output
 
 
 def test_stats_tables_and_bad_spec(tmp_path: Path):
@@ -68,7 +68,7 @@ def test_stats_tables_and_bad_spec(tmp_path: Path):
     assert res.exit_code == 0, res.output
     assert "empty ground truth" in res.output and "dimension tags" in res.output and "function" in res.output
     res = CliRunner().invoke(app, ["data", "stats", "nosuchset:/x:val"])
-    assert res.exit_code == 1 and "unknown dataset" in res.output
+    assert res.exit_code == 2 and "unknown dataset" in res.output
 
 
 def test_help_from_a_subprocess():

@@ -56,12 +56,12 @@ def test_segment_cli_errors_name_the_problem(tmp_path):
     Image.new("RGB", (120, 80)).save(tmp_path / "img.jpg")
     (tmp_path / "p.yaml").write_text("reasoning:\n  strategy: select\n")
     res = CliRunner().invoke(app, ["segment", str(tmp_path / "img.jpg"), "q", "--config", str(tmp_path / "p.yaml")])
-    assert res.exit_code != 0 and "perception" in str(res.exception)
+    assert res.exit_code == 2 and "perception" in res.output and "Traceback" not in res.output, res.output
     scene().save(tmp_path / "t.json")
     Image.new("RGB", (10, 10)).save(tmp_path / "small.jpg")
     res = CliRunner().invoke(app, ["segment", str(tmp_path / "small.jpg"), "q", "--config", str(tmp_path / "p.yaml"),
                                    "--twin", str(tmp_path / "t.json")])
-    assert res.exit_code != 0 and "height/width" in str(res.exception)
+    assert res.exit_code == 2 and "height/width" in res.output, res.output
 
 
 def test_segmenter_runs_perception_then_reasoning(server):
