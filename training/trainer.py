@@ -15,6 +15,10 @@ What is overridden, and why:
   output embedding is not fed directly by the backbone's last hidden state (e.g. ``BertLMHeadModel``,
   which applies a transform first) use a chunked fallback: the output embedding is bypassed for one
   forward to get its input, then TRL's chunked log-prob kernel projects it, vocabulary tile by tile.
+
+Throughput options (training/packing.py): ``padding_free`` packs each micro-batch into one row with
+per-example position ids and boundaries (attention kept per example, no compute on padding; loss and
+gradients equal the padded batch's), ``max_tokens_per_batch`` forms micro-batches by a token budget.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Any
 
 import torch
 from trl import SFTConfig, SFTTrainer
+
+from training.packing import TokenBudgetSampler, check_packed_attention, pack_examples, use_packed_attention
 
 
 @dataclass
@@ -49,8 +55,23 @@ class SFTDTConfig(SFTConfig):
     logprob_chunk_size: int = field(default=8192, metadata={"help": (
         "Vocabulary tile of the chunked fallback (the fused path uses TRL's own).")})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep loss_weights in the batches."})
+    padding_free: bool = field(default=False, metadata={"help": (
+        "Padding-free micro-batches: the examples of a micro-batch are concatenated into one row (position ids "
+        "restart per example, cu_seq_lens mark the boundaries) and attention never crosses an example "
+        "(training/packing.py); same loss and gradients as padding, no compute on pad tokens. Unlike TRL's "
+        "padding_free it keeps the per-token weights.")})
+    padding_free_attention: str = field(default="auto", metadata={"help": (
+        "Attention for padding_free batches: auto (keep flash_attention_* / flex_attention, else segments), "
+        "segments (causal SDPA per example, CPU and GPU), varlen (torch's varlen flash kernel on CUDA in "
+        "bf16/fp16, segments elsewhere), model (the model's own; sdpa/eager then build an L x L mask).")})
+    max_tokens_per_batch: int | None = field(default=None, metadata={"help": (
+        "Token budget of a micro-batch (None: per_device_train_batch_size examples). Examples are grouped by "
+        "length and a batch holds as many as fit: sum of lengths with padding_free, count x longest without. "
+        "per_device_train_batch_size is then unused; an example longer than the budget trains alone.")})
 
     def __post_init__(self) -> None:
+        if self.max_tokens_per_batch is not None and int(self.max_tokens_per_batch) < 1:
+            raise ValueError(f"max_tokens_per_batch must be >= 1 or null, got {self.max_tokens_per_batch}")
         kwargs = dict(self.dataset_kwargs or {})
         kwargs.setdefault("skip_prepare_dataset", True)
         self.dataset_kwargs = kwargs
@@ -67,17 +88,20 @@ class SFTDTConfig(SFTConfig):
 
 
 class WeightedCollator:
-    """Right-pads input_ids (pad id), labels (-100), loss_weights (0.0, float32) and builds attention_mask.
+    """Right-pads input_ids (pad id), labels (-100), loss_weights (0.0, float32) and builds attention_mask;
+    with ``padding_free`` it packs the examples into one row instead (training/packing.py).
 
     Examples are dicts with ``input_ids``, ``labels`` and ``loss_weights`` (or ``token_kinds`` when
-    ``kind_weights`` is given). Output tensors are B x S (S = longest, rounded up to ``pad_to_multiple_of``).
+    ``kind_weights`` is given). Padded tensors are B x S (S = longest, rounded up to ``pad_to_multiple_of``);
+    packed ones 1 x L (L = total length, rounded up likewise) plus position_ids and cu_seq_lens.
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None,
-                 kind_weights: Sequence[float] | None = None):
+                 kind_weights: Sequence[float] | None = None, padding_free: bool = False):
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
         self.kind_weights = None if kind_weights is None else torch.tensor(kind_weights, dtype=torch.float32)
+        self.padding_free = padding_free
 
     def _weights(self, ex: dict) -> torch.Tensor:
         if self.kind_weights is not None:
@@ -89,24 +113,32 @@ class WeightedCollator:
         labels = torch.as_tensor(ex["labels"])
         return torch.where(labels == -100, torch.zeros_like(w), w)
 
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        n = max(len(ex["input_ids"]) for ex in examples)
+    def _columns(self, examples: list[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        ids, labels, weights = [], [], []
+        for k, ex in enumerate(examples):
+            if len(ex["labels"]) != len(ex["input_ids"]):
+                raise ValueError(f"example {ex.get('id', k)}: input_ids and labels differ in length")
+            ids.append(torch.as_tensor(ex["input_ids"], dtype=torch.long))
+            labels.append(torch.as_tensor(ex["labels"], dtype=torch.long))
+            weights.append(self._weights(ex))
+        return ids, labels, weights
+
+    def __call__(self, examples: list[dict]) -> dict[str, Any]:
+        ids, labels, weights = self._columns(examples)
+        if self.padding_free:
+            return pack_examples(ids, labels, weights, self.pad_token_id, self.pad_to_multiple_of)
+        n = max(len(x) for x in ids)
         if self.pad_to_multiple_of:
             n = -(-n // self.pad_to_multiple_of) * self.pad_to_multiple_of
         b = len(examples)
-        input_ids = torch.full((b, n), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((b, n), -100, dtype=torch.long)
-        weights = torch.zeros((b, n), dtype=torch.float32)
+        out_ids = torch.full((b, n), self.pad_token_id, dtype=torch.long)
+        out_labels = torch.full((b, n), -100, dtype=torch.long)
+        out_weights = torch.zeros((b, n), dtype=torch.float32)
         attention = torch.zeros((b, n), dtype=torch.long)
-        for k, ex in enumerate(examples):
-            m = len(ex["input_ids"])
-            if len(ex["labels"]) != m:
-                raise ValueError(f"example {ex.get('id', k)}: input_ids and labels differ in length")
-            input_ids[k, :m] = torch.as_tensor(ex["input_ids"], dtype=torch.long)
-            labels[k, :m] = torch.as_tensor(ex["labels"], dtype=torch.long)
-            weights[k, :m] = self._weights(ex)
-            attention[k, :m] = 1
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "loss_weights": weights}
+        for k, (x, y, w) in enumerate(zip(ids, labels, weights, strict=True)):
+            m = len(x)
+            out_ids[k, :m], out_labels[k, :m], out_weights[k, :m], attention[k, :m] = x, y, w, 1
+        return {"input_ids": out_ids, "attention_mask": attention, "labels": out_labels, "loss_weights": out_weights}
 
 
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
@@ -167,11 +199,46 @@ class SFTDTTrainer(SFTTrainer):
             if pad is None and not isinstance(model, str):
                 pad = getattr(model.config, "pad_token_id", None)
             data_collator = WeightedCollator(pad if pad is not None else 0, args.pad_to_multiple_of,
-                                             args.kind_weights if args.use_token_kinds else None)
-        super().__init__(model, args, data_collator, *pos, processing_class=processing_class, **kwargs)
+                                             args.kind_weights if args.use_token_kinds else None,
+                                             padding_free=args.padding_free)
+        padding_free, args.padding_free = args.padding_free, False  # TRL refuses a custom collator with it
+        try:
+            super().__init__(model, args, data_collator, *pos, processing_class=processing_class, **kwargs)
+        finally:
+            args.padding_free = padding_free
+        self.padding_free = padding_free
+        self.attention_implementation = None
+        if padding_free:
+            self.attention_implementation = use_packed_attention(self.model, args.padding_free_attention)
+            self._check_packing(processing_class)
         self.loss_is_scaled_for_ga = True  # normalised by the step's total weight already
         self.model_accepts_loss_kwargs = False
         self._use_fused = fused_head_supported(self.model) if args.fused_lm_head is None else args.fused_lm_head
+
+    def _check_packing(self, processing_class: Any) -> None:
+        """Refuse padding_free for a model whose attention ignores packed boundaries (probe: check_packed_attention).
+        Skipped under ZeRO-3, where parameters are partitioned until the engine wraps the model."""
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled():
+            return
+        vocab = getattr(_unwrapped(self.model).config, "vocab_size", None) or len(processing_class)
+        check_packed_attention(self.model, int(vocab))
+
+    # --- batches ----------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """Token-budget micro-batches when ``max_tokens_per_batch`` is set; TRL's / Trainer's sampler otherwise."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.max_tokens_per_batch is None or dataset is None or not hasattr(dataset, "__len__"):
+            return super()._get_train_sampler(train_dataset)
+        if hasattr(dataset, "column_names") and "input_ids" in dataset.column_names:
+            lengths = [len(x) for x in dataset["input_ids"]]
+        else:
+            lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+        world = max(1, self.args.world_size)
+        return TokenBudgetSampler(lengths, self.args.max_tokens_per_batch, padded=not self.args.padding_free,
+                                  world_size=world, rank=self.args.process_index if world > 1 else 0,
+                                  seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
     # --- inputs -----------------------------------------------------------------------------------
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +306,12 @@ class SFTDTTrainer(SFTTrainer):
             return loss, outputs
         return loss
 
+    @staticmethod
+    def _packed_tokens(inputs: dict[str, Any]) -> torch.Tensor:
+        """Tokens of a packed row (a pad_to_multiple_of tail included, as TRL counts padding-free rows)."""
+        n = inputs["input_ids"].numel()
+        return torch.as_tensor(n, device=inputs["input_ids"].device)
+
     def _log_token_metrics(self, mode: str, is_top1: torch.Tensor | None, mask: torch.Tensor, w: torch.Tensor,
                            inputs: dict[str, Any]) -> None:
         gather = self.accelerator.gather_for_metrics
@@ -250,6 +323,7 @@ class SFTDTTrainer(SFTTrainer):
             n_heavy = gather(heavy.sum().reshape(1)).sum()
             c_heavy = gather((is_top1.detach().float() * heavy).sum().reshape(1)).sum()
             self._metrics[mode]["weighted_token_accuracy"].append((c_heavy / n_heavy).item() if n_heavy > 0 else 0.0)
-        if mode == "train" and "attention_mask" in inputs:
-            self._total_train_tokens += int(gather(inputs["attention_mask"].sum().reshape(1)).sum().item())
+        if mode == "train":
+            real = inputs["attention_mask"].sum() if "attention_mask" in inputs else self._packed_tokens(inputs)
+            self._total_train_tokens += int(gather(real.reshape(1)).sum().item())
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
