@@ -102,7 +102,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("publish")
     def publish_cmd(
-        adapter_dir: Path = typer.Argument(..., help="peft adapter folder (adapter_config.json + weights)."),
+        adapter_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="peft adapter folder "
+                                           "(adapter_config.json + weights) or full model folder (config.json "
+                                           "+ weights), e.g. the output_dir of `dtwinseg train`."),
         repo_id: str = typer.Option(..., "--repo-id", help="Hub repository ORG/NAME."),
         private: bool = typer.Option(False, "--private", help="Create the repository as private."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Only write the folder that would be uploaded."),
@@ -113,18 +115,22 @@ def register(app: typer.Typer) -> None:
         base_model: str | None = typer.Option(None, "--base-model", help="Hub id of the base model when "
                                               "adapter_config.json records a local path."),
         data: str | None = typer.Option(None, "--data", help="Text for the card's Data section."),
-        stage_dir: Path | None = typer.Option(None, "--stage-dir", help="Staging folder (default: "
-                                              "ADAPTER_DIR-publish next to the adapter)."),
+        stage_dir: Path | None = typer.Option(None, "--stage-dir", help="Where to stage: DIR itself when it "
+                                              "does not exist or is empty, else a new folder inside it (default: "
+                                              "a new MODEL_DIR-publish-* folder next to the model). Nothing "
+                                              "existing is ever deleted."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing repository revision."),
     ) -> None:
-        """Publish an adapter with a model card (base model, recipe, data, eval results) to the Hub.
-        The token is read from HF_TOKEN (or the huggingface-hub login) and never printed."""
+        """Publish an adapter or a full fine-tune with a model card (base model, recipe without secrets, data,
+        eval results) to the Hub. The token is read from HF_TOKEN (or the huggingface-hub login) and never printed."""
         from eval.publish import PublishError, publish
 
         try:
             publish(adapter_dir, repo_id, private=private, dry_run=dry_run, metrics_path=metrics,
                     checkpoint=checkpoint, base_model=base_model, dataset_note=data, force=force,
                     stage_dir=stage_dir, log=typer.echo)
-        except PublishError as e:
-            typer.echo(f"error: {e}", err=True)
+        except (PublishError, OSError) as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            typer.echo(f"error: {' '.join(str(e).split())}", err=True)
             raise typer.Exit(2) from None

@@ -1,8 +1,12 @@
-"""``dtwinseg publish``: an adapter folder + a model card with ``model-index`` eval results -> the Hub.
+"""``dtwinseg publish``: a peft adapter or a full fine-tune + a model card with ``model-index`` eval results
+-> the Hub.
 
 The folder that would be uploaded is always staged first (``--dry-run`` stops there), so what a user
-inspects is exactly what is pushed. The token comes from ``HF_TOKEN`` (or the huggingface-hub login)
-and is never printed or written.
+inspects is exactly what is pushed. Staging never deletes anything: it writes into a folder it creates
+itself (``--stage-dir DIR`` when DIR does not exist or is empty, else a fresh folder inside DIR; by default
+a fresh ``NAME-publish-*`` folder next to the model). The staged ``recipe.yaml`` (and the card) hold no
+secret-named key. The token comes from ``HF_TOKEN`` (or the huggingface-hub login) and is never printed
+or written.
 
 Base model: the adapter's ``base_model_name_or_path``. A *local path* there fails the Hub's metadata
 validation (``base_model`` must be a Hub id), so it is left out of the card metadata (and named in the
@@ -14,22 +18,39 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dtwinseg.config import is_secret_key, strip_secrets
 from dtwinseg.io import DataError, atomic_write_text, read_json
 
-# Files of an adapter folder that belong on the Hub (weights, configs, tokenizer, recipe).
-_KEEP = re.compile(r"^(adapter_config\.json|adapter_model\.(safetensors|bin)|.*tokenizer.*|special_tokens_map\.json|"
-                   r"vocab\.(txt|json)|merges\.txt|chat_template\.(jinja|json)|added_tokens\.json|"
-                   r"generation_config\.json|recipe\.ya?ml|training_config\.json|.*\.model)$")
-_SECRET_LINE = re.compile(r"(?i)(token|api[_-]?key|secret|password)\s*[:=]")
+# Files of a model folder that belong on the Hub (weights, configs, tokenizer); recipe.yaml is staged cleaned.
+_KEEP = re.compile(r"^(adapter_config\.json|adapter_model\.(safetensors|bin)|config\.json|"
+                   r"model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|"
+                   r"pytorch_model(-\d{5}-of-\d{5})?\.bin|pytorch_model\.bin\.index\.json|"
+                   r"tokenizer(_config)?\.json|special_tokens_map\.json|vocab\.(txt|json)|merges\.txt|"
+                   r"chat_template\.(jinja|json)|added_tokens\.json|generation_config\.json|"
+                   r"training_config\.json|tokenizer\.model|spiece\.model|sentencepiece\.bpe\.model)$")
+_RECIPE_NAMES = ("recipe.yaml", "recipe.yml")
+_KEY_LINE = re.compile(r"^\s*-?\s*[\"']?([A-Za-z0-9_.-]{1,100})[\"']?\s*[:=]")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class PublishError(RuntimeError):
     """Publishing refused (existing revision without --force, missing files, ...)."""
+
+
+def model_kind(folder: Path) -> str:
+    """"adapter" (peft: adapter_config.json) or "model" (a full model: config.json); DataError otherwise."""
+    if (folder / "adapter_config.json").is_file():
+        return "adapter"
+    if (folder / "config.json").is_file():
+        return "model"
+    if not folder.is_dir():
+        raise DataError(folder, None, "not found")
+    raise DataError(folder, None, "neither a peft adapter (adapter_config.json) nor a model folder (config.json)")
 
 
 def hub_base_model(base: str | None, override: str | None) -> tuple[str | None, str | None]:
@@ -51,8 +72,8 @@ def pick_checkpoint(metrics: dict, adapter_dir: Path, label: str | None) -> tupl
         if label not in cks:
             raise PublishError(f"checkpoint {label!r} not in the metrics file (has {sorted(cks)})")
         return label, cks[label]
-    same = [k for k, c in cks.items() if c.get("adapter") and
-            Path(c["adapter"]).resolve() == adapter_dir.resolve()]
+    same = [k for k, c in cks.items() if any(c.get(f) and Path(c[f]).resolve() == adapter_dir.resolve()
+                                             for f in ("adapter", "model"))]
     if len(same) == 1:
         return same[0], cks[same[0]]
     if len(cks) == 1:
@@ -77,45 +98,78 @@ def eval_results(metrics: dict, ck: dict) -> list[Any]:
     return out
 
 
-def _recipe_text(adapter_dir: Path) -> str | None:
-    for cand in (adapter_dir / "recipe.yaml", adapter_dir / "recipe.yml", adapter_dir.parent / "recipe.yaml"):
+def _recipe_file(folder: Path) -> Path | None:
+    for cand in [folder / n for n in _RECIPE_NAMES] + [folder.parent / "recipe.yaml"]:
         if cand.is_file():
-            lines = cand.read_text(encoding="utf-8").splitlines()
-            return "\n".join("# (redacted)" if _SECRET_LINE.search(ln) else ln for ln in lines)
+            return cand
     return None
 
 
-def build_card(adapter_dir: Path, repo_id: str, *, metrics: dict | None = None, checkpoint: str | None = None,
+def clean_recipe_text(text: str) -> str:
+    """A recipe's YAML without any secret-named key (parsed and re-dumped; line-filtered if unparsable)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    if isinstance(data, dict):
+        return yaml.safe_dump(strip_secrets(data), sort_keys=False, allow_unicode=True)
+    kept = [ln for ln in text.splitlines() if not ((m := _KEY_LINE.match(ln)) and is_secret_key(m.group(1)))]
+    return "\n".join(kept) + "\n"
+
+
+def _recipe_text(folder: Path) -> str | None:
+    path = _recipe_file(folder)
+    return clean_recipe_text(path.read_text(encoding="utf-8")) if path else None
+
+
+def _recipe_base(folder: Path) -> str | None:
+    """The base model a full fine-tune started from (its recipe's model.name_or_path), if recorded."""
+    import yaml
+
+    path = _recipe_file(folder)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path else None
+    except yaml.YAMLError:
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model.get("name_or_path") if isinstance(model, dict) else None
+
+
+def build_card(model_dir: Path, repo_id: str, *, metrics: dict | None = None, checkpoint: str | None = None,
                base_model: str | None = None, dataset_note: str | None = None, license: str = "apache-2.0") -> Any:
-    """The ModelCard (metadata + text) for an adapter folder."""
+    """The ModelCard (metadata + text) for a peft adapter or a full model folder."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    cfg_path = adapter_dir / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise DataError(cfg_path, None, "missing: not a peft adapter folder")
-    acfg = read_json(cfg_path)
-    base, base_note = hub_base_model(acfg.get("base_model_name_or_path"), base_model)
+    kind = model_kind(model_dir)
+    acfg = read_json(model_dir / "adapter_config.json") if kind == "adapter" else {}
+    recorded = acfg.get("base_model_name_or_path") if kind == "adapter" else _recipe_base(model_dir)
+    base, base_note = hub_base_model(recorded, base_model)
     model_name = repo_id.split("/")[-1]
     results, ck_label, ck = None, None, None
     if metrics is not None:
-        ck_label, ck = pick_checkpoint(metrics, adapter_dir, checkpoint)
+        ck_label, ck = pick_checkpoint(metrics, model_dir, checkpoint)
         results = eval_results(metrics, ck)
-    data = ModelCardData(base_model=base, library_name="peft", license=license, model_name=model_name,
-                         eval_results=results, pipeline_tag="text-generation",
-                         tags=["dtwinseg", "reasoning-segmentation", "digital-twin", "lora", "sftdt"])
+    tags = ["dtwinseg", "reasoning-segmentation", "digital-twin", "sftdt"] + (["lora"] if kind == "adapter" else [])
+    data = ModelCardData(base_model=base, library_name="peft" if kind == "adapter" else "transformers",
+                         license=license, model_name=model_name, eval_results=results,
+                         pipeline_tag="text-generation", tags=tags)
+    what = "A LoRA adapter" if kind == "adapter" else "A causal language model (full fine-tune)"
     body = [f"# {model_name}", "",
-            "A LoRA adapter fine-tuned with SFTDT (supervised fine-tuning on Digital Twin representations, "
-            "DTwinSeger) for reasoning segmentation: given JSON(D) of an image's Digital Twin and a query, "
-            "the model writes a reasoning path and the ids of the target objects; dtwinseg turns them into "
-            "a mask.", "", "## Base model", "",
-            f"`{acfg.get('base_model_name_or_path')}`" + (f" (Hub id: `{base}`)" if base else ""), ""]
+            f"{what} trained with SFTDT (supervised fine-tuning on Digital Twin representations, DTwinSeger) "
+            "for reasoning segmentation: given the Digital Twin of an image and a query, the model writes a "
+            "reasoning path and the ids of the target objects; dtwinseg turns them into a mask.", "",
+            "## Base model", "", (f"`{recorded}`" if recorded else "Not recorded.") +
+            (f" (Hub id: `{base}`)" if base else ""), ""]
     if base_note:
         body += [base_note, ""]
-    body += ["## LoRA", "", f"rank {acfg.get('r')}, alpha {acfg.get('lora_alpha')}, dropout "
-             f"{acfg.get('lora_dropout')}, target modules {acfg.get('target_modules')}", ""]
-    recipe = _recipe_text(adapter_dir)
+    if kind == "adapter":
+        body += ["## LoRA", "", f"rank {acfg.get('r')}, alpha {acfg.get('lora_alpha')}, dropout "
+                 f"{acfg.get('lora_dropout')}, target modules {acfg.get('target_modules')}", ""]
+    recipe = _recipe_text(model_dir)
     body += ["## Training recipe", ""]
-    body += (["```yaml", recipe, "```", ""] if recipe else ["Not recorded next to the adapter.", ""])
+    body += (["```yaml", recipe.rstrip(), "```", ""] if recipe else ["Not recorded next to the model.", ""])
     body += ["## Data", "", dataset_note or (f"Evaluated on `{metrics['dataset']}`." if metrics else
                                              "Not recorded."), ""]
     if ck is not None:
@@ -127,26 +181,54 @@ def build_card(adapter_dir: Path, repo_id: str, *, metrics: dict | None = None, 
         body += [f"| {g} | {pct(e['giou'])} | {pct(e['ciou'])} | {pct(e['oracle_giou'])} | {e['n']} |"
                  for g, e in ck["groups"].items()]
         body += ["", f"Parse outcomes: {ck.get('parse')}.", ""]
-    body += ["## Use", "", "```bash", f"dtwinseg eval DATASET_SPEC --dt-cache CACHE --checkpoint {repo_id} "
-             "--strategy sftdt --out runs/eval", "```", ""]
+    strategy = (ck or {}).get("strategy") or "sftdt"
+    body += ["## Use", "", "With dtwinseg installed, on twins cached by `dtwinseg build-dt` (DATASET_SPEC such as "
+             "`reasonseg:/data/ReasonSeg:test`, CACHE the cache folder):",
+             "", "```bash", use_command(repo_id, strategy), "```", ""]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)
     return ModelCard(content)
 
 
-def stage(adapter_dir: Path, out: Path, card: Any) -> list[Path]:
-    """Copy the adapter's publishable files to ``out`` and write README.md (the card); returns the files."""
-    if out.resolve() == adapter_dir.resolve():
-        raise PublishError("the staging folder must differ from the adapter folder")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+def use_command(repo_id: str, strategy: str = "sftdt") -> str:
+    """The card's "Use" command: evaluate this model (a Hub id, or a local folder in its place)."""
+    return (f"dtwinseg eval DATASET_SPEC --dt-cache CACHE --checkpoint {repo_id} --strategy {strategy} "
+            "--out runs/eval")
+
+
+def staging_folder(model_dir: Path, stage_dir: Path | None) -> Path:
+    """A folder this run creates and owns: ``stage_dir`` when it does not exist or is empty, else a fresh
+    folder inside it; by default a fresh ``NAME-publish-*`` folder next to the model. Never one to empty."""
+    if stage_dir is not None:
+        stage_dir = Path(stage_dir)
+        if stage_dir.resolve() == model_dir.resolve():
+            raise PublishError("the staging folder must differ from the model folder")
+        if not stage_dir.exists():
+            stage_dir.mkdir(parents=True)
+            return stage_dir
+        if stage_dir.is_dir() and not any(stage_dir.iterdir()):
+            return stage_dir
+        if not stage_dir.is_dir():
+            raise PublishError(f"--stage-dir {stage_dir} is a file")
+        return Path(tempfile.mkdtemp(prefix=f"{model_dir.name}-publish-", dir=stage_dir))
+    return Path(tempfile.mkdtemp(prefix=f"{model_dir.name}-publish-", dir=model_dir.parent))
+
+
+def stage(model_dir: Path, out: Path, card: Any) -> list[Path]:
+    """Copy the publishable files of ``model_dir`` into ``out`` (a folder this run created), the recipe without
+    secrets, and README.md (the card); returns the files. Nothing is ever deleted."""
+    kind = model_kind(model_dir)
     files = []
-    for p in sorted(adapter_dir.iterdir()):
-        if p.is_file() and _KEEP.match(p.name):
+    for p in sorted(model_dir.iterdir()):
+        if p.is_file() and _KEEP.match(p.name) and not (out / p.name).exists():
             shutil.copy2(p, out / p.name)
             files.append(out / p.name)
-    if not any(f.name.startswith("adapter_model") for f in files):
-        raise PublishError(f"{adapter_dir}: no adapter_model.safetensors / .bin to publish")
+    weights = ("adapter_model",) if kind == "adapter" else ("model", "pytorch_model")
+    if not any(f.name.startswith(weights) and f.suffix in (".safetensors", ".bin") for f in files):
+        raise PublishError(f"{model_dir}: no {'adapter_model' if kind == 'adapter' else 'model'} weights "
+                           "(.safetensors / .bin) to publish")
+    recipe = _recipe_text(model_dir)
+    if recipe is not None:
+        files.append(atomic_write_text(out / "recipe.yaml", recipe))
     files.append(atomic_write_text(out / "README.md", str(card)))
     return files
 
@@ -156,15 +238,16 @@ def publish(adapter_dir: str | os.PathLike, repo_id: str, *, private: bool = Fal
             base_model: str | None = None, dataset_note: str | None = None, force: bool = False,
             stage_dir: str | os.PathLike | None = None, revision: str = "main", api: Any = None,
             log: Callable[[str], None] = print) -> Path:
-    """Stage the folder (always) and upload it unless ``dry_run``; returns the staged folder."""
-    adapter = Path(adapter_dir)
+    """Stage the folder (always) and upload it unless ``dry_run``; returns the staged folder.
+    ``adapter_dir``: a peft adapter or a full model folder."""
+    model_dir = Path(adapter_dir)
     if not _HUB_ID.match(repo_id):
         raise PublishError(f"--repo-id {repo_id!r}: expected ORG/NAME")
     metrics = read_json(metrics_path) if metrics_path else None
-    card = build_card(adapter, repo_id, metrics=metrics, checkpoint=checkpoint, base_model=base_model,
+    card = build_card(model_dir, repo_id, metrics=metrics, checkpoint=checkpoint, base_model=base_model,
                       dataset_note=dataset_note)
-    out = Path(stage_dir) if stage_dir else adapter.parent / f"{adapter.name}-publish"
-    files = stage(adapter, out, card)
+    out = staging_folder(model_dir, Path(stage_dir) if stage_dir else None)
+    files = stage(model_dir, out, card)
     log(f"staged {len(files)} files in {out}")
     if dry_run:
         log("dry run: nothing uploaded")
@@ -181,6 +264,6 @@ def publish(adapter_dir: str | os.PathLike, repo_id: str, *, private: bool = Fal
                                "overwrite that revision")
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     api.upload_folder(folder_path=str(out), repo_id=repo_id, repo_type="model", revision=revision,
-                      commit_message="dtwinseg publish: adapter + model card with eval results")
+                      commit_message="dtwinseg publish: model + model card with eval results")
     log(f"uploaded to https://huggingface.co/{repo_id}")
     return out

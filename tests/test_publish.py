@@ -4,6 +4,7 @@ an existing revision is not overwritten without --force; the token is never prin
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -99,7 +100,9 @@ def test_refuses_to_overwrite_without_force(adapter, tmp_path):
         publish(adapter, "me/x", api=api, stage_dir=tmp_path / "s", log=lambda s: None)
     assert api.uploads == []
     publish(adapter, "me/x", api=api, force=True, stage_dir=tmp_path / "s", log=lambda s: None)
-    assert api.uploads[0]["repo_id"] == "me/x" and api.uploads[0]["folder_path"] == str(tmp_path / "s")
+    assert api.uploads[0]["repo_id"] == "me/x"
+    # "s" already holds the refused attempt's files: the retry stages into a fresh folder inside it
+    assert Path(api.uploads[0]["folder_path"]).parent == tmp_path / "s"
     fresh = FakeApi(None)
     publish(adapter, "me/y", api=fresh, private=True, stage_dir=tmp_path / "s2", log=lambda s: None)
     assert fresh.created == ("me/y", {"repo_type": "model", "private": True, "exist_ok": True})
@@ -112,3 +115,59 @@ def test_missing_weights_and_bad_repo_id(tmp_path, adapter):
     (adapter / "adapter_model.safetensors").unlink()
     with pytest.raises(PublishError, match="adapter_model"):
         publish(adapter, "me/x", dry_run=True, stage_dir=tmp_path / "s", log=lambda s: None)
+
+
+def test_stage_dir_at_the_adapters_parent_deletes_nothing(adapter, tmp_path):
+    parent = adapter.parent
+    (parent / "unrelated.txt").write_text("keep me")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    res = CliRunner().invoke(app, ["publish", str(adapter), "--repo-id", "me/x", "--dry-run", "--stage-dir",
+                                   str(parent)])
+    assert res.exit_code == 0, res.output
+    after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert set(before) <= set(after) and (parent / "unrelated.txt").read_text() == "keep me"
+    staged = [p for p in parent.iterdir() if p.name.startswith("adapter-publish-")]
+    assert len(staged) == 1 and (staged[0] / "adapter_model.safetensors").read_bytes() == b"weights"
+    # twice in a row: a second fresh folder, the first intact
+    res = CliRunner().invoke(app, ["publish", str(adapter), "--repo-id", "me/x", "--dry-run"])
+    assert res.exit_code == 0 and (staged[0] / "README.md").is_file()
+    assert len([p for p in parent.iterdir() if p.name.startswith("adapter-publish-")]) == 2
+
+
+def test_staged_recipe_holds_no_secret_but_keeps_tokenizer_keys(adapter, tmp_path):
+    (adapter / "recipe.yaml").write_text("model:\n  tokenizer: tok\ntraining:\n  use_token_kinds: false\n"
+                                         "  hub_token: hf_SECRET_1\n  learning_rate: 2.0e-05\nwandb:\n"
+                                         "  api_key: wk_SECRET_2\n")
+    out = publish(adapter, "me/x", dry_run=True, stage_dir=tmp_path / "s", log=lambda s: None)
+    staged = (out / "recipe.yaml").read_text()
+    card = (out / "README.md").read_text()
+    for text in (staged, card):
+        assert "SECRET" not in text and "hub_token" not in text and "api_key" not in text
+        assert "use_token_kinds: false" in text and "tokenizer: tok" in text
+
+
+def test_publishes_a_full_fine_tune(tmp_path):
+    from huggingface_hub import ModelCard
+
+    model = tmp_path / "train"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (model / "model.safetensors").write_bytes(b"full weights")
+    (model / "tokenizer.json").write_text("{}")
+    (model / "recipe.yaml").write_text("model:\n  name_or_path: meta-llama/Llama-3.1-8B-Instruct\n")
+    (model / "training_args.bin").write_bytes(b"not published")
+    res = CliRunner().invoke(app, ["publish", str(model), "--repo-id", "me/full", "--dry-run", "--stage-dir",
+                                   str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                                 "recipe.yaml", "tokenizer.json"]
+    card = ModelCard.load(tmp_path / "s" / "README.md")
+    assert card.data.library_name == "transformers" and card.data.base_model == "meta-llama/Llama-3.1-8B-Instruct"
+    assert "--checkpoint me/full" in card.text
+
+
+def test_publish_errors_are_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(app, ["publish", str(tmp_path / "empty"), "--repo-id", "me/x", "--dry-run"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "adapter_config.json" in res.output
+    assert list((tmp_path).iterdir()) == [tmp_path / "empty"]  # nothing staged
