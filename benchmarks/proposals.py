@@ -2,7 +2,7 @@
 
 Same model (random-weight SAM: vit_b on CPU, vit_h on a GPU), same image (768 x 1024), same thresholds
 (SAM's defaults), refinement off. Realistic mask load: the decoder still runs for real, but its outputs
-are replaced by planted blob logits of a synthetic nested scene (dtwinseg/perception/planted.py), so tens
+are replaced by planted blob logits of a synthetic nested scene (dtwinseg/testing/planted_sam.py), so tens
 of masks survive the filters as on real photos.
 
 Measured side by side (interleaved repetitions after a warm-up, medians):
@@ -35,13 +35,13 @@ def _agreement(ours_rles: list[dict], amg_anns: list[dict]) -> dict:
     import numpy as np
     from pycocotools import mask as mask_utils
 
-    from dtwinseg.perception.proposals import _coco_rles
+    from dtwinseg.perception.mask_ops import coco_rles
 
     theirs = [a["segmentation"] for a in amg_anns]
     if not ours_rles or not theirs:
         same = len(ours_rles) == len(theirs)
         return {"ours": len(ours_rles), "amg": len(theirs), "agreement": 1.0 if same else 0.0}
-    iou = np.asarray(mask_utils.iou(_coco_rles(ours_rles), theirs, [0] * len(theirs)))
+    iou = np.asarray(mask_utils.iou(coco_rles(ours_rles), theirs, [0] * len(theirs)))
     ours_matched = float((iou.max(1) >= 0.99).mean())
     amg_matched = float((iou.max(0) >= 0.99).mean())
     return {"ours": len(ours_rles), "amg": len(theirs), "ours_matched": ours_matched, "amg_matched": amg_matched,
@@ -54,8 +54,8 @@ def main(quick: bool = False) -> dict:
     from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
 
     from dtwinseg.perception.fast_decoder import FastMaskDecoder
-    from dtwinseg.perception.planted import fixed_encoder, make_scene, plant, planted_ious
     from dtwinseg.perception.proposals import ProposalConfig, ProposalGenerator
+    from dtwinseg.testing.planted_sam import fixed_encoder, make_scene, plant, planted_ious
 
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"

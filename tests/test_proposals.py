@@ -9,8 +9,9 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from dtwinseg.perception.planted import fixed_encoder, make_scene, plant
-from dtwinseg.perception.proposals import ProposalConfig, ProposalGenerator, _coco_rles
+from dtwinseg.perception.mask_ops import coco_rles
+from dtwinseg.perception.proposals import ProposalConfig, ProposalGenerator, resolve_batching
+from dtwinseg.testing.planted_sam import fixed_encoder, make_scene, plant
 from dtwinseg.twin import mask_bbox
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def match(ours_rles, amg_anns):
     theirs = [a["segmentation"] for a in amg_anns]
     if not ours_rles or not theirs:
         return np.zeros((len(ours_rles), len(theirs)))
-    return np.asarray(mask_utils.iou(_coco_rles(ours_rles), theirs, [0] * len(theirs)))
+    return np.asarray(mask_utils.iou(coco_rles(ours_rles), theirs, [0] * len(theirs)))
 
 
 def test_real_decoder_matches_amg_without_filters(sam_and_features):
@@ -65,7 +66,7 @@ def test_real_decoder_matches_amg_without_filters(sam_and_features):
 
 @pytest.fixture(scope="module")
 def planted_pair(sam_and_features):
-    """AMG's masks and ours (default low-res filters and exact filters) on one planted scene."""
+    """AMG's masks and ours (exact filters, the default, and the low-res option) on one planted scene."""
     sam, image, feats = sam_and_features
     scene = make_scene((768, 1024), n_groups=10, seed=3)
     out = {}
@@ -77,7 +78,9 @@ def planted_pair(sam_and_features):
     return out
 
 
-def test_planted_parity_with_amg_exact_filters(planted_pair):
+def test_default_is_amg_exact(planted_pair):
+    """The default path gives SamAutomaticMaskGenerator's masks: every mask matched both ways at IoU >= 0.99."""
+    assert ProposalConfig().exact_filters
     ours, theirs = planted_pair[True], planted_pair["amg"]
     assert len(theirs) >= 10, "the planted scene must give a realistic number of survivors"
     assert len(ours) == len(theirs)
@@ -92,7 +95,8 @@ def test_planted_parity_with_amg_exact_filters(planted_pair):
 
 
 def test_planted_parity_with_amg_low_res_filters(planted_pair):
-    """Default mode decides stability / NMS on low-res logits: the same masks except near-threshold ones."""
+    """The approximate option decides stability / NMS on low-res logits: the same masks except
+    near-threshold ones."""
     ours, theirs = planted_pair[False], planted_pair["amg"]
     iou = match(ours.rles, theirs)
     matched_ours, matched_amg = iou.max(1) >= 0.99, iou.max(0) >= 0.99
@@ -114,7 +118,11 @@ def test_proposal_fields_are_consistent(sam_and_features):
     assert (props.areas() == masks.reshape(len(props), -1).sum(1)).all()
     for m, b in zip(masks, props.boxes, strict=True):
         assert tuple(b) == mask_bbox(m)
-    assert (props.predicted_iou > 0.88).all() and (props.stability >= 0.95 - 0.02).all()
+    assert (props.predicted_iou > 0.88).all() and (props.stability >= 0.95).all()
+    # centroids (paper eq. 2) computed on the device before encoding = mean pixel coordinates
+    for m, c in zip(masks, props.centroids, strict=True):
+        ys, xs = np.nonzero(m)
+        assert np.allclose(c, (xs.mean(), ys.mean()), atol=1e-3)
     # sorted by predicted IoU like AMG's NMS output
     assert (np.diff(props.predicted_iou) <= 1e-6).all()
     t = props.timings
@@ -133,13 +141,56 @@ def test_thresholds_change_the_result(sam_and_features):
     assert (out[0.95].predicted_iou > 0.95).all()
 
 
-def test_bf16_autocast_runs_the_real_decoder(sam_and_features):
+def test_bf16_encoder_and_decoder_precision_run_the_real_model(sam_and_features):
     sam, image, feats = sam_and_features
     cfg = ProposalConfig(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                         box_nms_thresh=1.0, autocast="bf16")
+                         box_nms_thresh=1.0, encoder_precision="bf16", decoder_precision="bf16")
+    with fixed_encoder(sam, feats):
+        gen = ProposalGenerator(sam, cfg)
+        props = gen.generate(image)
+    assert gen.predictor.features.dtype == torch.float32
+    assert len(props) == 12 and props.predicted_iou.dtype == np.float32
+    assert ProposalConfig().encoder_precision == "fp32"
+    with pytest.raises(ValueError, match="encoder_precision"):
+        ProposalConfig(encoder_precision="int8")
+
+
+def test_single_mask_per_point_option(sam_and_features):
+    sam, image, feats = sam_and_features
+    cfg = ProposalConfig(points_per_side=3, multimask=False, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                         box_nms_thresh=1.0)
     with fixed_encoder(sam, feats):
         props = ProposalGenerator(sam, cfg).generate(image)
-    assert len(props) == 12 and props.predicted_iou.dtype == np.float32
+    assert len(props) == 9 and props.timings["candidates"] == 9
+
+
+@pytest.mark.parametrize("hw", [(150, 200), (768, 1024), (97, 61)])
+def test_upsample_is_bit_identical_to_sam_postprocess(sam_and_features, hw):
+    sam, _, feats = sam_and_features
+    gen = ProposalGenerator(sam, ProposalConfig(points_per_side=2))
+    with fixed_encoder(sam, feats):
+        gen.set_image(np.zeros((*hw, 3), np.uint8))
+    low = torch.randn(4, 256, 256) * 8
+    ref = sam.postprocess_masks(low[:, None], gen.predictor.input_size, gen.predictor.original_size)[:, 0]
+    assert torch.equal(gen.upsample(low), ref)
+
+
+def test_batching_auto_from_the_device(monkeypatch):
+    cfg = ProposalConfig()
+    cpu = resolve_batching(cfg, "cpu")
+    assert cpu == {"points_per_batch": 256, "decoder_chunk": 16, "upsample_chunk": 32}
+    # a GPU with 100 GiB free: the whole 32 x 32 grid in one decoder call
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * 2**30, 140 * 2**30))
+    gpu = resolve_batching(cfg, "cuda:0", n_prompts=1024)
+    assert gpu["points_per_batch"] == 1024 and gpu["decoder_chunk"] == 1024 and gpu["upsample_chunk"] >= 256
+    # 2 GiB free: fewer prompts per decoder step
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 2**30, 16 * 2**30))
+    small = resolve_batching(cfg, "cuda:0", n_prompts=1024)
+    assert 16 <= small["decoder_chunk"] < 64
+    # explicit values win
+    assert resolve_batching(ProposalConfig(decoder_chunk=7, points_per_batch=9), "cuda:0")["decoder_chunk"] == 7
+    with pytest.raises(ValueError, match="decoder_chunk"):
+        ProposalConfig(decoder_chunk="many")
 
 
 @pytest.mark.parametrize("multimask", [True, False])

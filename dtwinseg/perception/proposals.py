@@ -1,105 +1,151 @@
-"""SAM "everything mode" mask proposals with the paper's level-specific refinement (method.md sec. 1.2-1.3).
+"""SAM "everything mode" mask proposals and the paper's level-specific refinement (sec. 3.1, method.md 1.2-1.3).
 
-Pipeline of :meth:`ProposalGenerator.generate` (refinement off = SamAutomaticMaskGenerator's result):
+:meth:`ProposalGenerator.generate` ``(image, level)``, in the paper's order. Names in brackets are
+:class:`ProposalConfig` fields; the extra filters of SamAutomaticMaskGenerator (AMG) are marked "AMG".
 
-1. the image encoder runs once (``SamPredictor.set_image``);
-2. the mask decoder runs on a ``points_per_side`` x ``points_per_side`` grid in batches of
-   ``points_per_batch`` points, 3 masks per point (multimask), through FastMaskDecoder (same weights and
-   mathematics, shared image-token work done once; prompts whose 3 predicted IoUs are all <= theta skip
-   the output upscaling, as their masks are dropped anyway);
-3. on the LOW-RES logits (256 x 256, cropped to the image's valid region), on the model's device and in
-   batched tensor ops: predicted-IoU filter (``> pred_iou_thresh``), stability filter (``>= thresh``),
-   boxes, box NMS;
-4. only the survivors are upsampled to full size (exactly SAM's ``postprocess_masks``), thresholded,
-   boxed, and RLE-encoded in one pycocotools call per chunk.
+1. Encoder: the image encoder runs once per image (``encoder_precision``: fp32, or bf16 / fp16 autocast).
+2. Everything mode: N = ``points_per_side``^2 grid points, each one prompt, decoded in batches
+   (``points_per_batch``, ``decoder_chunk``; "auto" sizes them from the device and its free memory):
+   {m_1, ..., m_N} = SAM_everything(x_img); 3 masks per point (AMG, ``multimask: true``) or 1 (the paper's
+   wording, ``multimask: false``).
+3. theta: M_filtered = {m_i | IoU_pred(m_i) > theta} (``pred_iou_thresh``, SAM's 0.88).
+4. AMG stability filter: keep stability(m_i) >= ``stability_score_thresh`` (0 disables), measured on the
+   full-size logits exactly as AMG does (``exact_filters: true``, the default) or on the 256 x 256 logits
+   (``exact_filters: false``: faster, approximate; ``benchmarks/proposals.py`` prints its agreement).
+5. No refinement (``refine: false``, or ``level`` None): AMG box NMS (``box_nms_thresh``, 1 disables)
+   -> SamAutomaticMaskGenerator's masks.
+6. Part level (L = 2): for every pair with IoU(m_i, m_j) = |m_i ∩ m_j| / |m_i ∪ m_j| > tau
+   (``part_iou_tau``), drop the one with the lower predicted IoU — on M_filtered, before any NMS; then the
+   AMG box NMS on what is left.
+7. Object / group level (L = 1, 0), on the AMG proposals of step 5:
+   a. centroid c_i = (1/|m_i| sum x, 1/|m_i| sum y) of each mask (eq. 2; computed on the device from
+      the full-size mask before RLE encoding);
+   b. c_i re-prompts SAM in multimask mode (batched like step 2);
+   c. theta on the re-prompted masks (every mask SAM returns passes theta); the largest passing mask
+      replaces m_i; when none passes, m_i stays (a twin never loses an object here);
+   d. project extra (``object_dedup``): of re-prompted masks with IoU > tau the higher predicted IoU stays
+      (different centroids often return the same object; the paper is silent);
+   e. m* = argmax_i A(m_i); drop m_j when R(m_j) = |m_j ∩ m*| / |m_j| > tau' (eq. 3, ``containment_tau``;
+      ``containment: all-larger`` tests against every larger kept mask instead). m* is always kept, and
+      masks covering more than ``containment_max_area`` of the image are never m* (they are kept; m* is
+      the largest mask at or below that fraction): a background / whole-scene mask would otherwise
+      swallow every object and leave a one-object twin. ``containment_max_area: 1.0`` is the paper's
+      rule unchanged.
 
-SamAutomaticMaskGenerator instead upsamples every candidate (3 x points) to full size in float32 before
-any filter and encodes RLE in a Python loop; the masks that survive are the same, because the survivors
-are upsampled by the same operations. The only difference: stability and NMS boxes are measured on
-low-res logits, so a mask whose stability sits within a hair of the threshold can be decided differently
-(``benchmarks/proposals.py`` reports the agreement).
-
-Refinement (:meth:`ProposalGenerator.refine`): part level (2) drops the lower-predicted-IoU mask of every
-pair with mask IoU > ``part_iou_tau``; object / group level (0, 1) re-prompts SAM with each mask's centroid
-in multimask mode, keeps the largest returned mask, then drops masks contained (> ``containment_tau`` of
-their area) in the largest mask (``containment: largest``, the paper) or in any larger kept mask
-(``containment: all-larger``).
+Where the time goes (everything batched, on the model's device): masks are upsampled once per theta
+survivor (SAM's ``postprocess_masks``, chunked by ``upsample_chunk``), then stability, boxes, centroids
+and the COCO RLE (``dtwinseg.perception.rle``) come from the same full-size tensor; only run-length
+change positions cross to the host.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
+import torch.nn.functional as F
 
 from dtwinseg.perception.fast_decoder import fast_decoder_for
-from dtwinseg.twin import Granularity, encode_rles
+from dtwinseg.perception.mask_ops import (
+    CONTAINMENT_MODES,
+    Proposals,
+    box_nms_order,
+    containment_filter,
+    dedup_by_iou,
+    mask_centroids,
+    masks_to_boxes,
+    part_level,
+)
+from dtwinseg.perception.rle import encode_rles_torch
+from dtwinseg.twin import Granularity
 
-CONTAINMENT_MODES = ("largest", "all-larger")
-AUTOCAST_MODES = ("none", "bf16", "fp16")
+__all__ = ["ProposalConfig", "ProposalGenerator", "Proposals", "resolve_batching"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+AUTO = "auto"
+# decoder working memory per prompt (float32 image tokens, attention, upscaling), measured on vit_h
+DECODER_BYTES_PER_PROMPT = 50 * 2**20
+CPU_BATCHING = {"points_per_batch": 256, "decoder_chunk": 16, "upsample_chunk": 32}
 
 
 @dataclass
 class ProposalConfig:
-    """Every knob of the proposal stage; defaults are SAM's / the paper's.
+    """Every knob of the proposal stage; defaults are SAM's / the paper's (module docstring: the steps).
 
     Attributes:
         points_per_side: grid side; the decoder is prompted with points_per_side**2 points (paper: 32).
-        points_per_batch: points per decoder call (memory vs speed; AMG uses 64).
-        pred_iou_thresh: theta, keep masks with predicted IoU > theta (paper / SAM: 0.88).
-        stability_score_thresh: keep masks with stability >= this (SAM: 0.95); 0 disables the filter.
+        multimask: AMG: 3 masks per grid point (true) | the paper's "a single mask" per point (false).
+        pred_iou_thresh: theta, keep masks with predicted IoU > theta (paper / SAM: 0.88), every mask SAM
+            returns, re-prompted ones included; 0 disables (as in SAM).
+        stability_score_thresh: AMG filter: keep masks with stability >= this (SAM: 0.95); 0 disables.
         stability_score_offset: logit offset of the stability score (SAM: 1.0).
-        box_nms_thresh: box IoU above which the lower-scoring mask is dropped (SAM: 0.7); 1 disables.
-        upsample_chunk: survivors upsampled to full size per step (bounds memory: chunk x H x W floats).
-        autocast: "none" | "bf16" | "fp16": mixed precision for encoder + decoder (meant for GPUs).
-        refine: apply the level-specific refinement after the proposals.
+        box_nms_thresh: AMG filter: box IoU above which the lower-scoring mask is dropped (SAM: 0.7);
+            1 disables. At part level it runs after tau.
+        exact_filters: true (default): stability and boxes on the full-size logits, i.e.
+            SamAutomaticMaskGenerator's masks; false: on the 256 x 256 logits (faster, approximate: a mask
+            whose stability sits within a hair of the threshold can be decided differently).
+        refine: apply the level-specific refinement (false: SAM everything mode only, the paper's
+            "SAM only" ablation, recipes/perception/ablations/sam_only.yaml).
         part_iou_tau: tau, pairwise mask IoU above which part-level duplicates are dropped (0.7).
         containment_tau: tau', |m_j ∩ m*| / |m_j| above which m_j is dropped at object/group level (0.8).
         containment: "largest" (the paper: test against the single largest mask) | "all-larger".
+        containment_max_area: masks covering more than this fraction of the image are never m* (so a
+            background mask cannot empty the twin); 1.0 = the paper's rule unchanged.
+        object_dedup: at object/group level, drop re-prompted masks that duplicate another (IoU >
+            part_iou_tau). Project default; the paper is silent.
+        points_per_batch: grid points per decoder call; "auto": from the device (CPU 256, GPU all).
+        decoder_chunk: prompts per FastMaskDecoder step (~50 MB each in float32); "auto": CPU 16, GPU
+            from its free memory (up to 1,024).
+        upsample_chunk: masks upsampled to full size per step (chunk x H x W floats); "auto": CPU 32,
+            GPU from its free memory.
         fast_decoder: run SAM's mask decoder through FastMaskDecoder (same weights and mathematics,
             shared image-token work done once; outputs equal up to float rounding).
-        skip_rejected: with the fast decoder, prompts whose 3 masks all have predicted IoU <= theta skip
-            the output upscaling (exact: the IoU filter drops those masks anyway).
-        decoder_chunk: prompts per FastMaskDecoder step (bounds memory, ~50 MB per prompt in float32).
-        exact_filters: measure stability and NMS boxes on the full-size logits of the IoU-filter
-            survivors instead of on the low-res logits: bit-for-bit SamAutomaticMaskGenerator decisions
-            at the cost of upsampling every IoU survivor (still skips the IoU rejects that AMG upsamples).
-        object_dedup: at object/group level, also drop re-prompted masks that duplicate another
-            (IoU > part_iou_tau): different centroids often return the same object. Project default, the
-            paper is silent.
+        skip_rejected: with the fast decoder, prompts whose masks all have predicted IoU <= theta skip
+            the output upscaling (exact: theta drops those masks anyway).
+        encoder_precision: "fp32" (default until bf16 masks are shown to agree on real weights) | "bf16" |
+            "fp16" (autocast of the image encoder; its features are cast back to float32).
+        decoder_precision: "fp32" (default) | "bf16" | "fp16" (autocast of prompt encoder + decoder).
     """
 
     points_per_side: int = 32
-    points_per_batch: int = 256
+    multimask: bool = True
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
     stability_score_offset: float = 1.0
     box_nms_thresh: float = 0.7
-    upsample_chunk: int = 32
-    fast_decoder: bool = True
-    decoder_chunk: int = 16
-    skip_rejected: bool = True
-    exact_filters: bool = False
-    autocast: str = "none"
+    exact_filters: bool = True
     refine: bool = True
     part_iou_tau: float = 0.7
     containment_tau: float = 0.8
     containment: str = "largest"
+    containment_max_area: float = 0.8
     object_dedup: bool = True
+    points_per_batch: int | str = AUTO
+    decoder_chunk: int | str = AUTO
+    upsample_chunk: int | str = AUTO
+    fast_decoder: bool = True
+    skip_rejected: bool = True
+    encoder_precision: str = "fp32"
+    decoder_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.containment not in CONTAINMENT_MODES:
             raise ValueError(f"containment must be one of {CONTAINMENT_MODES}, got {self.containment!r}")
-        if self.autocast not in AUTOCAST_MODES:
-            raise ValueError(f"autocast must be one of {AUTOCAST_MODES}, got {self.autocast!r}")
-        if min(self.points_per_side, self.points_per_batch, self.upsample_chunk, self.decoder_chunk) < 1:
-            raise ValueError("points_per_side, points_per_batch, upsample_chunk and decoder_chunk must be >= 1")
+        for name in ("encoder_precision", "decoder_precision"):
+            if getattr(self, name) not in PRECISIONS:
+                raise ValueError(f"{name} must be one of {PRECISIONS}, got {getattr(self, name)!r}")
+        for name in ("points_per_batch", "decoder_chunk", "upsample_chunk"):
+            v = getattr(self, name)
+            if v != AUTO and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be 'auto' or an integer >= 1, got {v!r}")
+        if self.points_per_side < 1:
+            raise ValueError("points_per_side must be >= 1")
+        if not 0.0 < self.containment_max_area <= 1.0:
+            raise ValueError(f"containment_max_area must be in (0, 1], got {self.containment_max_area}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ProposalConfig:
@@ -113,148 +159,35 @@ class ProposalConfig:
         return asdict(self)
 
 
+def resolve_batching(config: ProposalConfig, device: torch.device | str, n_prompts: int = 1024) -> dict:
+    """points_per_batch / decoder_chunk / upsample_chunk for ``device``: the config's integers as given,
+    "auto" from the device: CPU-friendly constants on a CPU; on a GPU, from its free memory (half of it
+    for the decoder at ~50 MB per prompt, capped at ``n_prompts``; an eighth for full-size upsampling)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        decoder = int(min(max(free // 2 // DECODER_BYTES_PER_PROMPT, 16), max(n_prompts, 16)))
+        upsample = int(min(max(free // 8 // (3 * 4 * 1024 * 1024), 32), 512))
+        auto = {"points_per_batch": max(n_prompts, 64), "decoder_chunk": decoder, "upsample_chunk": upsample}
+    else:
+        auto = dict(CPU_BATCHING)
+    return {k: auto[k] if getattr(config, k) == AUTO else int(getattr(config, k)) for k in auto}
+
+
 @dataclass
-class Proposals:
-    """N mask proposals for one H x W image (all arrays on the CPU).
+class _Candidates:
+    """Everything-mode masks that passed theta and stability (steps 2-4), sorted by nothing in particular.
 
-    Attributes:
-        rles: N COCO RLEs (``counts`` as str).
-        boxes: N x 4 float, (x_min, y_min, x_max, y_max) in pixels, max inclusive (as SAM's AMG).
-        predicted_iou: N SAM predicted IoUs.
-        stability: N stability scores, as the filter measured them (low-res logits; full-size logits
-            with ``exact_filters``).
-        points: N x 2 prompt points (x, y) in pixels that produced each mask.
-        height, width: image size in pixels.
-        timings: seconds per stage.
-    """
+    Exact mode holds them encoded (``proposals``); low-res mode holds their 256 x 256 logits (encoded
+    only when selected) and approximate boxes."""
 
-    rles: list[dict]
-    boxes: np.ndarray
-    predicted_iou: np.ndarray
-    stability: np.ndarray
-    points: np.ndarray
-    height: int
-    width: int
-    timings: dict = field(default_factory=dict)
+    scores: torch.Tensor
+    points: torch.Tensor
+    boxes: torch.Tensor
+    stability: torch.Tensor
+    logits: torch.Tensor | None = None
+    proposals: Proposals | None = None
 
-    def __len__(self) -> int:
-        return len(self.rles)
-
-    def areas(self) -> np.ndarray:
-        """Mask areas in pixels (N,)."""
-        return mask_utils.area(_coco_rles(self.rles)).astype(np.int64) if self.rles else np.zeros(0, np.int64)
-
-    def masks(self) -> np.ndarray:
-        """Decode to a bool N x H x W array."""
-        if not self.rles:
-            return np.zeros((0, self.height, self.width), dtype=bool)
-        return mask_utils.decode(_coco_rles(self.rles)).transpose(2, 0, 1).astype(bool)
-
-    def select(self, keep: np.ndarray | list[int]) -> Proposals:
-        """The proposals at indices ``keep`` (in that order)."""
-        keep = np.asarray(keep, dtype=np.int64)
-        return Proposals(
-            rles=[self.rles[i] for i in keep],
-            boxes=self.boxes[keep],
-            predicted_iou=self.predicted_iou[keep],
-            stability=self.stability[keep],
-            points=self.points[keep],
-            height=self.height,
-            width=self.width,
-            timings=dict(self.timings),
-        )
-
-    @classmethod
-    def empty(cls, height: int, width: int) -> Proposals:
-        return cls([], np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32),
-                   np.zeros((0, 2), np.float32), height, width)
-
-    @classmethod
-    def concat(cls, parts: list[Proposals], height: int, width: int) -> Proposals:
-        if not parts:
-            return cls.empty(height, width)
-        return cls(
-            rles=[r for p in parts for r in p.rles],
-            boxes=np.concatenate([p.boxes for p in parts]),
-            predicted_iou=np.concatenate([p.predicted_iou for p in parts]),
-            stability=np.concatenate([p.stability for p in parts]),
-            points=np.concatenate([p.points for p in parts]),
-            height=height,
-            width=width,
-        )
-
-
-def _coco_rles(rles: list[dict]) -> list[dict]:
-    """RLEs with ``counts`` as bytes, as pycocotools' C functions want them."""
-    return [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
-             else r["counts"]} for r in rles]
-
-
-# --- refinement on RLEs (pure functions, testable on constructed masks) ----------------------------
-
-def pairwise_iou(rles: list[dict]) -> np.ndarray:
-    """N x N mask IoU matrix (pycocotools, on RLE)."""
-    if not rles:
-        return np.zeros((0, 0))
-    c = _coco_rles(rles)
-    return np.asarray(mask_utils.iou(c, c, [0] * len(c)), dtype=np.float64).reshape(len(c), len(c))
-
-
-def containment_matrix(rles: list[dict], targets: list[dict] | None = None) -> np.ndarray:
-    """C[j, k] = |m_j ∩ t_k| / |m_j| (N x K; 0 for empty m_j). ``targets`` defaults to ``rles``."""
-    targets = rles if targets is None else targets
-    if not rles or not targets:
-        return np.zeros((len(rles), len(targets)))
-    c, t = _coco_rles(rles), _coco_rles(targets)
-    # pycocotools' crowd IoU is |dt ∩ gt| / |dt|: exactly containment of dt in gt.
-    m = np.asarray(mask_utils.iou(c, t, [1] * len(t)), dtype=np.float64).reshape(len(c), len(t))
-    return np.nan_to_num(m, nan=0.0)
-
-
-def dedup_by_iou(rles: list[dict], scores: np.ndarray, tau: float) -> np.ndarray:
-    """Greedy de-duplication: visit masks by decreasing score, drop one whose IoU with a kept mask > tau.
-
-    Returns the kept indices in ascending order.
-    """
-    n = len(rles)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    iou = pairwise_iou(rles)
-    kept: list[int] = []
-    for i in np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable"):
-        if not kept or iou[i, kept].max() <= tau:
-            kept.append(int(i))
-    return np.sort(np.asarray(kept, dtype=np.int64))
-
-
-def containment_filter(rles: list[dict], areas: np.ndarray, tau: float, mode: str = "largest") -> np.ndarray:
-    """Drop masks lying inside a larger mask; returns the kept indices in ascending order.
-
-    ``largest``: with m* the largest mask, drop m_j (j != *) when |m_j ∩ m*| / |m_j| > tau (the paper).
-    ``all-larger``: visit masks from the largest down; drop m_j when it is contained (> tau) in any
-    larger mask that was kept.
-    """
-    n = len(rles)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    if mode not in CONTAINMENT_MODES:
-        raise ValueError(f"containment must be one of {CONTAINMENT_MODES}, got {mode!r}")
-    areas = np.asarray(areas, dtype=np.float64)
-    if mode == "largest":
-        star = int(np.argmax(areas))
-        inside = containment_matrix(rles, [rles[star]])[:, 0]
-        keep = inside <= tau
-        keep[star] = True
-        return np.flatnonzero(keep)
-    c = containment_matrix(rles)
-    kept: list[int] = []
-    for j in np.argsort(-areas, kind="stable"):
-        if not kept or c[j, kept].max() <= tau:
-            kept.append(int(j))
-    return np.sort(np.asarray(kept, dtype=np.int64))
-
-
-# --- the generator ------------------------------------------------------------------------------------
 
 class ProposalGenerator:
     """Everything-mode proposals + refinement on one segment-anything ``Sam`` model.
@@ -262,8 +195,8 @@ class ProposalGenerator:
     Usage::
 
         gen = ProposalGenerator.from_checkpoint("vit_h", "sam_vit_h_4b8939.pth", device="cuda")
-        props = gen.generate(image)            # H x W x 3 uint8 RGB -> Proposals (unrefined)
-        props = gen.refine(props, level=1)     # uses the embedding of the last generate()
+        props = gen.generate(image)            # H x W x 3 uint8 RGB -> SamAutomaticMaskGenerator's masks
+        props = gen.generate(image, level=1)   # + the paper's object-level refinement
     """
 
     def __init__(self, model: Any, config: ProposalConfig | None = None):
@@ -272,6 +205,7 @@ class ProposalGenerator:
         self.config = config or ProposalConfig()
         self.model = model
         self.predictor = SamPredictor(model)
+        self.batching = resolve_batching(self.config, self.device, self.config.points_per_side ** 2)
 
     @classmethod
     def from_checkpoint(cls, model_type: str, checkpoint: str | None, *, device: str = "cpu",
@@ -288,17 +222,17 @@ class ProposalGenerator:
     def device(self) -> torch.device:
         return self.predictor.device
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.autocast == "none":
+    def _autocast(self, precision: str) -> contextlib.AbstractContextManager:
+        if precision == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.autocast == "bf16" else torch.float16
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    # --- stage 1: encoder ---------------------------------------------------------------------
+    # --- step 1: encoder ----------------------------------------------------------------------
     @torch.no_grad()
     def set_image(self, image: np.ndarray) -> None:
         """Run the image encoder once on an H x W x 3 uint8 RGB image."""
-        with self._autocast():
+        with self._autocast(self.config.encoder_precision):
             self.predictor.set_image(np.ascontiguousarray(image), "RGB")
         if self.predictor.features.dtype != torch.float32:
             self.predictor.features = self.predictor.features.float()
@@ -310,31 +244,32 @@ class ProposalGenerator:
         h, w = self.predictor.original_size
         return build_all_layer_point_grids(self.config.points_per_side, 0, 1)[0] * np.array([[w, h]])
 
-    # --- stage 2: decoder ---------------------------------------------------------------------
+    # --- step 2: decoder ----------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, points_xy: np.ndarray, skip_rejected: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt the decoder with one point each: P x 2 pixel (x, y) -> low-res logits P x 3 x 256 x 256
-        and predicted IoUs P x 3 (float32, on the model's device).
+    def decode(self, points_xy: np.ndarray, skip_rejected: bool = False, multimask: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt the decoder with one point each: P x 2 pixel (x, y) -> low-res logits P x M x 256 x 256
+        and predicted IoUs P x M (M = 3 multimask, else 1; float32, on the model's device).
 
-        ``skip_rejected`` (fast decoder only): prompts none of whose 3 masks has predicted IoU above
-        ``pred_iou_thresh`` skip the upscaling and get -1e4 logits (the IoU filter drops them anyway)."""
+        ``skip_rejected`` (fast decoder only): prompts none of whose masks has predicted IoU above
+        ``pred_iou_thresh`` skip the upscaling and get -1e4 logits (theta drops them anyway)."""
         coords = self.predictor.transform.apply_coords(np.asarray(points_xy), self.predictor.original_size)
         pts = torch.as_tensor(coords, device=self.device)[:, None, :]  # float64 as in SAM's AMG
         labels = torch.ones(pts.shape[0], 1, dtype=torch.int, device=self.device)
         if self.config.fast_decoder:
-            decoder = fast_decoder_for(self.model, self.config.decoder_chunk)
+            decoder = fast_decoder_for(self.model, self.batching["decoder_chunk"])
             use_skip = skip_rejected and self.config.skip_rejected and self.config.pred_iou_thresh > 0
             decoder.skip_iou_below = self.config.pred_iou_thresh if use_skip else None
         else:
             decoder = self.model.mask_decoder
-        with self._autocast():
+        with self._autocast(self.config.decoder_precision):
             sparse, dense = self.model.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
             low_res, iou = decoder(
                 image_embeddings=self.predictor.features,
                 image_pe=self.model.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
-                multimask_output=True,
+                multimask_output=multimask,
             )
         return low_res.float(), iou.float()
 
@@ -346,112 +281,157 @@ class ProposalGenerator:
         lh, lw = -(-in_h // 4), -(-in_w // 4)
         return lh, lw, h * 4.0 / in_h, w * 4.0 / in_w
 
-    def _filter_low_res(self, low_res: torch.Tensor, iou: torch.Tensor, points: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """IoU + stability filters on flattened low-res candidates; returns the survivors' logits
-        (K x 256 x 256), IoUs, stabilities, points and boxes in original pixels (K x 4)."""
+    def upsample(self, logits: torch.Tensor) -> torch.Tensor:
+        """K x 256 x 256 low-res logits -> K x H x W full-size logits, bit-identical to SAM's
+        ``postprocess_masks`` (upsample x4, crop the padding, resize to the original size) but without
+        computing the padded rows / columns, and without the identity resize when the image's long
+        side is already the encoder's size."""
+        img = self.model.image_encoder.img_size
+        in_h, in_w = self.predictor.input_size
+        size = tuple(self.predictor.original_size)
+        scale = img / logits.shape[-1]
+        # rows / columns of the x4 output that lie in the image, and the low-res ones they read (+1)
+        rh, rw = min(logits.shape[-2], -(-in_h // int(scale)) + 1), min(logits.shape[-1], -(-in_w // int(scale)) + 1)
+        x = logits[:, None, :rh, :rw]
+        if scale.is_integer() and x.shape[-2] * scale >= in_h and x.shape[-1] * scale >= in_w:
+            up = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
+                               recompute_scale_factor=False)[..., :in_h, :in_w]
+        else:  # pragma: no cover - SAM's low-res side always divides the encoder size
+            up = F.interpolate(logits[:, None], (img, img), mode="bilinear", align_corners=False)[..., :in_h, :in_w]
+        if (in_h, in_w) != size:
+            up = F.interpolate(up, size, mode="bilinear", align_corners=False)
+        return up[:, 0]
+
+    def _full_size_pass(self, logits: torch.Tensor, stability_filter: bool
+                        ) -> tuple[torch.Tensor, Proposals | None, torch.Tensor]:
+        """Upsample K low-res logits once (chunked) and derive everything from the full-size logits:
+        stability (SAM's formula), and for the masks kept (stability filter when asked) boxes,
+        centroids and RLEs. Returns (keep mask K, their Proposals without scores / points, stability K)."""
         from segment_anything.utils.amg import calculate_stability_score
 
-        cfg = self.config
-        thr = self.model.mask_threshold
-        logits = low_res.flatten(0, 1)
-        scores = iou.flatten(0, 1)
-        pts = points.repeat_interleave(low_res.shape[1], dim=0)
-        keep = scores > cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 else torch.ones_like(scores, dtype=torch.bool)
-        logits, scores, pts = logits[keep], scores[keep], pts[keep]
-        if cfg.exact_filters:
-            return self._filter_full_res(logits, scores, pts)
-        lh, lw, sy, sx = self._valid_low_res()
-        valid = logits[:, :lh, :lw]
-        stab = calculate_stability_score(valid, thr, cfg.stability_score_offset)
-        if cfg.stability_score_thresh > 0:
-            keep = stab >= cfg.stability_score_thresh
-            logits, scores, pts, stab, valid = logits[keep], scores[keep], pts[keep], stab[keep], valid[keep]
-        boxes = masks_to_boxes(valid > thr)
-        # low-res pixel j covers original pixels [j*s, (j+1)*s): inclusive max like SAM's full-res boxes
-        scale = torch.tensor([sx, sy, sx, sy], device=boxes.device)
-        boxes = boxes * scale + torch.tensor([0.0, 0.0, sx - 1, sy - 1], device=boxes.device)
-        return logits, scores, stab, pts, boxes
-
-    def _filter_full_res(self, logits: torch.Tensor, scores: torch.Tensor, pts: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stability filter and boxes on full-size logits (chunked, nothing full-size is kept)."""
-        from segment_anything.utils.amg import calculate_stability_score
-
-        thr, cfg = self.model.mask_threshold, self.config
-        stabs, boxes = [], []
-        for start in range(0, len(logits), cfg.upsample_chunk):
-            full = self.model.postprocess_masks(logits[start:start + cfg.upsample_chunk, None],
-                                                self.predictor.input_size, self.predictor.original_size)[:, 0]
-            stabs.append(calculate_stability_score(full, thr, cfg.stability_score_offset))
-            boxes.append(masks_to_boxes(full > thr))
-        stab = torch.cat(stabs) if stabs else torch.zeros(0, device=logits.device)
-        box = torch.cat(boxes) if boxes else torch.zeros(0, 4, device=logits.device)
-        keep = stab >= cfg.stability_score_thresh if cfg.stability_score_thresh > 0 else torch.ones_like(
-            stab, dtype=torch.bool)
-        return logits[keep], scores[keep], stab[keep], pts[keep], box[keep]
-
-    def _upsample_and_encode(self, logits: torch.Tensor) -> tuple[list[dict], np.ndarray]:
-        """Full-size masks of K low-res logits (chunked, exactly SAM's postprocess_masks): RLEs, boxes K x 4."""
-        thr = self.model.mask_threshold
-        rles: list[dict] = []
-        boxes = []
-        for start in range(0, len(logits), self.config.upsample_chunk):
-            chunk = logits[start:start + self.config.upsample_chunk, None]
-            masks = self.model.postprocess_masks(chunk, self.predictor.input_size,
-                                                 self.predictor.original_size)[:, 0] > thr
+        cfg, thr = self.config, self.model.mask_threshold
+        chunk = self.batching["upsample_chunk"]
+        keeps, stabs, rles, boxes, cents = [], [], [], [], []
+        for start in range(0, len(logits), chunk):
+            full = self.upsample(logits[start:start + chunk])
+            stab = calculate_stability_score(full, thr, cfg.stability_score_offset)
+            keep = stab >= cfg.stability_score_thresh if stability_filter and cfg.stability_score_thresh > 0 \
+                else torch.ones_like(stab, dtype=torch.bool)
+            masks = full[keep] > thr
+            del full
+            keeps.append(keep)
+            stabs.append(stab)
             boxes.append(masks_to_boxes(masks))
-            rles.extend(encode_rles(masks.to(torch.uint8).cpu().numpy()))
-        if not rles:
-            return [], np.zeros((0, 4), np.float32)
-        return rles, torch.cat(boxes).cpu().numpy()
+            cents.append(mask_centroids(masks))
+            rles.extend(encode_rles_torch(masks))
+        h, w = self.predictor.original_size
+        if not keeps:
+            empty = torch.zeros(0, dtype=torch.bool, device=logits.device)
+            return empty, Proposals.empty(h, w), empty.float()
+        n = len(rles)
+        props = Proposals(rles=rles, boxes=torch.cat(boxes).cpu().numpy(), predicted_iou=np.zeros(n, np.float32),
+                          stability=np.zeros(n, np.float32), points=np.zeros((n, 2), np.float32), height=h,
+                          width=w, centroids=torch.cat(cents).float().cpu().numpy())
+        return torch.cat(keeps), props, torch.cat(stabs)
+
+    def _candidates(self, grid: np.ndarray) -> _Candidates:
+        """Steps 2-4 over the whole grid: decode in batches, theta, stability; no NMS."""
+        from segment_anything.utils.amg import calculate_stability_score
+
+        cfg, thr = self.config, self.model.mask_threshold
+        lh, lw, sy, sx = self._valid_low_res()
+        parts: list[dict] = []
+        for start in range(0, len(grid), self.batching["points_per_batch"]):
+            batch = grid[start:start + self.batching["points_per_batch"]]
+            low_res, iou = self.decode(batch, skip_rejected=True, multimask=cfg.multimask)
+            pts = torch.as_tensor(batch, dtype=torch.float32, device=low_res.device)
+            logits, scores = low_res.flatten(0, 1), iou.flatten(0, 1)
+            pts = pts.repeat_interleave(low_res.shape[1], dim=0)
+            keep = self._passes_theta(scores)                                     # step 3: theta
+            logits, scores, pts = logits[keep], scores[keep], pts[keep]
+            del low_res, iou
+            if cfg.exact_filters:                                                 # step 4 on full size
+                keep, props, stab = self._full_size_pass(logits, stability_filter=True)
+                parts.append({"scores": scores[keep], "points": pts[keep], "stability": stab[keep],
+                              "proposals": props})
+                continue
+            valid = logits[:, :lh, :lw]                                           # step 4 on low res
+            stab = calculate_stability_score(valid, thr, cfg.stability_score_offset)
+            if cfg.stability_score_thresh > 0:
+                keep = stab >= cfg.stability_score_thresh
+                logits, scores, pts, stab, valid = logits[keep], scores[keep], pts[keep], stab[keep], valid[keep]
+            # low-res pixel j covers original pixels [j*s, (j+1)*s): inclusive max like SAM's full-res boxes
+            boxes = masks_to_boxes(valid > thr) * torch.tensor([sx, sy, sx, sy], device=logits.device)
+            boxes = boxes + torch.tensor([0.0, 0.0, sx - 1, sy - 1], device=logits.device) * (boxes.sum(1, keepdim=True) > 0)
+            parts.append({"scores": scores, "points": pts, "stability": stab, "logits": logits, "boxes": boxes})
+        return self._merge(parts)
+
+    def _passes_theta(self, ious: torch.Tensor) -> torch.Tensor:
+        """IoU_pred > theta (theta = 0 disables the filter, as in SamAutomaticMaskGenerator)."""
+        theta = self.config.pred_iou_thresh
+        return ious > theta if theta > 0 else torch.ones_like(ious, dtype=torch.bool)
+
+    def _merge(self, parts: list[dict]) -> _Candidates:
+        cat = {k: torch.cat([p[k] for p in parts]) for k in ("scores", "points", "stability")}
+        if self.config.exact_filters:
+            props = _concat([p["proposals"] for p in parts], *self.predictor.original_size)
+            boxes = torch.as_tensor(props.boxes, device=cat["scores"].device)
+            return _Candidates(boxes=boxes, proposals=props, **cat)
+        return _Candidates(logits=torch.cat([p["logits"] for p in parts]),
+                           boxes=torch.cat([p["boxes"] for p in parts]), **cat)
+
+    def _materialise(self, cands: _Candidates, order: torch.Tensor) -> Proposals:
+        """The candidates at ``order`` as Proposals (upsampled and encoded now in low-res mode)."""
+        idx = order.cpu().numpy()
+        if cands.proposals is not None:
+            props = cands.proposals.select(idx)
+        else:
+            assert cands.logits is not None
+            _, props, _ = self._full_size_pass(cands.logits[order], stability_filter=False)
+        props.predicted_iou = cands.scores[order].cpu().numpy()
+        props.stability = cands.stability[order].float().cpu().numpy()
+        props.points = cands.points[order].cpu().numpy()
+        return props
 
     # --- public API ---------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, image: np.ndarray, level: int | None = None) -> Proposals:
-        """Everything-mode proposals for an H x W x 3 uint8 RGB image.
+        """Proposals for an H x W x 3 uint8 RGB image (module docstring: the steps).
 
-        ``level`` (a Granularity) applies the refinement for that level when ``config.refine`` is on;
-        None returns the unrefined proposals (what SamAutomaticMaskGenerator returns).
+        ``level`` None (or ``config.refine`` false): SamAutomaticMaskGenerator's masks, sorted by
+        predicted IoU. A Granularity level with ``refine`` on: the paper's refinement for that level.
         """
-        from torchvision.ops import nms
-
         t0 = time.perf_counter()
         self.set_image(image)
         t1 = time.perf_counter()
         grid = self.grid_points()
-        kept: list[tuple[torch.Tensor, ...]] = []
-        for start in range(0, len(grid), self.config.points_per_batch):
-            batch = grid[start:start + self.config.points_per_batch]
-            low_res, iou = self.decode(batch, skip_rejected=True)
-            pts = torch.as_tensor(batch, dtype=torch.float32, device=low_res.device)
-            kept.append(self._filter_low_res(low_res, iou, pts))
-            del low_res, iou
-        logits, scores, stab, pts, boxes = (torch.cat(x) for x in zip(*kept, strict=True))
-        if self.config.box_nms_thresh < 1.0 and len(scores):
-            order = nms(boxes, scores, self.config.box_nms_thresh)
-        else:
-            order = torch.argsort(scores, descending=True, stable=True)
-        logits, scores, pts = logits[order], scores[order], pts[order]
+        cands = self._candidates(grid)
+        refine = level is not None and self.config.refine
         t2 = time.perf_counter()
-        rles, full_boxes = self._upsample_and_encode(logits)
-        h, w = self.predictor.original_size
-        props = Proposals(rles=rles, boxes=full_boxes, predicted_iou=scores.cpu().numpy(),
-                          stability=stab[order].float().cpu().numpy(), points=pts.cpu().numpy(), height=h, width=w)
+        if refine and int(level) == Granularity.PART:
+            props = self._materialise(cands, torch.argsort(cands.scores, descending=True, stable=True))
+        else:
+            props = self._materialise(cands, self._nms_order(cands.boxes, cands.scores))
         t3 = time.perf_counter()
+        n_masks = 3 if self.config.multimask else 1
         props.timings = {"encoder_s": t1 - t0, "decoder_filter_s": t2 - t1, "upsample_rle_s": t3 - t2,
-                         "candidates": int(len(grid) * 3), "survivors": len(rles)}
-        if level is not None and self.config.refine:
-            props = self.refine(props, level)
+                         "candidates": int(len(grid) * n_masks), "survivors": len(props)}
+        if refine:
+            props = self.refine(props, int(level))  # type: ignore[arg-type]
         return props
+
+    def _nms_order(self, boxes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return box_nms_order(boxes, scores, self.config.box_nms_thresh)
 
     @torch.no_grad()
     def refine(self, props: Proposals, level: int) -> Proposals:
-        """Level-specific refinement (method.md 1.3) of proposals of the image last passed to generate()."""
+        """Level-specific refinement (steps 6-7) of proposals of the image last passed to generate().
+
+        Part level expects M_filtered (no NMS yet); object / group level the AMG proposals."""
         t0 = time.perf_counter()
         level = int(level)
         if level == Granularity.PART:
-            out = props.select(dedup_by_iou(props.rles, props.predicted_iou, self.config.part_iou_tau))
+            out = part_level(props, self.config.part_iou_tau, self.config.box_nms_thresh)
         elif level in (Granularity.OBJECT, Granularity.GROUP):
             out = self._refine_object_level(props)
         else:
@@ -462,74 +442,61 @@ class ProposalGenerator:
     def _refine_object_level(self, props: Proposals) -> Proposals:
         if len(props) == 0:
             return props
-        cents = centroids_of_rles(props.rles)
-        prompted = self.reprompt_largest(cents)
         cfg = self.config
-        if cfg.object_dedup:
+        assert props.centroids is not None
+        prompted = self.reprompt_largest(props.centroids, fallback=props)          # 7a-c
+        if cfg.object_dedup:                                                      # 7d
             prompted = prompted.select(dedup_by_iou(prompted.rles, prompted.predicted_iou, cfg.part_iou_tau))
-        keep = containment_filter(prompted.rles, prompted.areas(), cfg.containment_tau, cfg.containment)
+        keep = containment_filter(prompted.rles, prompted.areas(), cfg.containment_tau, cfg.containment,  # 7e
+                                  cfg.containment_max_area, prompted.height * prompted.width)
         return prompted.select(keep)
 
     @torch.no_grad()
-    def reprompt_largest(self, points_xy: np.ndarray) -> Proposals:
-        """Prompt SAM with each point alone in multimask mode and keep the largest of its 3 masks
-        (largest by low-res area over the image region); full-size survivors as Proposals."""
-        from segment_anything.utils.amg import calculate_stability_score
-
-        lh, lw, _, _ = self._valid_low_res()
+    def reprompt_largest(self, points_xy: np.ndarray, fallback: Proposals | None = None) -> Proposals:
+        """Prompt SAM with each point alone in multimask mode, apply theta to the returned masks and keep
+        the largest passing one (area on the low-res logits over the image region). A point none of whose
+        masks passes theta returns ``fallback``'s mask of the same index (when given) or is dropped."""
         thr = self.model.mask_threshold
-        logits_out, iou_out, stab_out = [], [], []
-        for start in range(0, len(points_xy), self.config.points_per_batch):
-            low_res, iou = self.decode(points_xy[start:start + self.config.points_per_batch])
-            area = (low_res[:, :, :lh, :lw] > thr).flatten(2).sum(-1)  # P x 3
-            pick = area.argmax(dim=1)
+        lh, lw, _, _ = self._valid_low_res()
+        logits_out, iou_out, ok_out = [], [], []
+        for start in range(0, len(points_xy), self.batching["points_per_batch"]):
+            low_res, iou = self.decode(points_xy[start:start + self.batching["points_per_batch"]],
+                                       skip_rejected=True)
+            passes = self._passes_theta(iou)                                      # theta on re-prompts
+            area = (low_res[:, :, :lh, :lw] > thr).flatten(2).sum(-1)             # P x 3
+            pick = torch.where(passes, area, -1).argmax(dim=1)
             idx = torch.arange(len(pick), device=pick.device)
             logits_out.append(low_res[idx, pick])
             iou_out.append(iou[idx, pick])
-            stab_out.append(calculate_stability_score(logits_out[-1][:, :lh, :lw], thr,
-                                                      self.config.stability_score_offset))
-        logits = torch.cat(logits_out)
-        stab = torch.cat(stab_out).float().cpu().numpy()
-        rles, boxes = self._upsample_and_encode(logits)
-        h, w = self.predictor.original_size
-        return Proposals(rles=rles, boxes=boxes, predicted_iou=torch.cat(iou_out).cpu().numpy(),
-                         stability=stab, points=np.asarray(points_xy, dtype=np.float32), height=h, width=w)
+            ok_out.append(passes.any(dim=1))
+            del low_res
+        ok = torch.cat(ok_out)
+        logits, ious = torch.cat(logits_out)[ok], torch.cat(iou_out)[ok]
+        _, props, stab = self._full_size_pass(logits, stability_filter=False)
+        props.predicted_iou = ious.cpu().numpy()
+        props.stability = stab.float().cpu().numpy()
+        ok_np = ok.cpu().numpy()
+        props.points = np.asarray(points_xy, dtype=np.float32)[ok_np]
+        if fallback is None or ok_np.all():
+            return props
+        # merge back in the original order: re-prompted masks where theta passed, the original elsewhere
+        merged = _concat([props, fallback.select(np.flatnonzero(~ok_np))], props.height, props.width)
+        order = np.argsort(np.concatenate([np.flatnonzero(ok_np), np.flatnonzero(~ok_np)]), kind="stable")
+        return merged.select(order)
 
 
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight boxes (x_min, y_min, x_max, y_max), max inclusive, of N x H x W bool masks -> N x 4 float;
-    all zeros for an empty mask (as SAM's batched_mask_to_box, from two any() projections)."""
-    n, h, w = masks.shape
-    if n == 0:
-        return torch.zeros(0, 4, device=masks.device)
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
-    y0 = rows.int().argmax(dim=1)
-    y1 = h - 1 - rows.flip(1).int().argmax(dim=1)
-    x0 = cols.int().argmax(dim=1)
-    x1 = w - 1 - cols.flip(1).int().argmax(dim=1)
-    boxes = torch.stack([x0, y0, x1, y1], dim=1).float()
-    return boxes * rows.any(dim=1, keepdim=True)
-
-
-def mask_centroids(masks: torch.Tensor) -> torch.Tensor:
-    """Centroids (mean x, mean y of the pixels) of N x H x W bool masks -> N x 2 float; empty -> (0, 0)."""
-    n, h, w = masks.shape
-    m = masks.float()
-    area = m.flatten(1).sum(1).clamp(min=1)
-    xs = (m.sum(1) * torch.arange(w, device=m.device, dtype=m.dtype)).sum(1) / area
-    ys = (m.sum(2) * torch.arange(h, device=m.device, dtype=m.dtype)).sum(1) / area
-    return torch.stack([xs, ys], dim=1)
-
-
-def centroids_of_rles(rles: list[dict]) -> np.ndarray:
-    """Centroids (x, y) of RLE masks -> N x 2 float32 (decoded in chunks to bound memory)."""
-    out = []
-    for part in _chunks(rles, 32):
-        dense = torch.from_numpy(mask_utils.decode(_coco_rles(part)).transpose(2, 0, 1).astype(bool))
-        out.append(mask_centroids(dense).numpy())
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 2), np.float32)
-
-
-def _chunks(seq: list, n: int) -> Iterator[list]:
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
+def _concat(parts: list[Proposals], height: int, width: int) -> Proposals:
+    """Proposals of several parts of one image, in order."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Proposals.empty(height, width)
+    return Proposals(
+        rles=[r for p in parts for r in p.rles],
+        boxes=np.concatenate([p.boxes for p in parts]).astype(np.float32),
+        predicted_iou=np.concatenate([p.predicted_iou for p in parts]),
+        stability=np.concatenate([p.stability for p in parts]),
+        points=np.concatenate([p.points for p in parts]),
+        height=height,
+        width=width,
+        centroids=np.concatenate([p.centroids for p in parts if p.centroids is not None]),
+    )

@@ -1,4 +1,4 @@
-"""Planted SAM outputs: realistic mask load from a random-weight SAM, for tests and benchmarks.
+"""TEST DOUBLE (tests and benchmarks only): planted SAM outputs, a realistic mask load from a random-weight SAM.
 
 A random SAM returns either no mask that survives the default thresholds or salt-and-pepper masks, so the
 post-processing would be timed and tested on the wrong load. :func:`plant` patches a ``Sam`` model so that
