@@ -1,8 +1,13 @@
 """``dtwinseg compare runs/A runs/B ...``: one table (markdown + JSON + PNG) across runs, checkpoints and
 splits, with the paper's published numbers as reference rows wherever the dataset and split match.
 
-Reference numbers (percent) are seed 002 (DTwinSeger) Tables 1-3: zero-shot (GPT-4o) and fine-tuned
-(SFTDT, Llama-3.3-70B). RefCOCO-family tables report cIoU only.
+Units: compare.json holds fractions (0-1), as metrics.json does; compare.md and the terminal show the same
+values x100 (percent) and say so. Rows are ``RUN/CHECKPOINT`` where RUN is the shortest trailing part of the
+run folder's path that tells the runs apart (``demo/eval`` vs ``demo-long/eval``); the same folder twice is
+refused. Every row carries its dataset and sample count.
+
+Reference numbers are seed 002 (DTwinSeger) Tables 1-3 (published in percent, stored here as fractions):
+zero-shot (GPT-4o) and fine-tuned (SFTDT, Llama-3.3-70B). RefCOCO-family tables report cIoU only.
 """
 
 from __future__ import annotations
@@ -52,42 +57,73 @@ def load_run(run: str | os.PathLike) -> dict:
     return m
 
 
+def run_names(runs: Sequence[str | os.PathLike]) -> list[str]:
+    """Shortest trailing path parts that make every run's name unique; the same folder twice is an error."""
+    paths = [Path(r).resolve() for r in runs]
+    seen = {}
+    for given, p in zip(runs, paths, strict=True):
+        if p in seen:
+            raise DataError(given, None, f"given twice (also as {seen[p]}): compare each run once")
+        seen[p] = given
+    depth = 1
+    while True:
+        names = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(names)) == len(names) or depth >= max(len(p.parts) for p in paths):
+            return names
+        depth += 1
+
+
+def _overall_n(row: dict) -> int | None:
+    for key in ("overall", "all"):
+        for col, cell in row["cells"].items():
+            if col.endswith(f"/{key}"):
+                return cell["n"]
+    return next(iter(row["cells"].values()))["n"] if row["cells"] else None
+
+
 def comparison(runs: Sequence[str | os.PathLike]) -> dict:
-    """Columns (dataset:split/group) and rows (run/checkpoint, then paper references), values in percent."""
+    """Columns (dataset:split/group) and rows (run/checkpoint, then paper references); values are fractions."""
     columns: list[str] = []
-    rows: dict[str, dict[str, dict]] = {}
+    rows: dict[str, dict] = {}
     refs: dict[str, dict[str, dict]] = {}
-    for run in runs:
+    for run, name in zip(runs, run_names(runs), strict=True):
         m = load_run(run)
         ds, split = dataset_and_split(m["dataset"])
         for label, c in m["checkpoints"].items():
-            row = rows.setdefault(f"{Path(run).name}/{label}", {})
+            row = rows.setdefault(f"{name}/{label}", {"run": str(run), "checkpoint": label,
+                                                      "dataset": m["dataset"], "cells": {}})
             for group, e in c["groups"].items():
                 col = f"{ds}:{split}/{group}"
                 if col not in columns:
                     columns.append(col)
-                row[col] = {"giou": 100 * e["giou"], "ciou": 100 * e["ciou"],
-                            "oracle_giou": 100 * e["oracle_giou"], "n": e["n"]}
+                row["cells"][col] = {"giou": e["giou"], "ciou": e["ciou"], "oracle_giou": e["oracle_giou"],
+                                     "n": e["n"]}
                 for method, (g, ci) in PAPER.get((ds, split, group), {}).items():
-                    refs.setdefault(method, {})[col] = {"giou": g, "ciou": ci}
-    return {"columns": columns, "rows": rows, "references": refs}
+                    refs.setdefault(method, {})[col] = {"giou": None if g is None else g / 100,
+                                                        "ciou": None if ci is None else ci / 100}
+            row["n"] = _overall_n(row)
+    return {"unit": "fraction (0-1); compare.md shows x100", "columns": columns, "rows": rows,
+            "references": refs}
 
 
 def _cell(v: dict | None) -> str:
     if v is None:
         return "-"
-    g = "-" if v.get("giou") is None else f"{v['giou']:.1f}"
-    c = "-" if v.get("ciou") is None else f"{v['ciou']:.1f}"
+    g = "-" if v.get("giou") is None else f"{100 * v['giou']:.1f}"
+    c = "-" if v.get("ciou") is None else f"{100 * v['ciou']:.1f}"
     return f"{g} / {c}"
 
 
 def markdown(table: dict) -> str:
-    head = ["run / checkpoint"] + [f"{c} gIoU / cIoU" for c in table["columns"]]
+    """The table in markdown, values in percent (x100 of compare.json)."""
+    head = ["run / checkpoint"] + [f"{c} gIoU / cIoU (%)" for c in table["columns"]] + ["dataset", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, row in table["rows"].items():
-        lines.append("| " + " | ".join([name] + [_cell(row.get(c)) for c in table["columns"]]) + " |")
+        cells = [_cell(row["cells"].get(c)) for c in table["columns"]]
+        lines.append("| " + " | ".join([name, *cells, f"`{row['dataset']}`", str(row.get("n", ""))]) + " |")
     for name, row in table["references"].items():
-        lines.append("| " + " | ".join([f"*{name}*"] + [_cell(row.get(c)) for c in table["columns"]]) + " |")
+        cells = [_cell(row.get(c)) for c in table["columns"]]
+        lines.append("| " + " | ".join([f"*{name}*", *cells, "published", ""]) + " |")
     return "\n".join(lines)
 
 
@@ -97,12 +133,12 @@ def compare(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
 
     out = Path(out)
     table = comparison(runs)
-    md = "# Comparison\n\nPercent, reference metric. Oracle bound per run in compare.json. " \
-         "Italic rows: published numbers (DTwinSeger paper, Tables 1-3).\n\n" + markdown(table) + "\n"
+    md = "# Comparison\n\ngIoU / cIoU in percent (compare.json and metrics.json hold the same values as " \
+         "fractions); n = samples of the overall group. Oracle bound per run in compare.json. Italic rows: " \
+         "published numbers (DTwinSeger paper, Tables 1-3).\n\n" + markdown(table) + "\n"
     atomic_write_text(out / "compare.md", md)
     atomic_write_json(out / "compare.json", table)
-    names = list(table["rows"]) + list(table["references"])
-    allrows = {**table["rows"], **table["references"]}
-    series = {n: [((allrows[n].get(c) or {}).get("giou") or 0.0) / 100 for c in table["columns"]] for n in names}
+    allrows = {**{n: r["cells"] for n, r in table["rows"].items()}, **table["references"]}
+    series = {n: [((cells.get(c) or {}).get("giou") or 0.0) for c in table["columns"]] for n, cells in allrows.items()}
     bar_chart("gIoU by split", table["columns"], series, None, out / "compare.png")
     return table

@@ -216,3 +216,30 @@ def test_gpu_recipe_trains_two_steps_on_cpu(name, tmp_path, sft_data, monkeypatc
         if (out / "checkpoint-2").is_dir() else None
     if args is not None:
         assert args.hub_token is None and args.lr_scheduler_type.value == "cosine" and args.warmup_steps == 0.03
+
+
+# --- compare ----------------------------------------------------------------------------------------------
+def _metrics(giou: float, n: int) -> dict:
+    group = {"giou": giou, "ciou": giou / 2, "oracle_giou": 1.0, "oracle_ciou": 1.0, "n": n}
+    return {"dataset": "synthetic:runs/demo/data:test",
+            "checkpoints": {"base": {"strategy": "select", "groups": {"overall": group}}}}
+
+
+def test_compare_rows_are_unique_with_one_unit(tmp_path):
+    import json
+
+    for run, giou, n in (("demo/eval", 0.25, 70), ("demo-long/eval", 0.5, 140)):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "metrics.json").write_text(json.dumps(_metrics(giou, n)))
+    res = invoke("compare", str(tmp_path / "demo" / "eval"), str(tmp_path / "demo-long" / "eval"), "--out",
+                 str(tmp_path / "cmp"))
+    assert res.exit_code == 0, res.output
+    table = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    rows = table["rows"]
+    assert set(rows) == {"demo/eval/base", "demo-long/eval/base"} and table["unit"].startswith("fraction")
+    assert rows["demo/eval/base"]["cells"]["synthetic:test/overall"]["giou"] == 0.25  # as in metrics.json
+    assert rows["demo-long/eval/base"]["n"] == 140 and rows["demo/eval/base"]["dataset"].startswith("synthetic:")
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| demo/eval/base | 25.0 / 12.5 | `synthetic:runs/demo/data:test` | 70 |" in md and "percent" in md
+    res = invoke("compare", str(tmp_path / "demo" / "eval"), str(tmp_path / "demo" / "eval" / "."))
+    assert res.exit_code == 2 and "given twice" in res.output
