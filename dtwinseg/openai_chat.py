@@ -3,8 +3,10 @@
 :class:`ChatCompletionsClient` posts ``{"model", "messages", **params}`` to ``<base_url>/chat/completions``
 and returns the answer text. It retries HTTP 408 / 409 / 425 / 429 / 500 / 502 / 503 / 504, timeouts and
 connection errors with exponential backoff (a ``Retry-After`` header wins), does not retry other 4xx, and
-raises one :class:`ChatCompletionsError` when a request fails for good. ``complete_many`` runs requests on a
-bounded thread pool and returns answers or errors in input order.
+raises one :class:`ChatCompletionsError` when a request fails for good. Each attempt has one deadline
+(connect + whole response). ``complete_many`` runs requests on a bounded thread pool and returns answers
+or errors in input order. :class:`EndpointConfig` is the one set of endpoint settings (URL, key variable
+names, deadline, retries, concurrency) that every API backend builds from its user config.
 
 The API key is read from the environment (the first non-empty variable of ``api_key_envs``) each time it
 is needed: it is never an attribute, never in ``repr``, and is replaced by ``***`` in every log line and
@@ -55,13 +57,18 @@ class ChatCompletionsError(RuntimeError):
         self.kind, self.detail, self.status, self.cause, self.retried_out = kind, detail, status, cause, retried_out
 
 
+# Names an endpoint's settings carry in a user config (ReasoningConfig, VLMConfig): read by EndpointConfig.
+ENDPOINT_FIELDS = ("base_url", "api_key_env", "timeout_s", "max_retries", "backoff_s", "concurrency")
+
+
 @dataclass
-class ChatClientConfig:
-    """How to reach the endpoint. Only NAMES of key variables are fields, never a key.
+class EndpointConfig:
+    """How to reach an OpenAI-compatible server: the one set of endpoint settings behind every API backend
+    (the reasoning backend and the VLM both build theirs with :meth:`from_fields`). Only NAMES of key
+    variables are fields, never a key.
 
     Attributes:
         base_url: OpenAI-compatible base URL (".../v1").
-        model: the ``model`` field of every request.
         api_key_envs: environment variables tried in order for the key (none set: no Authorization header).
         timeout_s: deadline of one HTTP attempt in seconds: connect, send, headers and the whole body
             (not per socket read, so a trickling server cannot stretch it).
@@ -74,7 +81,6 @@ class ChatClientConfig:
     """
 
     base_url: str
-    model: str = ""
     api_key_envs: tuple[str, ...] = ("OPENAI_API_KEY",)
     timeout_s: float = 60.0
     max_retries: int = 5
@@ -83,6 +89,27 @@ class ChatClientConfig:
     retry_after_max_s: float | None = None
     jitter: tuple[float, float] = (0.5, 1.0)
     concurrency: int = 8
+
+    @classmethod
+    def from_fields(cls, config: Any, *, extra_key_envs: Sequence[str] = (), **policy: Any) -> EndpointConfig:
+        """The endpoint a user config describes with :data:`ENDPOINT_FIELDS` (``max_concurrency`` is read
+        as ``concurrency``); ``extra_key_envs`` are tried before its ``api_key_env``; ``policy`` sets the
+        remaining fields (backoff cap, jitter, ...)."""
+        concurrency = getattr(config, "concurrency", getattr(config, "max_concurrency", cls.concurrency))
+        return cls(base_url=config.base_url, api_key_envs=(*extra_key_envs, config.api_key_env),
+                   timeout_s=config.timeout_s, max_retries=config.max_retries, backoff_s=config.backoff_s,
+                   concurrency=concurrency, **policy)
+
+
+@dataclass
+class ChatClientConfig(EndpointConfig):
+    """An endpoint plus the ``model`` field of every request."""
+
+    model: str = ""
+
+    @classmethod
+    def for_model(cls, endpoint: EndpointConfig, model: str) -> ChatClientConfig:
+        return cls(**{f: getattr(endpoint, f) for f in endpoint.__dataclass_fields__}, model=model)
 
 
 class ChatCompletionsClient:

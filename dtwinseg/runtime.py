@@ -134,15 +134,14 @@ def progress(items: Iterable[T], label: str, enabled: bool = True, total: int | 
 
 # --- devices -----------------------------------------------------------------------------------
 def resolve_device(device: str = "auto", env: Mapping[str, str] | None = None) -> str:
-    """"auto" -> ``cuda:LOCAL_RANK`` (modulo the visible GPUs) when CUDA is available, else "cpu";
-    "cuda" alone also takes the local rank's GPU; anything else as given."""
-    if device not in ("auto", "cuda"):
+    """"auto" -> ``cuda:LOCAL_RANK`` (modulo the visible GPUs, so ``CUDA_VISIBLE_DEVICES=i`` per process
+    also works) when CUDA is available, else "cpu"; anything else as given. The one place "auto" is
+    resolved: co-located shards under torchrun / accelerate launch each take their own GPU."""
+    if device != "auto":
         return device
     import torch
 
     if not torch.cuda.is_available():
-        if device == "cuda":
-            raise DataError(None, "device", "cuda requested but no CUDA device is available")
         return "cpu"
     return f"cuda:{local_rank(env) % torch.cuda.device_count()}"
 

@@ -390,8 +390,6 @@ def objects_from_proposals(props: Proposals, level: int) -> list[TwinObject]:
 
 
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
+    from dtwinseg.runtime import resolve_device  # "auto" -> cuda:LOCAL_RANK (co-located shards), else cpu
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(name)

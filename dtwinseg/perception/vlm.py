@@ -27,8 +27,15 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from dtwinseg.openai_chat import RETRY_STATUS, ChatClientConfig, ChatCompletionsClient, ChatCompletionsError
+from dtwinseg.openai_chat import (
+    RETRY_STATUS,
+    ChatClientConfig,
+    ChatCompletionsClient,
+    ChatCompletionsError,
+    EndpointConfig,
+)
 from dtwinseg.perception import prompts
+from dtwinseg.runtime import resolve_device
 
 BACKENDS = ("none", "openai", "transformers")
 KEY_ENV = "DTWINSEG_VLM_API_KEY"
@@ -71,7 +78,7 @@ class VLMConfig:
         backoff_s, backoff_max_s: first retry delay and its cap (doubling, with jitter).
         max_new_tokens, temperature: generation settings (temperature 0 = greedy).
         batch_size: requests per generate() call (transformers).
-        device: torch device for transformers ("auto": cuda if available, else cpu).
+        device: torch device for transformers ("auto": cuda:LOCAL_RANK if available, else cpu).
         dtype: "auto" | "bfloat16" | "float16" | "float32" (transformers).
         image_max_side: images are downscaled to this longest side before sending (pixels).
     """
@@ -147,11 +154,9 @@ class OpenAIVLM:
 
     def __init__(self, config: VLMConfig, sleep: Callable[[float], None] = time.sleep):
         self.config = config
-        self.client = ChatCompletionsClient(ChatClientConfig(
-            base_url=config.base_url, model=config.model, api_key_envs=(KEY_ENV, config.api_key_env),
-            timeout_s=config.timeout_s, max_retries=config.max_retries, backoff_s=config.backoff_s,
-            backoff_max_s=config.backoff_max_s, jitter=(0.5, 1.0), concurrency=config.max_concurrency),
-            sleep=sleep)
+        endpoint = EndpointConfig.from_fields(config, extra_key_envs=(KEY_ENV,), backoff_max_s=config.backoff_max_s,
+                                              jitter=(0.5, 1.0))
+        self.client = ChatCompletionsClient(ChatClientConfig.for_model(endpoint, config.model), sleep=sleep)
         self.url = self.client.url
 
     @property
@@ -197,7 +202,7 @@ class TransformersVLM:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.config = config
-        device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(config.device)  # "auto" -> cuda:LOCAL_RANK, else cpu
         if processor is None:
             processor = AutoProcessor.from_pretrained(config.model)
         if model is None:

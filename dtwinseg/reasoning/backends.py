@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from dtwinseg.openai_chat import ChatClientConfig, ChatCompletionsClient, ChatCompletionsError
+from dtwinseg import runtime
+from dtwinseg.openai_chat import ChatClientConfig, ChatCompletionsClient, ChatCompletionsError, EndpointConfig
 from dtwinseg.prompting import chat_prompt
 from dtwinseg.reasoning.config import ReasoningConfig
 
@@ -51,17 +52,7 @@ class LLMBackend(Protocol):
 
 
 # --- transformers ------------------------------------------------------------------------------
-def resolve_device(device: str) -> str:
-    """"auto" -> cuda:LOCAL_RANK when CUDA is available, else cpu; anything else as given."""
-    import torch
-
-    if device == "auto":
-        if not torch.cuda.is_available():
-            return "cpu"
-        # one GPU per process under torchrun / accelerate launch (sharded evaluation)
-        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
-        return f"cuda:{local % torch.cuda.device_count()}"
-    return device
+resolve_device = runtime.resolve_device  # "auto" -> cuda:LOCAL_RANK, else cpu (the one resolver)
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:
@@ -192,10 +183,8 @@ class OpenAIBackend:
 
     def __init__(self, cfg: ReasoningConfig, sleep: Callable[[float], None] = time.sleep):
         self.cfg = cfg
-        self.client = ChatCompletionsClient(ChatClientConfig(
-            base_url=cfg.base_url, model=cfg.model, api_key_envs=(cfg.api_key_env,), timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries, backoff_s=cfg.backoff_s, backoff_max_s=30.0, retry_after_max_s=60.0,
-            jitter=(1.0, 1.1), concurrency=cfg.concurrency), sleep=sleep)
+        endpoint = EndpointConfig.from_fields(cfg, backoff_max_s=30.0, retry_after_max_s=60.0, jitter=(1.0, 1.1))
+        self.client = ChatCompletionsClient(ChatClientConfig.for_model(endpoint, cfg.model), sleep=sleep)
         self.url = self.client.url
 
     @property
