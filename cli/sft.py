@@ -84,6 +84,11 @@ def build_sft(
     w_decision: float = typer.Option(2.0, "--w-decision", help="Loss weight of decision tokens (ids, verdicts)."),
     w_answer: float = typer.Option(4.0, "--w-answer", help="Loss weight of the final answer tokens."),
     w_completion: float = typer.Option(1.0, "--w-completion", help="Loss weight of other completion tokens."),
+    reasoning_config: Path = typer.Option(None, "--reasoning-config", help="Reasoning config YAML whose "
+                                          "strategy and format: (system prompt, spatial text, ...) the "
+                                          "examples use; saved as <out>/format.json for eval's format_from:."),
+    strategy: str = typer.Option(None, "--strategy", help="Reasoning format of the targets: sftdt (paths, "
+                                 "default), score (Rea2Seg score tables), select, ... (overrides the config's)."),
     push_to_hub: str = typer.Option(None, "--push-to-hub", help="Also push to this Hub dataset repo "
                                     "(private; token from HF_TOKEN / the login cache, never printed)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -91,21 +96,31 @@ def build_sft(
     """Tokenise Seg-DT records with the model's chat template and per-token loss weights."""
     from data_builders.segdt import load_records
     from data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset, load_tokenizer, save_dataset
+    from dtwinseg.formats import FormatConfig
     from dtwinseg.io import DataError
 
     try:
+        fmt_name, fmt = "sftdt", FormatConfig()
+        if reasoning_config is not None:
+            from dtwinseg.reasoning import ReasoningConfig
+
+            rcfg = ReasoningConfig.from_yaml(reasoning_config)
+            fmt_name, fmt = str(rcfg.strategy), rcfg.format
         cfg = SFTDatasetConfig(max_length=max_length or None, on_overflow=on_overflow, w_decision=w_decision,
-                               w_answer=w_answer, w_completion=w_completion)
+                               w_answer=w_answer, w_completion=w_completion, strategy=strategy or fmt_name,
+                               format=fmt)
         recs = load_records(records)
         tok = load_tokenizer(tokenizer)
         ds, stats = build_sft_dataset(recs, tok, cfg, progress=progress, total=len(recs))
     except (DataError, ValueError, FileNotFoundError, OSError) as e:
         _fail(e)
     save_dataset(ds, out, {"records": str(records), "tokenizer": tokenizer, "config": cfg.to_dict(),
-                           "stats": stats})
+                           "stats": stats}, cfg)
     if push_to_hub:
         ds.push_to_hub(push_to_hub, private=True)
     stats.pop("dropped_ids")
+    for f in stats.pop("failures")[:10]:
+        typer.echo(f"failed {f['id']}: {f['error']}", err=True)
     typer.echo(json.dumps({"out": str(out), **stats}, indent=2))
 
 

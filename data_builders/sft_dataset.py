@@ -1,8 +1,12 @@
 """Seg-DT records -> a tokenised SFTDT dataset with per-token loss weights (paper eq. 10).
 
-Each record becomes chat messages (:func:`dtwinseg.paths.sftdt_messages`): system, user (query +
-JSON(D(0))), assistant (the path + ``Answer: [...]``). The conversation is rendered with the tokenizer's
-own chat template; a tokenizer without one uses :data:`PLAIN_TEMPLATE` followed by its EOS (or SEP) token.
+Each record becomes chat messages through a reasoning format (dtwinseg/formats/, ``strategy``: sftdt by
+default, score for the Rea2Seg scorer, ...): the format's prompt (system, user: query + JSON(D(0))) and
+its target as the assistant message (the path + ``Answer: [...]``, or the score table). The conversation
+is rendered with the tokenizer's own chat template; a tokenizer without one uses the plain layout of
+:func:`dtwinseg.prompting.render_plain` followed by its EOS (or SEP) token. The format name and its
+:class:`~dtwinseg.formats.FormatConfig` are saved with the dataset (``format.json``) so inference reads
+back exactly what the model was trained on (``format_from:`` in the reasoning config).
 
 Per-token weights come from character spans mapped through the tokenizer's offset mapping. Every
 character gets a kind: 0 prompt, 1 completion, 2 decision (object ids and keep/drop verdicts of each
@@ -12,10 +16,12 @@ follows the prompt. Weights are ``[w_prompt, w_completion, w_decision, w_answer]
 2, 4: method.md sec. 3); labels are -100 where the weight is 0.
 
 Over-long examples (``max_length`` tokens) never lose the answer. Truncation rule (``on_overflow:
-truncate_twin``, the default): remove from D(0), and from step 1 of the path, objects that step 1 drops,
-smallest area first, fewest removed that make the example fit (binary search); their spatial relations
-vanish with them (relations of the remaining objects are recomputed). An example that does not fit even
-then, or any over-long example under ``on_overflow: drop``, is dropped and counted.
+truncate_twin``, the default): remove from D(0), and from step 1 of the path, objects that step 1 drops
+(without a path: objects outside the answer), smallest area first, fewest removed that make the example
+fit (binary search); their spatial relations vanish with them (relations of the remaining objects are
+recomputed). An example that does not fit even then, or any over-long example under ``on_overflow:
+drop``, is dropped and counted. A record the format cannot use (e.g. malformed ``object_scores``) is
+counted as failed with its reason; the build goes on.
 
 Dataset columns: ``id`` (str), ``input_ids``, ``labels`` (int), ``loss_weights`` (float32),
 ``token_kinds`` (int8; lets the trainer re-weight without re-tokenising), ``removed_objects`` (int).
@@ -35,15 +41,14 @@ import numpy as np
 
 from data_builders.segdt import SegDTRecord
 from dtwinseg.base_models import resolve_model_path
-from dtwinseg.io import atomic_write_json
-from dtwinseg.paths import PathStep, ReasoningPath, render_path, sftdt_messages
+from dtwinseg.formats import FormatConfig, ReasoningFormat, Target, build_format, save_format
+from dtwinseg.formats.sftdt import PathStep, ReasoningPath
+from dtwinseg.io import DataError, atomic_write_json
+from dtwinseg.prompting import render_plain
 from dtwinseg.spatial import SpatialConfig
 from dtwinseg.twin import DigitalTwin
 
 PROMPT, COMPLETION, DECISION, ANSWER = 0, 1, 2, 3
-
-PLAIN_TEMPLATE = "### System:\n{system}\n\n### User:\n{user}\n\n### Assistant:\n{assistant}"
-"""Conversation layout for tokenizers without a chat template; the EOS (or SEP) token id is appended."""
 
 
 @dataclass
@@ -54,9 +59,9 @@ class SFTDatasetConfig:
         default compact format with a Llama-3 tokenizer.
     on_overflow: "truncate_twin" (remove step-1-dropped objects, smallest first, see module doc) or "drop".
     w_prompt, w_completion, w_decision, w_answer: loss weight per token kind (method.md sec. 3 defaults).
-    include_spatial: repeat the spatial text in every path step (paper's full JSON(D(j)); longer).
-    system_prompt: override of dtwinseg.paths.SYSTEM_PROMPT (None: the default).
-    spatial: the SpatialConfig fields of JSON(D) (must match what the reasoner uses at inference).
+    strategy: the reasoning format (dtwinseg.formats: "sftdt" paths, "score" tables, ...).
+    format: its FormatConfig (system prompt, spatial text, include_spatial, reasoning, ...), saved with
+        the dataset as format.json; a dict is read strictly.
     """
 
     max_length: int | None = 4096
@@ -65,13 +70,15 @@ class SFTDatasetConfig:
     w_completion: float = 1.0
     w_decision: float = 2.0
     w_answer: float = 4.0
-    include_spatial: bool = False
-    system_prompt: str | None = None
-    spatial: dict = field(default_factory=dict)
+    strategy: str = "sftdt"
+    format: FormatConfig = field(default_factory=FormatConfig)
 
     def __post_init__(self) -> None:
         if self.on_overflow not in ("truncate_twin", "drop"):
             raise ValueError(f"on_overflow must be 'truncate_twin' or 'drop', got {self.on_overflow!r}")
+        if not isinstance(self.format, FormatConfig):
+            self.format = FormatConfig.from_dict(self.format)
+        build_format(self.strategy, self.format)  # unknown name / options: DataError now, not mid-build
 
     @property
     def kind_weights(self) -> np.ndarray:
@@ -79,7 +86,10 @@ class SFTDatasetConfig:
         return np.array([self.w_prompt, self.w_completion, self.w_decision, self.w_answer], dtype=np.float32)
 
     def spatial_config(self) -> SpatialConfig:
-        return SpatialConfig(**self.spatial)
+        return self.format.spatial
+
+    def reasoning_format(self) -> ReasoningFormat:
+        return build_format(self.strategy, self.format)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,8 +116,7 @@ def _conversation_text(tokenizer: Any, messages: list[dict], assistant: str) -> 
             raise ValueError("the chat template rewrites the assistant message; cannot locate its spans")
         start = len(prompt) if full.startswith(prompt) and len(prompt) <= offset else offset
         return full, start, offset, False
-    system, user = messages[0]["content"], messages[1]["content"]
-    head = PLAIN_TEMPLATE.format(system=system, user=user, assistant="")
+    head = render_plain(messages[:-1])
     return head + assistant, len(head), len(head), True
 
 
@@ -138,39 +147,66 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict], decision_spans: 
     return ids, kinds
 
 
-def encode_messages(tokenizer: Any, twin: DigitalTwin, query: str, path: ReasoningPath,
-                    cfg: SFTDatasetConfig) -> tuple[list[int], np.ndarray]:
-    """Token ids and kinds of one example (no length check)."""
-    spatial = cfg.spatial_config()
-    messages = sftdt_messages(twin, query, spatial, path, system_prompt=cfg.system_prompt,
-                              include_spatial=cfg.include_spatial)
-    rendered = render_path(twin, path, spatial, include_spatial=cfg.include_spatial)
-    return tokenize_conversation(tokenizer, messages, rendered.decision_spans, rendered.answer_spans)
+def record_target(record: SegDTRecord) -> Target:
+    """What a Seg-DT record teaches: its answer, its path and (when build-segdt wrote them) the
+    per-object scores from ground-truth overlap (``object_scores``)."""
+    scores = record.extra.get("object_scores")
+    if scores is not None and not isinstance(scores, dict):
+        raise DataError(None, "object_scores", "expected {\"<id>\": score}")
+    return Target(answer=list(record.path.answer), path=record.path, scores=scores)
 
 
-def _without(twin: DigitalTwin, path: ReasoningPath, remove: set[int]) -> tuple[DigitalTwin, ReasoningPath]:
+def encode_messages(tokenizer: Any, twin: DigitalTwin, query: str, target: Target | ReasoningPath,
+                    cfg: SFTDatasetConfig, fmt: ReasoningFormat | None = None) -> tuple[list[int], np.ndarray]:
+    """Token ids and kinds of one example (no length check): the format's prompt + its target."""
+    fmt = fmt or cfg.reasoning_format()
+    if isinstance(target, ReasoningPath):
+        target = Target(answer=list(target.answer), path=target)
+    completion = fmt.target(twin, target)
+    messages = fmt.messages(twin, query) + [{"role": "assistant", "content": completion.text}]
+    return tokenize_conversation(tokenizer, messages, completion.decision_spans, completion.answer_spans)
+
+
+def _without(twin: DigitalTwin, target: Target, remove: set[int]) -> tuple[DigitalTwin, Target]:
     objs = [o for o in twin.objects if o.id not in remove]
     small = DigitalTwin(twin.image_id, twin.height, twin.width, twin.granularity, objs, twin.query,
                         twin.provenance)
-    first = PathStep({i: d for i, d in path.steps[0].decisions.items() if i not in remove})
-    return small, ReasoningPath([first, *path.steps[1:]], list(path.answer))
+    path = target.path
+    if path is not None:
+        first = PathStep({i: d for i, d in path.steps[0].decisions.items() if i not in remove})
+        path = ReasoningPath([first, *path.steps[1:]], list(path.answer))
+    scores = None if target.scores is None else {k: v for k, v in target.scores.items()
+                                                 if str(k) not in {str(i) for i in remove}}
+    return small, Target(list(target.answer), path, scores)
 
 
-def encode_record(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig) -> dict | None:
-    """One dataset row, or None when the example cannot fit ``max_length`` (see the truncation rule)."""
-    twin, path = record.twin, record.path
-    ids, kinds = encode_messages(tokenizer, twin, record.query, path, cfg)
+def _removable(twin: DigitalTwin, target: Target) -> list[int]:
+    """Objects an over-long example may lose, smallest first: dropped at step 1 (else not in the answer)."""
+    areas = {o.id: o.area for o in twin.objects}
+    if target.path is not None and target.path.steps:
+        ids = target.path.steps[0].dropped
+    else:
+        ids = [i for i in twin.ids if i not in set(target.answer)]
+    return sorted(ids, key=lambda i: (areas[i], i))
+
+
+def encode_record(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig,
+                  fmt: ReasoningFormat | None = None) -> dict | None:
+    """One dataset row, or None when the example cannot fit ``max_length`` (see the truncation rule).
+    DataError when the format cannot use the record (e.g. malformed ``object_scores``)."""
+    fmt = fmt or cfg.reasoning_format()
+    twin, target = record.twin, record_target(record)
+    ids, kinds = encode_messages(tokenizer, twin, record.query, target, cfg, fmt)
     removed = 0
     if cfg.max_length is not None and len(ids) > cfg.max_length:
         if cfg.on_overflow == "drop":
             return None
-        areas = {o.id: o.area for o in twin.objects}
-        removable = sorted(path.steps[0].dropped, key=lambda i: (areas[i], i))
+        removable = _removable(twin, target)
         lo, hi, best = 1, len(removable), None
         while lo <= hi:  # fewest removed objects that fit
             k = (lo + hi) // 2
-            t2, p2 = _without(twin, path, set(removable[:k]))
-            cand = encode_messages(tokenizer, t2, record.query, p2, cfg)
+            t2, p2 = _without(twin, target, set(removable[:k]))
+            cand = encode_messages(tokenizer, t2, record.query, p2, cfg, fmt)
             if len(cand[0]) <= cfg.max_length:
                 best, hi = (k, cand), k - 1
             else:
@@ -191,14 +227,21 @@ def build_sft_dataset(records: Iterable[SegDTRecord], tokenizer: Any, cfg: SFTDa
     from rich.progress import Progress
 
     cfg = cfg or SFTDatasetConfig()
+    fmt = cfg.reasoning_format()
     rows: list[dict] = []
-    stats = {"records": 0, "examples": 0, "truncated_twin": 0, "dropped_too_long": 0, "dropped_ids": []}
+    stats: dict[str, Any] = {"records": 0, "examples": 0, "truncated_twin": 0, "dropped_too_long": 0,
+                             "failed": 0, "dropped_ids": [], "failures": []}
     with Progress(disable=not progress) as bar:
         task = bar.add_task("tokenising", total=total)
         for rec in records:
             stats["records"] += 1
             bar.advance(task)
-            row = encode_record(rec, tokenizer, cfg)
+            try:
+                row = encode_record(rec, tokenizer, cfg, fmt)
+            except DataError as e:  # one unusable record never stops the build
+                stats["failed"] += 1
+                stats["failures"].append({"id": rec.id, "error": f"field '{e.field}': {e.message}"})
+                continue
             if row is None:
                 stats["dropped_too_long"] += 1
                 stats["dropped_ids"].append(rec.id)
@@ -217,14 +260,17 @@ def build_sft_dataset(records: Iterable[SegDTRecord], tokenizer: Any, cfg: SFTDa
     return ds, stats
 
 
-def save_dataset(ds: Any, out: str | os.PathLike, meta: dict) -> Path:
-    """``save_to_disk`` into a temporary sibling folder, then swap it in; ``meta`` -> out/build.json."""
+def save_dataset(ds: Any, out: str | os.PathLike, meta: dict, cfg: SFTDatasetConfig | None = None) -> Path:
+    """``save_to_disk`` into a temporary sibling folder, then swap it in; ``meta`` -> out/build.json and,
+    with ``cfg``, its format -> out/format.json (what ``format_from:`` reads back at inference)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         ds.save_to_disk(str(tmp / "data"))
         atomic_write_json(tmp / "data" / "build.json", meta)
+        if cfg is not None:
+            save_format(tmp / "data", cfg.strategy, cfg.format)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

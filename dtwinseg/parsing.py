@@ -13,6 +13,12 @@ Status semantics (both results):
               prose or a code fence, dict answer, unknown / duplicated / non-integer ids dropped, ...);
     failed    nothing usable; ``ids`` / ``scores`` are empty and the prediction is the empty mask.
 An empty list (``Answer: []``) is a valid answer, not a failure.
+
+Bounded work (issue 13): every parser is linear in its input. Answers longer than ``HEAD_CHARS +
+TAIL_CHARS`` keep their first and last parts (noted) *before* any regex runs, so a 5 MB answer still
+finds a leading ``Answer: [0]``; no pattern nests quantifiers or lets two adjacent quantifiers share
+characters (whitespace classes never cross a line); integers longer than ``MAX_ID_DIGITS`` digits
+(JSON included) are rejected as that one id, not as the whole answer; notes are capped.
 """
 
 from __future__ import annotations
@@ -27,19 +33,24 @@ from typing import Literal
 Status = Literal["ok", "repaired", "failed"]
 
 _ANSWER_RE = re.compile(
-    r"(?im)^[\s>*#_`-]*(?:the\s+)?(?:final\s+)?(?:answer|selected(?:\s+ids)?|ids|indices)[\s*_`]*"
-    r"(?:is|are|[:=])\s*(.*)$"
+    r"(?im)^[ \t>*#_`-]*(?:the[ \t]+)?(?:final[ \t]+)?(?:answer|selected(?:[ \t]+ids)?|ids|indices)[ \t*_`]*"
+    r"(?:is|are|[:=])[ \t]*(.*)$"
 )
 _LIST_RE = re.compile(r"\[[^\[\]]*\]")
 _NESTED_LIST_RE = re.compile(r"\[\s*\[[^\[\]]*\](?:\s*,\s*\[[^\[\]]*\])*\s*\]")
 _OBJECT_RE = re.compile(r"\{[^{}]*\}")
-_FENCE_RE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.S)
+_FENCE_LANG_RE = re.compile(r"[ \t]*[A-Za-z0-9_-]*[ \t]*\n?")
 _THINK_RE = re.compile(r"<think>.*?(?:</think>|$)", re.S | re.I)
-_EMPTY_WORDS = re.compile(r"(?i)^\W*(?:none|nothing|no\s+objects?|empty|null|n/?a)\W*$")
-_BARE_INTS = re.compile(r"^[\s#]*-?\d+(?:\s*(?:,|and|&|;|\s)\s*#?-?\d+)*[\s.]*$", re.I)
+_EMPTY_WORDS = frozenset({"none", "nothing", "no object", "no objects", "empty", "null", "n a", "na"})
+_INT_RE = re.compile(r"#?(-?\d+)")
+_NON_WORD_RE = re.compile(r"\W+")
 _ID_KEYS = ("ids", "answer", "indices", "index", "selected", "selected_ids", "objects", "final", "result")
 _SCORE_KEYS = ("scores", "score", "ratings", "answer", "result")
-MAX_TEXT_CHARS = 200_000  # longer answers are cut (noted): bounds the regex work on runaway generations
+HEAD_CHARS = 100_000
+TAIL_CHARS = 100_000
+MAX_TEXT_CHARS = HEAD_CHARS + TAIL_CHARS  # longer answers keep head + tail (noted) before any regex runs
+MAX_ID_DIGITS = 18  # longer integers are not ids (int() of 4,300+ digits even raises)
+MAX_NOTES = 20
 
 
 @dataclass
@@ -94,34 +105,92 @@ def _as_text(text: object) -> str | None:
         return None
 
 
+def cap_text(text: str, notes: list[str] | None = None, head: int = HEAD_CHARS, tail: int = TAIL_CHARS) -> str:
+    """``text`` itself, or its first ``head`` and last ``tail`` characters joined by a newline (noted)."""
+    if len(text) <= head + tail:
+        return text
+    if notes is not None:
+        notes.append(f"answer of {len(text)} characters; kept its first {head} and last {tail}")
+    return text[:head] + "\n" + text[len(text) - tail:]
+
+
+def _last_fence(text: str) -> str | None:
+    """Body of the last complete ```...``` block (blocks pair up in order, as a lazy regex would), minus
+    a language tag; None when there is no complete block. Linear: str.find only."""
+    marks: list[int] = []
+    pos = text.find("```")
+    while pos >= 0:
+        marks.append(pos)
+        pos = text.find("```", pos + 3)
+    if len(marks) < 2:
+        return None
+    k = (len(marks) // 2 - 1) * 2
+    body = text[marks[k] + 3:marks[k + 1]]
+    lang = _FENCE_LANG_RE.match(body)
+    return body[lang.end():] if lang else body
+
+
 def _clean(raw: str, notes: list[str]) -> str:
-    """Drop reasoning-model think blocks and unwrap the last code fence; note each fix."""
-    text = raw
-    if len(text) > MAX_TEXT_CHARS:
-        text = text[-MAX_TEXT_CHARS:]
-        notes.append(f"answer longer than {MAX_TEXT_CHARS} characters; kept its end")
+    """Cap the length, drop reasoning-model think blocks and unwrap the last code fence; note each fix."""
+    text = cap_text(raw, notes)
     if "<think>" in text.lower():
         stripped = _THINK_RE.sub("", text)
         if stripped.strip():
             text = stripped
             notes.append("removed <think> block")
-    fences = _FENCE_RE.findall(text)
-    if fences:
-        text = fences[-1]
+    fence = _last_fence(text)
+    if fence is not None:
+        text = fence
         notes.append("answer taken from a code fence")
     return text.strip()
 
 
+def _cap_notes(notes: list[str]) -> list[str]:
+    """At most MAX_NOTES notes (a 100k-id answer must not carry 100k notes)."""
+    if len(notes) <= MAX_NOTES:
+        return notes
+    return notes[:MAX_NOTES - 1] + [f"... and {len(notes) - MAX_NOTES + 1} more notes"]
+
+
+class _LongInt(str):
+    """A JSON integer with more than MAX_ID_DIGITS digits, kept as its text (never converted)."""
+
+
+def _json_int(text: str) -> int | _LongInt:
+    return int(text) if len(text.lstrip("-")) <= MAX_ID_DIGITS else _LongInt(text)
+
+
+def _short(v: object) -> str:
+    """A short, safe description of a value for a note (huge ints and hostile __repr__ included)."""
+    try:
+        if isinstance(v, str) and (isinstance(v, _LongInt) or len(v) > 40):
+            digits = len(v.strip().lstrip("#-"))
+            return f"<an integer of {digits} digits>" if v.strip().lstrip("#-").isdigit() else f"<{len(v)} characters>"
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10 ** MAX_ID_DIGITS:
+            return "<a huge integer>"
+        return repr(v)[:40]
+    except Exception:  # noqa: BLE001
+        return "<unprintable>"
+
+
 def _as_int(v: object) -> int | None:
-    if isinstance(v, bool):
+    """An id from an int, an integral float or a string such as "3" / "#3"; None otherwise (and for any
+    integer of more than MAX_ID_DIGITS digits)."""
+    if isinstance(v, bool) or isinstance(v, _LongInt):
         return None
     if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
+        return v if abs(v) < 10 ** MAX_ID_DIGITS else None
+    if isinstance(v, float) and v.is_integer() and abs(v) < 10 ** MAX_ID_DIGITS:
         return int(v)
-    if isinstance(v, str) and re.fullmatch(r"\s*#?-?\d+\s*", v):
-        return int(v.replace("#", ""))
+    if isinstance(v, str) and len(v) <= 2 * MAX_ID_DIGITS:
+        m = _INT_RE.fullmatch(v.strip())
+        if m and len(m.group(1).lstrip("-")) <= MAX_ID_DIGITS:
+            return int(m.group(1))
     return None
+
+
+as_id = _as_int
+"""Public name of the id reader: int / integral float / "3" / "#3" -> int, else None (huge ints too)."""
 
 
 def _as_score(v: object) -> float | None:
@@ -129,8 +198,8 @@ def _as_score(v: object) -> float | None:
         return None
     if isinstance(v, (int, float)):
         f = float(v)
-    elif isinstance(v, str):
-        m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*", v)
+    elif isinstance(v, str) and not isinstance(v, _LongInt) and len(v) <= 64:
+        m = _SCORE_TEXT_RE.fullmatch(v.strip())
         if not m:
             return None
         f = float(m.group(1))
@@ -140,9 +209,10 @@ def _as_score(v: object) -> float | None:
 
 
 def _loads(text: str) -> object:
-    """json.loads that returns a sentinel instead of raising."""
+    """json.loads that returns a sentinel instead of raising; integers of more than MAX_ID_DIGITS
+    digits stay text (:class:`_LongInt`)."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_json_int)
     except (ValueError, RecursionError, TypeError):
         return _INVALID
 
@@ -153,11 +223,11 @@ _INVALID = object()
 def validate_ids(values: Iterable[object], valid_ids: Iterable[int] | None, notes: list[str]) -> list[int]:
     """Keep integer ids present in ``valid_ids``; record every fix in ``notes``."""
     valid = None if valid_ids is None else set(int(i) for i in valid_ids)
-    out: list[int] = []
+    out: set[int] = set()
     for v in values:
         i = _as_int(v)
         if i is None:
-            notes.append(f"dropped non-integer {str(v)[:40]!r}")
+            notes.append(f"dropped non-integer {_short(v)}")
             continue
         if valid is not None and i not in valid:
             notes.append(f"dropped unknown id {i}")
@@ -165,7 +235,7 @@ def validate_ids(values: Iterable[object], valid_ids: Iterable[int] | None, note
         if i in out:
             notes.append(f"dropped duplicate id {i}")
             continue
-        out.append(i)
+        out.add(i)
     return sorted(out)
 
 
@@ -197,15 +267,15 @@ def _ids_from_json(value: object, notes: list[str]) -> list | None:
 
 def _last_list(text: str) -> list | None:
     """The last bracketed list in ``text`` that yields ids (JSON, else the integers inside it)."""
-    candidates = _NESTED_LIST_RE.findall(text) + _LIST_RE.findall(text)
-    candidates.sort(key=lambda s: text.rfind(s))
-    for lst in reversed(candidates):
+    found = [(m.start(), m.group(0)) for rx in (_NESTED_LIST_RE, _LIST_RE) for m in rx.finditer(text)]
+    found.sort(key=lambda x: x[0])
+    for _, lst in reversed(found):
         v = _loads(lst)
         if isinstance(v, list):
             if v and all(isinstance(x, list) for x in v):
                 v = [x for sub in v for x in sub]
             return v
-        ints = re.findall(r"-?\d+", lst)
+        ints = _INT_RE.findall(lst)
         if ints or not lst[1:-1].strip():
             return ints
     return None
@@ -223,14 +293,16 @@ def parse_indices(text: object, valid_ids: Iterable[int] | None = None) -> Parse
     if raw is None:
         return ParseResult("failed", [], ["answer is not text"], "")
     try:
-        return _parse_indices(raw, valid_ids)
+        r = _parse_indices(raw, valid_ids)
+        r.notes = _cap_notes(r.notes)
+        return r
     except Exception as e:  # noqa: BLE001 - totality: a parser bug must not kill a 1,000-sample run
         return ParseResult("failed", [], [f"parser error {type(e).__name__}"], raw)
 
 
 def _is_answer_marker(line: str) -> bool:
     """True for the requested marker: ``Answer:`` or ``Final answer:`` (any case, no decoration)."""
-    return re.match(r"(?i)\s*(?:final\s+)?answer\s*[:=]", line) is not None
+    return _MARKER_RE.match(line) is not None
 
 
 def _parse_indices(raw: str, valid_ids: Iterable[int] | None) -> ParseResult:
@@ -276,21 +348,39 @@ def _ids_from_prose(candidate: str, text: str, has_answer_line: bool, notes: lis
         notes.append("list extracted from surrounding text")
         return lst
     if has_answer_line:
-        line = candidate.splitlines()[0] if candidate else ""
-        if _EMPTY_WORDS.match(line):
-            notes.append(f"{line.strip()!r} read as the empty list")
+        line = candidate.split("\n", 1)[0] if candidate else ""
+        if _NON_WORD_RE.sub(" ", line).strip().lower() in _EMPTY_WORDS:
+            notes.append(f"{_short(line.strip())} read as the empty list")
             return []
-        if _BARE_INTS.match(line):
+        ints = _bare_ints(line)
+        if ints:
             notes.append("bare integers after the answer marker")
-            return re.findall(r"-?\d+", line)
+            return ints
     return None
+
+
+def _bare_ints(line: str) -> list[str] | None:
+    """``1, 2 and #4.`` -> ["1", "2", "4"]; None unless the line is only integers and separators
+    (``,`` ``;`` ``&`` ``and`` whitespace). str.split only: linear."""
+    words = line.strip().rstrip(".").replace(",", " ").replace(";", " ").replace("&", " ").split()
+    ints: list[str] = []
+    for w in words:
+        if w.lower() == "and":
+            continue
+        m = _INT_RE.fullmatch(w)
+        if m is None:
+            return None
+        ints.append(m.group(1))
+    return ints or None
 
 
 # --- scores ------------------------------------------------------------------------------------
 _SCORE_LINE_RE = re.compile(
-    r"(?im)^[\s|>*#_`-]*(?:object|obj|id|item)?[\s#_*]*(\d+)[\s*_`]*[|:=,\-–>)]+[\s*_`]*"
-    r"(?:score[\s*_]*[:=]?\s*)?(-?\d+(?:\.\d+)?)\s*(?:/\s*10)?"
+    r"(?im)^[ \t|>*#_`-]*(?:(?:object|obj|id|item)[ \t#_*]*)?(\d{1,18})(?!\d)[ \t*_`]*[|:=,>)–-]+[ \t*_`]*"
+    r"(?:score[ \t*_]*[:=]?[ \t]*)?(-?\d{1,18}(?:\.\d{1,18})?)(?!\d)"
 )
+_SCORE_TEXT_RE = re.compile(r"(-?\d{1,18}(?:\.\d{1,18})?)(?:[ \t]*/[ \t]*10)?")
+_MARKER_RE = re.compile(r"(?i)[ \t]*(?:final[ \t]+)?answer[ \t]*[:=]")
 
 
 def _scores_from_json(value: object, notes: list[str]) -> list[tuple[object, object]] | None:
@@ -335,7 +425,9 @@ def parse_scores(text: object, valid_ids: Iterable[int] | None = None) -> ScoreP
     if raw is None:
         return ScoreParse("failed", {}, ["answer is not text"], "")
     try:
-        return _parse_scores(raw, valid_ids)
+        r = _parse_scores(raw, valid_ids)
+        r.notes = _cap_notes(r.notes)
+        return r
     except Exception as e:  # noqa: BLE001 - see parse_indices
         return ScoreParse("failed", {}, [f"parser error {type(e).__name__}"], raw)
 
@@ -379,7 +471,7 @@ def _validate_scores(pairs: list[tuple[object, object]], valid_ids: Iterable[int
         i = _as_int(k)
         s = _as_score(v)
         if i is None:
-            notes.append(f"dropped non-integer id {str(k)[:40]!r}")
+            notes.append(f"dropped non-integer id {_short(k)}")
             continue
         if valid is not None and i not in valid:
             notes.append(f"dropped unknown id {i}")

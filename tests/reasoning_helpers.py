@@ -49,7 +49,8 @@ def train_tokenizer(texts: list[str]):
 
 
 def corpus() -> list[str]:
-    from dtwinseg.prompting import score_messages, select_messages
+    from dtwinseg.formats.score import score_messages
+    from dtwinseg.formats.select import select_messages
 
     texts = []
     for s in range(6):

@@ -8,9 +8,11 @@ import json
 import pytest
 from reasoning_helpers import make_twin, save_tiny_llama, tiny_llama, train_tokenizer
 
+from dtwinseg.formats import available_formats
+from dtwinseg.formats.score import parse_score_answer
+from dtwinseg.formats.sftdt import parse_path_output, render_path
 from dtwinseg.io import DataError
-from dtwinseg.parsing import parse_indices, parse_scores
-from dtwinseg.paths import parse_path_output
+from dtwinseg.parsing import parse_indices
 from dtwinseg.reasoning import (
     GenerationFailure,
     LLMReasoner,
@@ -67,7 +69,7 @@ def test_strategy_end_to_end_batched_equals_one_by_one(tiny, strategy):
         elif strategy == "sftdt":
             expected = parse_path_output(out.text, twin.ids).result
         else:
-            expected = parse_scores(out.text, twin.ids)
+            expected = parse_score_answer(out.text, twin.ids)
         assert out.parse.status == expected.status
         if out.parse.status == "failed":
             assert out.ids == []
@@ -88,8 +90,8 @@ def test_prompt_uses_chat_template_and_json_twin(tiny):
 
 def test_plain_prompt_matches_the_sft_training_format():
     """Inference must see exactly the prompt the SFTDT data was tokenised with (no chat template)."""
-    from data_builders.sft_dataset import PLAIN_TEMPLATE
-    from dtwinseg.prompting import render_plain, select_messages
+    from dtwinseg.formats.select import select_messages
+    from dtwinseg.prompting import PLAIN_TEMPLATE, render_plain
 
     msgs = select_messages(make_twin(1), "the cup")
     expected = PLAIN_TEMPLATE.format(system=msgs[0]["content"], user=msgs[1]["content"], assistant="")
@@ -120,10 +122,10 @@ def test_failing_sample_is_isolated_and_counted(tiny, monkeypatch):
     backend = TransformersBackend(cfg, model, tok)
     real = backend._generate_batch
 
-    def flaky(texts):
+    def flaky(texts, budgets):
         if any("poison" in t for t in texts):
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(texts)
+        return real(texts, budgets)
 
     monkeypatch.setattr(backend, "_generate_batch", flaky)
     its = items()
@@ -155,7 +157,7 @@ def test_select_decodes_and_accounts():
     ("best", 1.0, 9.5, []),  # best below the minimum: empty answer
 ])
 def test_score_rerank(select, margin, minimum, expected):
-    cfg = ReasoningConfig(strategy="score", score_select=select, score_margin=margin, score_min=minimum)
+    cfg = ReasoningConfig(strategy="score", format={"options": {"select": select, "margin": margin, "min": minimum}})
     r = LLMReasoner(cfg, Scripted(lambda c: '{"0": 2, "1": 9, "2": 8, "3": 0}'))
     out = r.reason([(make_twin(0, n=4), "q")])[0]
     assert out.ids == expected and out.scores == {0: 2.0, 1: 9.0, 2: 8.0, 3: 0.0}
@@ -172,7 +174,6 @@ def test_sftdt_reads_the_rendered_path():
     import numpy as np
 
     from data_builders.programmatic import programmatic_path
-    from dtwinseg.paths import render_path
 
     twin = make_twin(5, n=4)
     gt = twin.masks()[[1, 3]].any(0).astype(np.uint8)
@@ -185,10 +186,13 @@ def test_sftdt_reads_the_rendered_path():
 def test_config_yaml_round_trip_and_errors(tmp_path):
     import yaml
 
-    cfg = ReasoningConfig(strategy="score", backend="openai", model="gpt-4o", score_select="margin")
+    cfg = ReasoningConfig(strategy="score", backend="openai", model="gpt-4o", format={"options": {"select": "margin"}})
     p = tmp_path / "r.yaml"
     p.write_text(yaml.safe_dump({"reasoning": cfg.to_dict()}))
     assert ReasoningConfig.from_yaml(p) == cfg
+    p.write_text("strategy: score\nscore_select: margin\nspatial: {max_relations: 3}\n")  # pre-format keys
+    old = ReasoningConfig.from_yaml(p)
+    assert old.format.options == {"select": "margin"} and old.spatial.max_relations == 3
     p.write_text("strategy: guess\n")
     with pytest.raises(DataError, match="strategy"):
         ReasoningConfig.from_yaml(p)
@@ -205,7 +209,7 @@ def test_shipped_recipes_load():
     assert recipes
     for p in recipes:
         cfg = ReasoningConfig.from_yaml(p)
-        assert make_backend.__name__ and cfg.strategy in ("select", "sftdt", "score")
+        assert make_backend.__name__ and cfg.strategy in available_formats()
 
 
 def test_bert_as_decoder_generates_batched_like_single(tmp_path):

@@ -1,6 +1,7 @@
 """Reasoning formats: one module per format (prompt, training target, parser, budget), registered by name.
 
-See :mod:`dtwinseg.formats.base` for the contract. Importing this package registers the built-in formats.
+See :mod:`dtwinseg.formats.base` for the contract. Importing this package registers the built-in formats
+(``select``, ``sftdt``, ``score``, ``compact``).
 """
 
 from dtwinseg.formats.base import (
@@ -18,8 +19,13 @@ from dtwinseg.formats.base import (
     register_format,
     save_format,
 )
+from dtwinseg.formats.compact import CompactFormat
+from dtwinseg.formats.score import ScoreFormat, overlap_scores
+from dtwinseg.formats.select import SelectFormat
+from dtwinseg.formats.sftdt import SFTDTFormat
 
 __all__ = [
-    "FORMAT_FILE", "Completion", "Decoded", "FormatConfig", "ReasoningFormat", "Target", "available_formats",
-    "build_format", "check_same_format", "format_differences", "load_format", "register_format", "save_format",
+    "FORMAT_FILE", "CompactFormat", "Completion", "Decoded", "FormatConfig", "ReasoningFormat", "SFTDTFormat", "ScoreFormat",
+    "SelectFormat", "Target", "available_formats", "build_format", "check_same_format", "format_differences",
+    "load_format", "overlap_scores", "register_format", "save_format",
 ]

@@ -65,7 +65,8 @@ class FormatConfig:
         reasoning"); select: ignored.
     tokens_per_object: generation budget per twin object (None: the format's own estimate, see
         ``budget``); the budget is ``base_tokens + tokens_per_object * len(twin)`` or the estimate.
-    base_tokens: fixed part of the generation budget (the answer line, prose).
+    base_tokens: fixed part of the generation budget (None: the format's default; select 512 for the
+        brief prose it allows, score 32, sftdt 64).
     options: format-specific options (e.g. the compact format's ``position``, the score format's
         rerank ``select: best|margin``, ``margin``, ``min``); each format validates its own.
     """
@@ -77,7 +78,7 @@ class FormatConfig:
     indent: int | None = None
     reasoning: bool = False
     tokens_per_object: int | None = None
-    base_tokens: int = 64
+    base_tokens: int | None = None
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,8 +86,8 @@ class FormatConfig:
             self.spatial = _strict(SpatialConfig, self.spatial, "spatial", None)
         if self.tokens_per_object is not None and int(self.tokens_per_object) < 1:
             raise DataError(None, "tokens_per_object", "must be >= 1 (or null for the format's estimate)")
-        if int(self.base_tokens) < 0:
-            raise DataError(None, "base_tokens", "must be >= 0")
+        if self.base_tokens is not None and int(self.base_tokens) < 0:
+            raise DataError(None, "base_tokens", "must be >= 0 (or null for the format's default)")
         if not isinstance(self.options, dict):
             raise DataError(None, "options", f"expected a mapping, got {type(self.options).__name__}")
 
@@ -174,10 +175,19 @@ def chat(system: str | None, user: str) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
 
 
-def linear_budget(cfg: FormatConfig, twin: DigitalTwin, per_object: int) -> int:
-    """``base_tokens + tokens_per_object * len(twin)`` with the config's per-object cost when it sets one."""
+def linear_budget(cfg: FormatConfig, twin: DigitalTwin, per_object: int, base: int = 64) -> int:
+    """``base_tokens + tokens_per_object * len(twin)``; the config's values win over the format's defaults."""
     per = cfg.tokens_per_object if cfg.tokens_per_object is not None else per_object
-    return int(cfg.base_tokens) + int(per) * len(twin)
+    return int(cfg.base_tokens if cfg.base_tokens is not None else base) + int(per) * len(twin)
+
+
+def check_options(name: str, options: dict, known: dict[str, Any]) -> dict[str, Any]:
+    """A format's options with defaults filled in; an unknown key is a DataError naming it."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise DataError(None, f"format.options.{unknown[0]}", f"unknown option of the {name} format; known: "
+                        f"{', '.join(sorted(known)) or 'none'}")
+    return {**known, **options}
 
 
 # --- registry ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The SFTDT chat format: reasoning paths over a Digital Twin, rendered as text and parsed back.
+"""The ``sftdt`` reasoning format: reasoning paths over a Digital Twin, rendered as text and parsed back.
 
 A reasoning path (paper sec. 3.3) is ``P = (D(0), D(1), ..., D(K))`` and the final indices ``I = I(K)``.
 ``D(0)`` is the twin itself and goes into the user message as ``JSON(D)`` (``dtwinseg.spatial.twin_json``).
@@ -19,7 +19,12 @@ character spans; ``data_builders.sft_dataset`` maps them to tokens through the t
 
 :func:`parse_path_output` reads any model output back and never raises: the final indices come from the
 ``Answer:`` line (through :func:`dtwinseg.parsing.parse_indices`); without one, from the kept ids of the
-last readable step (status "repaired"); with neither, from any id list in the text.
+last readable step (status "repaired"); with neither, from any id list in the text. The text is capped
+(head + tail, :func:`dtwinseg.parsing.cap_text`) before any regex, and every pattern is line-bounded, so
+parsing is linear in the answer's length.
+
+:class:`SFTDTFormat` (registered as ``sftdt``) ties it together for build-sft and the reasoners:
+``messages`` (system + user), ``target`` (the rendered path with its spans), ``parse``, ``budget``.
 """
 
 from __future__ import annotations
@@ -30,10 +35,24 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dtwinseg.formats.base import (
+    Completion,
+    Decoded,
+    FormatConfig,
+    Target,
+    check_options,
+    linear_budget,
+    register_format,
+)
 from dtwinseg.io import DataError
-from dtwinseg.parsing import ParseResult, parse_indices, validate_ids
+from dtwinseg.parsing import ParseResult, as_id, cap_text, parse_indices, validate_ids
 from dtwinseg.spatial import SpatialConfig, spatial_texts, twin_json
 from dtwinseg.twin import DigitalTwin
+
+__all__ = [
+    "SYSTEM_PROMPT", "USER_TEMPLATE", "VERDICTS", "Decision", "ParsedPath", "PathStep", "ReasoningPath",
+    "RenderedPath", "SFTDTFormat", "check_path", "parse_path_output", "render_path", "sftdt_messages",
+]
 
 Verdict = Literal["keep", "drop"]
 VERDICTS: tuple[str, ...] = ("keep", "drop")
@@ -49,8 +68,8 @@ SYSTEM_PROMPT = (
 )
 """Default system message of the SFTDT format (override with ``system_prompt=``)."""
 
-USER_TEMPLATE = "Query: {query}\nDigital Twin JSON(D):\n{twin_json}"
-"""Default user message; ``{query}`` and ``{twin_json}`` are filled in."""
+USER_TEMPLATE = "Query: {query}\nDigital Twin JSON(D):\n{twin}"
+"""Default user message; ``{query}`` and ``{twin}`` (JSON(D); ``{twin_json}`` is the same) are filled in."""
 
 
 # --- the path -----------------------------------------------------------------------------------------
@@ -245,16 +264,17 @@ def sftdt_messages(
     system_prompt: str | None = None,
     user_template: str | None = None,
     include_spatial: bool = False,
+    indent: int | None = None,
 ) -> list[dict[str, str]]:
     """Chat messages of one SFTDT example: system, user (query + JSON(D(0))), and the assistant path if given.
 
-    Returns ``[{"role": ..., "content": ...}, ...]`` ready for ``tokenizer.apply_chat_template``.
+    Returns ``[{"role": ..., "content": ...}, ...]`` ready for ``tokenizer.apply_chat_template``; an empty
+    ``system_prompt`` leaves the system message out.
     """
-    user = (user_template or USER_TEMPLATE).format(query=query, twin_json=twin_json(twin, spatial_cfg))
-    messages = [
-        {"role": "system", "content": system_prompt if system_prompt is not None else SYSTEM_PROMPT},
-        {"role": "user", "content": user},
-    ]
+    dump = twin_json(twin, spatial_cfg, indent=indent)
+    user = (user_template or USER_TEMPLATE).format(query=query, twin=dump, twin_json=dump)
+    system = system_prompt if system_prompt is not None else SYSTEM_PROMPT
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
     if path is not None:
         rendered = render_path(twin, path, spatial_cfg, include_spatial=include_spatial)
         messages.append({"role": "assistant", "content": rendered.text})
@@ -262,9 +282,11 @@ def sftdt_messages(
 
 
 # --- parsing --------------------------------------------------------------------------------------------
-_STEP_RE = re.compile(r"(?im)^\s*step\s*(\d+)\s*[:.)-]\s*(.*)$")
-_ANSWER_LINE_RE = re.compile(r"(?im)^\s*(?:final\s+)?answer\s*[:=]")
-_LOOSE_DECISION_RE = re.compile(r'"?(-?\d+)"?\s*:\s*\{[^{}]*?"verdict"\s*:\s*"(keep|drop)"', re.IGNORECASE)
+# Line-bounded ([ \t], never \s across lines) and without adjacent quantifiers over shared characters.
+_STEP_RE = re.compile(r"(?im)^[ \t]*step[ \t]*(\d{1,9})(?!\d)[ \t]*[:.)-][ \t]*(.*)$")
+_ANSWER_LINE_RE = re.compile(r"(?im)^[ \t]*(?:final[ \t]+)?answer[ \t]*[:=]")
+_LOOSE_DECISION_RE = re.compile(
+    r'(?<![\d-])"?(-?\d{1,18})(?!\d)"?[ \t]*:[ \t]*\{[^{}]*?"verdict"[ \t]*:[ \t]*"(keep|drop)"', re.IGNORECASE)
 
 
 @dataclass
@@ -287,19 +309,21 @@ def _parse_step_body(body: str) -> PathStep | None:
         if isinstance(obj, dict):
             decisions: dict[int, Decision] = {}
             for key, d in obj.items():
-                if not re.fullmatch(r"\s*-?\d+\s*", str(key)) or not isinstance(d, dict):
+                obj_id = as_id(key)
+                if obj_id is None or not isinstance(d, dict):
                     continue
                 verdict = str(d.get("verdict", "")).strip().lower()
                 if verdict not in VERDICTS:
                     continue
-                decisions[int(key)] = Decision(verdict=verdict,  # type: ignore[arg-type]
+                decisions[obj_id] = Decision(verdict=verdict,  # type: ignore[arg-type]
                                                semantic=str(d.get("semantic", "")),
                                                reasoning=str(d.get("reasoning", "")))
             return PathStep(decisions) if decisions else None
     except (ValueError, RecursionError):
         pass
     # A truncated or slightly malformed line: salvage the verdicts that are still readable.
-    found = {int(k): Decision(verdict=v.lower()) for k, v in _LOOSE_DECISION_RE.findall(body)}  # type: ignore[arg-type]
+    found = {int(k): Decision(verdict=v.lower())  # type: ignore[arg-type]
+             for k, v in _LOOSE_DECISION_RE.findall(body)}
     return PathStep(found) if found else None
 
 
@@ -323,20 +347,82 @@ def parse_path_output(text: object, valid_ids: Iterable[int] | None = None) -> P
 def _parse_path_text(raw: str, valid_ids: Sequence[int] | None) -> ParsedPath:
     steps: list[PathStep] = []
     notes: list[str] = []
-    for m in _STEP_RE.finditer(raw):
+    text = cap_text(raw, notes)
+    for m in _STEP_RE.finditer(text):
         step = _parse_step_body(m.group(2).strip())
         if step is None:
             notes.append(f"step {m.group(1)} unreadable")
         else:
             steps.append(step)
-    if _ANSWER_LINE_RE.search(raw):
-        result = parse_indices(raw, valid_ids)
+    notes = notes[:20]
+    if _ANSWER_LINE_RE.search(text):
+        result = _indices(text, raw, valid_ids)
         if steps and result.ok and result.ids != steps[-1].kept:
             notes.append(f"answer {result.ids} differs from the last step's kept ids {steps[-1].kept}")
         return ParsedPath(result, steps, notes)
     if steps:
         fix: list[str] = ["no Answer line; used the last step's kept ids"]
         ids = validate_ids(steps[-1].kept, valid_ids, fix)
-        return ParsedPath(ParseResult("repaired", ids, fix, raw), steps, notes)
-    result = parse_indices(raw, valid_ids)
-    return ParsedPath(result, steps, notes)
+        return ParsedPath(ParseResult("repaired", ids, fix[:20], raw), steps, notes)
+    return ParsedPath(_indices(text, raw, valid_ids), steps, notes)
+
+
+def _indices(text: str, raw: str, valid_ids: Sequence[int] | None) -> ParseResult:
+    """parse_indices on the capped text, reporting the raw answer (and the cap, when it applied)."""
+    result = parse_indices(text, valid_ids)
+    if len(text) != len(raw):
+        result.notes.insert(0, f"answer of {len(raw)} characters; kept its first and last part")
+        if result.status == "ok":
+            result.status = "repaired"
+    result.raw = raw
+    return result
+
+
+# --- the format -----------------------------------------------------------------------------------------
+BASE_TOKENS = 64
+REASONING_CHARS = 60
+"""Characters of reasoning per object assumed by the generation budget (option ``reasoning_chars``)."""
+
+
+class SFTDTFormat:
+    """The SFTDT reasoning path (paper sec. 3.3): prompt, target path with spans, parser, budget.
+
+    Options (``FormatConfig.options``): ``reasoning_chars`` (budget estimate, default 60).
+    """
+
+    name = "sftdt"
+
+    def __init__(self, config: FormatConfig | None = None):
+        self.config = config or FormatConfig()
+        self.options = check_options(self.name, self.config.options, {"reasoning_chars": REASONING_CHARS})
+
+    def messages(self, twin: DigitalTwin, query: str) -> list[dict]:
+        c = self.config
+        return sftdt_messages(twin, query, c.spatial, system_prompt=c.system_prompt,
+                              user_template=c.user_template, indent=c.indent)
+
+    def target(self, twin: DigitalTwin, target: Target) -> Completion:
+        if target.path is None:
+            raise DataError(None, "path", "the sftdt format trains on a reasoning path; the record has none")
+        r = render_path(twin, target.path, self.config.spatial, include_spatial=self.config.include_spatial)
+        return Completion(r.text, r.decision_spans, r.answer_spans)
+
+    def parse(self, text: str, twin: DigitalTwin) -> Decoded:
+        return Decoded(parse_path_output(text, twin.ids).result)
+
+    def budget(self, twin: DigitalTwin) -> int:
+        """New tokens a full path needs: step 1 decides on every object (about 50 characters of JSON +
+        its semantic + ``reasoning_chars``; + its spatial text when repeated), later steps together at
+        most as long again; 3 characters per token (JSON and digits tokenise densely)."""
+        c = self.config
+        if c.tokens_per_object is not None:
+            return linear_budget(c, twin, c.tokens_per_object, BASE_TOKENS)
+        per_object = int(self.options["reasoning_chars"]) + 50
+        n_rel = len(twin) - 1 if c.spatial.max_relations is None else min(len(twin) - 1, c.spatial.max_relations)
+        spatial = (60 + 25 * max(n_rel, 0)) if c.include_spatial else 0
+        chars = sum(per_object + len(o.semantic) + spatial for o in twin.objects)
+        base = c.base_tokens if c.base_tokens is not None else BASE_TOKENS
+        return int(base) + (2 * chars + 2) // 3
+
+
+register_format("sftdt", SFTDTFormat)

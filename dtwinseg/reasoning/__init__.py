@@ -1,31 +1,29 @@
-"""Reasoning over Digital Twins: strategies (select / sftdt / score) over LLM backends
-(transformers / openai / vllm). See :class:`ReasoningConfig` for every knob."""
+"""Reasoning over Digital Twins: a reasoning format (dtwinseg/formats/: select / sftdt / score / ...) over
+an LLM backend (transformers / openai / vllm). See :class:`ReasoningConfig` for every knob."""
 
 from dtwinseg.reasoning.backends import (
     GenerationFailure,
     LLMBackend,
     OpenAIBackend,
     TransformersBackend,
+    Truncated,
     VLLMBackend,
     adapter_base,
     load_causal_lm,
     make_backend,
 )
-from dtwinseg.reasoning.config import BACKENDS, STRATEGIES, ReasoningConfig
+from dtwinseg.reasoning.config import BACKENDS, ReasoningConfig
 from dtwinseg.reasoning.reasoner import (
+    FINISH_REASONS,
     LLMReasoner,
     Reasoner,
     ReasoningOutput,
-    ScoreStrategy,
-    SelectStrategy,
-    SFTDTStrategy,
     build_reasoner,
     make_strategy,
 )
 
 __all__ = [
-    "BACKENDS", "STRATEGIES", "GenerationFailure", "LLMBackend", "LLMReasoner", "OpenAIBackend", "Reasoner",
-    "ReasoningConfig", "ReasoningOutput", "SFTDTStrategy", "ScoreStrategy", "SelectStrategy",
-    "TransformersBackend", "VLLMBackend", "adapter_base", "build_reasoner", "load_causal_lm", "make_backend",
-    "make_strategy",
+    "BACKENDS", "FINISH_REASONS", "GenerationFailure", "LLMBackend", "LLMReasoner", "OpenAIBackend", "Reasoner",
+    "ReasoningConfig", "ReasoningOutput", "TransformersBackend", "Truncated", "VLLMBackend", "adapter_base",
+    "build_reasoner", "load_causal_lm", "make_backend", "make_strategy",
 ]

@@ -12,7 +12,11 @@
 
 A request that still fails after its retries comes back as a :class:`GenerationFailure` (an empty str
 carrying ``.error``) instead of raising, so one bad sample never stops a 1,000-sample evaluation; the
-reasoner counts it as a failed parse. Nothing outside this module branches on the backend.
+reasoner counts it as a failed parse. An answer that hit its token budget comes back as a
+:class:`Truncated` str (its text, plus ``.budget``), so truncation is counted, never silent.
+``generate(conversations, max_new_tokens=[...])`` takes one budget per conversation (None: the config's
+integer ``max_new_tokens``, or ``max_new_tokens_cap`` when that is "auto"). Nothing outside this module
+branches on the backend.
 """
 
 from __future__ import annotations
@@ -29,6 +33,27 @@ from dtwinseg.reasoning.config import ReasoningConfig
 
 Conversation = list[dict]
 ENCODER_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert", "bert-generation")
+
+
+class Truncated(str):
+    """An answer whose generation stopped at its token budget (finish reason "length")."""
+
+    budget: int
+
+    def __new__(cls, text: str, budget: int) -> Truncated:
+        obj = super().__new__(cls, text)
+        obj.budget = int(budget)
+        return obj
+
+
+def _budgets(cfg: ReasoningConfig, n: int, max_new_tokens: Sequence[int] | None) -> list[int]:
+    """One token budget per conversation."""
+    if max_new_tokens is not None:
+        if len(max_new_tokens) != n:
+            raise ValueError(f"{len(max_new_tokens)} budgets for {n} conversations")
+        return [int(b) for b in max_new_tokens]
+    fixed = cfg.max_new_tokens_cap if cfg.max_new_tokens == "auto" else cfg.max_new_tokens
+    return [int(fixed)] * n
 
 
 class GenerationFailure(str):
@@ -48,7 +73,8 @@ class LLMBackend(Protocol):
 
     name: str
 
-    def generate(self, conversations: Sequence[Conversation]) -> list[str]: ...
+    def generate(self, conversations: Sequence[Conversation],
+                 max_new_tokens: Sequence[int] | None = None) -> list[str]: ...
 
 
 # --- transformers ------------------------------------------------------------------------------
@@ -132,9 +158,9 @@ class TransformersBackend:
         _, tok = self._ensure_loaded()
         return chat_prompt(tok, conversation, self.cfg.chat_template)
 
-    def _gen_kwargs(self, tok: Any) -> dict:
+    def _gen_kwargs(self, tok: Any, budget: int) -> dict:
         eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-        kw: dict[str, Any] = {"max_new_tokens": self.cfg.max_new_tokens, "do_sample": self.cfg.do_sample,
+        kw: dict[str, Any] = {"max_new_tokens": budget, "do_sample": self.cfg.do_sample,
                               "pad_token_id": tok.pad_token_id}
         if eos is not None:
             kw["eos_token_id"] = eos
@@ -144,31 +170,42 @@ class TransformersBackend:
             kw.update(temperature=None, top_p=None, top_k=None)
         return kw
 
-    def _generate_batch(self, texts: list[str]) -> list[str]:
+    def _generate_batch(self, texts: list[str], budgets: list[int]) -> list[str]:
+        """Generate a batch with the largest of its budgets; a row that used its own budget without
+        an end token is :class:`Truncated`."""
         import torch
 
         model, tok = self._ensure_loaded()
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        budget = max(budgets)
         with torch.inference_mode():
-            out = model.generate(**enc, **self._gen_kwargs(tok))
+            out = model.generate(**enc, **self._gen_kwargs(tok, budget))
         new_tokens = out[:, enc["input_ids"].shape[1]:]
-        return [tok.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+        stops = {t for t in (tok.eos_token_id, tok.sep_token_id, tok.pad_token_id) if t is not None}
+        answers: list[str] = []
+        for row, own in zip(new_tokens.tolist(), budgets, strict=True):
+            ended = next((k for k, t in enumerate(row) if t in stops), None)
+            text = tok.decode(row[:own], skip_special_tokens=True).strip()
+            answers.append(Truncated(text, own) if (ended is None or ended >= own) and len(row) >= own else text)
+        return answers
 
-    def generate(self, conversations: Sequence[Conversation]) -> list[str]:
+    def generate(self, conversations: Sequence[Conversation],
+                 max_new_tokens: Sequence[int] | None = None) -> list[str]:
         """One answer per conversation, ``batch_size`` at a time; a failing batch is retried one by one
         and only the conversations that still fail become GenerationFailure."""
         texts = [self.prompt_text(c) for c in conversations]
+        budgets = _budgets(self.cfg, len(texts), max_new_tokens)
         out: list[str] = []
         bs = self.cfg.batch_size
         for start in range(0, len(texts), bs):
-            chunk = texts[start:start + bs]
+            chunk, chunk_budgets = texts[start:start + bs], budgets[start:start + bs]
             try:
-                out.extend(self._generate_batch(chunk))
+                out.extend(self._generate_batch(chunk, chunk_budgets))
             except Exception:  # noqa: BLE001 - isolate the failing sample(s)
-                for t in chunk:
+                for t, b in zip(chunk, chunk_budgets, strict=True):
                     try:
-                        out.extend(self._generate_batch([t]))
+                        out.extend(self._generate_batch([t], [b]))
                     except Exception as e:  # noqa: BLE001
                         out.append(GenerationFailure(f"{type(e).__name__}: {str(e)[:200]}"))
         return out
@@ -195,8 +232,10 @@ class OpenAIBackend:
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         return self.client.backoff(attempt, retry_after)
 
-    def _params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {"max_tokens": self.cfg.max_new_tokens,
+    def _params(self, budget: int | None = None) -> dict[str, Any]:
+        if budget is None:
+            budget = _budgets(self.cfg, 1, None)[0]
+        params: dict[str, Any] = {"max_tokens": int(budget),
                                   "temperature": self.cfg.temperature if self.cfg.do_sample else 0.0}
         if self.cfg.do_sample:
             params["top_p"] = self.cfg.top_p
@@ -217,9 +256,25 @@ class OpenAIBackend:
         short = f"HTTP {e.status}" if e.kind == "http" else f"network error {e.cause}"
         return GenerationFailure(f"{short} after {self.cfg.max_retries} retries" if e.retried_out else short)
 
-    def generate(self, conversations: Sequence[Conversation]) -> list[str]:
-        answers = self.client.complete_many(list(conversations), **self._params())
-        return [self._failure(a) if isinstance(a, ChatCompletionsError) else a for a in answers]
+    def generate(self, conversations: Sequence[Conversation],
+                 max_new_tokens: Sequence[int] | None = None) -> list[str]:
+        """Requests grouped by budget (one ``max_tokens`` per group); answers in input order. An answer
+        the server reports with ``finish_reason: length`` is :class:`Truncated`."""
+        budgets = _budgets(self.cfg, len(conversations), max_new_tokens)
+        out: list[str] = [""] * len(conversations)
+        for budget in sorted(set(budgets)):
+            idx = [k for k, b in enumerate(budgets) if b == budget]
+            answers = self.client.complete_many([conversations[k] for k in idx], **self._params(budget))
+            for k, a in zip(idx, answers, strict=True):
+                out[k] = self._answer(a, budget)
+        return out
+
+    def _answer(self, a: Any, budget: int) -> str:
+        if isinstance(a, ChatCompletionsError):
+            return self._failure(a)
+        if getattr(a, "finish_reason", None) == "length":
+            return Truncated(str(a), budget)
+        return a
 
 
 # --- vLLM (optional) ---------------------------------------------------------------------------
@@ -245,13 +300,27 @@ class VLLMBackend:
         if cfg.adapter:
             lid = self._lora_ids.setdefault(os.path.abspath(cfg.adapter), len(self._lora_ids) + 1)
             self.lora = LoRARequest(os.path.basename(os.path.normpath(cfg.adapter)), lid, cfg.adapter)
-        self.params = SamplingParams(max_tokens=cfg.max_new_tokens,
-                                     temperature=cfg.temperature if cfg.do_sample else 0.0,
-                                     top_p=cfg.top_p if cfg.do_sample else 1.0)
+        self._sampling = SamplingParams
 
-    def generate(self, conversations: Sequence[Conversation]) -> list[str]:  # pragma: no cover - needs vllm
-        outs = self.engine.chat(list(conversations), self.params, lora_request=self.lora, use_tqdm=False)
-        return [o.outputs[0].text if o.outputs else GenerationFailure("no output") for o in outs]
+    def _params(self, budget: int) -> Any:  # pragma: no cover - needs vllm
+        cfg = self.cfg
+        return self._sampling(max_tokens=budget, temperature=cfg.temperature if cfg.do_sample else 0.0,
+                              top_p=cfg.top_p if cfg.do_sample else 1.0)
+
+    def generate(self, conversations: Sequence[Conversation],
+                 max_new_tokens: Sequence[int] | None = None) -> list[str]:  # pragma: no cover - needs vllm
+        budgets = _budgets(self.cfg, len(conversations), max_new_tokens)
+        params = [self._params(b) for b in budgets]
+        outs = self.engine.chat(list(conversations), params, lora_request=self.lora, use_tqdm=False)
+        answers: list[str] = []
+        for o, b in zip(outs, budgets, strict=True):
+            if not o.outputs:
+                answers.append(GenerationFailure("no output"))
+            elif o.outputs[0].finish_reason == "length":
+                answers.append(Truncated(o.outputs[0].text, b))
+            else:
+                answers.append(o.outputs[0].text)
+        return answers
 
 
 _FACTORIES: dict[str, Callable[[ReasoningConfig], LLMBackend]] = {

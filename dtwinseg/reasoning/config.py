@@ -1,4 +1,12 @@
-"""ReasoningConfig: every knob of the reasoning stage, loadable from YAML (recipes/reasoning/*.yaml)."""
+"""ReasoningConfig: every knob of the reasoning stage, loadable from YAML (recipes/reasoning/*.yaml).
+
+The reasoning *format* (prompt, parser, training target) is chosen by name (``strategy:``, any name in
+``dtwinseg.formats.available_formats()``) and configured by ``format:`` (a
+:class:`dtwinseg.formats.FormatConfig`, the same object build-sft saves with a dataset); ``format_from:``
+reads both back from a dataset / adapter folder so inference uses exactly what the model was trained on.
+Older keys are still read: top-level ``spatial:`` -> ``format.spatial``; ``score_select`` /
+``score_margin`` / ``score_min`` -> ``format.options.select`` / ``margin`` / ``min``.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +15,36 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dtwinseg.formats import FormatConfig, available_formats, check_same_format, load_format
 from dtwinseg.io import DataError, load_yaml
-from dtwinseg.prompting import PromptConfig
 from dtwinseg.spatial import SpatialConfig
 
-STRATEGIES = ("select", "sftdt", "score")
 BACKENDS = ("transformers", "openai", "vllm")
+LEGACY_SCORE_KEYS = {"score_select": "select", "score_margin": "margin", "score_min": "min"}
 
 
 @dataclass
 class ReasoningConfig:
     """How a twin + query becomes object ids.
 
-    strategy: "select" (zero-shot: ids that satisfy the query; paper sec. 3.2), "sftdt" (generate the
-        reasoning path D(1..K), parse the final answer; paper sec. 3.3) or "score" (Rea2Seg: score every
-        object 0-10, rerank).
+    strategy: the reasoning format's name: "select" (zero-shot: ids that satisfy the query; paper sec.
+        3.2), "sftdt" (generate the reasoning path D(1..K), parse the final answer; paper sec. 3.3),
+        "score" (Rea2Seg: score every object 0-10, rerank), or any registered format (compact ...).
+        Default: the format of ``format_from``, else "select".
+    format: the format's options (system prompt, spatial text, include_spatial, reasoning, rerank
+        options, ...: dtwinseg.formats.FormatConfig). Must match what a fine-tuned model was trained with.
+    format_from: a dataset folder written by build-sft, an adapter/run folder, or a format.json: the
+        format name and options are read from it; an explicit ``strategy``/``format`` that differs is
+        refused (one line).
     backend: "transformers" (local model + optional LoRA adapter), "openai" (any OpenAI-compatible
         chat-completions endpoint) or "vllm" (optional extra; several LoRA adapters on one engine).
     model: local model folder or Hub id (transformers / vllm), or the API model name (openai).
     adapter: optional peft LoRA adapter folder applied on ``model`` (transformers / vllm).
-    max_new_tokens: generation budget per answer. 512 fits select / score answers with short reasoning;
-        SFTDT paths over large twins need more (recipes/reasoning/sftdt.yaml uses 2048).
+    max_new_tokens: generation budget per answer: "auto" (default) asks the format for what a complete
+        answer over this twin needs (``budget``: grows with the number of objects), capped at
+        ``max_new_tokens_cap``; an integer is a fixed budget. Answers that hit the budget are reported
+        with ``finish_reason: length`` and counted as truncated, apart from repaired parses.
+    max_new_tokens_cap: upper bound of the "auto" budget (the model's context is the real limit).
     do_sample / temperature / top_p: sampling; the default is greedy decoding (deterministic).
     batch_size: conversations per generate() call (transformers / vllm); left-padded.
     dtype: "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16" or "float16".
@@ -41,20 +58,17 @@ class ReasoningConfig:
     concurrency: parallel API requests (openai backend).
     max_retries / backoff_s / timeout_s: retries on HTTP 429 / 5xx / network errors with exponential
         backoff starting at ``backoff_s`` (a Retry-After header wins), and the per-request timeout.
-    score_select: "best" (Rea2Seg: the single highest-scoring object; ties -> lowest id) or "margin"
-        (every object whose score is within ``score_margin`` of the best, for group queries).
-    score_margin: margin in score points (0-10 scale) for ``score_select: margin``.
-    score_min: if the best score is below this, the answer is empty (0 = always answer).
     vllm_kwargs: extra ``vllm.LLM(...)`` arguments (gpu_memory_utilization, max_lora_rank, ...).
-    spatial: the spatial text of JSON(D) (must match what a fine-tuned model was trained with).
-    prompt: wording of the zero-shot prompts.
     """
 
-    strategy: str = "select"
+    strategy: str | None = None
+    format: FormatConfig | None = None
+    format_from: str | None = None
     backend: str = "transformers"
     model: str = ""
     adapter: str | None = None
-    max_new_tokens: int = 512
+    max_new_tokens: int | str = "auto"
+    max_new_tokens_cap: int = 4096
     do_sample: bool = False
     temperature: float = 0.0
     top_p: float = 1.0
@@ -69,27 +83,46 @@ class ReasoningConfig:
     max_retries: int = 5
     backoff_s: float = 1.0
     timeout_s: float = 120.0
-    score_select: str = "best"
-    score_margin: float = 1.0
-    score_min: float = 0.0
     vllm_kwargs: dict = field(default_factory=dict)
-    spatial: SpatialConfig = field(default_factory=SpatialConfig)
-    prompt: PromptConfig = field(default_factory=PromptConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.format, dict):
+            self.format = FormatConfig.from_dict(self.format)
+        if self.format_from:
+            self._read_format_from()
+        if self.strategy is None:
+            self.strategy = "select"
+        if self.format is None:
+            self.format = FormatConfig()
         self.validate()
+
+    def _read_format_from(self) -> None:
+        """Adopt the saved format; refuse an explicit strategy / format that differs from it."""
+        name, saved = load_format(str(self.format_from))
+        if self.strategy is not None or self.format is not None:
+            used = (self.strategy or name, self.format if self.format is not None else saved)
+            check_same_format((name, saved), used, source=self.format_from)
+        self.strategy, self.format = name, saved
+
+    @property
+    def spatial(self) -> SpatialConfig:
+        """The spatial text config of JSON(D) (``format.spatial``)."""
+        assert self.format is not None
+        return self.format.spatial
 
     def validate(self, path: str | os.PathLike | None = None) -> None:
         """Raise DataError naming the field when a value is out of its domain."""
-        if self.strategy not in STRATEGIES:
-            raise DataError(path, "strategy", f"{self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.strategy not in available_formats():
+            raise DataError(path, "strategy", f"{self.strategy!r} is not a reasoning format; known: "
+                            f"{', '.join(available_formats())}")
         if self.backend not in BACKENDS:
             raise DataError(path, "backend", f"{self.backend!r} is not one of {', '.join(BACKENDS)}")
-        if self.score_select not in ("best", "margin"):
-            raise DataError(path, "score_select", f"{self.score_select!r} is not 'best' or 'margin'")
         if self.chat_template not in ("auto", "template", "plain"):
             raise DataError(path, "chat_template", f"{self.chat_template!r} is not auto, template or plain")
-        for name in ("max_new_tokens", "batch_size", "concurrency"):
+        if self.max_new_tokens != "auto" and (isinstance(self.max_new_tokens, (bool, str))
+                                              or int(self.max_new_tokens) < 1):
+            raise DataError(path, "max_new_tokens", f"must be 'auto' or an integer >= 1, got {self.max_new_tokens!r}")
+        for name in ("max_new_tokens_cap", "batch_size", "concurrency"):
             if int(getattr(self, name)) < 1:
                 raise DataError(path, name, "must be >= 1")
         if self.max_retries < 0 or self.backoff_s < 0 or self.timeout_s <= 0:
@@ -102,14 +135,16 @@ class ReasoningConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, *, path: str | os.PathLike | None = None) -> ReasoningConfig:
-        d = dict(d or {})
+        d = _legacy_keys(dict(d or {}), path)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise DataError(path, unknown[0], f"unknown reasoning option; known: {', '.join(sorted(known))}")
-        for name, sub in (("spatial", SpatialConfig), ("prompt", PromptConfig)):
-            if name in d and not isinstance(d[name], sub):
-                d[name] = _sub_config(sub, d[name], name, path)
+        if "format" in d and not isinstance(d["format"], FormatConfig):
+            d["format"] = FormatConfig.from_dict(d["format"], path=path)
+        if d.get("format_from") and path is not None and not os.path.isabs(str(d["format_from"])):
+            rel = os.path.join(os.path.dirname(str(path)), str(d["format_from"]))
+            d["format_from"] = rel if os.path.exists(rel) else str(d["format_from"])
         try:
             return cls(**d)
         except DataError as e:
@@ -130,13 +165,26 @@ class ReasoningConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _sub_config(cls: type, value: Any, name: str, path: str | os.PathLike | None) -> Any:
-    if value is None:
-        return cls()
-    if not isinstance(value, dict):
-        raise DataError(path, name, f"expected a mapping, got {type(value).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise DataError(path, f"{name}.{unknown[0]}", f"unknown option; known: {', '.join(sorted(known))}")
-    return cls(**value)
+def _legacy_keys(d: dict[str, Any], path: str | os.PathLike | None) -> dict[str, Any]:
+    """Fold the pre-format keys (top-level ``spatial``, ``score_*``) into ``format``."""
+    legacy = [k for k in ("spatial", *LEGACY_SCORE_KEYS) if k in d]
+    if not legacy:
+        return d
+    fmt = d.get("format")
+    if isinstance(fmt, FormatConfig):
+        fmt = fmt.to_dict()
+    fmt = dict(fmt or {})
+    if not isinstance(fmt, dict):
+        raise DataError(path, "format", "expected a mapping")
+    if "spatial" in d:
+        if "spatial" in fmt:
+            raise DataError(path, "spatial", "given twice (top level and format.spatial); keep format.spatial")
+        fmt["spatial"] = d.pop("spatial")
+    options = dict(fmt.get("options") or {})
+    for old, new in LEGACY_SCORE_KEYS.items():
+        if old in d:
+            options[new] = d.pop(old)
+    if options:
+        fmt["options"] = options
+    d["format"] = fmt
+    return d

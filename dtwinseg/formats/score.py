@@ -1,0 +1,276 @@
+"""The ``score`` reasoning format (Rea2Seg, seed 003): score every candidate, rerank, select.
+
+Rea2Seg reformulates segmentation as candidate discovery followed by comparative scoring: the model
+reasons over the question and *all* candidates together, gives each a score, and the candidates are
+reranked. Here the candidates are the twin's objects (perception is the discovery stage); the model
+answers with a score table, optionally after one reasoning line per object (``FormatConfig.reasoning``)::
+
+    0: a red mug; it holds drinks. score: 9          <- only with reasoning: true
+    1: a table; not a container. score: 1
+    Scores: {"0": 9, "1": 1}                        <- without reasoning: just the JSON object
+
+Rerank (options ``select``, ``margin``, ``min``): ``best`` keeps the single highest-scoring object (ties:
+lowest id), ``margin`` every object within ``margin`` points of the best (group queries); a best score
+under ``min`` gives the empty answer.
+
+Training (the trainable scorer): the target scores come from ground-truth overlap,
+:func:`overlap_scores` (``round(10 * (precision + IoU) / 2)`` per object, written into Seg-DT records as
+``object_scores`` by build-segdt); the decision spans (weight ``w_decision``) are the score digits, so
+:class:`training.SFTDTTrainer` trains a scorer from the same datasets as SFTDT paths. A record without
+``object_scores`` falls back to 10 for its answer objects and 0 for the others.
+
+Parsing: the ``Scores:`` line through :func:`dtwinseg.parsing.parse_scores` (ok); without it (a truncated
+answer), the ``score: N`` ending of each object line (repaired); else parse_scores on the whole text.
+Linear in the answer's length (capped first; lines split with str methods).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from dtwinseg.formats.base import (
+    Completion,
+    Decoded,
+    FormatConfig,
+    Target,
+    chat,
+    check_options,
+    linear_budget,
+    register_format,
+)
+from dtwinseg.io import DataError
+from dtwinseg.parsing import ParseResult, ScoreParse, as_id, cap_text, parse_scores
+from dtwinseg.spatial import SpatialConfig, twin_json
+from dtwinseg.twin import DigitalTwin
+
+_TWIN_HELP = (
+    "You are a precise visual reasoning assistant. An image has been converted into a Digital Twin: a JSON "
+    "object whose keys are object ids. For each object, \"spatial\" gives its bounding box "
+    "[x_min, y_min, x_max, y_max] in pixels, its area as a percentage of the image and its spatial "
+    "relations to other objects (by id); \"semantic\" describes what the object is. "
+    "Compare all objects against the query and score how well each one matches it, from 0 (certainly "
+    "not) to 10 (certainly the target). Score every object. "
+)
+SYSTEM_PROMPT = _TWIN_HELP + (
+    "Answer with one JSON object mapping every object id to its score, e.g. {\"0\": 2, \"1\": 9}, and "
+    "nothing else."
+)
+SYSTEM_PROMPT_REASONING = _TWIN_HELP + (
+    "First write one line per object, in id order: '<id>: <what it is>; <why it does or does not match>. "
+    "score: <0-10>'. Then end with one line 'Scores: ' followed by a JSON object mapping every id to its "
+    "score, e.g. Scores: {\"0\": 2, \"1\": 9}."
+)
+USER_TEMPLATE = "Digital Twin:\n{twin}\n\nQuery: {query}\n\nScore every object from 0 to 10."
+OPTIONS = {"select": "best", "margin": 1.0, "min": 0.0, "reasoning_chars": 60}
+BASE_TOKENS = 32
+TOKENS_PER_SCORE = 8
+
+
+def score_messages(twin: DigitalTwin, query: str, spatial_cfg: SpatialConfig | None = None, *,
+                   system_prompt: str | None = None, user_template: str | None = None,
+                   indent: int | None = None, reasoning: bool = False) -> list[dict]:
+    """Chat messages asking for a 0-10 score of every object against ``query``."""
+    default = SYSTEM_PROMPT_REASONING if reasoning else SYSTEM_PROMPT
+    user = (user_template or USER_TEMPLATE).format(twin=twin_json(twin, spatial_cfg, indent=indent), query=query)
+    return chat(default if system_prompt is None else system_prompt, user)
+
+
+# --- targets ---------------------------------------------------------------------------------------------
+def overlap_scores(twin: DigitalTwin, gt_mask: np.ndarray) -> dict[int, int]:
+    """Target score 0-10 of every object from its overlap with the ground truth.
+
+    ``round(10 * (precision + IoU) / 2)`` with precision = share of the object's pixels on the target and
+    IoU against the whole target (255 pixels ignored): the whole target scores 10, each part of a group
+    target (precision 1, IoU = its share) 5-10, a large object the target lies on ~1, a disjoint one 0.
+    """
+    gt = np.asarray(gt_mask)
+    valid = gt != 255
+    target = (gt == 1) & valid
+    t_area = int(target.sum())
+    masks = twin.masks()
+    out: dict[int, int] = {}
+    for obj, m in zip(twin.objects, masks, strict=True):
+        m = m & valid
+        inter, area = int((m & target).sum()), int(m.sum())
+        union = area + t_area - inter
+        precision = inter / area if area else 0.0
+        iou = inter / union if union else 0.0
+        out[obj.id] = int(round(10.0 * (precision + iou) / 2.0))
+    return out
+
+
+def target_scores(twin: DigitalTwin, target: Target) -> dict[int, int]:
+    """Integer scores for every twin object: ``target.scores`` when given (every id of the twin, values in
+    [0, 10]), else 10 for the answer and 0 for the others."""
+    if target.scores is None:
+        answer = {int(i) for i in target.answer}
+        return {i: (10 if i in answer else 0) for i in twin.ids}
+    scores: dict[int, int] = {}
+    for k, v in target.scores.items():
+        i = as_id(k)
+        if i is None or i not in twin.ids:
+            raise DataError(None, f"object_scores.{k}", "not an object id of the twin")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 10:
+            raise DataError(None, f"object_scores.{k}", f"expected a score in [0, 10], got {v!r}")
+        scores[i] = int(round(float(v)))
+    missing = [i for i in twin.ids if i not in scores]
+    if missing:
+        raise DataError(None, "object_scores", f"no score for ids {missing[:10]}")
+    return scores
+
+
+def _reason_of(target: Target, obj_id: int) -> str:
+    """The last reasoning a path gives for the object ("" without a path)."""
+    reason = ""
+    for step in getattr(target.path, "steps", None) or []:
+        d = step.decisions.get(obj_id)
+        if d is not None and d.reasoning:
+            reason = d.reasoning
+    return reason
+
+
+class _Writer:
+    """Appends text pieces and records spans of the pieces marked as decisions."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.pos = 0
+        self.spans: list[tuple[int, int]] = []
+
+    def emit(self, s: str, decision: bool = False) -> None:
+        if decision:
+            self.spans.append((self.pos, self.pos + len(s)))
+        self.parts.append(s)
+        self.pos += len(s)
+
+
+def render_scores(twin: DigitalTwin, scores: dict[int, int], target: Target | None = None, *,
+                  reasoning: bool = False) -> Completion:
+    """The assistant text of a score table (with one reasoning line per object when asked); every score's
+    digits are a decision span."""
+    w = _Writer()
+    if reasoning:
+        for o in twin.objects:
+            reason = _reason_of(target, o.id) if target is not None else ""
+            what = o.semantic or "an object"
+            w.emit(f"{o.id}: {what}" + (f"; {reason}" if reason else "") + ". score: ")
+            w.emit(str(scores[o.id]), decision=True)
+            w.emit("\n")
+        w.emit("Scores: ")
+    w.emit("{")
+    for n, o in enumerate(twin.objects):
+        w.emit((", " if n else "") + json.dumps(str(o.id)) + ": ")
+        w.emit(str(scores[o.id]), decision=True)
+    w.emit("}")
+    return Completion("".join(w.parts), w.spans, [])
+
+
+# --- parsing ---------------------------------------------------------------------------------------------
+def _scores_line(text: str) -> str | None:
+    """What follows the last ``Scores:`` marker at a line start, or None."""
+    found = None
+    for line in text.split("\n"):
+        head = line.lstrip(" \t*#>")
+        if head[:7].lower() == "scores:":
+            found = head[7:]
+    return found
+
+
+def _object_lines(text: str, valid: list[int]) -> dict[int, float]:
+    """``<id>: ... score: N`` lines (a reasoning answer cut before its Scores line)."""
+    out: dict[int, float] = {}
+    for line in text.split("\n"):
+        head, sep, rest = line.partition(":")
+        i = as_id(head.strip().removeprefix("Object ").removeprefix("object "))
+        if not sep or i is None or i not in valid or i in out:
+            continue
+        k = rest.lower().rfind("score:")
+        if k >= 0:
+            value = rest[k + 6:].strip().rstrip(".")
+            sp = parse_scores(json.dumps({str(i): value}), [i])
+            if sp.scores:
+                out[i] = sp.scores[i]
+    return out
+
+
+def parse_score_answer(text: str, valid_ids: list[int]) -> ScoreParse:
+    """Scores from a score-format answer: the Scores line, else per-object lines, else anything
+    parse_scores reads. Never raises."""
+    try:
+        notes: list[str] = []
+        capped = cap_text(text if isinstance(text, str) else str(text), notes)
+        line = _scores_line(capped)
+        if line is not None:
+            sp = parse_scores(line, valid_ids)
+            if sp.ok:
+                sp.raw = text
+                sp.notes = notes + sp.notes
+                if notes and sp.status == "ok":
+                    sp.status = "repaired"
+                return sp
+        lines = _object_lines(capped, valid_ids)
+        if lines:
+            missing = [i for i in valid_ids if i not in lines]
+            notes.append("no Scores line; read the per-object score lines")
+            if missing:
+                notes.append(f"no score for ids {missing[:10]}")
+            return ScoreParse("repaired", dict(sorted(lines.items())), notes, text)
+        return parse_scores(text, valid_ids)
+    except Exception as e:  # noqa: BLE001 - totality
+        return ScoreParse("failed", {}, [f"parser error {type(e).__name__}"], "")
+
+
+class ScoreFormat:
+    """Rea2Seg comparative scoring + rerank (module docstring). Options: ``select`` (best | margin),
+    ``margin`` (points), ``min`` (best score below it -> empty answer), ``reasoning_chars`` (budget)."""
+
+    name = "score"
+
+    def __init__(self, config: FormatConfig | None = None):
+        self.config = config or FormatConfig()
+        self.options = check_options(self.name, self.config.options, OPTIONS)
+        if self.options["select"] not in ("best", "margin"):
+            raise DataError(None, "format.options.select", f"{self.options['select']!r} is not best or margin")
+        for key in ("margin", "min", "reasoning_chars"):
+            value = self.options[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise DataError(None, f"format.options.{key}", f"expected a number >= 0, got {value!r}")
+
+    def messages(self, twin: DigitalTwin, query: str) -> list[dict]:
+        c = self.config
+        return score_messages(twin, query, c.spatial, system_prompt=c.system_prompt,
+                              user_template=c.user_template, indent=c.indent, reasoning=c.reasoning)
+
+    def target(self, twin: DigitalTwin, target: Target) -> Completion:
+        return render_scores(twin, target_scores(twin, target), target, reasoning=self.config.reasoning)
+
+    def rerank(self, scores: dict[int, float]) -> list[int]:
+        """Ids chosen from ``{id: score}``: the best (ties -> lowest id) or all within the margin."""
+        if not scores:
+            return []
+        best = max(scores.values())
+        if best < float(self.options["min"]):
+            return []
+        if self.options["select"] == "best":
+            return [min(i for i, s in scores.items() if s == best)]
+        return sorted(i for i, s in scores.items() if s >= best - float(self.options["margin"]))
+
+    def parse(self, text: str, twin: DigitalTwin) -> Decoded:
+        sp = parse_score_answer(text, twin.ids)
+        if not sp.ok:
+            return Decoded(ParseResult("failed", [], sp.notes, sp.raw), {})
+        scores = {i: sp.scores.get(i, 0.0) for i in twin.ids}
+        return Decoded(ParseResult(sp.status, self.rerank(scores), list(sp.notes), sp.raw), scores)
+
+    def budget(self, twin: DigitalTwin) -> int:
+        """8 tokens per object for the table; with reasoning, also the line (semantic + reason) / 3 chars."""
+        if self.config.tokens_per_object is not None or not self.config.reasoning:
+            return linear_budget(self.config, twin, TOKENS_PER_SCORE, BASE_TOKENS)
+        chars = sum(len(o.semantic) + int(self.options["reasoning_chars"]) + 20 for o in twin.objects)
+        base = self.config.base_tokens if self.config.base_tokens is not None else BASE_TOKENS
+        return int(base) + TOKENS_PER_SCORE * len(twin) + (chars + 2) // 3
+
+
+register_format("score", ScoreFormat)
