@@ -13,7 +13,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from cli import data, demo, evaluation, perception, reasoning, sft
+from cli import data, demo, evaluation, perception, reasoning, sft, table4
 
 DEBUG_ENV = "DTWINSEG_DEBUG"
 
@@ -73,7 +73,7 @@ def version() -> None:
             typer.echo(f"{name} (not installed)")
 
 
-for _module in (data, perception, sft, reasoning, evaluation, demo):
+for _module in (data, perception, sft, reasoning, evaluation, demo, table4):
     _module.register(app)
 
 

@@ -142,3 +142,28 @@ def compare(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
     series = {n: [((cells.get(c) or {}).get("giou") or 0.0) for c in table["columns"]] for n, cells in allrows.items()}
     bar_chart("gIoU by split", table["columns"], series, None, out / "compare.png")
     return table
+
+
+# --- Table 4 layout (the paper's ablation table; rows run by eval/table4.py) --------------------------
+def table4_values(run: str | os.PathLike, label: str, group: str = "overall") -> dict:
+    """gIoU, cIoU and oracle gIoU (percent) and n of one label's ``group`` in an eval run."""
+    e = load_run(run)["checkpoints"][label]["groups"][group]
+    return {"giou": 100 * e["giou"], "ciou": 100 * e["ciou"], "oracle_giou": 100 * e["oracle_giou"], "n": e["n"]}
+
+
+def table4_markdown(rows: Sequence[dict]) -> str:
+    """Rows ``{"component", "configuration", "giou", "ciou", "oracle_giou", "paper": [g, c] | None, "note"}``
+    (percent; ``giou`` None = not run) in the paper's Table 4 layout, the component named on its first row."""
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    lines = ["| Component | Configuration | gIoU | cIoU | oracle gIoU | paper gIoU | paper cIoU | run here with |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    previous = None
+    for r in rows:
+        paper = r.get("paper") or [None, None]
+        comp = r["component"] if r["component"] != previous else ""
+        previous = r["component"]
+        lines.append(f"| {comp} | {r['configuration']} | {num(r.get('giou'))} | {num(r.get('ciou'))} | "
+                     f"{num(r.get('oracle_giou'))} | {num(paper[0])} | {num(paper[1])} | {r.get('note', '')} |")
+    return "\n".join(lines)

@@ -7,7 +7,8 @@
    level 1 (the paper's "SAM only" ablation).
 2. proposals: ``source: sam`` runs :class:`ProposalGenerator` (everything mode + refinement for L);
    ``source: oracle`` takes ground-truth instances (``{"rle", "semantic", "level", "parent"}``): all of
-   them at part level, only the level-1 (object) instances at object / group level.
+   them at part level, only the level-1 (object) instances at object / group level, and all of them at
+   every level with ``proposals.refine: false`` (everything mode keeps parts and wholes).
 3. semantics S_i = F_VLM(x_img, x_txt, m_i, {m_j}) (paper eq. 4): from the VLM when configured, with
    strategy ``direct`` / ``in_context`` / ``system``; else the instance ``semantic`` (oracle) or "" (filled
    by a later pass). The VLM sees a crop of m_i and the whole image. ``semantic_context: others`` (the
@@ -289,11 +290,15 @@ class TwinBuilder:
         return objects_from_proposals(props, level), dict(props.timings)
 
     @staticmethod
-    def oracle_objects(instances: list[dict] | None, level: int, height: int, width: int) -> list[TwinObject]:
-        """Ground-truth instances for ``level``: all at part level, only objects (level 1) otherwise."""
+    def oracle_objects(instances: list[dict] | None, level: int, height: int, width: int,
+                       all_levels: bool = False) -> list[TwinObject]:
+        """Ground-truth instances for ``level``: all at part level, only objects (level 1) otherwise.
+        ``all_levels`` keeps every instance, parts and wholes together: the oracle stand-in for SAM's
+        everything mode without refinement (``proposals.refine: false``, Table 4's "SAM only")."""
         if instances is None:
             raise ValueError("source 'oracle' needs the sample's ground-truth instances (none given)")
-        chosen = [d for d in instances if level == Granularity.PART or int(d.get("level", 1)) == Granularity.OBJECT]
+        chosen = [d for d in instances if all_levels or level == Granularity.PART
+                  or int(d.get("level", 1)) == Granularity.OBJECT]
         objects = []
         for k, inst in enumerate(chosen):
             mask = decode_rle(inst["rle"])
@@ -349,7 +354,7 @@ class TwinBuilder:
             objects, prop_timings = self.sam_objects(img, level)
             timings.update(prop_timings)
         else:
-            objects = self.oracle_objects(instances, level, h, w)
+            objects = self.oracle_objects(instances, level, h, w, all_levels=not self.config.proposals.refine)
         t2 = time.perf_counter()
         timings["proposals_s"] = t2 - t1
         semantic_source, fallbacks = ("oracle" if self.config.source == "oracle" else "none"), 0
