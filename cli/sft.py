@@ -87,7 +87,7 @@ def build_sft(
     reasoning_config: Path = typer.Option(None, "--reasoning-config", help="Reasoning config YAML whose "
                                           "strategy and format: (system prompt, spatial text, ...) the "
                                           "examples use; saved as <out>/format.json for eval's format_from:."),
-    strategy: str = typer.Option(None, "--strategy", help="Reasoning format of the targets: sftdt (paths, "
+    strategy: str = typer.Option(None, "--strategy", "--format", help="Reasoning format of the targets: sftdt (paths, "
                                  "default), score (Rea2Seg score tables), select, ... (overrides the config's)."),
     push_to_hub: str = typer.Option(None, "--push-to-hub", help="Also push to this Hub dataset repo "
                                     "(private; token from HF_TOKEN / the login cache, never printed)."),
