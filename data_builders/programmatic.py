@@ -32,6 +32,7 @@ import torch
 
 from data_builders.evidence import Hop, ObjectFacts, generic_hops, object_facts, program_hops
 from data_builders.segdt import SegDTRecord
+from dtwinseg.formats.score import overlap_scores
 from dtwinseg.formats.sftdt import Decision, PathStep, ReasoningPath, check_path
 from dtwinseg.spatial import SpatialConfig, pairwise_relations
 from dtwinseg.twin import DigitalTwin, decode_rle
@@ -246,7 +247,7 @@ def programmatic_record(sample_id: str, image: str, query: str, twin: DigitalTwi
     return SegDTRecord(id=sample_id, image=image, query=query, twin=twin, path=path,
                        granularity=int(twin.granularity if granularity is None else granularity),
                        dimension=dimension, match_iou=iou, source="programmatic", twin_ref=twin_ref,
-                       extra={"path_kind": kind})
+                       extra={"path_kind": kind, "object_scores": overlap_scores(twin, gt_mask)})
 
 
 def build_segdt(dataset_spec: str, dt_cache: str | os.PathLike, out: str | os.PathLike,

@@ -20,7 +20,10 @@ Schema (one JSON object per line)::
       "granularity": 1,                     # 0 object group, 1 object, 2 object part
       "dimension": "spatial",               # optional reasoning-dimension tag (or null)
       "match_iou": 0.93,                    # optional: IoU of the answer's union vs the ground truth
-      "source": "programmatic"              # optional: who wrote the path (programmatic, human, teacher)
+      "source": "programmatic",             # optional: who wrote the path (programmatic, human, teacher)
+      "object_scores": {"0": 10, "1": 0}    # optional: per-object target scores 0-10 from ground-truth
+                                            # overlap (dtwinseg.formats.score.overlap_scores), for the
+                                            # trainable Rea2Seg scorer (build-sft --strategy score)
     }
 
 Validation (:func:`load_records`) raises DataError naming the file, the line and the field for: a missing
