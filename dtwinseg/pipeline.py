@@ -9,6 +9,8 @@ A pipeline YAML has two sections::
       backend: openai
       model: gpt-4o
 
+Either section may instead be the path of a perception / reasoning YAML, relative to the pipeline file
+(``perception: ../perception/sam_vith_gpt4o.yaml``), so recipes/pipeline/*.yaml reuse the shipped configs.
 This is what ``dtwinseg segment IMAGE "QUERY" --config pipeline.yaml`` calls.
 """
 
@@ -85,6 +87,7 @@ class Segmenter:
         ``with_perception=False`` builds the reasoning stage only (for prebuilt twins); ``reasoning_overrides``
         replaces fields of the reasoning section (e.g. ``{"strategy": "sftdt"}``)."""
         data = load_yaml(path)
+        data = {k: pipeline_section(v, path, k) if k in ("perception", "reasoning") else v for k, v in data.items()}
         if not isinstance(data.get("reasoning"), dict):
             raise DataError(path, "reasoning", "missing: the pipeline config needs a reasoning section")
         reasoning = ReasoningConfig.from_dict(data["reasoning"], path=path)
@@ -109,6 +112,16 @@ class Segmenter:
         if not twin.query:
             twin.query = query
         return self.segment_twin(twin, query)
+
+
+def pipeline_section(value: Any, path: str | os.PathLike, name: str) -> Any:
+    """A pipeline section as a mapping: a string is a YAML file relative to the pipeline file ``path``."""
+    if not isinstance(value, str):
+        return value
+    ref = Path(path).parent / value
+    if not ref.is_file():
+        raise DataError(path, name, f"{value}: file not found (paths are relative to {Path(path).parent})")
+    return load_yaml(ref)
 
 
 def build_perception(section: Any, path: str | os.PathLike) -> TwinSource:

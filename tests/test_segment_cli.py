@@ -3,6 +3,8 @@ reasoning.txt; and the Segmenter with a perception stage."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -78,3 +80,39 @@ def test_segmenter_runs_perception_then_reasoning(server):
     seg = Segmenter(perception, build_reasoner(cfg)).segment(np.zeros((80, 120, 3), np.uint8), "the blue chair", "x")
     assert perception.calls == [((80, 120, 3), "the blue chair", "x")]
     assert seg.output.ids == [1] and np.array_equal(seg.mask, seg.twin.union([1]))
+
+
+PIPELINES = sorted((Path(__file__).resolve().parent.parent / "recipes" / "pipeline").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+def test_shipped_pipelines_build_and_segment(path, server, monkeypatch):
+    """Each recipes/pipeline/*.yaml builds both stages (no weights are loaded before the first image); its
+    reasoning section answers through the loopback server in place of the real endpoint / model."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-only")
+    seg = Segmenter.from_config(path)
+    assert seg.perception is not None and seg.perception.config.source == "sam"
+    reasoning_only = Segmenter.from_config(path, with_perception=False, reasoning_overrides={
+        "backend": "openai", "model": "fake", "adapter": None, "base_url": server.url, "strategy": "select"})
+    result = reasoning_only.segment_twin(scene(), "find every red cup")
+    assert result.output.ids == [0, 2]
+
+
+def test_segment_cli_with_section_paths(tmp_path, server):
+    """The CLI reads a pipeline whose sections are files relative to it (as recipes/pipeline/*.yaml are)."""
+    scene().save(tmp_path / "t.json")
+    Image.new("RGB", (120, 80)).save(tmp_path / "img.jpg")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "reasoning.yaml").write_text(f"strategy: select\nbackend: openai\nmodel: fake\n"
+                                                      f"base_url: {server.url}\n")
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "p.yaml").write_text("reasoning: ../conf/reasoning.yaml\n")
+    res = CliRunner().invoke(app, ["segment", str(tmp_path / "img.jpg"), "find every red cup", "--config",
+                                   str(tmp_path / "pipe" / "p.yaml"), "--twin", str(tmp_path / "t.json"),
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "ids [0, 2]" in res.output
+    (tmp_path / "pipe" / "p.yaml").write_text("reasoning: ../conf/missing.yaml\n")
+    res = CliRunner().invoke(app, ["segment", str(tmp_path / "img.jpg"), "q", "--config",
+                                   str(tmp_path / "pipe" / "p.yaml"), "--twin", str(tmp_path / "t.json")])
+    assert res.exit_code == 2 and "missing.yaml" in res.output and "p.yaml" in res.output
