@@ -25,6 +25,8 @@ def table4(
                                       "(no checkpoint needed; synthetic data ships them)."),
     no_vlm: bool = typer.Option(False, "--no-vlm", help="No VLM: granularity from the dataset's tag, semantics "
                                 "from the instances (the VLM rows then differ only in name)."),
+    oracle_only: bool = typer.Option(False, "--oracle-only", help="No reasoner: report only each perception "
+                                     "row's oracle bound (best union of its twins' objects)."),
     limit: int = typer.Option(None, "--limit", help="Only the first N samples."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -34,7 +36,8 @@ def table4(
     result = run_table4(dataset, out, manifest or DEFAULT_MANIFEST,
                         rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
                         checkpoint=checkpoint, reasoning_config=str(reasoning_config) if reasoning_config else None,
-                        oracle_masks=oracle_masks, no_vlm=no_vlm, limit=limit, progress=progress,
+                        oracle_masks=oracle_masks, no_vlm=no_vlm, oracle_only=oracle_only, limit=limit,
+                        progress=progress,
                         log=lambda s: typer.echo(s, err=True))
     typer.echo(result["markdown"])
 

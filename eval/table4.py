@@ -14,7 +14,8 @@ without token weights), and the paper's numbers. For each selected row, :func:`r
 Where this machine lacks what a row needs, overrides say so in the row's "run here with" column:
 ``oracle_masks`` replaces SAM by the dataset's ground-truth instances (synthetic data ships them; with
 ``proposals.refine: false`` every instance is kept, parts and wholes, as SAM's everything mode would),
-``no_vlm`` drops the VLM (granularity from the dataset's tag, semantics from the instances). A row whose
+``no_vlm`` drops the VLM (granularity from the dataset's tag, semantics from the instances), and
+``oracle_only`` runs no reasoner (only the oracle bound is reported: the perception rows' share). A row whose
 files are missing (a SAM checkpoint, a trained adapter) or that fails is reported as not run, with why;
 the other rows still run.
 """
@@ -30,6 +31,17 @@ from dtwinseg.io import DataError, atomic_write_json, atomic_write_text, load_ya
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "recipes" / "ablations" / "table4.yaml"
 LABEL = "model"
+
+
+class NoAnswer:
+    """The reasoner of ``oracle_only`` runs: answers nothing, so a row reports only its oracle bound
+    (the best union of the twin's own objects), the perception half of the table without any LLM."""
+
+    def reason(self, items: Sequence[tuple]) -> list:
+        from dtwinseg.parsing import ParseResult
+        from dtwinseg.reasoning import ReasoningOutput
+
+        return [ReasoningOutput([], ParseResult("ok", [], [], ""), "", "select") for _ in items]
 
 
 @dataclass
@@ -113,7 +125,7 @@ def _missing(cfg, reasoning) -> str | None:  # noqa: ANN001 - PerceptionConfig, 
 
 def run_row(row: Table4Row, manifest: Table4Manifest, dataset_spec: str, out: Path, *, base: Path,
             checkpoint: str | None, reasoning_config: str | None, oracle_masks: bool, no_vlm: bool,
-            limit: int | None, progress: bool, log: Callable[[str], None]) -> dict:
+            limit: int | None, progress: bool, log: Callable[[str], None], oracle_only: bool = False) -> dict:
     """Build, evaluate and summarise one row (never raises on a row's own failure)."""
     from data_builders.build_dt import build_dt
     from dtwinseg.reasoning import ReasoningConfig
@@ -134,8 +146,16 @@ def run_row(row: Table4Row, manifest: Table4Manifest, dataset_spec: str, out: Pa
         else:
             rcfg = ReasoningConfig.from_yaml(_resolve(reasoning_config or manifest.reasoning, base))
             ck_spec = checkpoint
-        ck = parse_checkpoint(f"{LABEL}={ck_spec}", rcfg) if ck_spec else Checkpoint(LABEL, "config", rcfg)
-        shown = ck_spec or (f"{rcfg.model} + {rcfg.adapter}" if rcfg.adapter else rcfg.model)
+        if oracle_only:
+            if row.reasoning is not None:
+                entry["note"] = "not run: a reasoning row needs its reasoner (drop --oracle-only)"
+                return entry
+            ck, shown = Checkpoint(LABEL, "oracle-only", rcfg, reasoner=NoAnswer()), "none (oracle bound only)"
+        elif ck_spec:
+            ck, shown = parse_checkpoint(f"{LABEL}={ck_spec}", rcfg), ck_spec
+        else:
+            ck = Checkpoint(LABEL, "config", rcfg)
+            shown = f"{rcfg.model} + {rcfg.adapter}" if rcfg.adapter else rcfg.model
         why = _missing(pcfg, ck.cfg)
         if why is not None:
             entry["note"] = why
@@ -144,6 +164,8 @@ def run_row(row: Table4Row, manifest: Table4Manifest, dataset_spec: str, out: Pa
         evaluate(dataset_spec, cache.folder, [ck], out / "rows" / row.id,
                  EvalOptions(limit=limit, progress=progress, worst_k=0), log=log)
         entry.update(table4_values(out / "rows" / row.id, LABEL))
+        if oracle_only:
+            entry["giou"] = entry["ciou"] = None
         entry["note"] = _run_note(pcfg, shown)
     except (DataError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         entry["note"] = f"failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
@@ -153,11 +175,13 @@ def run_row(row: Table4Row, manifest: Table4Manifest, dataset_spec: str, out: Pa
 def run_table4(dataset_spec: str, out: str | os.PathLike, manifest_path: str | os.PathLike = DEFAULT_MANIFEST, *,
                rows: Sequence[str] | None = None, checkpoint: str | None = None,
                reasoning_config: str | None = None, oracle_masks: bool = False, no_vlm: bool = False,
-               limit: int | None = None, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+               limit: int | None = None, progress: bool = True, log: Callable[[str], None] = print,
+               oracle_only: bool = False) -> dict:
     """Run the selected rows (all by default) and write ``table4.md`` / ``table4.json`` under ``out``.
 
     ``checkpoint`` / ``reasoning_config`` replace the reasoner of the perception rows (e.g. a local model
-    or ``openai:gpt-4o-mini``); the SFTDT rows keep their own configs. Returns ``{"rows", "markdown"}``.
+    or ``openai:gpt-4o-mini``); the SFTDT rows keep their own configs. ``oracle_only`` runs no reasoner
+    and reports only the oracle bound of the perception rows. Returns ``{"rows", "markdown"}``.
     """
     from eval.compare import table4_markdown
 
@@ -172,12 +196,12 @@ def run_table4(dataset_spec: str, out: str | os.PathLike, manifest_path: str | o
     out = Path(out)
     entries = [run_row(r, manifest, dataset_spec, out, base=base, checkpoint=checkpoint,
                        reasoning_config=reasoning_config, oracle_masks=oracle_masks, no_vlm=no_vlm, limit=limit,
-                       progress=progress, log=log) for r in chosen]
+                       progress=progress, log=log, oracle_only=oracle_only) for r in chosen]
     md = table4_markdown(entries)
     head = (f"# Table 4 on {dataset_spec}\n\nPercent; oracle gIoU = best union of each twin's own objects "
             "(perception bound). Paper columns: ReasonSeg val, DTwinSeger Table 4 (SFTDT row: Table 1).\n\n")
     atomic_write_text(out / "table4.md", head + md + "\n")
     atomic_write_json(out / "table4.json", {"dataset": dataset_spec, "rows": entries,
-                                            "overrides": {"oracle_masks": oracle_masks, "no_vlm": no_vlm,
+                                            "overrides": {"oracle_masks": oracle_masks, "no_vlm": no_vlm, "oracle_only": oracle_only,
                                                           "checkpoint": checkpoint, "limit": limit}})
     return {"rows": entries, "markdown": md}

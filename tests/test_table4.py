@@ -88,5 +88,11 @@ def test_table4_cli(synth, tmp_path, monkeypatch):
                                        "--no-vlm", "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "| Mask Proposal | SAM + VLM refinement |" in res.output and "OWLv2" in res.output
+    res = CliRunner().invoke(app, ["table4", spec, "--out", str(tmp_path / "p"), "--rows", "sam_only,sftdt_full",
+                                   "--oracle-masks", "--no-vlm", "--oracle-only", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if "| SAM only |" in ln)
+    assert line.startswith("| Mask Proposal | SAM only | - | - | 100.0 | 37.6 | 34.5 |"), line
+    assert "needs its reasoner" in res.output
     res = CliRunner().invoke(app, ["table4", spec, "--out", str(tmp_path / "o"), "--rows", "nope"])
     assert res.exit_code == 2 and "no row 'nope'" in res.output
