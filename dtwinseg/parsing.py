@@ -189,6 +189,11 @@ def _as_int(v: object) -> int | None:
     return None
 
 
+def _digit_text(v: object) -> bool:
+    """True for text that is an integer of any length ("12", "#3", "-7", or 4,300 digits)."""
+    return isinstance(v, str) and v.strip().lstrip("#").lstrip("-").isdigit()
+
+
 as_id = _as_int
 """Public name of the id reader: int / integral float / "3" / "#3" -> int, else None (huge ints too)."""
 
@@ -394,8 +399,8 @@ def _scores_from_json(value: object, notes: list[str]) -> list[tuple[object, obj
                         notes.append(f"scores taken from the key {k!r}")
                         return inner
         pairs = [(k, v) for k, v in value.items()]
-        if pairs and all(_as_int(k) is not None for k, _ in pairs):
-            return pairs
+        if pairs and all(_as_int(k) is not None or _digit_text(k) for k, _ in pairs):
+            return pairs  # a key with too many digits is still an id key: dropped alone by validation
         if {"id", "score"} <= {str(k).lower() for k in value}:
             low = {str(k).lower(): v for k, v in value.items()}
             return [(low["id"], low["score"])]
