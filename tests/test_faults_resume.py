@@ -168,3 +168,40 @@ def test_twins_with_vlm_fallbacks_are_refilled_when_the_vlm_answers(tmp_path, mo
                    for t in cache.iter_twins())
         _, settled = build_dt(spec, cfg, tmp_path / "dt", progress=False)
         assert (settled.existing, settled.refilled) == (2, 0)
+
+
+@pytest.mark.slow
+def test_kill_9_of_an_eval_process_resumes_to_the_one_shot_result(bench, tmp_path):
+    """A real `dtwinseg eval` process (API model on loopback, slowed down) is killed with SIGKILL while
+    writing; the rerun is not blocked by its lock, keeps its identity and ends with the one-shot metrics."""
+    from tests.perception_helpers import ChatServer
+
+    spec, cache = bench
+    with ChatServer(default=(200, "Answer: [0]"), delay_s=0.4) as srv:
+        rcfg = tmp_path / "r.yaml"
+        rcfg.write_text(f"base_url: {srv.url}\nmax_retries: 0\napi_key_env: NO_SUCH_KEY_VAR\nbatch_size: 1\n"
+                        "concurrency: 1\n")
+        args = [sys.executable, "-m", "cli", "eval", spec, "--dt-cache", str(cache), "-c", "api=openai:m",
+                "--reasoning-config", str(rcfg), "--worst", "0"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        run = tmp_path / "killed"
+        proc = subprocess.Popen(args + ["--out", str(run)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pred = run / "api" / "predictions.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not pred.exists() or len(pred.read_text().splitlines()) < 2):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert (run / ".lock").exists() and not (run / "metrics.json").exists()
+        assert 2 <= len(load_records(pred)) < N
+        from typer.testing import CliRunner
+
+        from cli.main import app
+
+        resumed = CliRunner().invoke(app, args[3:] + ["--out", str(run)])  # in-process: same command
+        assert resumed.exit_code == 0 and "resuming" in resumed.output, resumed.output
+        once = CliRunner().invoke(app, args[3:] + ["--out", str(tmp_path / "once")])
+        assert once.exit_code == 0, once.output
+    a, b = (json.loads((p / "metrics.json").read_text()) for p in (run, tmp_path / "once"))
+    assert a["checkpoints"] == b["checkpoints"]
+    assert sorted(r["id"] for r in load_records(pred)) == [f"s{k:02d}" for k in range(N)]
