@@ -33,7 +33,8 @@ from dtwinseg.twin import DigitalTwin
 
 STATUSES = ("ok", "repaired", "failed")
 MAX_STORED_TEXT = 100_000  # characters of an answer kept in a record (head and tail)
-COUNTS = ("errors", "missing_twins", "bad_twins", "input_errors")
+COUNTS = ("errors", "missing_twins", "bad_twins", "input_errors", "truncated")
+FAILURE_COUNTS = COUNTS[:4]  # "truncated" answers were scored (finish_reason length), not failures
 
 
 # --- reading back ------------------------------------------------------------------------------
@@ -134,7 +135,8 @@ def sample_record(sample: Sample, twin: DigitalTwin | None, out: ReasoningOutput
         text, cut = clip_middle(out.text, MAX_STORED_TEXT)
         notes = list(out.parse.notes) + ([f"answer of {len(out.text)} characters stored as its head and tail"]
                                          if cut else [])
-        rec.update(kind="scored", status=out.parse.status, notes=notes, text=text, error=out.error)
+        rec.update(kind="scored", status=out.parse.status, notes=notes, text=text, error=out.error,
+                   finish_reason=getattr(out, "finish_reason", "stop"))
         if out.scores is not None:
             rec["scores"] = {str(k): v for k, v in out.scores.items()}
     rec.update(oracle_stats(usable, gt))
@@ -163,6 +165,7 @@ def state_from_records(records: Sequence[dict]) -> dict:
         oracle.add_stats(r["oracle_intersection"], r["oracle_union"], *names)
         parse[r["status"]] += 1
         counts[{"missing_twin": "missing_twins", "bad_twin": "bad_twins"}.get(kind, "errors")] += bool(r.get("error"))
+        counts["truncated"] += r.get("finish_reason") == "length"
     n = sum(1 for r in records if is_scored(r))
     return {"pred": pred.state_dict(), "oracle": oracle.state_dict(), "parse": dict(parse), **counts, "n": n}
 
@@ -202,7 +205,7 @@ def metrics_from_state(state: dict) -> dict:
 
 def failed_count(state: dict) -> int:
     """Samples of a state that failed for a reason other than the answer (errors, twins, inputs)."""
-    return sum(int(state.get(c, 0)) for c in COUNTS)
+    return sum(int(state.get(c, 0)) for c in FAILURE_COUNTS)
 
 
 def summary_line(label: str, state: dict) -> str:
@@ -212,4 +215,5 @@ def summary_line(label: str, state: dict) -> str:
     return (f"[{label}] {total} samples: {scored} answered, {state.get('errors', 0)} errors, "
             f"{state.get('missing_twins', 0)} missing twins, {state.get('bad_twins', 0)} bad twins, "
             f"{state.get('input_errors', 0)} bad inputs; parse {state['parse'].get('ok', 0)} ok / "
-            f"{state['parse'].get('repaired', 0)} repaired / {state['parse'].get('failed', 0)} failed")
+            f"{state['parse'].get('repaired', 0)} repaired / {state['parse'].get('failed', 0)} failed; "
+            f"{state.get('truncated', 0)} truncated at max_new_tokens")

@@ -19,7 +19,7 @@ def metrics_table(metrics: dict) -> str:
     cks = metrics["checkpoints"]
     groups = list(dict.fromkeys(g for c in cks.values() for g in c["groups"]))
     head = ["checkpoint", "strategy"] + [f"{g} gIoU / cIoU (oracle)" for g in groups] + \
-        ["parse ok / repaired / failed", "errors", "missing twins", "bad twins", "bad inputs"]
+        ["parse ok / repaired / failed", "truncated", "errors", "missing twins", "bad twins", "bad inputs"]
     rows = [head, ["---"] * len(head)]
     for label, c in cks.items():
         row = [label, c.get("strategy", "")]
@@ -28,7 +28,8 @@ def metrics_table(metrics: dict) -> str:
             row.append("-" if e is None else f"{pct(e['giou'])} / {pct(e['ciou'])} "
                        f"({pct(e['oracle_giou'])} / {pct(e['oracle_ciou'])})")
         p = c["parse"]
-        row += [f"{p.get('ok', 0)} / {p.get('repaired', 0)} / {p.get('failed', 0)}", str(c["errors"]),
+        row += [f"{p.get('ok', 0)} / {p.get('repaired', 0)} / {p.get('failed', 0)}", str(c.get("truncated", 0)),
+                str(c["errors"]),
                 str(c["missing_twins"]), str(c.get("bad_twins", 0)), str(c.get("input_errors", 0))]
         rows.append(row)
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)

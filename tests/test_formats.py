@@ -272,3 +272,25 @@ def test_score_format_dataset_trains_and_its_answers_parse(tmp_path):
         assert out.parse.status == fmt.parse(out.text, r.twin).parse.status
         assert set(out.ids) <= set(r.twin.ids)
         assert set(out.scores) == (set(r.twin.ids) if out.parse.ok else set())
+
+
+def test_metrics_count_truncated_answers_apart_from_repairs():
+    from data_builders.sample import Sample
+    from eval.records import failed_count, merge_states, metrics_from_state, sample_record, state_from_records
+    from eval.report import metrics_table
+
+    twin = make_twin(3, n=3)
+    gt = twin.masks()[1].astype(np.uint8)
+    sample = Sample(id="s", image_path="s.jpg", query="q", is_sentence=False, gt_mask=gt, split="val")
+    cut = Truncated('Step 1: {"1": {"verdict": "keep"}, "0": {"verdict": "drop"}', 30)
+    outs = LLMReasoner(ReasoningConfig(strategy="sftdt", max_new_tokens=30),
+                       Scripted(lambda c, b: cut if "cut" in c[-1]["content"] else "Answer: [1]"))
+    done = outs.reason([(twin, "cut here"), (twin, "whole")])
+    recs = [sample_record(sample, twin, out) for out in done]
+    assert [r["finish_reason"] for r in recs] == ["length", "stop"] and recs[0]["status"] == "repaired"
+    state = merge_states([state_from_records(recs[:1]), state_from_records(recs[1:])])
+    metrics = metrics_from_state(state)
+    assert metrics["truncated"] == 1 and metrics["parse"]["repaired"] == 1 and metrics["parse"]["ok"] == 1
+    assert failed_count(state) == 0  # a truncated answer is scored, not a failure
+    table = metrics_table({"checkpoints": {"m": {**metrics, "strategy": "sftdt"}}})
+    assert "truncated" in table.splitlines()[0] and "| 1 / 1 / 0 | 1 |" in table
