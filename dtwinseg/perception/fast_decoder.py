@@ -15,7 +15,12 @@ prompts share one image embedding:
   predicted-IoU filter skip the upscaling and get constant -1e4 logits; exact for a caller that discards
   masks with predicted IoU <= theta anyway.
 - The output upscaling (two stride-2 2x2 transposed convolutions + LayerNorm2d + GELU) runs as per-pixel
-  GEMMs in token-major layout; only the final B x 4 x 256 x 256 masks are permuted to image layout.
+  GEMMs in token-major layout; only the returned mask tokens (3 of 4 in multimask mode) are projected and
+  permuted to image layout.
+- ``keys + pe`` is never materialised per prompt once the keys differ per prompt: its attention scores are
+  ``keys . q + pe . q`` with the pe term one shared GEMM; the image-to-token attention adds its residual
+  inside the same ``baddbmm`` (the output bias folded into the value rows), and its softmax over the few
+  prompt tokens is written out (torch's kernel is slow on rows of 7).
 
 Prompts with dense (mask) inputs that differ per prompt fall back to the original decoder.
 """
@@ -80,7 +85,7 @@ class FastMaskDecoder(nn.Module):
             masks.append(m)
             ious.append(i)
         mask, iou = torch.cat(masks), torch.cat(ious)
-        return mask[:, sel], iou[:, sel]
+        return mask, iou[:, sel]
 
     def _predict(self, src: Tensor, pos: Tensor, sparse: Tensor, hw: torch.Size, sel: slice,
                  span: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -92,11 +97,12 @@ class FastMaskDecoder(nn.Module):
         queries, keys = tokens, src
         for layer in tr.layers:
             queries, keys = _block(layer, queries, keys, tokens, pos)
-        attn_out = _token_to_image(tr.final_attn_token_to_image, queries + tokens, keys, keys + pos)
+        attn_out = _token_to_image(tr.final_attn_token_to_image, queries + tokens, keys, pos)
         queries = tr.norm_final_attn(queries + attn_out)
         iou_pred = d.iou_prediction_head(queries[:, 0])
         mask_tokens = queries[:, 1:1 + d.num_mask_tokens]
-        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(d.output_hypernetworks_mlps)], 1)
+        wanted = range(d.num_mask_tokens)[sel]  # the mask tokens returned: no work on the others
+        hyper = torch.stack([d.output_hypernetworks_mlps[i](mask_tokens[:, i]) for i in wanted], 1)
         if self.skip_iou_below is None:
             return _upscale_and_project(d.output_upscaling, keys, hyper, hw), iou_pred
         gate = self.gate_ious(*span) if self.gate_ious is not None else iou_pred[:, sel]
@@ -109,17 +115,17 @@ class FastMaskDecoder(nn.Module):
 
 
 def _block(layer: Any, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
-    """TwoWayAttentionBlock.forward with the folded cross-attentions (keys: 1 or B x N x C)."""
+    """TwoWayAttentionBlock.forward with the folded cross-attentions (keys: 1 or B x N x C). Both
+    cross-attentions see keys + key_pe; it is never materialised per prompt (the pe term is shared)."""
     if layer.skip_first_layer_pe:
         queries = layer.self_attn(q=queries, k=queries, v=queries)
     else:
         q = queries + query_pe
         queries = queries + layer.self_attn(q=q, k=q, v=queries)
     queries = layer.norm1(queries)
-    x = keys + key_pe  # both cross-attentions of the block see the same keys + pe
-    queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys, x))
+    queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys, key_pe))
     queries = layer.norm3(queries + layer.mlp(queries))
-    keys = layer.norm4(keys + _image_to_token(layer.cross_attn_image_to_token, x, queries + query_pe, queries))
+    keys = layer.norm4(_image_to_token(layer.cross_attn_image_to_token, keys, key_pe, queries + query_pe, queries))
     return queries, keys
 
 
@@ -127,17 +133,19 @@ def _heads(attn: Any) -> tuple[int, int]:
     return attn.num_heads, attn.internal_dim // attn.num_heads
 
 
-def _token_to_image(attn: Any, q: Tensor, keys: Tensor, k: Tensor) -> Tensor:
-    """Attention(q=q, k=k, v=keys) with k = keys + pe: q B x T x C, keys and k 1|B x N x C -> B x T x C."""
+def _token_to_image(attn: Any, q: Tensor, keys: Tensor, pe: Tensor) -> Tensor:
+    """Attention(q=q, k=keys + pe, v=keys): q B x T x C, keys 1|B x N x C, pe 1 x N x C -> B x T x C."""
     b, t, c = q.shape
     h, dh = _heads(attn)
     qh = attn.q_proj(q).view(b, t, h, dh)
     q_folded = torch.einsum("bthd,hdc->bhtc", qh, attn.k_proj.weight.view(h, dh, c)).reshape(b, h * t, c)
+    q_folded = q_folded / math.sqrt(dh)
     if keys.shape[0] == 1:
-        scores = (q_folded.reshape(b * h * t, c) @ k[0].T).view(b, h * t, -1)
-    else:
-        scores = torch.bmm(q_folded, k.transpose(1, 2))
-    probs = torch.softmax(scores / math.sqrt(dh), dim=-1)
+        scores = (q_folded.reshape(b * h * t, c) @ (keys[0] + pe[0]).T).view(b, h * t, -1)
+    else:  # (keys + pe) k = keys k + pe k: the pe term is one shared GEMM
+        pe_term = (q_folded.reshape(b * h * t, c) @ pe[0].T).view(b, h * t, -1)
+        scores = torch.baddbmm(pe_term, q_folded, keys.transpose(1, 2))
+    probs = torch.softmax(scores, dim=-1)
     if keys.shape[0] == 1:
         pooled = (probs.reshape(b * h * t, -1) @ keys[0]).view(b, h, t, c)
     else:
@@ -146,25 +154,30 @@ def _token_to_image(attn: Any, q: Tensor, keys: Tensor, k: Tensor) -> Tensor:
     return attn.out_proj(v.reshape(b, t, h * dh))
 
 
-def _image_to_token(attn: Any, x: Tensor, k_tokens: Tensor, v_tokens: Tensor) -> Tensor:
-    """Attention(q=x, k=k_tokens, v=v_tokens): x 1|B x N x C image tokens (+pe), tokens B x T x C
-    -> B x N x C."""
+def _image_to_token(attn: Any, keys: Tensor, pe: Tensor, k_tokens: Tensor, v_tokens: Tensor) -> Tensor:
+    """keys + Attention(q=keys + pe, k=k_tokens, v=v_tokens) (the block's residual included): keys 1|B x
+    N x C image tokens, pe 1 x N x C, tokens B x T x C -> B x N x C."""
     b, t, c = k_tokens.shape
+    n = keys.shape[1]
     h, dh = _heads(attn)
-    kh = attn.k_proj(k_tokens).view(b, t, h, dh)
-    wq = attn.q_proj.weight.view(h, dh, c)
-    k_folded = torch.einsum("bthd,hdc->bcht", kh, wq).reshape(b, c, h * t)
+    kh = attn.k_proj(k_tokens).view(b, t, h, dh) / math.sqrt(dh)
+    k_folded = torch.einsum("bthd,hdc->bcht", kh, attn.q_proj.weight.view(h, dh, c)).reshape(b, c, h * t)
     bias = torch.einsum("bthd,hd->bht", kh, attn.q_proj.bias.view(h, dh)).reshape(b, 1, h * t)
-    if x.shape[0] == 1:
-        n = x.shape[1]
-        scores = (x[0] @ k_folded.permute(1, 0, 2).reshape(c, b * h * t)).view(n, b, h * t).transpose(0, 1)
-    else:
-        n = x.shape[1]
-        scores = torch.bmm(x, k_folded)
-    probs = torch.softmax(((scores + bias) / math.sqrt(dh)).view(b, n, h, t), dim=-1)
+    shared = keys[0] + pe[0] if keys.shape[0] == 1 else pe[0]  # per-prompt keys: only the pe term is shared
+    term = (shared @ k_folded.permute(1, 0, 2).reshape(c, b * h * t)).view(n, b, h * t).transpose(0, 1) + bias
+    scores = term if keys.shape[0] == 1 else torch.baddbmm(term, keys, k_folded)
+    # softmax over the T tokens of each head (rows of 7): by hand, torch's kernel is slow on short rows
+    s = scores.view(b, n, h, t)
+    s = (s - s.amax(-1, keepdim=True)).exp_()
+    probs = s.div_(s.sum(-1, keepdim=True))
     vh = attn.v_proj(v_tokens).view(b, t, h, dh)
     v_out = torch.einsum("bthd,chd->bhtc", vh, attn.out_proj.weight.view(c, h, dh)).reshape(b, h * t, c)
-    return torch.baddbmm(attn.out_proj.bias.expand(b, n, c), probs.reshape(b, n, h * t), v_out)
+    # every head's probabilities sum to 1, so bias / h on each of the h * t value rows adds the bias once
+    v_out = v_out + attn.out_proj.bias / h
+    if keys.shape[0] == 1:
+        return torch.baddbmm(keys.expand(b, n, c), probs.reshape(b, n, h * t), v_out)
+    # per-prompt keys are this decoder's own intermediate, not used after the residual: accumulate in place
+    return keys.baddbmm_(probs.reshape(b, n, h * t), v_out)
 
 
 def _upscale_and_project(upscaling: nn.Sequential, keys: Tensor, hyper: Tensor, hw: torch.Size) -> Tensor:
