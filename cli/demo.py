@@ -33,16 +33,20 @@ def synth(
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder: data, twins, datasets, models, "
-                             "eval report, summary.json."),
-    long: bool = typer.Option(False, "--long", help="4x the optimizer steps on 2x the data, 140 test "
-                              "samples (make demo-long; about 35 minutes on 2 CPU cores)."),
-    quick: bool = typer.Option(False, "--quick", help="A few training steps on a handful of samples "
-                               "(what the test suite runs; numbers are meaningless)."),
+                             "eval reports, summary.json."),
+    recipe: Path | None = typer.Option(None, "--recipe", help="Demo recipe (default recipes/demo.yaml)."),
+    long: bool = typer.Option(False, "--long", help="The recipe's 'long' preset: more steps on 2x the data, "
+                              "2 training seeds (make demo-long)."),
+    quick: bool = typer.Option(False, "--quick", help="The recipe's 'quick' preset: a few training steps on "
+                               "a handful of samples (what the test suite runs; numbers are meaningless)."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Override the optimizer steps per run."),
+    check_seed: list[int] = typer.Option([], "--check-seed", help="Also evaluate every row on a test split "
+                                         "drawn with this seed (repeatable)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """The whole pipeline on synthetic scenes: oracle twins -> Seg-DT -> SFTDT (weighted and unweighted)
-    -> evaluation of base / SFTDT / unweighted on the held-out test split -> table and report."""
+    """The whole pipeline on synthetic scenes: oracle twins -> Seg-DT -> compact SFT datasets -> SFTDT
+    training (path weighted, path unweighted, answer-only) -> evaluation with the untrained baselines on
+    val and the held-out test split -> table, bootstrap intervals and summary.json."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,9 +56,11 @@ def demo(
 
     if long and quick:
         raise typer.BadParameter("--long and --quick exclude each other")
-    cfg = DemoConfig.preset("quick" if quick else "long" if long else "default")
+    cfg = DemoConfig.load(recipe, "quick" if quick else "long" if long else None)
     if max_steps is not None:
         cfg.max_steps = max_steps
+    if check_seed:
+        cfg.check_seeds = list(check_seed)
     summary = run_demo(out, cfg, progress=progress, log=typer.echo)
     typer.echo("")
     typer.echo(demo_markdown(summary, out))

@@ -8,6 +8,8 @@ Forms (optionally prefixed ``NAME=`` to label the checkpoint in reports, e.g. ``
     runs/full/model         a local model folder (config.json)
     package:MOD/sub/path    a folder inside an installed Python package (e.g. the shipped MiniLM)
     openai:MODEL            an OpenAI-compatible API model (base_url / key variable from the config)
+    baseline:KIND[:MODEL]   an untrained picker: random, largest, embedding[:MODEL], constrained[:MODEL]
+                            (eval/baselines.py)
     ORG/NAME, hf:ORG/NAME   a Hugging Face Hub id (when not a local path): a full model, or a peft
                             adapter (downloaded; its base from its adapter_config.json). HF_HUB_OFFLINE
                             is respected; offline, an id missing from the cache is a one-line error
@@ -64,6 +66,11 @@ def parse_checkpoint(spec: str, base: ReasoningConfig) -> Checkpoint:
         label, spec_body = m.group(1), m.group(2)
     else:
         spec_body = spec
+    if spec_body.startswith("baseline:"):  # untrained pickers (eval/baselines.py)
+        from eval.baselines import parse_baseline
+
+        cfg, picker = parse_baseline(spec_body, base)
+        return Checkpoint(label or spec_body.split(":")[1], spec, cfg, reasoner=picker)
     if spec_body.startswith("openai:"):
         model = spec_body[len("openai:"):]
         cfg = base.replace(backend="openai", model=model, adapter=None)

@@ -1,19 +1,27 @@
-"""The end-to-end demo on synthetic scenes: the real pipeline, small enough for 2 CPU cores.
+"""The demo driver: recipes/demo.yaml run through the public pipeline on synthetic scenes, on 2 CPU cores.
 
-    synthetic scenes (data_builders.synthetic, ReasonSeg format + instance sidecars)
-    -> oracle perception: one DigitalTwin per sample into a DT cache (data_builders.dt_cache)
-    -> programmatic Seg-DT records (data_builders.programmatic) for the train split
-    -> tokenised SFT dataset with per-token loss weights (compact format, data_builders.sft_dataset)
-    -> SFTDT training (training.run.train_from_recipe): weighted, and the unweighted ablation
-    -> evaluation of base (zero-shot), SFTDT and SFTDT-unweighted with the harness (eval.harness)
-    -> comparison report (eval.report / eval.compare) and summary.json
+    dtwinseg synth (train / val / test, <out>/synth.yaml)      -> build-dt with the oracle perception config
+    -> programmatic Seg-DT records (train)                     -> compact SFT datasets (format.json beside)
+    -> SFTDT training of the MiniLM base, one run per trained row and training seed
+    -> dtwinseg eval of every row on val (trained rows) and test (all rows, baselines included)
+    -> summary.json (how to reproduce each row with the CLI), bootstrap intervals, the markdown table
 
-The base is ``minilm-causal`` (dtwinseg.base_models); the twin is rendered in the compact format
-(dtwinseg.reasoning.compact) because the full JSON(D) prompt does not fit a small model's budget.
+Every row is a checkpoint plus a reasoning config written to ``<out>/reasoning/<row>.yaml``: the trained
+rows are model folders read in the compact format (dtwinseg.formats.compact), the baselines are
+``baseline:KIND`` checkpoints (eval.baselines). ``summary.json``::
+
+    {"synth_config": "runs/demo/synth.yaml", "perception_config": "recipes/perception/oracle.yaml",
+     "main": "sftdt", "rows": {"sftdt": {"giou", "ciou", "giou_ci95": [lo, hi], "checkpoint",
+     "reasoning_config", "dimensions", "val_giou", ...}, ...}, "oracle": {...}, "stage_times_s": {...}}
+
+so ``dtwinseg synth --config <synth_config> --seed S`` + ``build-dt`` + ``dtwinseg eval -c <checkpoint>
+--reasoning-config <reasoning_config>`` reproduces a row on any seed (:func:`check_seed` does exactly
+that for ``check_seeds``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -24,95 +32,179 @@ from typing import Any
 
 import numpy as np
 
-from dtwinseg.io import atomic_write_json, atomic_write_text
+from dtwinseg.io import DataError, atomic_write_json, atomic_write_text, load_yaml
 
-ORACLE_PERCEPTION = {"source": "oracle", "vlm": {"backend": "none"}, "use_granularity": True}
-"""The perception config of the demo: recipes/perception/oracle.yaml."""
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RECIPE = PROJECT_ROOT / "recipes" / "demo.yaml"
+BASELINE_ROWS = ("random", "largest", "embedding", "constrained")
 
 
 @dataclass
 class DemoConfig:
-    """Every knob of the demo (defaults: `make demo`, at most ~10 minutes on 2 CPU cores).
+    """Every knob of the demo; defaults and presets live in recipes/demo.yaml (see the comments there).
 
-    n_train, n_test: synthetic samples per split (test is held out: other scenes, other seed stream).
-    seed: seed of the scenes, the model's new head and the training order.
-    max_objects: objects per scene (the generator's default is 12; 6 keeps prompts near 60 tokens).
-    max_steps: optimizer steps of each training run (weighted and unweighted).
-    batch_size: sequences per step. learning_rate: AdamW peak rate (cosine schedule, 5% warm-up); 2e-4
-        beat 8e-4 for this full fine-tuning of a pretrained base (experiments/RESULTS.md, section 5).
-    freeze: parameter groups kept fixed (recipe ``model.freeze``); the word embeddings are half of
-        MiniLM's parameters and tied to the LM head, and freezing them about halves the step time.
-    threads: torch intra-op threads for the whole run (1: robust on a shared 2-core machine, see
-        :func:`torch_threads`; 0: torch's default).
-    bf16: CPU bf16 autocast in training (TRL's default is on; measured no faster here, so off: fp32).
-    w_answer, w_completion: SFTDT loss weights of answer-list tokens and other completion tokens; the
-        unweighted ablation sets every weight to 1.
-    eval_batch_size: prompts per generate call (left padding is safe: generate derives BERT's
-        position_ids from the attention mask; batched == one-by-one is checked in tests/test_demo.py).
-    max_new_tokens: generation budget of the short ``Answer: [ids]`` line.
-    dropout: hidden and attention dropout of the base during fine-tuning (0: a short run learns faster).
-    compact: CompactConfig fields of the twin text (default: ids after their descriptions, "last").
+    seed: seed of the scenes. train_seeds: one training run per seed and row (rows of seeds after the
+    first are named ``<row>-seed<k>``). check_seeds: extra test splits drawn with these seeds.
+    rows: trained rows, ``{name: {"target": "path"|"answer", "weighted": bool}}``; main: the headline row.
+    format: compact format options shared by the trained rows (target set per row).
+    threads: torch intra-op threads for the whole run (1: robust on a shared 2-core machine).
+    jobs: trainings run at the same time (each ``dtwinseg train`` in its own process, ``threads`` threads;
+        0: one after the other in this process).
     """
 
-    n_train: int = 700
-    n_test: int = 70
     seed: int = 0
-    max_objects: int = 6
+    train_seeds: list = field(default_factory=lambda: [0])
+    n_train: int = 700
+    n_val: int = 70
+    n_test: int = 280
+    check_seeds: list = field(default_factory=list)
+    synth: dict = field(default_factory=lambda: {"max_objects": 6})
+    perception_config: str = "recipes/perception/oracle.yaml"
+    format: dict = field(default_factory=lambda: {"id_position": "last", "echo": True})
+    rows: dict = field(default_factory=lambda: {"sftdt": {"target": "path", "weighted": True}})
+    main: str = "sftdt"
+    baselines: list = field(default_factory=lambda: list(BASELINE_ROWS))
     max_steps: int = 140
     batch_size: int = 8
     learning_rate: float = 2e-4
     freeze: list = field(default_factory=lambda: ["embeddings"])
-    bf16: bool = False
-    threads: int = 1
-    w_answer: float = 4.0
-    w_completion: float = 1.0
-    eval_batch_size: int = 16
-    max_new_tokens: int = 16
     dropout: float = 0.0
-    compact: dict = field(default_factory=lambda: {"id_position": "last"})
+    bf16: bool = False
+    w_completion: float = 1.0
+    w_decision: float = 2.0
+    w_answer: float = 4.0
+    threads: int = 1
+    jobs: int = 3
+    eval_batch_size: int = 16
+    bootstrap: int = 1000
+    presets: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, spec in self.rows.items():
+            if not isinstance(spec, dict) or set(spec) - {"target", "weighted"}:
+                raise DataError(None, f"rows.{name}", "expected {target: path|answer, weighted: bool}")
+        if self.main not in self.rows:
+            raise DataError(None, "main", f"{self.main!r} is not one of the rows ({', '.join(self.rows)})")
+        unknown = sorted(set(self.baselines) - set(BASELINE_ROWS))
+        if unknown:
+            raise DataError(None, "baselines", f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINE_ROWS)}")
 
     @classmethod
-    def preset(cls, mode: str) -> DemoConfig:
-        """"default", "long" (4x the steps on 2x the data) or "quick" (a few steps on a handful of samples: tests)."""
-        if mode == "quick":
-            return cls(n_train=8, n_test=7, max_steps=2, batch_size=2, max_new_tokens=6, eval_batch_size=4)
-        if mode == "long":
-            return cls(n_train=1400, n_test=140, max_steps=400)
-        return cls()
+    def load(cls, path: str | os.PathLike | None = None, preset: str | None = None) -> DemoConfig:
+        """The recipe at ``path`` (default recipes/demo.yaml), with a preset's fields applied on top."""
+        path = Path(path) if path else DEFAULT_RECIPE
+        data = load_yaml(path)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DataError(path, unknown[0], f"unknown demo option; known: {', '.join(sorted(known))}")
+        if preset:
+            extra = (data.get("presets") or {}).get(preset)
+            if extra is None:
+                raise DataError(path, f"presets.{preset}", "no such preset")
+            bad = sorted(set(extra) - known)
+            if bad:
+                raise DataError(path, f"presets.{preset}.{bad[0]}", "unknown demo option")
+            data = {**data, **extra}
+        try:
+            return cls(**data)
+        except DataError as e:
+            raise DataError(path, e.field, e.message) from None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("presets")
+        return d
 
 
-# --- stages ----------------------------------------------------------------------------------------
-def build_oracle_cache(spec: str, cache_root: Path, progress: bool = True) -> Any:
-    """Twins of every sample of ``spec`` through the real builder with the ``oracle`` source
-    (recipes/perception/oracle.yaml: ground-truth instances, their semantics, level from the tag)."""
-    from data_builders.build_dt import build_dt
-    from dtwinseg.perception.builder import PerceptionConfig
+# --- small helpers ---------------------------------------------------------------------------------
+def rel(path: str | os.PathLike) -> str:
+    """``path`` relative to the project root when it lies inside it (summary.json's convention)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(p)
 
-    cfg = PerceptionConfig.from_dict(ORACLE_PERCEPTION)
-    cache, counts = build_dt(spec, cfg, cache_root, progress=progress)
-    if counts.failed:
-        raise RuntimeError(f"{counts.failed} twins failed for {spec}; see {cache.failures_path}")
-    return cache
+
+def project_path(path: str | os.PathLike) -> Path:
+    """A path from summary.json / the recipe: absolute as is, else relative to the project root."""
+    p = Path(path)
+    return p if p.is_absolute() else PROJECT_ROOT / p
 
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (restored afterwards).
+    """Run the block with ``n`` torch intra-op threads (restored afterwards; n <= 0: unchanged).
 
     With 2 threads on a 2-core machine that another job also uses, every op waits for the descheduled
-    thread (measured under such load: best_subset 0.42 s per sample with 2 threads vs 0.02 s with 1, so
-    200 s vs 10 s for the Seg-DT records stage; MiniLM fwd+bwd at batch 8 3.3 s vs 1.0 s)."""
+    thread (measured: best_subset 0.42 s per sample with 2 threads vs 0.02 s with 1)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    if n > 0:
+        torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def bootstrap_ci(values: list[float], n_boot: int, seed: int = 0) -> list[float]:
+    """95% percentile bootstrap interval of the mean of ``values`` (resampling samples)."""
+    if not values:
+        return [0.0, 0.0]
+    v = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(max(1, n_boot), len(v)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def format_options(cfg: DemoConfig, target: str) -> dict:
+    """Compact-format options of a row (the shared ``format`` with the row's target)."""
+    return {**cfg.format, "target": target}
+
+
+def reasoning_dict(model: str, options: dict, cfg: DemoConfig) -> dict:
+    """The reasoning config of a row (what ``dtwinseg eval --reasoning-config`` reads); the generation
+    budget is the format's own estimate for each twin (``max_new_tokens: auto``)."""
+    return {"strategy": "compact", "backend": "transformers", "model": model, "device": "cpu",
+            "dtype": "float32", "batch_size": cfg.eval_batch_size, "max_new_tokens": "auto",
+            "format": {"options": options}}
+
+
+# --- stages ----------------------------------------------------------------------------------------
+def write_scenes(cfg: DemoConfig, data: Path, out: Path, splits: dict[str, int], seed: int,
+                 progress: bool) -> Path:
+    """``dtwinseg synth`` into ``data``; the SynthConfig goes to ``out/synth.yaml`` (its --config)."""
+    import json
+
+    import yaml
+
+    from data_builders.synthetic import SynthConfig, write_dataset
+
+    synth_yaml = out / "synth.yaml"
+    scfg = SynthConfig(**cfg.synth)
+    atomic_write_text(synth_yaml, yaml.safe_dump(scfg.to_dict(), sort_keys=False))
+    made = data / "synthetic.json"
+    if made.is_file():
+        info = json.loads(made.read_text())
+        same = info.get("seed") == seed and info.get("config") == json.loads(json.dumps(scfg.to_dict()))
+        if same and {k: v["n"] for k, v in info.get("splits", {}).items()} == splits:
+            return synth_yaml  # the same scenes are already there (same seed, config and sizes)
+    write_dataset(data, splits, seed=seed, cfg=scfg, progress=progress)
+    return synth_yaml
+
+
+def build_twins(spec: str, perception_yaml: Path, cache_root: Path, progress: bool = True) -> Any:
+    """``dtwinseg build-dt`` of one split with the perception config (oracle: ground-truth instances)."""
+    from data_builders.build_dt import build_dt
+    from dtwinseg.perception.builder import PerceptionConfig
+
+    cache, counts = build_dt(spec, PerceptionConfig.from_yaml(perception_yaml), cache_root, progress=progress)
+    if counts.failed:
+        raise RuntimeError(f"{counts.failed} twins failed for {spec}; see {cache.failures_path}")
+    return cache
 
 
 def build_records(spec: str, cache: Any, out: Path) -> tuple[list, dict]:
@@ -121,16 +213,16 @@ def build_records(spec: str, cache: Any, out: Path) -> tuple[list, dict]:
     from data_builders.registry import open_dataset
     from data_builders.segdt import write_records
 
-    cfg = ProgrammaticConfig()
+    pcfg = ProgrammaticConfig()
     records, skipped = [], 0
     for s in open_dataset(spec):
         twin = cache.get(s.id)
         if twin is None:
             skipped += 1
             continue
-        rec = programmatic_record(s.id, s.image_path, s.query, twin, s.gt_mask, cfg=cfg,
+        rec = programmatic_record(s.id, s.image_path, s.query, twin, s.gt_mask, cfg=pcfg,
                                   dimension=s.dimension, granularity=s.granularity)
-        if rec.match_iou is not None and rec.match_iou < cfg.min_iou:
+        if rec.match_iou is not None and rec.match_iou < pcfg.min_iou:
             skipped += 1
             continue
         records.append(rec)
@@ -138,41 +230,22 @@ def build_records(spec: str, cache: Any, out: Path) -> tuple[list, dict]:
     return records, {"records": len(records), "skipped": skipped}
 
 
-def compact_rows(records: list, tokenizer: Any, compact_cfg: Any) -> tuple[Any, dict]:
-    """Tokenised SFT rows (input_ids, labels, loss_weights, token_kinds) of the compact format.
+def compact_dataset(records: list, tokenizer: Any, options: dict, out: Path, rec_stats: dict) -> tuple[Path, dict]:
+    """``dtwinseg build-sft --reasoning-config <row yaml>``: the records tokenised in the compact format
+    (decision spans: the verdicts of a path; answer span: the id list), saved with its format.json.
+    Token kinds are saved too, so the weighted and unweighted runs share one dataset."""
+    from data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset, save_dataset
+    from dtwinseg.formats import FormatConfig
 
-    Kinds: prompt 0, completion 1 ("Answer:" and the end token), answer 3 (the id list); weights come
-    from kinds at training time (``use_token_kinds``), so one dataset serves both weightings.
-    """
-    from datasets import Dataset, Features, Sequence, Value
-
-    from data_builders.sft_dataset import tokenize_conversation
-    from dtwinseg.reasoning.compact import compact_answer, compact_messages
-
-    rows = []
-    for rec in records:
-        text, span = compact_answer(rec.path.answer)
-        msgs = compact_messages(rec.twin, rec.query, compact_cfg) + [{"role": "assistant", "content": text}]
-        if not msgs[0]["role"] == "system":  # the plain layout expects system, user, assistant
-            msgs = [{"role": "system", "content": ""}] + msgs
-        ids, kinds = tokenize_conversation(tokenizer, msgs, [], [span])
-        kinds = np.asarray(kinds)
-        rows.append({"id": rec.id, "input_ids": ids, "labels": [t if k > 0 else -100 for t, k in zip(ids, kinds, strict=True)],
-                     "loss_weights": [float(k > 0) for k in kinds], "token_kinds": kinds.tolist(),
-                     "removed_objects": 0})
-    features = Features({"id": Value("string"), "input_ids": Sequence(Value("int32")),
-                         "labels": Sequence(Value("int32")), "loss_weights": Sequence(Value("float32")),
-                         "token_kinds": Sequence(Value("int8")), "removed_objects": Value("int32")})
-    lengths = [len(r["input_ids"]) for r in rows]
-    return Dataset.from_list(rows, features=features), {"examples": len(rows),
-                                                        "mean_tokens": float(np.mean(lengths)),
-                                                        "max_tokens": int(max(lengths))}
+    cfg = SFTDatasetConfig(max_length=512, strategy="compact", format=FormatConfig(options=options))
+    ds, stats = build_sft_dataset(records, tokenizer, cfg)
+    return save_dataset(ds, out, {"records": rec_stats, "dataset": stats}, cfg), stats
 
 
-def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted: bool) -> dict:
-    """The SFTDT recipe of one demo run (full fine-tuning of the small base)."""
-    w = {"w_completion": cfg.w_completion, "w_decision": 2.0, "w_answer": cfg.w_answer} if weighted else \
-        {"w_completion": 1.0, "w_decision": 1.0, "w_answer": 1.0}
+def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted: bool, seed: int) -> dict:
+    """The SFTDT recipe of one trained row (full fine-tuning of the small base, embeddings frozen)."""
+    w = {"w_completion": cfg.w_completion, "w_decision": cfg.w_decision, "w_answer": cfg.w_answer} if weighted \
+        else {"w_completion": 1.0, "w_decision": 1.0, "w_answer": 1.0}
     return {
         "model": {"name_or_path": str(base), "dtype": "float32",
                   "kwargs": {"hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout},
@@ -181,26 +254,89 @@ def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted
         "lora": {"use_lora": False},
         "training": {"output_dir": str(out), "use_cpu": True, "bf16": cfg.bf16, "max_steps": cfg.max_steps,
                      "per_device_train_batch_size": cfg.batch_size, "gradient_accumulation_steps": 1,
-                     "learning_rate": cfg.learning_rate, "lr_scheduler_type": "cosine", "warmup_steps": max(1, cfg.max_steps // 20),
-                     "weight_decay": 0.0, "gradient_checkpointing": False, "logging_steps": max(1, cfg.max_steps // 10), "save_strategy": "no",
-                     "report_to": [], "seed": cfg.seed, "dataloader_num_workers": 0,
+                     "learning_rate": cfg.learning_rate, "lr_scheduler_type": "cosine",
+                     "warmup_steps": max(1, cfg.max_steps // 20), "weight_decay": 0.0,
+                     "gradient_checkpointing": False, "logging_steps": max(1, cfg.max_steps // 10),
+                     "save_strategy": "no", "report_to": [], "seed": seed, "dataloader_num_workers": 0,
                      "use_token_kinds": True, **w, "disable_tqdm": False},
         "merge": {"enabled": False},
         "launch": {"num_processes": 1},
     }
 
 
-def compact_checkpoint(label: str, model_dir: Path, cfg: DemoConfig) -> Any:
-    """An eval Checkpoint whose reasoner uses the compact strategy over a transformers backend."""
-    from dtwinseg.reasoning import LLMReasoner, ReasoningConfig
-    from dtwinseg.reasoning.compact import CompactConfig, CompactStrategy
-    from eval.checkpoints import Checkpoint
+def train_all(out: Path, recipes: dict[str, dict], cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Path]:
+    """``dtwinseg train <recipe>`` for every run, ``cfg.jobs`` processes at a time; a run whose output
+    folder already holds a model trained from the same recipe is reused. Returns {label: model folder}."""
+    import subprocess
+    import sys
 
-    rcfg = ReasoningConfig(strategy="select", backend="transformers", model=str(model_dir), device="cpu",
-                           dtype="float32", batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens)
-    reasoner = LLMReasoner(rcfg)
-    reasoner.strategy = CompactStrategy(CompactConfig(**cfg.compact))
-    return Checkpoint(label, str(model_dir), rcfg, reasoner=reasoner)
+    import yaml
+
+    pending, running, done = [], [], {}
+    for label, recipe in recipes.items():
+        path = out / "recipes" / f"{label}.yaml"
+        text = yaml.safe_dump(recipe, sort_keys=False)
+        model = Path(recipe["training"]["output_dir"])
+        if path.is_file() and path.read_text() == text and (model / "config.json").is_file():
+            log(f"[demo] {label}: reusing {model}")
+            done[label] = model
+            continue
+        atomic_write_text(path, text)
+        pending.append((label, path, model))
+    if cfg.jobs <= 0:  # in this process, one after the other (no process start-up: the quick preset)
+        from training.run import train_from_recipe
+
+        for label, path, model in pending:
+            t = time.time()
+            train_from_recipe(load_yaml(path))
+            log(f"[demo] trained {label} in {time.time() - t:.0f} s")
+            done[label] = model
+        return done
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cfg.threads)), "TOKENIZERS_PARALLELISM": "false"}
+    while pending or running:
+        while pending and len(running) < max(1, cfg.jobs):
+            label, path, model = pending.pop(0)
+            logf = open(out / f"train-{label}.log", "w")  # noqa: SIM115 - closed when the process ends
+            proc = subprocess.Popen([sys.executable, "-m", "cli", "train", str(path)], cwd=PROJECT_ROOT, env=env,
+                                    stdout=logf, stderr=subprocess.STDOUT)
+            running.append((label, model, proc, logf, time.time()))
+            log(f"[demo] training {label} (log: {out / f'train-{label}.log'})")
+        time.sleep(1.0)
+        for item in list(running):
+            label, model, proc, logf, start = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            logf.close()
+            if proc.returncode != 0:
+                for _, _, other, f, _ in running:
+                    other.kill()
+                    f.close()
+                raise RuntimeError(f"training {label} failed (exit {proc.returncode}); see {out / f'train-{label}.log'}")
+            log(f"[demo] trained {label} in {time.time() - start:.0f} s")
+            done[label] = model
+    return done
+
+
+def row_checkpoint(label: str, checkpoint: str, reasoning_yaml: Path) -> Any:
+    """The eval Checkpoint of a row as ``dtwinseg eval -c LABEL=CHECKPOINT --reasoning-config YAML`` run
+    from the project root builds it (relative paths are taken from the project root)."""
+    from dtwinseg.reasoning import ReasoningConfig
+    from eval.checkpoints import parse_checkpoint
+
+    if checkpoint.startswith("baseline:constrained:"):
+        checkpoint = "baseline:constrained:" + str(project_path(checkpoint.split(":", 2)[2]))
+    elif not checkpoint.startswith("baseline:"):
+        checkpoint = str(project_path(checkpoint))
+    return parse_checkpoint(f"{label}={checkpoint}", ReasoningConfig.from_yaml(reasoning_yaml))
+
+
+def write_row_config(out: Path, name: str, rdict: dict) -> Path:
+    import yaml
+
+    path = out / "reasoning" / f"{name}.yaml"
+    atomic_write_text(path, yaml.safe_dump(rdict, sort_keys=False))
+    return path
 
 
 # --- the whole run ---------------------------------------------------------------------------------
@@ -208,24 +344,15 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig | None = None, *, progress:
              log: Callable[[str], None] = print) -> dict:
     """Run every stage into ``out`` with ``cfg.threads`` torch threads; returns the summary (also
     written to ``out/summary.json``)."""
-    cfg = cfg or DemoConfig()
-    if cfg.threads <= 0:
-        return _run_stages(out, cfg, progress, log)
+    cfg = cfg or DemoConfig.load()
     with torch_threads(cfg.threads):
-        return _run_stages(out, cfg, progress, log)
+        return _run_stages(Path(out), cfg, progress, log)
 
 
-def _run_stages(out: str | os.PathLike, cfg: DemoConfig, progress: bool, log: Callable[[str], None]) -> dict:
-    from datasets import load_from_disk  # noqa: F401 - fail early if datasets is missing
-
-    from data_builders.sft_dataset import load_tokenizer, save_dataset
-    from data_builders.synthetic import SynthConfig, write_dataset
+def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str], None]) -> dict:
+    from data_builders.sft_dataset import load_tokenizer
     from dtwinseg.base_models import prepare_base_model
-    from dtwinseg.reasoning.compact import CompactConfig
-    from eval.harness import EvalOptions, evaluate
-    from training.run import train_from_recipe
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     times: dict[str, float] = {}
@@ -236,95 +363,158 @@ def _run_stages(out: str | os.PathLike, cfg: DemoConfig, progress: bool, log: Ca
 
     t = time.time()
     data = out / "data"
-    write_dataset(data, {"train": cfg.n_train, "test": cfg.n_test}, seed=cfg.seed,
-                  cfg=SynthConfig(max_objects=cfg.max_objects), progress=progress)
+    synth_yaml = write_scenes(cfg, data, out, {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test},
+                              cfg.seed, progress)
     stage("synthetic scenes", t)
 
     t = time.time()
-    train_spec, test_spec = f"synthetic:{data}:train", f"synthetic:{data}:test"
-    cache = build_oracle_cache(train_spec, out / "dt", progress)
-    build_oracle_cache(test_spec, out / "dt", progress)
+    perception = project_path(cfg.perception_config)
+    specs = {s: f"synthetic:{data}:{s}" for s in ("train", "val", "test")}
+    caches = {s: build_twins(spec, perception, out / "dt", progress) for s, spec in specs.items()}
     stage("oracle twins", t)
 
     t = time.time()
-    records, rec_stats = build_records(train_spec, cache, out / "segdt.jsonl")
+    records, rec_stats = build_records(specs["train"], caches["train"], out / "segdt.jsonl")
     base = prepare_base_model(out / "base")
     tok = load_tokenizer(str(base))
-    ds, ds_stats = compact_rows(records, tok, CompactConfig(**cfg.compact))
-    sft = save_dataset(ds, out / "sft", {"records": rec_stats, "dataset": ds_stats, "format": "compact"})
-    stage("Seg-DT records + SFT dataset", t)
-    log(f"[demo] {rec_stats['records']} records, {ds_stats['examples']} examples, "
-        f"{ds_stats['mean_tokens']:.0f} tokens on average")
-
-    trained = {}
-    for name, weighted in (("trained", True), ("unweighted", False)):
-        t = time.time()
-        recipe = training_recipe(cfg, base, sft, out / f"train-{name}", weighted)
-        trained[name] = train_from_recipe(recipe)
-        stage(f"SFTDT training ({name})", t)
+    sft: dict[str, Path] = {}
+    for target in sorted({spec["target"] for spec in cfg.rows.values()}):
+        sft[target], ds_stats = compact_dataset(records, tok, format_options(cfg, target), out / f"sft-{target}",
+                                                rec_stats)
+        log(f"[demo] {target}: {ds_stats['examples']} examples, {ds_stats['mean_tokens']:.0f} tokens on average")
+    stage("Seg-DT records + SFT datasets", t)
 
     t = time.time()
-    cks = [compact_checkpoint("base", base, cfg), compact_checkpoint("trained", trained["trained"], cfg),
-           compact_checkpoint("unweighted", trained["unweighted"], cfg)]
-    metrics = evaluate(test_spec, cache.folder, cks, out / "eval", EvalOptions(progress=progress), log=log)
-    stage("evaluation", t)
-    summary = summarise(metrics, time.time() - t0, cfg, times)
+    runs = {}
+    for k, seed in enumerate(cfg.train_seeds):
+        for name, spec in cfg.rows.items():
+            label = name if k == 0 else f"{name}-seed{seed}"
+            recipe = training_recipe(cfg, base, sft[spec["target"]], out / f"train-{label}",
+                                     bool(spec["weighted"]), int(seed))
+            runs[label] = (recipe, spec)
+    models = train_all(out, {k: r for k, (r, _) in runs.items()}, cfg, log)
+    trained = {label: (models[label], spec) for label, (_, spec) in runs.items()}
+    stage(f"training ({len(runs)} runs, {cfg.jobs} at a time)", t)
+
+    rows: dict[str, dict] = {}
+    for label, (model, spec) in trained.items():
+        rdict = reasoning_dict(rel(model), format_options(cfg, spec["target"]), cfg)
+        rows[label] = {"checkpoint": rel(model), "reasoning_config": rel(write_row_config(out, label, rdict)),
+                       "trained": {"target": spec["target"], "weighted": bool(spec["weighted"]),
+                                   "steps": cfg.max_steps}}
+    answer_yaml = write_row_config(out, "baselines", reasoning_dict(rel(base), format_options(cfg, "answer"), cfg))
+    for kind in cfg.baselines:
+        ck = f"baseline:{kind}" + (f":{rel(base)}" if kind == "constrained" else "")
+        rows[kind] = {"checkpoint": ck, "reasoning_config": rel(answer_yaml), "trained": None}
+
+    t = time.time()
+    val = evaluate_rows(specs["val"], caches["val"].folder, {k: v for k, v in rows.items() if k in trained},
+                        out / "eval-val", cfg, progress, log)
+    stage("evaluation (val)", t)
+    t = time.time()
+    test = evaluate_rows(specs["test"], caches["test"].folder, rows, out / "eval", cfg, progress, log)
+    stage("evaluation (test)", t)
+
+    for label, row in rows.items():
+        row.update(test["rows"][label])
+        if label in val["rows"]:
+            row["val_giou"] = val["rows"][label]["giou"]
+    summary = {"synth_config": rel(synth_yaml), "perception_config": rel(perception), "main": cfg.main,
+               "rows": rows, "oracle": test["oracle"], "test": {"seed": cfg.seed, "n": test["n"]},
+               "val": {"seed": cfg.seed, "n": val["n"]}, "wall_time_s": 0.0, "stage_times_s": times,
+               "config": cfg.to_dict()}
+    for seed in cfg.check_seeds:
+        t = time.time()
+        summary.setdefault("check_seeds", {})[str(seed)] = check_seed(summary, int(seed), out / f"check-seed{seed}",
+                                                                      progress=progress, log=log)
+        stage(f"check on seed {seed}", t)
+    summary["wall_time_s"] = round(time.time() - t0, 1)
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "README.md", demo_markdown(summary, out))
     return summary
 
 
+def evaluate_rows(spec: str, cache_folder: Path, rows: dict[str, dict], out: Path, cfg: DemoConfig,
+                  progress: bool, log: Callable[[str], None]) -> dict:
+    """Evaluate every row (checkpoint + reasoning config) with the harness; per row gIoU, cIoU, the
+    bootstrap interval of gIoU and per-dimension gIoU, plus the oracle bound and the sample count."""
+    from eval.harness import EvalOptions, evaluate
+    from eval.records import load_records
+
+    cks = [row_checkpoint(label, r["checkpoint"], project_path(r["reasoning_config"])) for label, r in rows.items()]
+    metrics = evaluate(spec, cache_folder, cks, out, EvalOptions(progress=progress, restart=True), log=log) or {}
+    result: dict[str, Any] = {"rows": {}, "oracle": None, "n": 0}
+    for label in rows:
+        m = metrics.get("checkpoints", {}).get(label, {})
+        overall = _overall(m)
+        recs = [r for p in sorted((out / label).glob("predictions*.jsonl")) for r in load_records(p)
+                if r.get("kind") != "input_error"]
+        result["n"] = max(result["n"], len(recs))
+        result["rows"][label] = {
+            "giou": overall.get("giou"), "ciou": overall.get("ciou"),
+            "giou_ci95": bootstrap_ci([float(r["iou"]) for r in recs], cfg.bootstrap),
+            "dimensions": {d: v.get("giou") for d, v in sorted(m.get("dimensions", {}).items())},
+            "parse": m.get("parse", {})}
+        if result["oracle"] is None and "oracle_giou" in overall:
+            result["oracle"] = {"giou": overall["oracle_giou"], "ciou": overall["oracle_ciou"]}
+    return result
+
+
 def _overall(m: dict) -> dict:
-    for key in ("overall", "all"):
-        if key in m.get("groups", {}):
-            return m["groups"][key]
     groups = m.get("groups", {})
+    for key in ("overall", "all"):
+        if key in groups:
+            return groups[key]
     return next(iter(groups.values())) if groups else {}
 
 
-def summarise(metrics: dict | None, wall: float, cfg: DemoConfig, times: dict) -> dict:
-    """summary.json: {"base"|"trained"|"unweighted": {giou, ciou, dimensions, parse}, oracle, wall_time_s}."""
-    metrics = metrics or {}
-    per_ck = metrics.get("checkpoints", metrics)
-    out: dict[str, Any] = {}
-    oracle = None
-    for label in ("base", "trained", "unweighted"):
-        m = per_ck.get(label, {})
-        o = _overall(m)
-        out[label] = {"giou": o.get("giou"), "ciou": o.get("ciou"),
-                      "dimensions": {d: {"giou": v.get("giou"), "ciou": v.get("ciou")}
-                                     for d, v in m.get("dimensions", {}).items()},
-                      "parse": m.get("parse", {})}
-        if oracle is None and "oracle_giou" in o:
-            oracle = {"giou": o["oracle_giou"], "ciou": o["oracle_ciou"]}
-    out["oracle"] = oracle
-    out["wall_time_s"] = round(wall, 1)
-    out["stage_times_s"] = times
-    out["config"] = cfg.to_dict()
-    return out
+def check_seed(summary: dict, seed: int, out: Path, *, n_test: int | None = None, progress: bool = True,
+               log: Callable[[str], None] = print) -> dict:
+    """Reproduce every row of ``summary`` on a test split drawn with ``seed``, only from what summary.json
+    names: synth config -> scenes, perception config -> twins, checkpoint + reasoning config -> eval."""
+    from data_builders.synthetic import SynthConfig, write_dataset
+
+    cfg = DemoConfig(**{k: v for k, v in summary["config"].items() if k != "presets"})
+    n = n_test if n_test is not None else cfg.n_test
+    data = out / "data"
+    write_dataset(data, {"test": n}, seed=seed, cfg=SynthConfig(**load_yaml(project_path(summary["synth_config"]))),
+                  progress=progress)
+    spec = f"synthetic:{data}:test"
+    cache = build_twins(spec, project_path(summary["perception_config"]), out / "dt", progress)
+    rows = {k: {"checkpoint": r["checkpoint"], "reasoning_config": r["reasoning_config"]}
+            for k, r in summary["rows"].items()}
+    res = evaluate_rows(spec, cache.folder, rows, out / "eval", cfg, progress, log)
+    return {"n": res["n"], "rows": {k: {"giou": v["giou"], "ciou": v["ciou"], "giou_ci95": v["giou_ci95"],
+                                        "dimensions": v["dimensions"]} for k, v in res["rows"].items()}}
 
 
+# --- the table -------------------------------------------------------------------------------------
 def demo_markdown(summary: dict, out: Path) -> str:
-    """The comparison table (gIoU / cIoU x100, overall and per dimension) as markdown."""
-    labels = ("base", "trained", "unweighted")
-    dims = sorted({d for k in labels for d in summary[k]["dimensions"]})
+    """The comparison table (gIoU / cIoU x100 with the gIoU interval, per-dimension gIoU) as markdown."""
+    rows = summary["rows"]
+    dims = sorted({d for r in rows.values() for d in r.get("dimensions", {})})
 
     def f(x: Any) -> str:
         return "-" if x is None else f"{100 * x:.1f}"
 
-    lines = ["| model | gIoU | cIoU | " + " | ".join(dims) + " | parse failures |",
-             "|---|---|---|" + "---|" * len(dims) + "---|"]
-    for k in labels:
-        s = summary[k]
-        parse = s.get("parse", {})
-        fails = parse.get("failed", 0) if isinstance(parse, dict) else parse
-        lines.append(f"| {k} | {f(s['giou'])} | {f(s['ciou'])} | "
-                     + " | ".join(f(s["dimensions"].get(d, {}).get("giou")) for d in dims) + f" | {fails} |")
+    lines = ["| row | gIoU | 95% CI | cIoU | val gIoU | " + " | ".join(dims) + " | parse failed | trained |",
+             "|---|---|---|---|---|" + "---|" * len(dims) + "---|---|"]
+    for name, r in rows.items():
+        lo, hi = r.get("giou_ci95") or (None, None)
+        parse = r.get("parse") or {}
+        what = r.get("trained")
+        what = "untrained" if not what else f"{what['target']}, {'weighted' if what['weighted'] else 'unweighted'}"
+        mark = " (main)" if name == summary.get("main") else ""
+        lines.append(f"| {name}{mark} | {f(r.get('giou'))} | {f(lo)}-{f(hi)} | {f(r.get('ciou'))} | "
+                     f"{f(r.get('val_giou'))} | " + " | ".join(f(r.get('dimensions', {}).get(d)) for d in dims)
+                     + f" | {parse.get('failed', 0)} | {what} |")
     o = summary.get("oracle") or {}
-    if isinstance(o, dict):
-        lines.append(f"| oracle bound | {f(o.get('giou'))} | {f(o.get('ciou'))} | " + " | ".join("" for _ in dims)
-                     + " | |")
+    lines.append(f"| oracle bound | {f(o.get('giou'))} | | {f(o.get('ciou'))} | |" + " |" * len(dims) + " | |")
     lines.append("")
-    lines.append(f"Per-dimension columns are gIoU. Wall time {summary['wall_time_s']:.0f} s. "
-                 f"Full report: {out / 'eval'}")
+    n = summary.get("test", {}).get("n")
+    lines.append(f"Test split: {n} scenes (seed {summary.get('test', {}).get('seed')}); per-dimension columns "
+                 f"are gIoU. Wall time {summary['wall_time_s']:.0f} s. Report: {out / 'eval'}")
+    for seed, res in (summary.get("check_seeds") or {}).items():
+        cells = ", ".join(f"{k} {f(v['giou'])}" for k, v in res["rows"].items())
+        lines.append(f"Seed {seed} test split ({res['n']} scenes), gIoU: {cells}")
     return "\n".join(lines) + "\n"

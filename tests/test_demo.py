@@ -1,4 +1,5 @@
-"""The demo pipeline: compact format, base model preparation, and a shortened end-to-end run."""
+"""The demo: the compact format (answer / path), the untrained baselines, bootstrap intervals, the demo
+recipe, and a quick end-to-end run whose rows the public CLI reproduces from summary.json."""
 
 from __future__ import annotations
 
@@ -8,43 +9,146 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dtwinseg.parsing import parse_indices
-from dtwinseg.reasoning.compact import CompactConfig, CompactStrategy, compact_answer, compact_twin_text
+from dtwinseg.formats import FormatConfig, Target, build_format
+from dtwinseg.formats.compact import CompactOptions, parse_compact, twin_text
+from dtwinseg.io import DataError
 from dtwinseg.twin import DigitalTwin
 
 
 def small_twin() -> DigitalTwin:
-    masks = np.zeros((2, 20, 30), dtype=bool)
+    masks = np.zeros((3, 20, 30), dtype=bool)
     masks[0, 2:6, 3:9] = True
     masks[1, 10:20, 20:30] = True
-    return DigitalTwin.from_masks("t", masks, semantics=["a small red circle", "a large blue square"])
+    masks[2, 12:16, 2:6] = True
+    return DigitalTwin.from_masks("t", masks, semantics=["a small red circle", "a large blue square",
+                                                         "a small green star"])
 
 
-def test_compact_text_lists_every_object_with_position_and_area() -> None:
-    text = compact_twin_text(small_twin())
-    lines = text.splitlines()
+def test_compact_text_lists_every_object_with_position_area_and_ranks() -> None:
+    lines = twin_text(small_twin(), CompactOptions(id_position="first")).splitlines()
     assert lines[0] == "0: a small red circle, at 5 3, area 4.0"
     assert lines[1].startswith("1: a large blue square, at 24 14, area 16.7")
-    box = compact_twin_text(small_twin(), CompactConfig(position="box", areas=False))
+    box = twin_text(small_twin(), CompactOptions(position="box", areas=False, id_position="first"))
     assert box.splitlines()[1] == "1: a large blue square, box 20 10 29 19"
-    last = compact_twin_text(small_twin(), CompactConfig(id_position="last"))
-    assert last.splitlines()[0] == "a small red circle, at 5 3, area 4.0, id 0"
-    with pytest.raises(ValueError, match="position"):
-        compact_twin_text(small_twin(), CompactConfig(position="nowhere"))
-    with pytest.raises(ValueError, match="id_position"):
-        compact_twin_text(small_twin(), CompactConfig(id_position="middle"))
+    last = twin_text(small_twin(), CompactOptions(ranks=True))
+    assert last.splitlines()[0] == "a small red circle, at 5 3, area 4.0, size rank 2 of 3, x rank 2 of 3, id 0"
+    assert last.splitlines()[1].endswith("size rank 1 of 3, x rank 3 of 3, id 1")
 
 
-def test_compact_answer_span_and_strategy_decode_round_trip() -> None:
-    text, (a, b) = compact_answer([3, 1])
-    assert text == "Answer: [1, 3]" and text[a:b] == "[1, 3]"
-    strat = CompactStrategy(CompactConfig())
+def test_compact_path_target_marks_verdicts_and_answer_and_parses_back() -> None:
     twin = small_twin()
-    assert strat.decode("answer : [ 1 ]", twin).parse.ids == [1]  # WordPiece-decoded spacing
-    assert strat.decode("[ [ [", twin).parse.status == "failed"
-    assert parse_indices(text, [1, 3]).ids == [1, 3]
-    msgs = strat.messages(twin, "the red circle")
-    assert msgs[-1]["content"].startswith("query: the red circle\n0: a small red circle")
+    fmt = build_format("compact", FormatConfig(options={"target": "path"}))
+    comp = fmt.target(twin, Target([1]))
+    assert comp.text.splitlines() == ["a small red circle, id 0: no", "a large blue square, id 1: yes",
+                                      "a small green star, id 2: no", "Answer: [1]"]
+    assert [comp.text[a:b] for a, b in comp.decision_spans] == ["no", "yes", "no"]
+    assert [comp.text[a:b] for a, b in comp.answer_spans] == ["[1]"]
+    assert fmt.parse(comp.text, twin).parse.ids == [1]
+    # WordPiece-decoded spacing; no answer line -> the yes verdicts (repaired); garbage -> failed
+    cut = "a small red circle, id 0 : yes\nid 1 : no\nid 2 : yes"
+    res = parse_compact(cut, twin.ids)
+    assert res.status == "repaired" and res.ids == [0, 2]
+    assert parse_compact("[ [ [", twin.ids).status == "failed"
+    assert parse_compact("id 7: yes", twin.ids).ids == []  # unknown ids never reach the mask
+    answer = build_format("compact", FormatConfig(options={"target": "answer"}))
+    assert answer.target(twin, Target([2, 0])).text == "Answer: [0, 2]"
+    msgs = answer.messages(twin, "the red circle")
+    assert msgs[0] == {"role": "system", "content": ""}  # always present: plain layout == build-sft's
+    assert msgs[1]["content"].startswith("query: the red circle\na small red circle, at 5 3, area 4.0, id 0")
+
+
+def test_reasoning_config_selects_the_compact_format_and_names_bad_options(tmp_path: Path) -> None:
+    from dtwinseg.reasoning import ReasoningConfig, make_strategy
+
+    yaml_path = tmp_path / "r.yaml"
+    yaml_path.write_text("strategy: compact\nmodel: m\nformat:\n  options: {target: path, echo: false}\n")
+    fmt = make_strategy(ReasoningConfig.from_yaml(yaml_path))
+    assert fmt.name == "compact" and fmt.target(small_twin(), Target([0])).text.startswith("id 0: yes\n")
+    yaml_path.write_text("strategy: compact\nformat:\n  options: {targt: path}\n")
+    with pytest.raises(DataError, match="targt"):
+        make_strategy(ReasoningConfig.from_yaml(yaml_path))
+
+
+def test_embedding_largest_and_random_baselines_as_eval_checkpoints() -> None:
+    from dtwinseg.reasoning import ReasoningConfig
+    from eval.checkpoints import parse_checkpoint
+
+    twin = small_twin()
+    base = ReasoningConfig(strategy="compact", model="")
+    emb = parse_checkpoint("e=baseline:embedding", base)
+    outs = emb.reasoner.reason([(twin, "the big blue square"), (twin, "the green star"), (twin, "a red circle")])
+    assert [o.ids for o in outs] == [[1], [2], [0]] and all(o.parse.status == "ok" for o in outs)
+    assert set(outs[0].scores) == {0, 1, 2}
+    largest = parse_checkpoint("baseline:largest", base)
+    assert largest.label == "largest" and largest.reasoner.reason([(twin, "anything")])[0].ids == [1]
+    rnd = parse_checkpoint("baseline:random", base).reasoner
+    picks = [rnd.reason([(twin, f"query {k}")])[0].ids[0] for k in range(30)]
+    assert picks == [rnd.reason([(twin, f"query {k}")])[0].ids[0] for k in range(30)]  # reruns agree
+    assert set(picks) == {0, 1, 2}
+    with pytest.raises(DataError, match="unknown baseline"):
+        parse_checkpoint("baseline:smallest", base)
+
+
+def test_constrained_baseline_scores_each_one_object_answer_like_an_unpadded_forward(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertLMHeadModel
+
+    from dtwinseg.base_models import packaged_minilm_path
+    from dtwinseg.reasoning import ReasoningConfig
+    from eval.checkpoints import parse_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(str(packaged_minilm_path()))
+    torch.manual_seed(0)
+    model = BertLMHeadModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=64, is_decoder=True)).eval()
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    cfg = ReasoningConfig(strategy="compact", device="cpu", dtype="float32", batch_size=2,
+                          format={"options": {"target": "path"}})
+    ck = parse_checkpoint(f"zs=baseline:constrained:{tmp_path / 'tiny'}", cfg)
+    twin = small_twin()
+    out = ck.reasoner.reason([(twin, "the green star"), (twin, "all the squares")])
+    assert all(len(o.ids) == 1 and o.parse.status == "ok" for o in out)
+    fmt = build_format("compact", FormatConfig(options={"target": "path"}))
+    prompt = tok(ck.reasoner.backend.prompt_text(fmt.messages(twin, "the green star")), add_special_tokens=False)["input_ids"]
+    for i in twin.ids:  # one candidate at a time, no padding: the batched, right-padded score must agree
+        comp = tok(fmt.target(twin, Target([i])).text, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + comp])).logits[0], -1)
+        ref = float(sum(logp[len(prompt) - 1 + k, t] for k, t in enumerate(comp)))
+        assert out[0].scores[i] == pytest.approx(ref, abs=1e-3)
+    assert out[0].ids == [max(out[0].scores, key=out[0].scores.get)]
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_samples() -> None:
+    from eval.demo import bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    small, large = list(rng.random(40)), list(rng.random(400))
+    lo, hi = bootstrap_ci(small, 500)
+    assert lo < float(np.mean(small)) < hi
+    lo2, hi2 = bootstrap_ci(large, 500)
+    assert hi2 - lo2 < hi - lo
+    assert bootstrap_ci(small, 500) == [lo, hi]  # seeded
+    assert bootstrap_ci([1.0] * 5, 100) == [1.0, 1.0]
+
+
+def test_demo_recipe_loads_with_presets_and_refuses_unknown_keys(tmp_path: Path) -> None:
+    from eval.demo import DemoConfig
+
+    cfg = DemoConfig.load()
+    assert cfg.n_test >= 280 and cfg.main in cfg.rows and cfg.rows[cfg.main] == {"target": "path", "weighted": True}
+    assert set(cfg.baselines) == {"random", "largest", "embedding", "constrained"}
+    assert len(DemoConfig.load(preset="long").train_seeds) == 2
+    quick = DemoConfig.load(preset="quick")
+    assert quick.max_steps < cfg.max_steps and quick.n_test < cfg.n_test
+    bad = tmp_path / "demo.yaml"
+    bad.write_text("n_tset: 3\n")
+    with pytest.raises(DataError, match="n_tset"):
+        DemoConfig.load(bad)
+    bad.write_text("rows: {a: {target: path, weighted: true}}\nmain: b\n")
+    with pytest.raises(DataError, match="main"):
+        DemoConfig.load(bad)
 
 
 def test_prepare_minilm_causal_loads_as_causal_lm(tmp_path: Path) -> None:
@@ -61,32 +165,6 @@ def test_prepare_minilm_causal_loads_as_causal_lm(tmp_path: Path) -> None:
     assert (out / "config.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="unknown base model"):
         prepare_base_model(tmp_path / "x", BaseModelConfig(name="gpt-9"))
-
-
-@pytest.mark.slow
-def test_quick_demo_writes_summary_and_report(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from cli.main import app
-
-    out = tmp_path / "demo"
-    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--no-progress"])
-    assert res.exit_code == 0, res.output
-    summary = json.loads((out / "summary.json").read_text())
-    for label in ("base", "trained", "unweighted"):
-        assert 0.0 <= summary[label]["giou"] <= 1.0 and 0.0 <= summary[label]["ciou"] <= 1.0
-        assert set(summary[label]["dimensions"]) <= {"recognition", "function", "spatial", "geometric",
-                                                     "multi_step", "group", "part"}
-    # oracle twins come from the ground-truth instances: the bound is (near) perfect
-    assert summary["oracle"]["giou"] > 0.97
-    assert summary["wall_time_s"] > 0
-    assert (out / "eval" / "metrics.json").is_file()
-    assert (out / "eval" / "report.md").is_file()
-    assert list((out / "eval").rglob("*.png")), "report plots missing"
-    assert "| trained |" in res.output and "oracle bound" in res.output
-    # both trainings saved a loadable model next to their recipe
-    for name in ("trained", "unweighted"):
-        assert (out / f"train-{name}" / "config.json").is_file()
 
 
 def test_freeze_parameters_by_name_parts_and_ranges() -> None:
@@ -123,7 +201,7 @@ def test_batched_generation_equals_one_by_one_for_bert_decoder() -> None:
     model = BertLMHeadModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
                                        num_attention_heads=2, intermediate_size=64, is_decoder=True)).eval()
     convs = [[{"role": "user", "content": q}] for q in
-             ("query: the red circle\n0: a small red circle, at 5 3, area 4.0",
+             ("query: the red circle\na small red circle, at 5 3, area 4.0, id 0",
               "hi",
               "query: something to drink from\n0: a cup\n1: a large blue star, at 100 20, area 3.0")]
 
@@ -135,3 +213,55 @@ def test_batched_generation_equals_one_by_one_for_bert_decoder() -> None:
     one_by_one = answers(1)
     assert all(one_by_one) and len(set(one_by_one)) == 3
     assert answers(3) == one_by_one
+
+
+def _cli(args: list[str]) -> str:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.mark.slow
+def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> None:
+    from eval.demo import check_seed, project_path
+
+    out = tmp_path / "demo"
+    output = _cli(["demo", "--out", str(out), "--quick", "--no-progress"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["main"] == "sftdt" and "| sftdt (main) |" in output and "oracle bound" in output
+    expected = {"sftdt", "sftdt-unweighted", "answer-only", "random", "largest", "embedding", "constrained"}
+    assert set(summary["rows"]) == expected
+    for row in summary["rows"].values():
+        assert 0.0 <= row["giou"] <= 1.0 and 0.0 <= row["ciou"] <= 1.0
+        lo, hi = row["giou_ci95"]
+        assert lo <= row["giou"] + 1e-9 and row["giou"] <= hi + 1e-9
+        assert project_path(row["reasoning_config"]).is_file()
+    assert summary["oracle"]["giou"] > 0.97  # oracle twins: the bound is (near) perfect
+    for name in ("sftdt", "answer-only"):  # trained rows: a model folder next to its recipe
+        assert (project_path(summary["rows"][name]["checkpoint"]) / "config.json").is_file()
+
+    # the public commands, from nothing but summary.json, give the same numbers on the demo's own seed
+    n = summary["test"]["n"]
+    data, cache = tmp_path / "repro", tmp_path / "repro-dt"
+    _cli(["synth", "--config", str(project_path(summary["synth_config"])), "--seed", str(summary["test"]["seed"]),
+          "--n-train", "0", "--n-val", "0", "--n-test", str(n), "--out", str(data), "--no-progress"])
+    _cli(["build-dt", f"synthetic:{data}:test", "--config", str(project_path(summary["perception_config"])),
+          "--out", str(cache), "--no-progress"])
+    for name in ("answer-only", "largest"):
+        row = summary["rows"][name]
+        ck = row["checkpoint"] if row["checkpoint"].startswith("baseline:") else str(project_path(row["checkpoint"]))
+        _cli(["eval", f"synthetic:{data}:test", "--dt-cache", str(cache), "-c", f"{name}={ck}",
+              "--reasoning-config", str(project_path(row["reasoning_config"])), "--out", str(tmp_path / f"ev-{name}"),
+              "--no-progress"])
+        metrics = json.loads((tmp_path / f"ev-{name}" / "metrics.json").read_text())
+        groups = metrics["checkpoints"][name]["groups"]
+        overall = groups.get("overall") or next(iter(groups.values()))
+        assert overall["giou"] == pytest.approx(row["giou"], abs=1e-9), name
+
+    # and a split drawn with another seed runs every row from the same summary
+    other = check_seed(summary, 7, tmp_path / "seed7", n_test=7, progress=False, log=lambda s: None)
+    assert set(other["rows"]) == expected and other["n"] == 7

