@@ -38,6 +38,18 @@ RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 Messages = list[dict[str, Any]]
 
 
+class ChatAnswer(str):
+    """An answer's text (a str) that also carries the server's ``finish_reason`` ("stop", "length", ...
+    or None when the server gave none): "length" means the answer hit ``max_tokens``."""
+
+    finish_reason: str | None
+
+    def __new__(cls, text: str, finish_reason: str | None = None) -> ChatAnswer:
+        obj = super().__new__(cls, text)
+        obj.finish_reason = finish_reason
+        return obj
+
+
 class ChatCompletionsError(RuntimeError):
     """A request failed for good; ``str()`` is ``"<url>: <detail>"`` with the key redacted.
 
@@ -224,7 +236,8 @@ class ChatCompletionsClient:
 
     def _answer(self, body: bytes) -> str:
         try:
-            content = json.loads(body)["choices"][0]["message"]["content"]
+            choice = json.loads(body)["choices"][0]
+            content = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as e:
             name = type(e).__name__
             raise self._fail("malformed", f"not a chat-completions answer ({name})", cause=name) from None
@@ -234,7 +247,8 @@ class ChatCompletionsClient:
             raise self._fail("no_content", "answer has null content", cause="null content")
         if not isinstance(content, str):
             raise self._fail("malformed", "not a chat-completions answer (TypeError)", cause="TypeError")
-        return content
+        finish = choice.get("finish_reason") if isinstance(choice, dict) else None
+        return ChatAnswer(content, finish if isinstance(finish, str) else None)
 
     def complete_many(self, conversations: Sequence[Messages], **params: Any) -> list[str | ChatCompletionsError]:
         """``complete`` for each conversation on at most ``concurrency`` threads; answers and errors come

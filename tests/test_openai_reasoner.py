@@ -83,3 +83,26 @@ def test_backoff_grows_and_honours_retry_after():
     b = OpenAIBackend(ReasoningConfig(backend="openai", backoff_s=1.0))
     assert b._backoff(0, "7") == 7.0
     assert 1.0 <= b._backoff(0, None) < b._backoff(2, None) <= 33.0
+
+
+def test_budgets_per_twin_and_length_finish_is_truncated(monkeypatch):
+    """max_new_tokens auto: each request's max_tokens comes from its twin's size; an answer the server
+    ends with finish_reason "length" comes back truncated, counted apart from the parse status."""
+
+    def respond(body: dict) -> tuple[int, bytes]:
+        cut = "long" in body["messages"][-1]["content"]
+        choice = {"index": 0, "message": {"role": "assistant", "content": "Answer: [0" if cut else "Answer: [0]"},
+                  "finish_reason": "length" if cut else "stop"}
+        return 200, json.dumps({"choices": [choice]}).encode()
+
+    monkeypatch.setenv("TEST_LLM_KEY", SECRET)
+    with ChatServer(respond_fn=respond) as server:
+        cfg = ReasoningConfig(backend="openai", model="m", base_url=server.url, api_key_env="TEST_LLM_KEY",
+                              max_retries=0, format={"spatial": {"max_relations": 2}})
+        r = LLMReasoner(cfg)
+        small, large = make_twin(0, n=2), make_twin(1, n=12, size=64)
+        outs = r.reason([(small, "the cup"), (large, "the long one")])
+        budgets = sorted(b["max_tokens"] for b in server.requests)
+    assert budgets == sorted([r.budget(small), r.budget(large)]) and budgets[0] < budgets[1]
+    assert [o.finish_reason for o in outs] == ["stop", "length"]
+    assert outs[0].parse.status == "ok" and outs[1].truncated and outs[1].parse.notes[0].startswith("generation hit")
