@@ -2,11 +2,13 @@
 
 - Resumable: a sample whose twin exists is skipped; twins are written atomically, so a killed run
   leaves no half-written file and a rerun continues where it stopped. A cached twin that does not parse
-  or fails the schema is rebuilt (``rebuilt_corrupt``); one built while the VLM gave no usable answer
-  (null content: ``vlm_fallbacks`` in its provenance) is built again (``refilled``) unless
-  ``refill_fallbacks=False``. A lock file per shard stops two processes building the same shard.
-- ``shard=(i, n)`` (:mod:`dtwinseg.runtime`): this process takes the samples whose index (in the reader's stable order, after
-  ``limit``) is i modulo n, so N processes / machines split a dataset with no overlap and no gap.
+  or fails the schema, or whose size is no longer the image's, is rebuilt (``rebuilt_corrupt``); one
+  built while the VLM gave no usable answer (null content: ``vlm_fallbacks`` in its provenance) is built
+  again (``refilled``) unless ``refill_fallbacks=False``. A lock file per shard stops two processes
+  building the same shard.
+- ``shard=(i, n)`` (:mod:`dtwinseg.runtime`): this process takes the samples whose index (in the reader's
+  stable order, after ``limit``) is i modulo n, so N processes / machines split a dataset with no overlap
+  and no gap.
 - A failing sample (unreadable image, VLM error after retries, bad instances) is recorded in the cache's
   failures file and the run goes on; the counts are printed and written to the manifest.
 - Two passes: ``vlm.backend: none`` caches proposals only (semantics ""); ``fill_semantics=True`` then
@@ -36,7 +38,8 @@ __all__ = ["BuildCounts", "build_dt", "cache_config", "parse_shard", "proposals_
 class BuildCounts:
     """What one run did. ``input_skipped``: files the reader skipped (malformed under strict=False, and
     annotations without an image). ``rebuilt_corrupt`` / ``refilled``: cached twins built again because
-    they were corrupt / had VLM fallbacks (also counted in ``built`` or ``failed``)."""
+    they were corrupt or stale (another size than the image) / had VLM fallbacks (also counted in
+    ``built`` or ``failed``)."""
 
     samples: int = 0
     built: int = 0
@@ -108,7 +111,9 @@ def build_dt(
                 if isinstance(sample, Exception):
                     raise sample
                 sid = sample.id
-                state, _, _ = cache.inspect(sid)
+                state, cached, _ = cache.inspect(sid)
+                if cached is not None and (cached.height, cached.width) != tuple(sample.gt_mask.shape):
+                    state = "corrupt"  # the image changed size since the twin was built: it is stale
                 if state == "ok" or (state == "fallback" and not refill_fallbacks):
                     counts.existing += 1
                     continue

@@ -153,6 +153,11 @@ def test_build_dt_rebuilds_a_corrupt_twin(tmp_path):
     assert (again.rebuilt_corrupt, again.built, again.existing) == (1, 1, 2)
     assert twin_dicts(cache) == before
     assert "1 corrupt twins rebuilt" in again.summary()
+    image = root / "val" / "s02.jpg"
+    Image.open(image).resize((40, 30)).save(image)  # the image was resized after its twin was cached
+    (root / "val" / "s02.instances.json").unlink()  # (its oracle instances no longer fit it either)
+    _, resized = build_dt(spec, cfg, tmp_path / "dt", progress=False)
+    assert resized.rebuilt_corrupt == 1 and resized.built + resized.failed == 1
 
 
 def test_eval_exits_non_zero_when_every_sample_failed_and_always_summarises(bench, tmp_path):
