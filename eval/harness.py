@@ -106,6 +106,11 @@ def shard_indices(n_samples: int, opts: EvalOptions) -> list[int]:
 def _resume(pred_path: Path, retry_failed: bool, log: Callable[[str], None], label: str) -> list[dict]:
     """Records to keep from an earlier run of this shard (failed ones dropped when retrying them)."""
     records = load_records(pred_path)
+    unique = list({(r["id"], r.get("index")): r for r in records}.values())  # one record per sample
+    if len(unique) != len(records):  # (written by an older version without the lock): the last one wins
+        log(f"[{label}] dropped {len(records) - len(unique)} duplicate record(s)")
+        records = unique
+        rewrite_records(pred_path, records)
     if retry_failed:
         failed = [r for r in records if is_failure(r)]
         if failed:

@@ -205,3 +205,13 @@ def test_kill_9_of_an_eval_process_resumes_to_the_one_shot_result(bench, tmp_pat
     a, b = (json.loads((p / "metrics.json").read_text()) for p in (run, tmp_path / "once"))
     assert a["checkpoints"] == b["checkpoints"]
     assert sorted(r["id"] for r in load_records(pred)) == [f"s{k:02d}" for k in range(N)]
+
+
+def test_duplicate_records_from_an_unlocked_double_run_count_once(bench, tmp_path):
+    spec, cache = bench
+    run = tmp_path / "run"
+    once = evaluate(spec, cache, [ck(spec)], run, opts(), **QUIET)
+    pred = run / "a" / "predictions.jsonl"
+    pred.write_text(pred.read_text() * 2)  # what two unlocked writers used to leave behind
+    again = evaluate(spec, cache, [ck(spec)], run, opts(), **QUIET)
+    assert again["checkpoints"]["a"] == once["checkpoints"]["a"] and len(load_records(pred)) == N
