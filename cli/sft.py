@@ -114,6 +114,10 @@ def build_sft(
         ds, stats = build_sft_dataset(recs, tok, cfg, progress=progress, total=len(recs))
     except (DataError, ValueError, FileNotFoundError, OSError) as e:
         _fail(e)
+    if not progress:
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
     save_dataset(ds, out, {"records": str(records), "tokenizer": tokenizer, "config": cfg.to_dict(),
                            "stats": stats}, cfg)
     if push_to_hub:
@@ -136,6 +140,8 @@ def train(
                                       "machines; wins over the accelerate config and the recipe."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Build SFTDTConfig, LoraConfig, the DeepSpeed config "
                                  "and the launch command, print them with the resolved recipe, and exit."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the training progress bar "
+                                  "(--no-progress = the override training.disable_tqdm=true)."),
 ) -> None:
     """Fine-tune with the weighted SFTDT loss: in-process for one process, else via `accelerate launch`.
 
@@ -144,8 +150,9 @@ def train(
     """
     from training.launch import launch
 
+    overrides = list(overrides or []) + ([] if progress else ["training.disable_tqdm=true"])
     try:
-        out = launch(recipe, list(overrides or []), accelerate_config=accelerate_config,
+        out = launch(recipe, overrides, accelerate_config=accelerate_config,
                      num_processes=num_processes, dry_run_only=dry_run, echo=typer.echo)
     except RuntimeError as e:
         _fail(e)

@@ -122,6 +122,18 @@ def _configure_wandb(r: Recipe) -> None:
         Path(r.wandb.dir).mkdir(parents=True, exist_ok=True)
 
 
+def save_random_base(model: Any, tokenizer: Any, folder: Path) -> Path:
+    """Save a randomly initialised base (``model.config`` recipes) before LoRA wraps it, and make the adapter
+    record that folder as its base: without it the adapter could never be loaded again."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        model.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+    model.name_or_path = model.config._name_or_path = str(folder.resolve())
+    return folder
+
+
 def save_recipe(r: Recipe, folder: str | os.PathLike) -> Path:
     """Write the resolved recipe (no secret-named key) as ``folder/recipe.yaml``; it reruns as is."""
     text = yaml.safe_dump(strip_secrets(r.to_dict()), sort_keys=False, allow_unicode=True)
@@ -151,6 +163,8 @@ def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list
     model = build_model(r.model, tokenizer)
     if r.model.freeze:
         freeze_parameters(model, list(r.model.freeze))
+    if r.model.config and r.lora.use_lora:
+        save_random_base(model, tokenizer, Path(args.output_dir) / "base")
     train_ds = load_from_disk(str(r.data.train))
     eval_ds = load_from_disk(str(r.data.eval)) if r.data.eval else None
     trainer = SFTDTTrainer(model, args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
