@@ -97,3 +97,35 @@ def test_build_sft_cli(tmp_path):
     res = CliRunner().invoke(app, ["build-sft", str(bad), "--tokenizer", str(tmp_path / "tok"),
                                    "--out", str(tmp_path / "ds2")])
     assert res.exit_code != 0 and "bad.jsonl" in res.output and "line 1" in res.output
+
+
+def test_score_format_rows_and_unusable_records_are_counted(tokenizer):
+    """The score format trains on per-object score tables; a record whose object_scores the format cannot
+    use is counted as failed with its field, the others are built."""
+    recs = records(3, objects=4)
+    recs[1].extra["object_scores"] = {"0": 99}
+    cfg = SFTDatasetConfig(max_length=None, strategy="score")
+    ds, stats = build_sft_dataset(recs, tokenizer, cfg)
+    assert len(ds) == 2 and stats["failed"] == 1 and stats["failures"][0]["id"] == recs[1].id
+    assert "object_scores" in stats["failures"][0]["error"]
+    row = ds[0]
+    kinds, ids = np.array(row["token_kinds"]), np.array(row["input_ids"])
+    assert not (kinds == ANSWER).any()  # the scores are the decisions; no answer list in this format
+    assert _decode(tokenizer, ids[kinds == DECISION]) == "".join(str(v) for v in recs[0].extra["object_scores"].values())
+
+
+def test_plain_layout_without_system_message_matches_inference():
+    """A format without a system message renders the plain layout exactly as the reasoner prompts it."""
+    from dtwinseg.formats import FormatConfig
+    from dtwinseg.prompting import render_plain
+
+    tok = minilm_tokenizer()
+    rec = records(1)[0]
+    cfg = SFTDatasetConfig(max_length=None, format=FormatConfig(system_prompt=""))
+    row = encode_record(rec, tok, cfg)
+    kinds = np.array(row["token_kinds"])
+    prompt_ids = np.array(row["input_ids"])[kinds == PROMPT]
+    messages = cfg.reasoning_format().messages(rec.twin, rec.query)
+    assert messages[0]["role"] == "user"
+    expected = tok(render_plain(messages), add_special_tokens=False)["input_ids"]
+    assert list(prompt_ids) == expected
