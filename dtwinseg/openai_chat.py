@@ -16,6 +16,7 @@ error message. Users: :class:`dtwinseg.perception.vlm.OpenAIVLM` and
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import http.client
 import json
@@ -172,7 +173,8 @@ class ChatCompletionsClient:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         timeout = self.config.timeout_s
-        conn, path = _connection(self.url, timeout)
+        conn, path, proxy_headers = _connection(self.url, timeout)
+        headers.update(proxy_headers)
         expired = threading.Event()
 
         def abort() -> None:
@@ -267,23 +269,26 @@ class ChatCompletionsClient:
             return list(pool.map(one, conversations))
 
 
-def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
     """An unopened connection for ``url`` (through the environment's HTTP(S)_PROXY unless NO_PROXY says
-    otherwise) and the request target to send."""
+    otherwise), the request target to send, and the headers the proxy needs (its credentials)."""
     parts = urllib.parse.urlsplit(url)
     https = parts.scheme == "https"
-    cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
-        p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        conn = http.client.HTTPConnection(p.hostname or "", p.port, timeout=timeout)
-        if https:
-            conn = http.client.HTTPSConnection(p.hostname or "", p.port, timeout=timeout)
-            conn.set_tunnel(parts.hostname or "", parts.port)
-            return conn, target
-        return conn, url
-    return cls(parts.hostname or "", parts.port, timeout=timeout), target
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
+        return cls(parts.hostname or "", parts.port, timeout=timeout), target, {}
+    p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    auth = {}
+    if p.username:
+        creds = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
+        auth["Proxy-Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode("ascii")
+    if https:  # CONNECT tunnel through the proxy, then TLS to the server
+        conn = http.client.HTTPSConnection(p.hostname or "", p.port, timeout=timeout)
+        conn.set_tunnel(parts.hostname or "", parts.port, headers=auth)
+        return conn, target, {}
+    return http.client.HTTPConnection(p.hostname or "", p.port, timeout=timeout), url, auth
 
 
 def _header(headers: dict[str, str], name: str) -> str | None:

@@ -93,3 +93,27 @@ def test_fast_server_under_the_deadline_answers():
         client = ChatCompletionsClient(ChatClientConfig(base_url=srv.url, model="m", api_key_envs=(),
                                                         timeout_s=5.0, max_retries=0))
         assert client.complete([{"role": "user", "content": "hi"}]) == "Answer: [0]"
+
+
+def test_requests_go_through_the_environment_proxy_with_its_credentials(monkeypatch):
+    from tests.perception_helpers import ChatServer
+
+    seen: list[str] = []
+
+    with ChatServer(default=(200, "via proxy")) as proxy:  # a forward proxy that answers itself
+        port = proxy.httpd.server_address[1]
+        for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("http_proxy", f"http://user:p%40ss@127.0.0.1:{port}")
+        handler = proxy.httpd.RequestHandlerClass
+        original = handler.do_POST
+
+        def record(self):
+            seen.append(f"{self.path} {self.headers.get('Proxy-Authorization', '')}")
+            original(self)
+
+        handler.do_POST = record
+        client = ChatCompletionsClient(ChatClientConfig(base_url="http://api.example.invalid/v1", model="m",
+                                                        api_key_envs=(), timeout_s=5.0, max_retries=0))
+        assert client.complete([{"role": "user", "content": "hi"}]) == "via proxy"
+    assert seen == ["http://api.example.invalid/v1/chat/completions Basic dXNlcjpwQHNz"]  # user:p@ss
