@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtwinseg.io import DataError
-from dtwinseg.paths import (
+from dtwinseg.formats.sftdt import (
     SYSTEM_PROMPT,
     ReasoningPath,
     check_path,
@@ -18,6 +17,7 @@ from dtwinseg.paths import (
     render_path,
     sftdt_messages,
 )
+from dtwinseg.io import DataError
 from dtwinseg.spatial import twin_json
 from dtwinseg.twin import DigitalTwin
 
