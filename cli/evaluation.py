@@ -24,8 +24,8 @@ def register(app: typer.Typer) -> None:
                                       "root with one config folder, or the config folder itself)."),
         checkpoint: list[str] = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
         out: Path = typer.Option(..., "--out", help="Run folder (runs/NAME); a rerun resumes it."),
-        strategy: str | None = typer.Option(None, "--strategy", help="Override the strategy: select, sftdt "
-                                            "or score."),
+        strategy: str | None = typer.Option(None, "--strategy", help="Override the reasoning format: select, "
+                                            "sftdt, score, compact (any registered in dtwinseg.formats)."),
         reasoning_config: Path | None = typer.Option(None, "--reasoning-config", help="ReasoningConfig YAML "
                                                      "(generation settings, spatial config, API endpoint)."),
         shard: str | None = typer.Option(None, "--shard", help="I/N: evaluate every N-th sample starting at "

@@ -20,8 +20,8 @@ def register(app: typer.Typer) -> None:
                                  "twin.json and reasoning.txt."),
         twin: Path | None = typer.Option(None, "--twin", help="Reuse a twin.json instead of running "
                                          "perception (then the config needs only a reasoning section)."),
-        strategy: str | None = typer.Option(None, "--strategy", help="Override the strategy: select, sftdt, "
-                                            "score."),
+        strategy: str | None = typer.Option(None, "--strategy", help="Override the reasoning format: select, "
+                                            "sftdt, score, compact (any registered in dtwinseg.formats)."),
     ) -> None:
         """Segment one image for one query: perception -> Digital Twin -> LLM reasoning -> mask."""
         import numpy as np
