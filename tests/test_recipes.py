@@ -212,10 +212,8 @@ def test_gpu_recipe_trains_two_steps_on_cpu(name, tmp_path, sft_data, monkeypatc
         assert (out / "merged" / "config.json").is_file()
     import torch
 
-    args = torch.load(out / "checkpoint-2" / "training_args.bin", weights_only=False) \
-        if (out / "checkpoint-2").is_dir() else None
-    if args is not None:
-        assert args.hub_token is None and args.lr_scheduler_type.value == "cosine" and args.warmup_steps == 0.03
+    args = torch.load(out / "training_args.bin", weights_only=False)
+    assert args.hub_token is None and args.lr_scheduler_type.value == "cosine" and args.warmup_steps == 0.03
 
 
 # --- compare ----------------------------------------------------------------------------------------------
@@ -243,3 +241,24 @@ def test_compare_rows_are_unique_with_one_unit(tmp_path):
     assert "| demo/eval/base | 25.0 / 12.5 | `synthetic:runs/demo/data:test` | 70 |" in md and "percent" in md
     res = invoke("compare", str(tmp_path / "demo" / "eval"), str(tmp_path / "demo" / "eval" / "."))
     assert res.exit_code == 2 and "given twice" in res.output
+
+
+# --- Hub ids ------------------------------------------------------------------------------------------------
+def test_hub_ids_offline_miss_is_one_line_and_local_paths_win(tmp_path, monkeypatch):
+    from dtwinseg.base_models import is_hub_id
+    from dtwinseg.reasoning import ReasoningConfig
+    from eval.checkpoints import parse_checkpoint
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    res = invoke("eval", "synthetic:data:test", "--dt-cache", str(tmp_path), "-c", "dtwinseg-test/never-cached",
+                 "--out", str(tmp_path / "out"))
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert "dtwinseg-test/never-cached" in res.output and "HF_HUB_OFFLINE" in res.output
+    assert "HF_HUB_OFFLINE" not in os.environ  # eval respects the user's setting, never forces it
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    (tmp_path / "org" / "model" / "config.json").write_text("{}")
+    assert is_hub_id("meta-llama/Llama-3.1-8B-Instruct") and not is_hub_id("org/model")
+    ck = parse_checkpoint("org/model", ReasoningConfig())  # a local folder, no Hub call (offline would fail)
+    assert ck.cfg.model == "org/model" and ck.cfg.adapter is None
