@@ -9,7 +9,7 @@ trainer (recipe ``model.name_or_path``), the reasoners and ``dtwinseg eval --che
 other local model. It was chosen by measurement as the demo's base: see experiments/RESULTS.md.
 
 Its limits: 512 positions and an uncased WordPiece vocabulary, so it fits the compact twin format
-(dtwinseg.reasoning.compact), not the full JSON(D) prompts of large LLMs.
+(dtwinseg.formats.compact), not the full JSON(D) prompts of large LLMs.
 """
 
 from __future__ import annotations
