@@ -205,3 +205,17 @@ def test_empty_ground_truth_twin_union_shapes_are_checked():
     sample.gt_mask = np.zeros((16, 32), np.uint8)
     sample.height = 16
     assert "!=" in twin_problem(sample, twin)
+
+
+def test_build_dt_exits_non_zero_when_every_sample_failed_and_always_summarises(tmp_path):
+    from test_build_dt import oracle_config, write_reasonseg
+
+    root = write_reasonseg(tmp_path / "data", 2, bad={0, 1})  # headers readable, pixels not
+    args = ["build-dt", f"reasonseg:{root}:val", "-c", str(oracle_config(tmp_path)), "-o", str(tmp_path / "dt"),
+            "--no-progress"]
+    res = _run_cli(args)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "build-dt: 2 samples: 0 built, 0 existing, 2 failed" in res.output
+    good = write_reasonseg(tmp_path / "good", 2)
+    res = _run_cli(["build-dt", f"reasonseg:{good}:val"] + args[2:])
+    assert res.exit_code == 0 and "build-dt: 2 samples: 2 built" in res.output, res.output
