@@ -189,6 +189,9 @@ def recipe_from_dict(data: dict, path: str | os.PathLike | None = None) -> Recip
     where = None if path is None else str(path)
     if not isinstance(data, dict):
         raise ConfigError(where, None, "expected a mapping of sections")
+    if "training" not in data:
+        raise ConfigError(where, "training", "missing section: not a training recipe (sections: "
+                          f"{', '.join(ALL_SECTIONS)}; see recipes/tiny_cpu.yaml)")
     for name in data:
         if name not in ALL_SECTIONS:
             raise unknown_key_error(str(name), list(ALL_SECTIONS), where, "")
