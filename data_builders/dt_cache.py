@@ -88,7 +88,7 @@ class DTCache:
         if not subs:
             raise FileNotFoundError(f"{p}: no DT cache here (expected {p}/<config_hash>/twins/)")
         names = ", ".join(s.parent.name for s in subs)
-        raise ValueError(f"{p}: holds twins of several perception configs ({names}); pass one of them")
+        raise DataError(p, None, f"holds twins of several perception configs ({names}); pass one of them")
 
     @property
     def config(self) -> dict:

@@ -217,6 +217,8 @@ def evaluate_shard(dataset_spec: str, dt_cache: str | os.PathLike, checkpoints: 
     out = Path(out)
     for ck in checkpoints:
         check_label(ck.label, "--checkpoint label")
+    if opts.limit is not None and opts.limit < 1:
+        raise DataError(None, "--limit", f"must be at least 1, got {opts.limit}")
     dataset = open_dataset(dataset_spec, strict=opts.strict)
     cache = DTCache.open(dt_cache)
     result = ShardResult()

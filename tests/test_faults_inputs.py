@@ -98,6 +98,12 @@ def test_bom_is_read_and_header_only_jpeg_does_not_stop_eval(bench, tmp_path):
     assert (tmp_path / "run" / "report.md").exists()  # the unreadable pixels cost one overlay at most
 
 
+def test_limit_zero_is_an_error_not_an_empty_success(bench, tmp_path):
+    spec, cache, _ = bench
+    with pytest.raises(DataError, match="--limit"):
+        evaluate(spec, cache, [oracle(spec)], tmp_path / "run", opts(limit=0), **QUIET)
+
+
 def test_annotation_without_image_is_a_counted_skip(bench):
     spec, _, split_dir = bench
     (split_dir / "s03.jpg").unlink()
