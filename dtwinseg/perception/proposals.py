@@ -22,7 +22,8 @@
       the full-size mask before RLE encoding);
    b. c_i re-prompts SAM in multimask mode (batched like step 2);
    c. theta on the re-prompted masks (every mask SAM returns passes theta); the largest passing mask
-      replaces m_i; when none passes, m_i stays (a twin never loses an object here);
+      (area on the 256 x 256 logits) replaces m_i; when none passes, m_i stays (a twin never loses an
+      object here). The AMG extras (stability, box NMS) are not applied to re-prompted masks;
    d. project extra (``object_dedup``): of re-prompted masks with IoU > tau the higher predicted IoU stays
       (different centroids often return the same object; the paper is silent);
    e. m* = argmax_i A(m_i); drop m_j when R(m_j) = |m_j ∩ m*| / |m_j| > tau' (eq. 3, ``containment_tau``;
