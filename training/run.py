@@ -140,6 +140,17 @@ def save_recipe(r: Recipe, folder: str | os.PathLike) -> Path:
     return atomic_write_text(Path(folder) / "recipe.yaml", text)
 
 
+def copy_format(r: Recipe, folder: str | os.PathLike) -> Path | None:
+    """Copy the training data's reasoning format (``format.json`` written by build-sft) next to the model,
+    so inference with another format is refused (dtwinseg.reasoning.check_trained_format)."""
+    from dtwinseg.formats import FORMAT_FILE, load_format, save_format
+
+    src = Path(r.data.train) / FORMAT_FILE
+    if not src.is_file():
+        return None
+    return save_format(folder, *load_format(src))
+
+
 def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list[str] | None = None,
                       *, merge: bool = True) -> Path:
     """Train (LoRA or full) with the weighted SFTDT loss; save the adapter/model + tokenizer; return output_dir.
@@ -175,6 +186,7 @@ def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out))
         save_recipe(r, out)
+        copy_format(r, out)
     trainer.accelerator.wait_for_everyone()
     if merge and trainer.is_world_process_zero() and r.merge.enabled:
         del trainer, model
@@ -196,6 +208,7 @@ def merge_adapter(recipe: Recipe | dict | str | os.PathLike, overrides: list[str
     merged.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     save_recipe(r, out)
+    copy_format(r, out)
     return out
 
 
