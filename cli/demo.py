@@ -39,6 +39,8 @@ def demo(
                               "2 training seeds (make demo-long)."),
     quick: bool = typer.Option(False, "--quick", help="The recipe's 'quick' preset: a few training steps on "
                                "a handful of samples (what the test suite runs; numbers are meaningless)."),
+    preset: str | None = typer.Option(None, "--preset", help="Another preset of the recipe (e.g. 'main': only "
+                                      "the main row is trained, with every baseline)."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Override the optimizer steps per run."),
     check_seed: list[int] = typer.Option([], "--check-seed", help="Also evaluate every row on a test split "
                                          "drawn with this seed (repeatable)."),
@@ -54,9 +56,9 @@ def demo(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from eval.demo import DemoConfig, demo_markdown, run_demo
 
-    if long and quick:
-        raise typer.BadParameter("--long and --quick exclude each other")
-    cfg = DemoConfig.load(recipe, "quick" if quick else "long" if long else None)
+    if sum((long, quick, preset is not None)) > 1:
+        raise typer.BadParameter("--long, --quick and --preset exclude each other")
+    cfg = DemoConfig.load(recipe, "quick" if quick else "long" if long else preset)
     if max_steps is not None:
         cfg.max_steps = max_steps
     if check_seed:
