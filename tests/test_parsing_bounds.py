@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dtwinseg.formats import available_formats, build_format
 from dtwinseg.formats.score import parse_score_answer
 from dtwinseg.formats.sftdt import parse_path_output
 from dtwinseg.parsing import HEAD_CHARS, parse_indices, parse_scores
@@ -130,3 +131,31 @@ def test_an_answer_line_after_any_prose_and_padding_is_read(ids, prose, pad):
     text = prose + " " * pad + "\nAnswer: " + str(sorted(ids))
     r = parse_indices(text, range(41))
     assert r.ids == sorted(ids)
+
+
+def _two_object_twin():
+    import numpy as np
+
+    from dtwinseg.twin import DigitalTwin
+
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, :4], masks[1, 4:] = True, True
+    return DigitalTwin.from_masks("t", masks, semantics=["a red cup", "a table"])
+
+
+@pytest.mark.parametrize("name", sorted(set(available_formats())))
+def test_every_registered_format_parses_adversarial_input_in_bounded_time(name):
+    fmt, twin = build_format(name), _two_object_twin()
+    for case, text in ADVERSARIAL.items():
+        start = time.process_time()
+        decoded = fmt.parse(text, twin)
+        spent = time.process_time() - start
+        assert spent < CEILING_S, f"format {name} took {spent:.2f} s CPU on {case!r}"
+        assert decoded.parse.status in ("ok", "repaired", "failed") and set(decoded.parse.ids) <= {0, 1}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(sorted(set(available_formats()))), st.text(max_size=400))
+def test_every_registered_format_is_total(name, text):
+    decoded = build_format(name).parse(text, _two_object_twin())
+    assert decoded.parse.status in ("ok", "repaired", "failed") and set(decoded.parse.ids) <= {0, 1}
