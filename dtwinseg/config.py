@@ -134,6 +134,9 @@ def _convert_union(value: Any, args: tuple, where: tuple[str | None, str]) -> An
     if value is None and type(None) in args:
         return None
     options = [a for a in args if a is not type(None)]
+    lists = [a for a in options if (typing.get_origin(a) or a) is list]
+    if isinstance(value, str) and "," in value and lists:  # "q_proj,v_proj" for `list[str] | str`
+        return convert(value, lists[0], where)
     for a in options:  # an exact match first: "no" for `SaveStrategy | str` stays the string
         base = typing.get_origin(a) or a
         if isinstance(base, type) and not issubclass(base, enum.Enum) and isinstance(value, base) \
@@ -251,6 +254,10 @@ def convert_fields(cls: type, data: Mapping, path: str | None = None, section: s
     out = {}
     for key, value in data.items():
         if key not in types_:
+            if is_secret_key(key):
+                field = f"{section}.{key}" if section else str(key)
+                raise ConfigError(path, field, "never put a key in a config; set the *_env field to the name "
+                                  "of an environment variable that holds it")
             raise unknown_key_error(str(key), sorted(types_), path, section)
         out[key] = convert(value, types_[key], (path, f"{section}.{key}" if section else str(key)))
     return out

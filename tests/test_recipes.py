@@ -40,6 +40,8 @@ def test_values_are_converted_by_field_type():
     assert convert_text("no", SaveStrategy | str) == "no"
     assert convert_text("no", bool) is False and convert_text("true", bool) is True
     assert convert_text("[q_proj, v_proj]", list[str]) == ["q_proj", "v_proj"]
+    assert convert_text("q_proj,v_proj", list[str] | str) == ["q_proj", "v_proj"]
+    assert convert_text("all-linear", list[str] | str) == "all-linear"
     assert convert_text("{use_reentrant: true}", dict | str | None) == {"use_reentrant": True}
     assert convert_text("null", int | None) is None and convert_text("8", int | None) == 8
     assert convert_text("007", str) == "007"  # a string field keeps what was typed
