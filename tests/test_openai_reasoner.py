@@ -96,13 +96,14 @@ def test_budgets_per_twin_and_length_finish_is_truncated(monkeypatch):
         return 200, json.dumps({"choices": [choice]}).encode()
 
     monkeypatch.setenv("TEST_LLM_KEY", SECRET)
-    with ChatServer(respond_fn=respond) as server:
+    with ChatServer(respond_fn=respond, delay_s=0.1) as server:
         cfg = ReasoningConfig(backend="openai", model="m", base_url=server.url, api_key_env="TEST_LLM_KEY",
                               max_retries=0, format={"spatial": {"max_relations": 2}})
         r = LLMReasoner(cfg)
         small, large = make_twin(0, n=2), make_twin(1, n=12, size=64)
-        outs = r.reason([(small, "the cup"), (large, "the long one")])
+        outs = r.reason([(small, "the cup"), (large, "the long one"), (make_twin(2, n=3), "a"), (make_twin(3, n=4), "b")])
         budgets = sorted(b["max_tokens"] for b in server.requests)
-    assert budgets == sorted([r.budget(small), r.budget(large)]) and budgets[0] < budgets[1]
-    assert [o.finish_reason for o in outs] == ["stop", "length"]
+    assert budgets[0] == r.budget(small) and budgets[-1] == r.budget(large) and len(set(budgets)) == 4
+    assert server.max_in_flight > 1  # requests with different budgets still run concurrently
+    assert [o.finish_reason for o in outs] == ["stop", "length", "stop", "stop"]
     assert outs[0].parse.status == "ok" and outs[1].truncated and outs[1].parse.notes[0].startswith("generation hit")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
 from dtwinseg import runtime
@@ -258,20 +259,23 @@ class OpenAIBackend:
 
     def generate(self, conversations: Sequence[Conversation],
                  max_new_tokens: Sequence[int] | None = None) -> list[str]:
-        """Requests grouped by budget (one ``max_tokens`` per group); answers in input order. An answer
-        the server reports with ``finish_reason: length`` is :class:`Truncated`."""
+        """All requests on at most ``concurrency`` threads, each with its own ``max_tokens``; answers in
+        input order. An answer the server ends with ``finish_reason: length`` is :class:`Truncated`."""
         budgets = _budgets(self.cfg, len(conversations), max_new_tokens)
-        out: list[str] = [""] * len(conversations)
-        for budget in sorted(set(budgets)):
-            idx = [k for k, b in enumerate(budgets) if b == budget]
-            answers = self.client.complete_many([conversations[k] for k in idx], **self._params(budget))
-            for k, a in zip(idx, answers, strict=True):
-                out[k] = self._answer(a, budget)
-        return out
+        if not conversations:
+            return []
 
-    def _answer(self, a: Any, budget: int) -> str:
-        if isinstance(a, ChatCompletionsError):
-            return self._failure(a)
+        def one(conversation: Conversation, budget: int) -> str:
+            try:
+                return self._answer(self.client.complete(conversation, **self._params(budget)), budget)
+            except ChatCompletionsError as e:
+                return self._failure(e)
+
+        workers = max(1, min(self.cfg.concurrency, len(conversations)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(one, conversations, budgets))
+
+    def _answer(self, a: str, budget: int) -> str:
         if getattr(a, "finish_reason", None) == "length":
             return Truncated(str(a), budget)
         return a
