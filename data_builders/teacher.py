@@ -30,6 +30,7 @@ import numpy as np
 
 from data_builders.programmatic import ProgrammaticConfig, best_subset, programmatic_record, sample_program
 from data_builders.segdt import SegDTRecord
+from dtwinseg.config import build_dataclass
 from dtwinseg.formats.sftdt import ReasoningPath, check_path, parse_path_output, sftdt_messages
 from dtwinseg.io import DataError, load_yaml
 from dtwinseg.openai_chat import ChatClientConfig, ChatCompletionsClient, ChatCompletionsError
@@ -101,20 +102,11 @@ class TeacherConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None, *, path: str | os.PathLike | None = None) -> TeacherConfig:
-        d = dict(d or {})
-        for secret in ("api_key", "key", "token"):
-            if secret in d:
-                raise DataError(path, secret, "never put a key in a config; set api_key_env to the name of an "
-                                "environment variable that holds it")
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise DataError(path, unknown[0], f"unknown teacher option; known: {', '.join(cls.__dataclass_fields__)}")
+        """Strict (dtwinseg.config): unknown keys, keys holding secrets and mistyped values are errors."""
         try:
-            return cls(**d)
+            return build_dataclass(cls, d, None if path is None else str(path))
         except DataError as e:
             raise DataError(path, e.field, e.message) from None
-        except (TypeError, ValueError) as e:
-            raise DataError(path, None, str(e)) from None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TeacherConfig:

@@ -54,8 +54,10 @@ def test_semantic_prompts_differ_per_strategy_and_reject_unknown():
 def test_config_refuses_keys_and_unknown_fields():
     with pytest.raises(ValueError, match="never put a key"):
         VLMConfig.from_dict({"backend": "openai", "api_key": KEY})
-    with pytest.raises(ValueError, match="unknown vlm"):
+    with pytest.raises(ValueError, match=r"vlm\.modle.*did you mean 'vlm\.model'"):
         VLMConfig.from_dict({"backend": "openai", "modle": "x"})
+    with pytest.raises(ValueError, match=r"vlm\.max_retries.*integer"):
+        VLMConfig.from_dict({"backend": "openai", "max_retries": "many"})
     with pytest.raises(ValueError, match="backend"):
         VLMConfig(backend="claude")
     assert make_vlm(VLMConfig()) is None

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dtwinseg.config import build_dataclass
 from dtwinseg.io import DataError, load_yaml, stable_hash
 from dtwinseg.perception.prompts import CONTEXTS, STRATEGIES
 from dtwinseg.perception.proposals import ProposalConfig, ProposalGenerator, Proposals
@@ -91,17 +92,9 @@ class PerceptionConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None, *, path: str | os.PathLike | None = None) -> PerceptionConfig:
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise DataError(path, sorted(unknown)[0], f"unknown perception config field; known: "
-                            f"{', '.join(cls.__dataclass_fields__)}")
-        try:
-            d["proposals"] = ProposalConfig.from_dict(d.get("proposals"))
-            d["vlm"] = VLMConfig.from_dict(d.get("vlm"))
-            return cls(**d)
-        except (TypeError, ValueError) as e:
-            raise DataError(path, None, str(e)) from None
+        """Strict: unknown keys (with a did-you-mean) and mistyped values are a ConfigError naming the file
+        and the dotted field (``proposals.points_per_side``)."""
+        return build_dataclass(cls, d, None if path is None else str(path))
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> PerceptionConfig:

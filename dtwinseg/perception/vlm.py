@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from dtwinseg.config import build_dataclass
 from dtwinseg.openai_chat import (
     RETRY_STATUS,
     ChatClientConfig,
@@ -104,16 +106,9 @@ class VLMConfig:
             raise ValueError(f"vlm backend must be one of {BACKENDS}, got {self.backend!r}")
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> VLMConfig:
-        d = dict(d or {})
-        for secret in ("api_key", "key", "token"):
-            if secret in d:
-                raise ValueError(f"vlm.{secret}: never put a key in a config; set api_key_env to the name "
-                                 "of an environment variable that holds it")
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown vlm config fields: {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: dict | None, *, path: str | os.PathLike | None = None) -> VLMConfig:
+        """Strict (dtwinseg.config): unknown keys, keys holding secrets and mistyped values are errors."""
+        return build_dataclass(cls, d, None if path is None else str(path), "vlm")
 
     def to_dict(self) -> dict:
         return asdict(self)
