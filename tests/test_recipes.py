@@ -264,3 +264,12 @@ def test_hub_ids_offline_miss_is_one_line_and_local_paths_win(tmp_path, monkeypa
     assert is_hub_id("meta-llama/Llama-3.1-8B-Instruct") and not is_hub_id("org/model")
     ck = parse_checkpoint("org/model", ReasoningConfig())  # a local folder, no Hub call (offline would fail)
     assert ck.cfg.model == "org/model" and ck.cfg.adapter is None
+
+
+def test_recipe_hub_model_offline_is_one_line(tmp_path, sft_data, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    res = invoke("train", str(ROOT / "recipes" / "llama31_8b_1gpu.yaml"), f"data.train={sft_data}",
+                 "training.use_cpu=true", "training.bf16=false", f"training.output_dir={tmp_path / 'o'}")
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert "meta-llama/Llama-3.1-8B-Instruct" in res.output and "HF_HUB_OFFLINE" in res.output

@@ -45,7 +45,7 @@ def build_tokenizer(model: ModelSection) -> Any:
     source = model.tokenizer or model.name_or_path
     if not source:
         raise ConfigError(None, "model.tokenizer", "needed when the model is built from model.config")
-    tok = load_tokenizer(source)
+    tok = _from_hub_or_disk(source, "model.tokenizer", load_tokenizer)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.sep_token
     return tok
@@ -75,7 +75,24 @@ def build_model(model: ModelSection, tokenizer: Any) -> Any:
         return lm.to(dtype) if dtype not in (None, "auto") else lm
     if dtype is not None:
         kwargs["dtype"] = dtype
-    return AutoModelForCausalLM.from_pretrained(resolve_model_path(str(model.name_or_path)), **kwargs)
+    name = resolve_model_path(str(model.name_or_path))
+    return _from_hub_or_disk(name, "model.name_or_path", lambda n: AutoModelForCausalLM.from_pretrained(n, **kwargs))
+
+
+def _from_hub_or_disk(name: str, field: str, load: Any) -> Any:
+    """``load(name)``; a Hub id that cannot be fetched (offline and not cached, no such repository, gated)
+    becomes one line naming the id and the recipe field."""
+    from dtwinseg.base_models import is_hub_id
+
+    try:
+        return load(name)
+    except OSError as e:
+        if not is_hub_id(name):
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        why = ("not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if offline else
+               f"cannot be loaded from the Hub ({' '.join(str(e).split())[:200]})")
+        raise DataError(name, field, f"Hub id {why}") from None
 
 
 def _expand_freeze_entry(entry: str) -> list[str]:
