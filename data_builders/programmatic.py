@@ -34,6 +34,7 @@ from data_builders.evidence import Hop, ObjectFacts, generic_hops, object_facts,
 from data_builders.segdt import SegDTRecord
 from dtwinseg.formats.score import overlap_scores
 from dtwinseg.formats.sftdt import Decision, PathStep, ReasoningPath, check_path
+from dtwinseg.io import DataError
 from dtwinseg.spatial import SpatialConfig, pairwise_relations
 from dtwinseg.twin import DigitalTwin, decode_rle
 
@@ -283,7 +284,12 @@ def build_segdt(dataset_spec: str, dt_cache: str | os.PathLike, out: str | os.Pa
         for sample in dataset:
             counts["samples"] += 1
             bar.advance(task)
-            twin = cache.get(sample.id)
+            try:
+                twin = cache.get(sample.id)
+            except DataError as e:  # a corrupt cached twin: counted, the run goes on (build-dt rebuilds it)
+                counts["failed"] += 1
+                failures.append({"id": sample.id, "error": str(e)})
+                continue
             if twin is None:
                 counts["missing_twin"] += 1
                 continue

@@ -247,7 +247,12 @@ def build_segdt_teacher(dataset_spec: str, dt_cache: str | os.PathLike, out: str
         for sample in dataset:
             counts["samples"] += 1
             bar.advance(task)
-            twin = cache.get(sample.id)
+            try:
+                twin = cache.get(sample.id)
+            except DataError:  # a corrupt cached twin: counted, the run goes on (build-dt rebuilds it)
+                counts["failed"] += 1
+                rejected.append({"id": sample.id, "reason": "corrupt_twin", "iou": None})
+                continue
             if twin is None:
                 counts["missing_twin"] += 1
                 continue

@@ -268,3 +268,17 @@ def test_build_segdt_writes_cache_references_and_filters(tmp_path):
     write_records(tmp_path / "inline.jsonl", recs, inline_twin=True)
     again = list(iter_records(tmp_path / "inline.jsonl"))
     assert again[1].twin.to_dict() == recs[1].twin.to_dict() and again[1].path == recs[1].path
+
+
+def test_build_segdt_counts_a_corrupt_cached_twin_and_goes_on(tmp_path):
+    cache = DTCache.create(tmp_path / "cache", {"source": "oracle"})
+    for seed in range(3):
+        twin, _ = scene(seed)
+        cache.put(f"s{seed}", twin)
+    cache.path_for("s1").write_text('{"version": 1, "objects": [', encoding="utf-8")  # torn write
+    out = tmp_path / "records.jsonl"
+    counts = build_segdt("segdt_toy:x:train", tmp_path / "cache", out, ProgrammaticConfig(min_iou=0.0),
+                         progress=False)
+    assert counts["written"] == 2 and counts["failed"] == 1
+    assert counts["failures"][0]["id"] == "s1" and "s1" in counts["failures"][0]["error"]
+    assert [r.id for r in load_records(out)] == ["s0", "s2"]
