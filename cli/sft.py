@@ -11,6 +11,13 @@ from pathlib import Path
 import typer
 
 
+def draws(progress: bool) -> bool:
+    """Whether this process draws its progress bar: asked for, and local rank 0 under torchrun / accelerate."""
+    from dtwinseg.runtime import local_rank
+
+    return progress and local_rank() == 0
+
+
 def _fail(e: Exception) -> None:
     from dtwinseg.io import DataError
 
@@ -56,7 +63,7 @@ def build_segdt(
             tcfg = TeacherConfig.from_yaml(teacher_config)
             if min_iou is not None:
                 tcfg.min_iou = min_iou
-            counts = build_segdt_teacher(dataset_spec, dt_cache, out, tcfg, strict=strict, progress=progress)
+            counts = build_segdt_teacher(dataset_spec, dt_cache, out, tcfg, strict=strict, progress=draws(progress))
             for r in counts.pop("rejected")[:10]:
                 typer.echo(f"rejected {r['id']}: {r['reason']}", err=True)
         else:
@@ -64,7 +71,7 @@ def build_segdt(
             from data_builders.programmatic import build_segdt as run
 
             cfg = ProgrammaticConfig(min_iou=0.5 if min_iou is None else min_iou, use_program=use_program)
-            counts = run(dataset_spec, dt_cache, out, cfg, strict=strict, progress=progress)
+            counts = run(dataset_spec, dt_cache, out, cfg, strict=strict, progress=draws(progress))
             for f in counts.pop("failures")[:10]:
                 typer.echo(f"failed {f['id']}: {f['error']}", err=True)
     except (DataError, ValueError, FileNotFoundError) as e:
@@ -111,10 +118,10 @@ def build_sft(
                                format=fmt)
         recs = load_records(records)
         tok = load_tokenizer(tokenizer)
-        ds, stats = build_sft_dataset(recs, tok, cfg, progress=progress, total=len(recs))
+        ds, stats = build_sft_dataset(recs, tok, cfg, progress=draws(progress), total=len(recs))
     except (DataError, ValueError, FileNotFoundError, OSError) as e:
         _fail(e)
-    if not progress:
+    if not draws(progress):
         from datasets.utils.logging import disable_progress_bar
 
         disable_progress_bar()
