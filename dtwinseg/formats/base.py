@@ -47,6 +47,14 @@ from dtwinseg.parsing import ParseResult
 from dtwinseg.spatial import SpatialConfig
 from dtwinseg.twin import DigitalTwin
 
+TWIN_INTRO = (
+    "You are a precise visual reasoning assistant. An image has been converted into a Digital Twin: a JSON "
+    "object whose keys are object ids. For each object, \"spatial\" gives its bounding box "
+    "[x_min, y_min, x_max, y_max] in pixels, its area as a percentage of the image and its spatial "
+    "relations to other objects (by id); \"semantic\" describes what the object is. "
+)
+"""What the JSON(D) prompts of the select and score formats say about the twin before their task."""
+
 FORMAT_FILE = "format.json"
 """File name of the saved format (name + FormatConfig) in a dataset, run or adapter folder."""
 

@@ -31,6 +31,7 @@ import json
 import numpy as np
 
 from dtwinseg.formats.base import (
+    TWIN_INTRO,
     Completion,
     Decoded,
     FormatConfig,
@@ -45,11 +46,7 @@ from dtwinseg.parsing import ParseResult, ScoreParse, as_id, cap_text, parse_sco
 from dtwinseg.spatial import SpatialConfig, twin_json
 from dtwinseg.twin import DigitalTwin
 
-_TWIN_HELP = (
-    "You are a precise visual reasoning assistant. An image has been converted into a Digital Twin: a JSON "
-    "object whose keys are object ids. For each object, \"spatial\" gives its bounding box "
-    "[x_min, y_min, x_max, y_max] in pixels, its area as a percentage of the image and its spatial "
-    "relations to other objects (by id); \"semantic\" describes what the object is. "
+_TWIN_HELP = TWIN_INTRO + (
     "Compare all objects against the query and score how well each one matches it, from 0 (certainly "
     "not) to 10 (certainly the target). Score every object. "
 )

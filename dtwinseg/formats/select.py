@@ -8,6 +8,7 @@ The LLM reads JSON(D) (paper eq. 5) and the query, may think briefly, and ends w
 from __future__ import annotations
 
 from dtwinseg.formats.base import (
+    TWIN_INTRO,
     Completion,
     Decoded,
     FormatConfig,
@@ -21,11 +22,7 @@ from dtwinseg.parsing import parse_indices
 from dtwinseg.spatial import SpatialConfig, twin_json
 from dtwinseg.twin import DigitalTwin
 
-SYSTEM_PROMPT = (
-    "You are a precise visual reasoning assistant. An image has been converted into a Digital Twin: a JSON "
-    "object whose keys are object ids. For each object, \"spatial\" gives its bounding box "
-    "[x_min, y_min, x_max, y_max] in pixels, its area as a percentage of the image and its spatial "
-    "relations to other objects (by id); \"semantic\" describes what the object is. "
+SYSTEM_PROMPT = TWIN_INTRO + (
     "Given a query, decide which objects the query refers to. The answer may be several objects, or "
     "none. Think briefly if needed, then end with one line exactly of the form "
     "'Answer: [id, id, ...]' (use 'Answer: []' if no object matches)."
