@@ -88,9 +88,11 @@ class TeacherConfig:
     min_iou: float = 0.5
     on_reject: str = "skip"
     chunk: int = 64
-    spatial: dict = field(default_factory=dict)
+    spatial: SpatialConfig = field(default_factory=SpatialConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.spatial, dict):
+            self.spatial = build_dataclass(SpatialConfig, self.spatial, None, "spatial")
         if self.hint not in HINTS:
             raise DataError(None, "hint", f"must be one of {HINTS}, got {self.hint!r}")
         if self.on_reject not in ON_REJECT:
@@ -103,10 +105,7 @@ class TeacherConfig:
     @classmethod
     def from_dict(cls, d: dict | None, *, path: str | os.PathLike | None = None) -> TeacherConfig:
         """Strict (dtwinseg.config): unknown keys, keys holding secrets and mistyped values are errors."""
-        try:
-            return build_dataclass(cls, d, None if path is None else str(path))
-        except DataError as e:
-            raise DataError(path, e.field, e.message) from None
+        return build_dataclass(cls, d, path)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TeacherConfig:
@@ -116,7 +115,7 @@ class TeacherConfig:
         return asdict(self)
 
     def spatial_config(self) -> SpatialConfig:
-        return SpatialConfig(**self.spatial)
+        return self.spatial
 
     def client(self, sleep: Callable[[float], None] | None = None) -> ChatCompletionsClient:
         cfg = ChatClientConfig(base_url=self.base_url, model=self.model, api_key_envs=(KEY_ENV, self.api_key_env),

@@ -134,6 +134,8 @@ def _convert_union(value: Any, args: tuple, where: tuple[str | None, str]) -> An
     if value is None and type(None) in args:
         return None
     options = [a for a in args if a is not type(None)]
+    if len(options) == 1 and value is not None:  # `X | None`: X's own message (a nested key's did-you-mean)
+        return convert(value, options[0], where)
     lists = [a for a in options if (typing.get_origin(a) or a) is list]
     if isinstance(value, str) and "," in value and lists:  # "q_proj,v_proj" for `list[str] | str`
         return convert(value, lists[0], where)
@@ -263,15 +265,31 @@ def convert_fields(cls: type, data: Mapping, path: str | None = None, section: s
     return out
 
 
-def build_dataclass(cls: type, data: Mapping | None, path: str | None = None, section: str = "") -> Any:
-    """``cls(**data)`` after :func:`convert_fields`; a __post_init__ ValueError becomes a ConfigError."""
+def build_dataclass(cls: type, data: Mapping | None, path: str | os.PathLike | None = None,
+                    section: str = "") -> Any:
+    """``cls(**data)`` after :func:`convert_fields`; a __post_init__ ValueError becomes a ConfigError.
+
+    A DataError raised by ``cls`` without a file gets ``path``, and its field gets the ``section`` prefix
+    (``format.tokens_per_object``) unless it already has it.
+    """
+    path = None if path is None else str(path)
     kwargs = convert_fields(cls, data or {}, path, section)
     try:
         return cls(**kwargs)
+    except DataError as e:
+        raise _located(e, path, section) from None
     except (TypeError, ValueError) as e:
-        if isinstance(e, DataError):
-            raise
         raise ConfigError(path, section or None, " ".join(str(e).split())) from None
+
+
+def _located(e: DataError, path: str | None, section: str) -> DataError:
+    """``e`` with the file filled in and the field prefixed by ``section`` (when it lacks either)."""
+    field = e.field
+    if section and (not field or not (field == section or field.startswith(section + "."))):
+        field = f"{section}.{field}" if field else section
+    if e.path is not None or path is None:
+        return type(e)(e.path, field, e.message) if field != e.field else e
+    return type(e)(path, field, e.message)
 
 
 def set_dotted(data: dict, key: str, value: Any) -> None:

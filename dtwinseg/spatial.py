@@ -48,7 +48,7 @@ class SpatialConfig:
         (max-pooling keeps nesting: a mask inside another stays inside).
     """
 
-    max_relations: int | None = None
+    max_relations: int | str | None = None  # "all" (or -1) is read as None by relation_cap
     containment: float = 0.9
     overlap: float = 0.05
     next_to_gap: float = 0.02

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from dtwinseg.config import build_dataclass
 from dtwinseg.io import DataError, atomic_write_json, atomic_write_text, load_yaml
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "recipes" / "ablations" / "table4.yaml"
@@ -72,19 +73,14 @@ def load_manifest(path: str | os.PathLike = DEFAULT_MANIFEST) -> Table4Manifest:
             raise DataError(path, name, "missing")
     if not isinstance(d["rows"], list) or not d["rows"]:
         raise DataError(path, "rows", "expected a non-empty list")
-    rows = []
-    known = set(Table4Row.__dataclass_fields__)
     for k, r in enumerate(d["rows"]):
         if not isinstance(r, dict) or not {"id", "component", "configuration"} <= set(r):
             raise DataError(path, f"rows[{k}]", "expected {id, component, configuration, ...}")
-        unknown = sorted(set(r) - known)
-        if unknown:
-            raise DataError(path, f"rows[{k}].{unknown[0]}", f"unknown field; known: {', '.join(sorted(known))}")
-        rows.append(Table4Row(**{**r, "id": str(r["id"])}))
-    ids = [r.id for r in rows]
+    manifest = build_dataclass(Table4Manifest, d, path)  # strict: unknown keys, typed values
+    ids = [r.id for r in manifest.rows]
     if len(set(ids)) != len(ids):
         raise DataError(path, "rows", "row ids must be unique")
-    return Table4Manifest(str(d["reasoning"]), str(d["full_perception"]), rows)
+    return manifest
 
 
 def _resolve(p: str, base: Path) -> Path:

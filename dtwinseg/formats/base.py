@@ -34,7 +34,6 @@ the dataset folder (``format.json``, :func:`save_format`), the reasoning config 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from dtwinseg.config import ConfigError, build_dataclass, unknown_key_error
 from dtwinseg.io import DataError, atomic_write_json, read_json
 from dtwinseg.parsing import ParseResult
 from dtwinseg.spatial import SpatialConfig
@@ -91,7 +91,7 @@ class FormatConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.spatial, dict):
-            self.spatial = _strict(SpatialConfig, self.spatial, "spatial", None)
+            self.spatial = build_dataclass(SpatialConfig, self.spatial, None, "spatial")
         if self.tokens_per_object is not None and int(self.tokens_per_object) < 1:
             raise DataError(None, "tokens_per_object", "must be >= 1 (or null for the format's estimate)")
         if self.base_tokens is not None and int(self.base_tokens) < 0:
@@ -104,27 +104,13 @@ class FormatConfig:
 
     @classmethod
     def from_dict(cls, d: Any, *, path: str | os.PathLike | None = None, where: str = "format") -> FormatConfig:
-        """Strict: an unknown key or a bad value is a DataError naming ``where.<key>``."""
+        """Strict (dtwinseg.config): an unknown key (did-you-mean) or a bad value is a ConfigError naming
+        ``where.<key>``."""
         if d is None:
             return cls()
         if isinstance(d, cls):
             return d
-        return _strict(cls, d, where, path)
-
-
-def _strict(cls: type, value: Any, where: str, path: str | os.PathLike | None) -> Any:
-    if not isinstance(value, dict):
-        raise DataError(path, where, f"expected a mapping, got {type(value).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise DataError(path, f"{where}.{unknown[0]}", f"unknown option; known: {', '.join(sorted(known))}")
-    try:
-        return cls(**value)
-    except DataError as e:
-        raise DataError(path, f"{where}.{e.field}" if e.field else where, e.message) from None
-    except (TypeError, ValueError) as e:
-        raise DataError(path, where, str(e)) from None
+        return build_dataclass(cls, d, path, where)
 
 
 @dataclass
@@ -190,11 +176,12 @@ def linear_budget(cfg: FormatConfig, twin: DigitalTwin, per_object: int, base: i
 
 
 def check_options(name: str, options: dict, known: dict[str, Any]) -> dict[str, Any]:
-    """A format's options with defaults filled in; an unknown key is a DataError naming it."""
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise DataError(None, f"format.options.{unknown[0]}", f"unknown option of the {name} format; known: "
-                        f"{', '.join(sorted(known)) or 'none'}")
+    """A format's options with defaults filled in; an unknown key is a ConfigError naming it (did-you-mean)."""
+    for key in options:
+        if key not in known:
+            err = unknown_key_error(str(key), sorted(known), None, "format.options")
+            raise ConfigError(None, err.field, f"{err.message} (the {name} format's options: "
+                              f"{', '.join(sorted(known)) or 'none'})")
     return {**known, **options}
 
 

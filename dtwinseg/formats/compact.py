@@ -32,10 +32,10 @@ object's rank by area and left to right among all objects). ``system_prompt`` (d
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import asdict, dataclass
 
+from dtwinseg.config import build_dataclass
 from dtwinseg.formats.base import (
     Completion,
     Decoded,
@@ -78,12 +78,8 @@ class CompactOptions:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> CompactOptions:
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DataError(None, f"format.options.{unknown[0]}", f"unknown compact option; known: {', '.join(sorted(known))}")
-        return cls(**d)
+        """Strict (dtwinseg.config): unknown options (did-you-mean) and mistyped values name the field."""
+        return build_dataclass(cls, d, None, "format.options")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dtwinseg.config import build_dataclass
 from dtwinseg.formats import FormatConfig, available_formats, check_same_format, load_format
 from dtwinseg.io import DataError, load_yaml
 from dtwinseg.spatial import SpatialConfig
@@ -135,22 +136,16 @@ class ReasoningConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, *, path: str | os.PathLike | None = None) -> ReasoningConfig:
+        """Strict (dtwinseg.config): unknown keys (did-you-mean), keys holding secrets and mistyped values
+        are a ConfigError naming the file and the field. A relative ``format_from`` is read relative to
+        the YAML file."""
+        if d is not None and not isinstance(d, dict):
+            raise DataError(path, None, f"expected a mapping, got {type(d).__name__}")
         d = _legacy_keys(dict(d or {}), path)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DataError(path, unknown[0], f"unknown reasoning option; known: {', '.join(sorted(known))}")
-        if "format" in d and not isinstance(d["format"], FormatConfig):
-            d["format"] = FormatConfig.from_dict(d["format"], path=path)
         if d.get("format_from") and path is not None and not os.path.isabs(str(d["format_from"])):
             rel = os.path.join(os.path.dirname(str(path)), str(d["format_from"]))
             d["format_from"] = rel if os.path.exists(rel) else str(d["format_from"])
-        try:
-            return cls(**d)
-        except DataError as e:
-            raise DataError(path, e.field, e.message) from None
-        except (TypeError, ValueError) as e:
-            raise DataError(path, None, str(e)) from None
+        return build_dataclass(cls, d, path)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> ReasoningConfig:

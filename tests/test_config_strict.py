@@ -1,0 +1,68 @@
+"""Every user-facing config goes through dtwinseg.config's strict helper: did-you-mean, typed values,
+secret-named keys refused, errors naming the file and the dotted field."""
+
+from __future__ import annotations
+
+import pytest
+
+from data_builders.teacher import TeacherConfig
+from dtwinseg.config import ConfigError
+from dtwinseg.formats import FormatConfig, build_format
+from dtwinseg.formats.compact import CompactOptions
+from dtwinseg.io import DataError
+from dtwinseg.reasoning.config import ReasoningConfig
+from eval.table4 import load_manifest
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    ({"formt": {}}, r"r\.yaml: field 'formt': unknown key; did you mean 'format'"),
+    ({"format": {"spatial": {"max_relation": 3}}},
+     r"field 'format\.spatial\.max_relation': unknown key; did you mean 'format\.spatial\.max_relations'"),
+    ({"api_key": "sk-secret"}, r"field 'api_key': never put a key in a config"),
+    ({"batch_size": "many"}, r"field 'batch_size': expected an integer"),
+    ({"format": {"tokens_per_object": 0}}, r"r\.yaml: field 'format\.tokens_per_object': must be >= 1"),
+    ({"strategy": "nope"}, r"r\.yaml: field 'strategy': 'nope' is not a reasoning format"),
+])
+def test_reasoning_config_is_strict_and_names_file_and_field(data, match):
+    with pytest.raises(DataError, match=match):
+        ReasoningConfig.from_dict(data, path="r.yaml")
+
+
+def test_reasoning_config_values_are_typed_and_legacy_keys_still_read():
+    cfg = ReasoningConfig.from_dict({"batch_size": "4", "temperature": 1, "max_new_tokens": 64,
+                                     "spatial": {"max_relations": "all"}, "score_margin": 0.5,
+                                     "strategy": "score"}, path="r.yaml")
+    assert cfg.batch_size == 4 and cfg.temperature == 1.0 and isinstance(cfg.temperature, float)
+    assert cfg.max_new_tokens == 64 and cfg.format.spatial.all_pairs
+    assert cfg.format.options == {"margin": 0.5}
+    assert ReasoningConfig.from_dict({"format": {"spatial": {"max_relations": 6}}}).spatial.max_relations == 6
+
+
+def test_format_options_have_a_did_you_mean():
+    with pytest.raises(ConfigError, match=r"format\.options\.marign': unknown key; did you mean 'format\.options\.margin'"):
+        build_format("score", {"options": {"marign": 1}})
+    with pytest.raises(ConfigError, match=r"format\.options\.targt': unknown key; did you mean 'format\.options\.target'"):
+        CompactOptions.from_dict({"targt": "path"})
+    assert CompactOptions.from_dict({"echo": "false"}).echo is False
+    with pytest.raises(DataError, match=r"format\.options\.position"):
+        CompactOptions.from_dict({"position": "left"})
+    with pytest.raises(ConfigError, match=r"config\.indent': expected an integer"):
+        FormatConfig.from_dict({"indent": "wide"}, where="config")
+
+
+def test_teacher_spatial_is_a_strict_spatial_config():
+    assert TeacherConfig.from_dict({"spatial": {"max_relations": "all"}}).spatial_config().all_pairs
+    with pytest.raises(ConfigError, match=r"t\.yaml: field 'spatial\.max_relation': unknown key"):
+        TeacherConfig.from_dict({"spatial": {"max_relation": 2}}, path="t.yaml")
+
+
+def test_table4_manifest_rows_are_strict(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("reasoning: r.yaml\nfull_perception: p.yaml\nrows:\n"
+                 "  - {id: 1, component: c, configuration: x, paper: [1, 2.5]}\n")
+    row = load_manifest(p).rows[0]
+    assert row.id == "1" and row.paper == [1.0, 2.5]
+    p.write_text("reasoning: r.yaml\nfull_perception: p.yaml\nrows:\n"
+                 "  - {id: a, component: c, configuration: x, reasonig: r.yaml}\n")
+    with pytest.raises(ConfigError, match=r"m\.yaml: field 'rows\[0\]\.reasonig': unknown key; did you mean 'rows\[0\]\.reasoning'"):
+        load_manifest(p)
