@@ -88,9 +88,11 @@ def build_sft(
                                    "step-1-dropped objects (smallest first) or are dropped, never the answer. "
                                    "0 = no limit."),
     on_overflow: str = typer.Option("truncate_twin", "--on-overflow", help="truncate_twin or drop."),
-    w_decision: float = typer.Option(2.0, "--w-decision", help="Loss weight of decision tokens (ids, verdicts)."),
-    w_answer: float = typer.Option(4.0, "--w-answer", help="Loss weight of the final answer tokens."),
-    w_completion: float = typer.Option(1.0, "--w-completion", help="Loss weight of other completion tokens."),
+    w_decision: float = typer.Option(None, "--w-decision", help="Loss weight of decision tokens (ids, verdicts); "
+                                     "default 2 (dtwinseg.formats.LossWeights, method.md sec. 3)."),
+    w_answer: float = typer.Option(None, "--w-answer", help="Loss weight of the final answer tokens; default 4."),
+    w_completion: float = typer.Option(None, "--w-completion", help="Loss weight of other completion tokens; "
+                                       "default 1."),
     reasoning_config: Path = typer.Option(None, "--reasoning-config", help="Reasoning config YAML whose "
                                           "strategy and format: (system prompt, spatial text, ...) the "
                                           "examples use; saved as <out>/format.json for eval's format_from:."),
@@ -113,9 +115,10 @@ def build_sft(
 
             rcfg = ReasoningConfig.from_yaml(reasoning_config)
             fmt_name, fmt = str(rcfg.strategy), rcfg.format
-        cfg = SFTDatasetConfig(max_length=max_length or None, on_overflow=on_overflow, w_decision=w_decision,
-                               w_answer=w_answer, w_completion=w_completion, strategy=strategy or fmt_name,
-                               format=fmt)
+        weights = {k: v for k, v in (("w_decision", w_decision), ("w_answer", w_answer),
+                                     ("w_completion", w_completion)) if v is not None}  # else the config's
+        cfg = SFTDatasetConfig(max_length=max_length or None, on_overflow=on_overflow, strategy=strategy or fmt_name,
+                               format=fmt, **weights)
         recs = load_records(records)
         tok = load_tokenizer(tokenizer)
         ds, stats = build_sft_dataset(recs, tok, cfg, progress=draws(progress), total=len(recs))

@@ -41,14 +41,21 @@ import numpy as np
 
 from data_builders.segdt import SegDTRecord
 from dtwinseg.base_models import resolve_model_path
-from dtwinseg.formats import FormatConfig, ReasoningFormat, Target, build_format, save_format
+from dtwinseg.formats import (
+    DEFAULT_LOSS_WEIGHTS,
+    FormatConfig,
+    LossWeights,
+    ReasoningFormat,
+    Target,
+    build_format,
+    save_format,
+)
+from dtwinseg.formats.base import ANSWER, COMPLETION, DECISION, PROMPT
 from dtwinseg.formats.sftdt import PathStep, ReasoningPath
 from dtwinseg.io import DataError, atomic_write_json
 from dtwinseg.prompting import render_plain
 from dtwinseg.spatial import SpatialConfig
 from dtwinseg.twin import DigitalTwin
-
-PROMPT, COMPLETION, DECISION, ANSWER = 0, 1, 2, 3
 
 
 @dataclass
@@ -58,7 +65,8 @@ class SFTDatasetConfig:
     max_length: longest example in tokens (None: no limit). Default 4096 fits a 150-object twin of the
         default compact format with a Llama-3 tokenizer.
     on_overflow: "truncate_twin" (remove step-1-dropped objects, smallest first, see module doc) or "drop".
-    w_prompt, w_completion, w_decision, w_answer: loss weight per token kind (method.md sec. 3 defaults).
+    w_prompt, w_completion, w_decision, w_answer: loss weight per token kind (defaults 0, 1, 2, 4:
+        dtwinseg.formats.LossWeights, method.md sec. 3).
     strategy: the reasoning format (dtwinseg.formats: "sftdt" paths, "score" tables, ...).
     format: its FormatConfig (system prompt, spatial text, include_spatial, reasoning, ...), saved with
         the dataset as format.json; a dict is read strictly.
@@ -66,10 +74,10 @@ class SFTDatasetConfig:
 
     max_length: int | None = 4096
     on_overflow: str = "truncate_twin"
-    w_prompt: float = 0.0
-    w_completion: float = 1.0
-    w_decision: float = 2.0
-    w_answer: float = 4.0
+    w_prompt: float = DEFAULT_LOSS_WEIGHTS.prompt
+    w_completion: float = DEFAULT_LOSS_WEIGHTS.completion
+    w_decision: float = DEFAULT_LOSS_WEIGHTS.decision
+    w_answer: float = DEFAULT_LOSS_WEIGHTS.answer
     strategy: str = "sftdt"
     format: FormatConfig = field(default_factory=FormatConfig)
 
@@ -81,9 +89,13 @@ class SFTDatasetConfig:
         build_format(self.strategy, self.format)  # unknown name / options: DataError now, not mid-build
 
     @property
+    def loss_weights(self) -> LossWeights:
+        return LossWeights.of(self)
+
+    @property
     def kind_weights(self) -> np.ndarray:
         """float32 [4]: weight of token kinds prompt, completion, decision, answer."""
-        return np.array([self.w_prompt, self.w_completion, self.w_decision, self.w_answer], dtype=np.float32)
+        return np.array(self.loss_weights.by_kind(), dtype=np.float32)
 
     def spatial_config(self) -> SpatialConfig:
         return self.format.spatial

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from dtwinseg.formats.base import DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS, LossWeights
 from dtwinseg.io import DataError, atomic_write_json, atomic_write_text, load_yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -70,9 +71,9 @@ class DemoConfig:
     freeze: list = field(default_factory=lambda: ["embeddings"])
     dropout: float = 0.0
     bf16: bool = False
-    w_completion: float = 1.0
-    w_decision: float = 2.0
-    w_answer: float = 4.0
+    w_completion: float = DEFAULT_LOSS_WEIGHTS.completion
+    w_decision: float = DEFAULT_LOSS_WEIGHTS.decision
+    w_answer: float = DEFAULT_LOSS_WEIGHTS.answer
     threads: int = 1
     jobs: int = 3
     eval_batch_size: int = 16
@@ -244,8 +245,7 @@ def compact_dataset(records: list, tokenizer: Any, options: dict, out: Path, rec
 
 def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted: bool, seed: int) -> dict:
     """The SFTDT recipe of one trained row (full fine-tuning of the small base, embeddings frozen)."""
-    w = {"w_completion": cfg.w_completion, "w_decision": cfg.w_decision, "w_answer": cfg.w_answer} if weighted \
-        else {"w_completion": 1.0, "w_decision": 1.0, "w_answer": 1.0}
+    w = (LossWeights.of(cfg) if weighted else UNWEIGHTED_LOSS).flat()
     return {
         "model": {"name_or_path": str(base), "dtype": "float32",
                   "kwargs": {"hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout},

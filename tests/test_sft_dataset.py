@@ -129,3 +129,24 @@ def test_plain_layout_without_system_message_matches_inference():
     assert messages[0]["role"] == "user"
     expected = tok(render_plain(messages), add_special_tokens=False)["input_ids"]
     assert list(prompt_ids) == expected
+
+
+def test_loss_weights_have_one_home():
+    """build-sft, the trainer, the demo and the CLI take their per-kind weights from dtwinseg.formats."""
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from dtwinseg.formats import DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS, LossWeights
+    from eval.demo import DemoConfig, training_recipe
+    from training.trainer import SFTDTConfig
+
+    assert DEFAULT_LOSS_WEIGHTS.by_kind() == [0.0, 1.0, 2.0, 4.0]  # method.md sec. 3
+    assert SFTDatasetConfig(max_length=None).loss_weights == DEFAULT_LOSS_WEIGHTS
+    assert LossWeights.of(DemoConfig()) == DEFAULT_LOSS_WEIGHTS
+    trainer = {f.name: f.default for f in dataclasses.fields(SFTDTConfig)}
+    assert LossWeights.of(type("T", (), trainer)) == DEFAULT_LOSS_WEIGHTS
+    rows = [training_recipe(DemoConfig(), *["x"] * 3, weighted, 0)["training"] for weighted in (True, False)]
+    assert [LossWeights.of(type("R", (), r)) for r in rows] == [DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS]
+    assert "default 2" in CliRunner().invoke(app, ["build-sft", "--help"], env={"COLUMNS": "200"}).output

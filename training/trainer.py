@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from trl import SFTConfig, SFTTrainer
 
+from dtwinseg.formats.base import DEFAULT_LOSS_WEIGHTS, LossWeights
 from training.packing import TokenBudgetSampler, check_packed_attention, pack_examples, use_packed_attention
 
 
@@ -46,9 +47,11 @@ class SFTDTConfig(SFTConfig):
         "Rebuild loss_weights from the dataset's token_kinds column with w_completion / w_decision / "
         "w_answer below (prompt tokens always 0), e.g. for an unweighted ablation (w_decision=w_answer=1) "
         "without re-tokenising. False: use the dataset's loss_weights as build-sft wrote them.")})
-    w_completion: float = field(default=1.0, metadata={"help": "Weight of ordinary completion tokens."})
-    w_decision: float = field(default=2.0, metadata={"help": "Weight of decision tokens (ids, verdicts)."})
-    w_answer: float = field(default=4.0, metadata={"help": "Weight of the final-answer tokens."})
+    w_completion: float = field(default=DEFAULT_LOSS_WEIGHTS.completion,
+                                metadata={"help": "Weight of ordinary completion tokens."})
+    w_decision: float = field(default=DEFAULT_LOSS_WEIGHTS.decision,
+                              metadata={"help": "Weight of decision tokens (ids, verdicts)."})
+    w_answer: float = field(default=DEFAULT_LOSS_WEIGHTS.answer, metadata={"help": "Weight of the final-answer tokens."})
     fused_lm_head: bool | None = field(default=None, metadata={"help": (
         "Use TRL's fused LM head for the log-probs. None: when the output embedding is a direct child of the "
         "model (Llama, Qwen, Mistral, ...); else the chunked fallback.")})
@@ -83,8 +86,8 @@ class SFTDTConfig(SFTConfig):
 
     @property
     def kind_weights(self) -> list[float]:
-        """Weights of token kinds [prompt, completion, decision, answer] (see data_builders.sft_dataset)."""
-        return [0.0, self.w_completion, self.w_decision, self.w_answer]
+        """Weights of token kinds [prompt, completion, decision, answer] (prompt always 0; dtwinseg.formats.LossWeights)."""
+        return LossWeights(0.0, self.w_completion, self.w_decision, self.w_answer).by_kind()
 
 
 class WeightedCollator:

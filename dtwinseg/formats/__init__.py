@@ -5,10 +5,13 @@ See :mod:`dtwinseg.formats.base` for the contract. Importing this package regist
 """
 
 from dtwinseg.formats.base import (
+    DEFAULT_LOSS_WEIGHTS,
     FORMAT_FILE,
+    UNWEIGHTED_LOSS,
     Completion,
     Decoded,
     FormatConfig,
+    LossWeights,
     ReasoningFormat,
     Target,
     available_formats,
@@ -25,7 +28,7 @@ from dtwinseg.formats.select import SelectFormat
 from dtwinseg.formats.sftdt import SFTDTFormat
 
 __all__ = [
-    "FORMAT_FILE", "CompactFormat", "Completion", "Decoded", "FormatConfig", "ReasoningFormat", "SFTDTFormat", "ScoreFormat",
+    "DEFAULT_LOSS_WEIGHTS", "UNWEIGHTED_LOSS", "LossWeights", "FORMAT_FILE", "CompactFormat", "Completion", "Decoded", "FormatConfig", "ReasoningFormat", "SFTDTFormat", "ScoreFormat",
     "SelectFormat", "Target", "available_formats", "build_format", "check_same_format", "format_differences",
     "load_format", "overlap_scores", "register_format", "save_format",
 ]
