@@ -165,7 +165,8 @@ def main(device: str | None = None, quick: bool = False, out: str | None = None)
         dec, _ = _interleaved({"sam": lambda: sam.mask_decoder(**kw), "fast": lambda: fast(**kw)},
                               {"s": 0.0}, repeats)
 
-    masks = torch.from_numpy(res["ours"].masks()).to(device)
+    # row-major N x H x W, as the pipeline holds its thresholded masks (decode() returns column-major ones)
+    masks = torch.from_numpy(np.ascontiguousarray(res["ours"].masks())).to(device)
     rle, _ = _interleaved({"torch": lambda: encode_rles_torch(masks),
                            "pycocotools": lambda: encode_rles(masks.cpu().numpy())}, {"s": 0.0}, max(repeats, 10))
 
