@@ -21,12 +21,15 @@ sys.path.insert(0, str(HERE.parent))
 from benchmarks.common import RESULTS  # noqa: E402
 from dtwinseg.io import atomic_write_text  # noqa: E402
 
-BENCHMARKS = ["metric", "prompt_size", "proposals", "training_step", "eval_throughput"]
+BENCHMARKS = ["metric", "prompt_size", "proposals", "training_step", "training_throughput", "eval_throughput"]
 
 # The numbers each benchmark is judged by: (result key, target text, comparison).
 HEADLINES: dict[str, list[tuple[str, str]]] = {
     "proposals": [("speedup_vs_amg", ">= 5x (CPU)"), ("mask_agreement", "1.0")],
     "training_step": [("step_time_ratio", "<= 1.05"), ("peak_memory_ratio", "<= 1.0")],
+    "training_throughput": [("tokens_per_s_ratio_vs_trl", ">= 1.5 (non-padding tokens/s, SFTDT packed / TRL padded)"),
+                            ("peak_memory_ratio_vs_trl", "<= 1.0"),
+                            ("tokens_per_s_ratio_vs_trl_padding_free", "n/a (vs TRL padding_free)")],
     "metric": [("speedup", "n/a (ours vs per-mask reference)")],
     "eval_throughput": [("speedup", "n/a (batched vs one-by-one)")],
     "prompt_size": [("all_pairs_over_capped_tokens_at_max_n", "n/a (tokens, N=300: all-pairs / capped)"),
@@ -70,6 +73,9 @@ def write_table() -> Path:
         for key, target in HEADLINES.get(r.get("name", path.stem), []):
             if key in r and key not in summary:
                 rows.insert(0, (f"{key} (target {target})", r[key]))
+            gpu = r.get("gpu")
+            if isinstance(gpu, dict) and key in gpu:  # measured on a GPU machine, named
+                rows.append((f"GPU {gpu.get('device', '?')}: {key}", gpu[key]))
         rows += _per_n_rows(r)
         if rows:
             lines += ["| metric | value |", "| --- | --- |"]
