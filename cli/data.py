@@ -56,13 +56,9 @@ def stats(
 
 
 def _with_progress(ds, enabled: bool, console):  # noqa: ANN001, ANN202 - any registry Dataset
-    from rich.progress import Progress
+    from dtwinseg.runtime import progress
 
-    with Progress(console=console, disable=not enabled, transient=True) as bar:
-        task = bar.add_task(f"reading {ds.name}:{ds.split}", total=len(ds))
-        for sample in ds:
-            yield sample
-            bar.advance(task)
+    yield from progress(ds, f"reading {ds.name}:{ds.split}", enabled, len(ds), console=console, transient=True)
 
 
 def _print_tables(summary: dict, console) -> None:  # noqa: ANN001

@@ -35,6 +35,7 @@ from data_builders.segdt import SegDTRecord
 from dtwinseg.formats.score import overlap_scores
 from dtwinseg.formats.sftdt import Decision, PathStep, ReasoningPath, check_path
 from dtwinseg.io import DataError
+from dtwinseg.runtime import progress as show_progress
 from dtwinseg.spatial import SpatialConfig, pairwise_relations
 from dtwinseg.twin import DigitalTwin, decode_rle
 
@@ -261,8 +262,6 @@ def build_segdt(dataset_spec: str, dt_cache: str | os.PathLike, out: str | os.Pa
     missing_twin, failed (+ the failures' ids and errors, the mean match IoU of the written records, how
     many paths came from a query program or from the generic hops, and how many have 1, 2, ... steps).
     """
-    from rich.progress import Progress
-
     from data_builders.dt_cache import DTCache
     from data_builders.registry import open_dataset
     from dtwinseg.io import write_jsonl
@@ -279,41 +278,38 @@ def build_segdt(dataset_spec: str, dt_cache: str | os.PathLike, out: str | os.Pa
     ious: list[float] = []
     path_kinds: dict[str, int] = {}
     steps: dict[str, int] = {}
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("programmatic paths", total=len(dataset))
-        for sample in dataset:
-            counts["samples"] += 1
-            bar.advance(task)
-            try:
-                twin = cache.get(sample.id)
-            except DataError as e:  # a corrupt cached twin: counted, the run goes on (build-dt rebuilds it)
-                counts["failed"] += 1
-                failures.append({"id": sample.id, "error": str(e)})
-                continue
-            if twin is None:
-                counts["missing_twin"] += 1
-                continue
-            try:
-                if (twin.height, twin.width) != tuple(sample.gt_mask.shape):
-                    raise ValueError(f"twin is {twin.height}x{twin.width}, ground truth {sample.gt_mask.shape}")
-                rec = programmatic_record(sample.id, sample.image_path, sample.query, twin, sample.gt_mask,
-                                          cfg=cfg, twin_ref={"dt_cache": cache_ref, "id": sample.id},
-                                          dimension=sample.dimension, program=sample_program(sample),
-                                          instances=sample.instances)
-            except Exception as e:  # noqa: BLE001 - one bad sample must not stop the run
-                counts["failed"] += 1
-                failures.append({"id": sample.id, "error": f"{type(e).__name__}: {e}"})
-                continue
-            if rec.match_iou is not None and rec.match_iou < cfg.min_iou:
-                counts["below_min_iou"] += 1
-                continue
-            lines.append(rec.to_dict())
-            ious.append(float(rec.match_iou or 0.0))
-            counts["written"] += 1
-            kind = str(rec.extra.get("path_kind"))
-            path_kinds[kind] = path_kinds.get(kind, 0) + 1
-            n_steps = str(len(rec.path.steps))
-            steps[n_steps] = steps.get(n_steps, 0) + 1
+    for sample in show_progress(dataset, "programmatic paths", progress, len(dataset)):
+        counts["samples"] += 1
+        try:
+            twin = cache.get(sample.id)
+        except DataError as e:  # a corrupt cached twin: counted, the run goes on (build-dt rebuilds it)
+            counts["failed"] += 1
+            failures.append({"id": sample.id, "error": str(e)})
+            continue
+        if twin is None:
+            counts["missing_twin"] += 1
+            continue
+        try:
+            if (twin.height, twin.width) != tuple(sample.gt_mask.shape):
+                raise ValueError(f"twin is {twin.height}x{twin.width}, ground truth {sample.gt_mask.shape}")
+            rec = programmatic_record(sample.id, sample.image_path, sample.query, twin, sample.gt_mask,
+                                      cfg=cfg, twin_ref={"dt_cache": cache_ref, "id": sample.id},
+                                      dimension=sample.dimension, program=sample_program(sample),
+                                      instances=sample.instances)
+        except Exception as e:  # noqa: BLE001 - one bad sample must not stop the run
+            counts["failed"] += 1
+            failures.append({"id": sample.id, "error": f"{type(e).__name__}: {e}"})
+            continue
+        if rec.match_iou is not None and rec.match_iou < cfg.min_iou:
+            counts["below_min_iou"] += 1
+            continue
+        lines.append(rec.to_dict())
+        ious.append(float(rec.match_iou or 0.0))
+        counts["written"] += 1
+        kind = str(rec.extra.get("path_kind"))
+        path_kinds[kind] = path_kinds.get(kind, 0) + 1
+        n_steps = str(len(rec.path.steps))
+        steps[n_steps] = steps.get(n_steps, 0) + 1
     write_jsonl(out, lines)
     counts["skipped_files"] = len(getattr(dataset, "skipped", []) or [])
     return {**counts, "mean_match_iou": float(np.mean(ious)) if ious else None, "path_kinds": path_kinds,

@@ -54,6 +54,7 @@ from dtwinseg.formats.base import ANSWER, COMPLETION, DECISION, PROMPT
 from dtwinseg.formats.sftdt import PathStep, ReasoningPath
 from dtwinseg.io import DataError, atomic_write_json
 from dtwinseg.prompting import render_plain
+from dtwinseg.runtime import progress as show_progress
 from dtwinseg.spatial import SpatialConfig
 from dtwinseg.twin import DigitalTwin
 
@@ -236,30 +237,26 @@ def build_sft_dataset(records: Iterable[SegDTRecord], tokenizer: Any, cfg: SFTDa
                       *, progress: bool = False, total: int | None = None) -> tuple[Any, dict]:
     """(``datasets.Dataset``, stats) for the records; stats count written, truncated and dropped examples."""
     from datasets import Dataset, Features, Sequence, Value
-    from rich.progress import Progress
 
     cfg = cfg or SFTDatasetConfig()
     fmt = cfg.reasoning_format()
     rows: list[dict] = []
     stats: dict[str, Any] = {"records": 0, "examples": 0, "truncated_twin": 0, "dropped_too_long": 0,
                              "failed": 0, "dropped_ids": [], "failures": []}
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("tokenising", total=total)
-        for rec in records:
-            stats["records"] += 1
-            bar.advance(task)
-            try:
-                row = encode_record(rec, tokenizer, cfg, fmt)
-            except DataError as e:  # one unusable record never stops the build
-                stats["failed"] += 1
-                stats["failures"].append({"id": rec.id, "error": f"field '{e.field}': {e.message}"})
-                continue
-            if row is None:
-                stats["dropped_too_long"] += 1
-                stats["dropped_ids"].append(rec.id)
-                continue
-            stats["truncated_twin"] += int(row["removed_objects"] > 0)
-            rows.append(row)
+    for rec in show_progress(records, "tokenising", progress, total):
+        stats["records"] += 1
+        try:
+            row = encode_record(rec, tokenizer, cfg, fmt)
+        except DataError as e:  # one unusable record never stops the build
+            stats["failed"] += 1
+            stats["failures"].append({"id": rec.id, "error": f"field '{e.field}': {e.message}"})
+            continue
+        if row is None:
+            stats["dropped_too_long"] += 1
+            stats["dropped_ids"].append(rec.id)
+            continue
+        stats["truncated_twin"] += int(row["removed_objects"] > 0)
+        rows.append(row)
     stats["examples"] = len(rows)
     lengths = [len(r["input_ids"]) for r in rows]
     stats["max_tokens"] = max(lengths, default=0)

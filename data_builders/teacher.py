@@ -34,6 +34,7 @@ from dtwinseg.config import build_dataclass
 from dtwinseg.formats.sftdt import ReasoningPath, check_path, parse_path_output, sftdt_messages
 from dtwinseg.io import DataError, load_yaml
 from dtwinseg.openai_chat import ChatClientConfig, ChatCompletionsClient, ChatCompletionsError
+from dtwinseg.runtime import progress as show_progress
 from dtwinseg.spatial import SpatialConfig
 from dtwinseg.twin import DigitalTwin
 
@@ -218,8 +219,6 @@ def build_segdt_teacher(dataset_spec: str, dt_cache: str | os.PathLike, out: str
     union cannot reach ``min_iou``, not sent),
     the rejected ids with their reason, and the config.
     """
-    from rich.progress import Progress
-
     from data_builders.dt_cache import DTCache
     from data_builders.registry import open_dataset
     from dtwinseg.io import write_jsonl
@@ -241,35 +240,32 @@ def build_segdt_teacher(dataset_spec: str, dt_cache: str | os.PathLike, out: str
             lines.append(rec.to_dict())
         pending.clear()
 
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("teacher paths", total=len(dataset))
-        for sample in dataset:
-            counts["samples"] += 1
-            bar.advance(task)
-            try:
-                twin = cache.get(sample.id)
-            except DataError:  # a corrupt cached twin: counted, the run goes on (build-dt rebuilds it)
-                counts["failed"] += 1
-                rejected.append({"id": sample.id, "reason": "corrupt_twin", "iou": None})
-                continue
-            if twin is None:
-                counts["missing_twin"] += 1
-                continue
-            if (twin.height, twin.width) != tuple(sample.gt_mask.shape):
-                counts["failed"] += 1
-                rejected.append({"id": sample.id, "reason": "size", "iou": None})
-                continue
-            hint, best = best_subset(twin.masks(), sample.gt_mask, twin.ids)
-            if best < cfg.min_iou:
-                counts["below_min_iou"] += 1
-                continue
-            pending.append(TeacherItem(sample.id, sample.image_path, sample.query, twin, sample.gt_mask, hint,
-                                       sample.dimension, sample_program(sample), sample.instances,
-                                       {"dt_cache": cache_ref, "id": sample.id}))
-            if len(pending) >= cfg.chunk:
-                flush()
-        if pending:
+    for sample in show_progress(dataset, "teacher paths", progress, len(dataset)):
+        counts["samples"] += 1
+        try:
+            twin = cache.get(sample.id)
+        except DataError:  # a corrupt cached twin: counted, the run goes on (build-dt rebuilds it)
+            counts["failed"] += 1
+            rejected.append({"id": sample.id, "reason": "corrupt_twin", "iou": None})
+            continue
+        if twin is None:
+            counts["missing_twin"] += 1
+            continue
+        if (twin.height, twin.width) != tuple(sample.gt_mask.shape):
+            counts["failed"] += 1
+            rejected.append({"id": sample.id, "reason": "size", "iou": None})
+            continue
+        hint, best = best_subset(twin.masks(), sample.gt_mask, twin.ids)
+        if best < cfg.min_iou:
+            counts["below_min_iou"] += 1
+            continue
+        pending.append(TeacherItem(sample.id, sample.image_path, sample.query, twin, sample.gt_mask, hint,
+                                   sample.dimension, sample_program(sample), sample.instances,
+                                   {"dt_cache": cache_ref, "id": sample.id}))
+        if len(pending) >= cfg.chunk:
             flush()
+    if pending:
+        flush()
     write_jsonl(out, lines)
     counts["written"] = len(lines)
     return {**counts, "rejected": rejected, "teacher_stats": dict(client.stats), "config": cfg.to_dict()}

@@ -94,10 +94,11 @@ def iter_positions(dataset: Any, indices: list[int]) -> Iterator[tuple[int, Any]
 # --- progress ----------------------------------------------------------------------------------
 class ProgressBar:
     """One bar per job: drawn only when ``enabled`` and this is local rank 0 (co-located ranks would
-    otherwise draw over each other). ``advance(n)`` works either way."""
+    otherwise draw over each other). ``advance(n)`` works either way. ``console``: a rich Console (e.g. on
+    stderr when stdout carries JSON); ``transient``: the bar disappears when done."""
 
     def __init__(self, label: str, total: int | None, enabled: bool = True,
-                 env: Mapping[str, str] | None = None):
+                 env: Mapping[str, str] | None = None, *, console: Any = None, transient: bool = False):
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -110,7 +111,7 @@ class ProgressBar:
         self.drawn = bool(enabled) and local_rank(env) == 0
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("ETA"), TimeRemainingColumn())
-        self._bar = Progress(*columns, disable=not self.drawn, transient=False)
+        self._bar = Progress(*columns, console=console, disable=not self.drawn, transient=transient)
         self._task = self._bar.add_task(label, total=total)
 
     def advance(self, n: int = 1) -> None:
@@ -124,9 +125,12 @@ class ProgressBar:
         self._bar.__exit__(*exc)
 
 
-def progress(items: Iterable[T], label: str, enabled: bool = True, total: int | None = None) -> Iterator[T]:
-    """``items`` with a :class:`ProgressBar` advanced once per item."""
-    with ProgressBar(label, total, enabled) as bar:
+def progress(items: Iterable[T], label: str, enabled: bool = True, total: int | None = None, *,
+             console: Any = None, transient: bool = False) -> Iterator[T]:
+    """``items`` with a :class:`ProgressBar` advanced once per item (``total``: ``len(items)`` when it has one)."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with ProgressBar(label, total, enabled, console=console, transient=transient) as bar:
         for item in items:
             yield item
             bar.advance()

@@ -150,3 +150,14 @@ def test_loss_weights_have_one_home():
     rows = [training_recipe(DemoConfig(), *["x"] * 3, weighted, 0)["training"] for weighted in (True, False)]
     assert [LossWeights.of(type("R", (), r)) for r in rows] == [DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS]
     assert "default 2" in CliRunner().invoke(app, ["build-sft", "--help"], env={"COLUMNS": "200"}).output
+
+
+def test_progress_bar_is_drawn_by_local_rank_zero_only(capsys, monkeypatch):
+    tok = minilm_tokenizer()
+    for rank, drawn in (("0", True), ("1", False)):
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        build_sft_dataset(records(2), tok, SFTDatasetConfig(max_length=None), progress=True, total=2)
+        assert ("tokenising" in capsys.readouterr().out) is drawn
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    build_sft_dataset(records(2), tok, SFTDatasetConfig(max_length=None), progress=False)
+    assert "tokenising" not in capsys.readouterr().out

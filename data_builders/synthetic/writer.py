@@ -101,17 +101,16 @@ def write_dataset(out: str | os.PathLike, sizes: dict[str, int], seed: int = 0, 
     out = Path(out)
     counts: dict[str, dict] = {}
     total = sum(sizes.values())
-    from rich.progress import Progress
+    from dtwinseg.runtime import ProgressBar
 
-    with Progress(disable=not progress, transient=False) as bar:
-        task = bar.add_task("synthetic scenes", total=total)
+    with ProgressBar("synthetic scenes", total, progress) as bar:
         for split, n in sizes.items():
             per_dim: dict[str, int] = {}
             for i in range(n):
                 s = generate_sample(seed, split, i, cfg)
                 write_sample(out / split, s, cfg.jpeg_quality)
                 per_dim[s.query.dimension] = per_dim.get(s.query.dimension, 0) + 1
-                bar.advance(task)
+                bar.advance()
             counts[split] = {"n": n, "dimensions": per_dim}
     atomic_write_json(out / "synthetic.json", {"seed": seed, "config": cfg.to_dict(), "splits": counts})
     return counts
