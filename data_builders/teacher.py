@@ -33,7 +33,7 @@ from data_builders.segdt import SegDTRecord
 from dtwinseg.config import build_dataclass
 from dtwinseg.formats.sftdt import ReasoningPath, check_path, parse_path_output, sftdt_messages
 from dtwinseg.io import DataError, load_yaml
-from dtwinseg.openai_chat import ChatClientConfig, ChatCompletionsClient, ChatCompletionsError
+from dtwinseg.openai_chat import ChatClientConfig, ChatCompletionsClient, ChatCompletionsError, EndpointFields
 from dtwinseg.runtime import progress as show_progress
 from dtwinseg.spatial import SpatialConfig
 from dtwinseg.twin import DigitalTwin
@@ -59,14 +59,14 @@ exactly these ids from facts in the Digital Twin; do not mention this note."""
 
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(EndpointFields):
     """The teacher model and the acceptance rule. Loads from YAML; holds no secret.
 
     Attributes:
-        base_url, model: the OpenAI-compatible endpoint and model name.
-        api_key_env: environment variable holding the key (DTWINSEG_TEACHER_API_KEY is tried first).
-        timeout_s: whole-request deadline (connect, send, headers, body) in seconds.
-        max_retries, backoff_s: retries of 429 / 5xx / timeouts, first delay (doubling).
+        base_url, api_key_env, timeout_s, max_retries, backoff_s: the endpoint
+            (dtwinseg.openai_chat.EndpointFields; here timeout_s defaults to 180 s and max_retries to 3;
+            DTWINSEG_TEACHER_API_KEY is tried before ``api_key_env``).
+        model: the teacher's model name.
         concurrency: parallel requests.
         max_tokens, temperature: generation settings (0 = greedy).
         hint: "answer" (the teacher is told the target ids) | "none" (it must find them).
@@ -76,12 +76,9 @@ class TeacherConfig:
         spatial: SpatialConfig fields of JSON(D) (must match the student's).
     """
 
-    base_url: str = "https://api.openai.com/v1"
-    model: str = "gpt-4o"
-    api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 180.0
     max_retries: int = 3
-    backoff_s: float = 1.0
+    model: str = "gpt-4o"
     concurrency: int = 8
     max_tokens: int = 4096
     temperature: float = 0.0
@@ -102,6 +99,7 @@ class TeacherConfig:
             raise DataError(None, "min_iou", f"must be in [0, 1], got {self.min_iou!r}")
         if int(self.chunk) < 1 or int(self.concurrency) < 1:
             raise DataError(None, "chunk/concurrency", "must be >= 1")
+        self.check_endpoint()
 
     @classmethod
     def from_dict(cls, d: dict | None, *, path: str | os.PathLike | None = None) -> TeacherConfig:
@@ -119,9 +117,7 @@ class TeacherConfig:
         return self.spatial
 
     def client(self, sleep: Callable[[float], None] | None = None) -> ChatCompletionsClient:
-        cfg = ChatClientConfig(base_url=self.base_url, model=self.model, api_key_envs=(KEY_ENV, self.api_key_env),
-                               timeout_s=self.timeout_s, max_retries=self.max_retries, backoff_s=self.backoff_s,
-                               concurrency=self.concurrency)
+        cfg = ChatClientConfig.for_model(self.endpoint(extra_key_envs=(KEY_ENV,)), self.model)
         return ChatCompletionsClient(cfg) if sleep is None else ChatCompletionsClient(cfg, sleep=sleep)
 
 

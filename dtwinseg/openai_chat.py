@@ -17,6 +17,7 @@ error message. Users: :class:`dtwinseg.perception.vlm.OpenAIVLM` and
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email.utils
 import http.client
 import json
@@ -32,6 +33,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+from dtwinseg.io import DataError
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +73,43 @@ class ChatCompletionsError(RuntimeError):
         self.kind, self.detail, self.status, self.cause, self.retried_out = kind, detail, status, cause, retried_out
 
 
-# Names an endpoint's settings carry in a user config (ReasoningConfig, VLMConfig): read by EndpointConfig.
-ENDPOINT_FIELDS = ("base_url", "api_key_env", "timeout_s", "max_retries", "backoff_s", "concurrency")
+@dataclass
+class EndpointFields:
+    """The endpoint fields of a user config, declared once: ReasoningConfig, VLMConfig and TeacherConfig
+    inherit them, so their YAML keys stay flat (``base_url:``, ``api_key_env:``, ...). A config may set
+    another default by redeclaring a field (the teacher waits longer); its parallelism is its own field
+    (``concurrency``, or ``max_concurrency`` for the VLM). :meth:`endpoint` turns them into the
+    :class:`EndpointConfig` the client uses.
+
+    Attributes:
+        base_url: OpenAI-compatible base URL (".../v1"); a local vLLM / SGLang server works too.
+        api_key_env: name of the environment variable holding the API key (the key itself is never stored
+            in a config, logged or written to a report).
+        timeout_s: whole-request deadline of one HTTP attempt in seconds (connect, send, headers, body).
+        max_retries: retries of a request on 429 / 5xx / timeouts / connection errors.
+        backoff_s: first retry delay in seconds, doubling per attempt (a Retry-After header wins).
+    """
+
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    backoff_s: float = 1.0
+
+    def check_endpoint(self, path: str | os.PathLike | None = None) -> None:
+        """DataError naming the field when a retry / deadline setting is out of its domain."""
+        if int(self.max_retries) < 0 or float(self.backoff_s) < 0:
+            raise DataError(path, "max_retries" if int(self.max_retries) < 0 else "backoff_s", "must be >= 0")
+        if float(self.timeout_s) <= 0:
+            raise DataError(path, "timeout_s", "must be > 0")
+
+    def endpoint(self, *, extra_key_envs: Sequence[str] = (), **policy: Any) -> EndpointConfig:
+        """The :class:`EndpointConfig` these fields describe (``policy``: backoff cap, jitter, ...)."""
+        return EndpointConfig.from_fields(self, extra_key_envs=extra_key_envs, **policy)
+
+
+# Names an endpoint's settings carry in a user config: EndpointFields plus its parallelism.
+ENDPOINT_FIELDS = (*(f.name for f in dataclasses.fields(EndpointFields)), "concurrency")
 
 
 @dataclass

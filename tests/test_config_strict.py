@@ -66,3 +66,18 @@ def test_table4_manifest_rows_are_strict(tmp_path):
                  "  - {id: a, component: c, configuration: x, reasonig: r.yaml}\n")
     with pytest.raises(ConfigError, match=r"m\.yaml: field 'rows\[0\]\.reasonig': unknown key; did you mean 'rows\[0\]\.reasoning'"):
         load_manifest(p)
+
+
+def test_endpoint_fields_are_declared_once_with_each_configs_defaults():
+    from dtwinseg.openai_chat import EndpointFields
+    from dtwinseg.perception.vlm import VLMConfig
+
+    configs = (ReasoningConfig(), VLMConfig(), TeacherConfig())
+    assert all(isinstance(c, EndpointFields) for c in configs)
+    assert [(c.timeout_s, c.max_retries) for c in configs] == [(120.0, 5), (60.0, 5), (180.0, 3)]
+    teacher = TeacherConfig.from_dict({"base_url": "http://h/v1", "model": "m", "timeout_s": "30"}).client().config
+    assert (teacher.base_url, teacher.model, teacher.timeout_s, teacher.api_key_envs[-1]) == \
+        ("http://h/v1", "m", 30.0, "OPENAI_API_KEY")
+    for cls, section in ((ReasoningConfig, ""), (TeacherConfig, ""), (VLMConfig, "vlm.")):
+        with pytest.raises(DataError, match=rf"c\.yaml: field '{section}timeout_s': must be > 0"):
+            cls.from_dict({"timeout_s": 0}, path="c.yaml")

@@ -34,7 +34,7 @@ from dtwinseg.openai_chat import (
     ChatClientConfig,
     ChatCompletionsClient,
     ChatCompletionsError,
-    EndpointConfig,
+    EndpointFields,
 )
 from dtwinseg.perception import prompts
 from dtwinseg.runtime import resolve_device
@@ -65,19 +65,18 @@ class VLM(Protocol):
 
 
 @dataclass
-class VLMConfig:
+class VLMConfig(EndpointFields):
     """Which VLM and how to call it. Secrets are never fields: only the NAME of the key's env variable.
 
     Attributes:
         backend: "none" | "openai" | "transformers".
         model: model name for the endpoint (e.g. "gpt-4o", "Qwen/Qwen2.5-VL-7B-Instruct"), or a local
             path / hub id for transformers.
-        base_url: OpenAI-compatible base URL (".../v1"); e.g. http://localhost:8000/v1 for vLLM.
-        api_key_env: environment variable holding the key (DTWINSEG_VLM_API_KEY is tried first).
+        base_url, api_key_env, timeout_s, max_retries, backoff_s: the openai backend's endpoint
+            (dtwinseg.openai_chat.EndpointFields; e.g. base_url http://localhost:8000/v1 for vLLM;
+            DTWINSEG_VLM_API_KEY is tried before ``api_key_env``).
         max_concurrency: parallel HTTP requests (openai).
-        max_retries: retries of a request on 429 / 5xx / timeouts / connection errors.
-        timeout_s: seconds per HTTP request.
-        backoff_s, backoff_max_s: first retry delay and its cap (doubling, with jitter).
+        backoff_max_s: cap of the doubling retry delay (with jitter).
         max_new_tokens, temperature: generation settings (temperature 0 = greedy).
         batch_size: requests per generate() call (transformers).
         device: torch device for transformers ("auto": cuda:LOCAL_RANK if available, else cpu).
@@ -87,12 +86,7 @@ class VLMConfig:
 
     backend: str = "none"
     model: str = ""
-    base_url: str = "https://api.openai.com/v1"
-    api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = 8
-    max_retries: int = 5
-    timeout_s: float = 60.0
-    backoff_s: float = 1.0
     backoff_max_s: float = 30.0
     max_new_tokens: int = 128
     temperature: float = 0.0
@@ -104,6 +98,7 @@ class VLMConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"vlm backend must be one of {BACKENDS}, got {self.backend!r}")
+        self.check_endpoint()
 
     @classmethod
     def from_dict(cls, d: dict | None, *, path: str | os.PathLike | None = None) -> VLMConfig:
@@ -149,8 +144,7 @@ class OpenAIVLM:
 
     def __init__(self, config: VLMConfig, sleep: Callable[[float], None] = time.sleep):
         self.config = config
-        endpoint = EndpointConfig.from_fields(config, extra_key_envs=(KEY_ENV,), backoff_max_s=config.backoff_max_s,
-                                              jitter=(0.5, 1.0))
+        endpoint = config.endpoint(extra_key_envs=(KEY_ENV,), backoff_max_s=config.backoff_max_s, jitter=(0.5, 1.0))
         self.client = ChatCompletionsClient(ChatClientConfig.for_model(endpoint, config.model), sleep=sleep)
         self.url = self.client.url
 

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
 from dtwinseg import runtime
-from dtwinseg.openai_chat import ChatClientConfig, ChatCompletionsClient, ChatCompletionsError, EndpointConfig
+from dtwinseg.openai_chat import ChatClientConfig, ChatCompletionsClient, ChatCompletionsError
 from dtwinseg.prompting import chat_prompt
 from dtwinseg.reasoning.config import ReasoningConfig
 
@@ -221,7 +221,7 @@ class OpenAIBackend:
 
     def __init__(self, cfg: ReasoningConfig, sleep: Callable[[float], None] = time.sleep):
         self.cfg = cfg
-        endpoint = EndpointConfig.from_fields(cfg, backoff_max_s=30.0, retry_after_max_s=60.0, jitter=(1.0, 1.1))
+        endpoint = cfg.endpoint(backoff_max_s=30.0, retry_after_max_s=60.0, jitter=(1.0, 1.1))
         self.client = ChatCompletionsClient(ChatClientConfig.for_model(endpoint, cfg.model), sleep=sleep)
         self.url = self.client.url
 

@@ -18,6 +18,7 @@ from typing import Any
 from dtwinseg.config import build_dataclass
 from dtwinseg.formats import FormatConfig, available_formats, check_same_format, load_format
 from dtwinseg.io import DataError, load_yaml
+from dtwinseg.openai_chat import EndpointFields
 from dtwinseg.spatial import SpatialConfig
 
 BACKENDS = ("transformers", "openai", "vllm")
@@ -25,7 +26,7 @@ LEGACY_SCORE_KEYS = {"score_select": "select", "score_margin": "margin", "score_
 
 
 @dataclass
-class ReasoningConfig:
+class ReasoningConfig(EndpointFields):
     """How a twin + query becomes object ids.
 
     strategy: the reasoning format's name: "select" (zero-shot: ids that satisfy the query; paper sec.
@@ -53,12 +54,9 @@ class ReasoningConfig:
     chat_template: "auto" (the tokenizer's template if it has one, else the plain format of
         dtwinseg.prompting.render_plain), "template" or "plain".
     model_kwargs: extra ``from_pretrained`` keyword arguments (e.g. attn_implementation).
-    base_url: OpenAI-compatible endpoint (".../v1"); a local vLLM / SGLang server works too.
-    api_key_env: name of the environment variable holding the API key (the key itself is never stored
-        in a config, logged or written to a report).
+    base_url / api_key_env / timeout_s / max_retries / backoff_s: the openai backend's endpoint
+        (dtwinseg.openai_chat.EndpointFields; here ``timeout_s`` defaults to 120 s).
     concurrency: parallel API requests (openai backend).
-    max_retries / backoff_s / timeout_s: retries on HTTP 429 / 5xx / network errors with exponential
-        backoff starting at ``backoff_s`` (a Retry-After header wins), and the per-request timeout.
     vllm_kwargs: extra ``vllm.LLM(...)`` arguments (gpu_memory_utilization, max_lora_rank, ...).
     """
 
@@ -78,11 +76,7 @@ class ReasoningConfig:
     device: str = "auto"
     chat_template: str = "auto"
     model_kwargs: dict = field(default_factory=dict)
-    base_url: str = "https://api.openai.com/v1"
-    api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 8
-    max_retries: int = 5
-    backoff_s: float = 1.0
     timeout_s: float = 120.0
     vllm_kwargs: dict = field(default_factory=dict)
 
@@ -126,8 +120,7 @@ class ReasoningConfig:
         for name in ("max_new_tokens_cap", "batch_size", "concurrency"):
             if int(getattr(self, name)) < 1:
                 raise DataError(path, name, "must be >= 1")
-        if self.max_retries < 0 or self.backoff_s < 0 or self.timeout_s <= 0:
-            raise DataError(path, "max_retries/backoff_s/timeout_s", "must be non-negative (timeout > 0)")
+        self.check_endpoint(path)
 
     # --- (de)serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict:
