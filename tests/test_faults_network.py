@@ -16,6 +16,24 @@ from dtwinseg.openai_chat import ChatClientConfig, ChatCompletionsClient, ChatCo
 ANSWER = json.dumps({"choices": [{"message": {"content": "Answer: [0]"}}]}).encode()
 
 
+def _read_request(conn: socket.socket) -> None:
+    """Read one HTTP request (headers, then Content-Length bytes of body) from ``conn``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        body += chunk
+
+
 class TrickleServer:
     """Accepts connections on 127.0.0.1; for each, reads the request, then sends the reply one byte per
     ``interval_s`` (the headers too when ``trickle_headers``), at most ``max_bytes`` bytes, and gives up on
@@ -48,7 +66,7 @@ class TrickleServer:
         with conn:
             conn.settimeout(2.0)
             try:
-                conn.recv(65536)
+                _read_request(conn)  # all of it: unread bytes at close would reset the connection
                 if not self.trickle_headers:
                     conn.sendall(head)
                 payload = (head if self.trickle_headers else b"") + ANSWER
