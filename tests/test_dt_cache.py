@@ -1,3 +1,5 @@
+"""The DT cache: put / get / open from a root, ambiguous roots refused, distinct and safe sample keys."""
+
 import numpy as np
 import pytest
 

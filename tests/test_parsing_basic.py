@@ -1,3 +1,5 @@
+"""parse_indices on the everyday answers: an exact list, an Answer: line, garbage (never raises)."""
+
 from dtwinseg.parsing import parse_indices
 
 

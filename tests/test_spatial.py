@@ -1,3 +1,5 @@
+"""Spatial relations and the text T_i / JSON(D): relation words on constructed masks, pooling, caps, eq. 5."""
+
 import json
 
 import numpy as np

@@ -1,3 +1,5 @@
+"""DigitalTwin / TwinObject: RLE round trips, lossless JSON, schema errors naming file and field."""
+
 import json
 
 import numpy as np
