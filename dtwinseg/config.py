@@ -2,8 +2,9 @@
 
 One helper for every config the project reads (recipes, overrides, pipeline YAMLs):
 
-- :func:`load_config_yaml` / :func:`parse_scalar` read YAML with YAML 1.2 scalars: ``no`` / ``off`` stay
-  strings, ``1e-4`` is a float (PyYAML's 1.1 rules make the first ``False`` and the second a string);
+- :func:`load_config_yaml` / :func:`parse_scalar` read YAML with YAML 1.2 scalars (dtwinseg.io's loader, the
+  one every config file goes through): ``no`` / ``off`` stay strings, ``1e-4`` is a float (PyYAML's 1.1
+  rules make the first ``False`` and the second a string);
 - :func:`convert` turns a value into a type hint's type (``float``, ``int``, ``bool``, ``str``, enums,
   ``Literal``, ``list[X]``, ``dict``, ``X | None``, unions, nested dataclasses) or raises :class:`ConfigError`
   naming the field;
@@ -26,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from dtwinseg.io import DataError
+from dtwinseg.io import DataError, YAML12Loader, load_yaml
 
 REDACTED = "<redacted>"
 SECRET_KEYS = frozenset({
@@ -78,44 +79,21 @@ def secret_paths(obj: Any, prefix: str = "") -> list[str]:
     return out
 
 
-# --- YAML with YAML 1.2 scalars ----------------------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """SafeLoader whose booleans are only true/false and whose floats include ``1e-4``."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                              list("tTfF"))
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
-
-
+# --- YAML with YAML 1.2 scalars (the loader lives in dtwinseg.io) -------------------------------------
 def parse_scalar(text: str) -> Any:
     """An override's value as YAML 1.2 (``[a, b]``, ``{k: v}``, ``null``, ``1e-4``; ``no`` stays a string)."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=YAML12Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError:
         return text
 
 
 def load_config_yaml(path: str | os.PathLike) -> dict:
-    """A YAML mapping read with YAML 1.2 scalars; errors are ConfigError naming the file."""
+    """:func:`dtwinseg.io.load_yaml` with its errors as ConfigError (naming the file)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except FileNotFoundError:
-        raise ConfigError(path, None, "file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(path, None, f"invalid YAML: {' '.join(str(e).split())}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(path, None, "expected a mapping at the top level")
-    return data
+        return load_yaml(path)
+    except DataError as e:
+        raise ConfigError(e.path, e.field, e.message) from None
 
 
 # --- conversion by type hint ------------------------------------------------------------------------

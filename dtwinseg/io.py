@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 
 class DataError(ValueError):
     """Bad input: the message names the file and the field at fault."""
@@ -118,14 +120,33 @@ def stable_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
-def load_yaml(path: str | os.PathLike) -> dict:
-    import yaml
+class YAML12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 scalars: booleans are only true/false (``no`` / ``off`` stay strings) and
+    floats include ``1e-4`` (PyYAML's 1.1 rules read the first as False and the second as a string)."""
 
+
+YAML12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YAML12Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                                   re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+YAML12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """A YAML mapping read with YAML 1.2 scalars (:class:`YAML12Loader`): the one reader of every config
+    file (recipes, perception / reasoning / teacher / pipeline configs, manifests). A missing file,
+    invalid YAML or a non-mapping top level is a DataError naming the file."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=YAML12Loader)  # noqa: S506 - a SafeLoader subclass
+    except FileNotFoundError:
+        raise DataError(path, None, "file not found") from None
     except yaml.YAMLError as e:
-        raise DataError(path, None, f"invalid YAML: {e}") from e
+        raise DataError(path, None, f"invalid YAML: {' '.join(str(e).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

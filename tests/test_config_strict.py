@@ -81,3 +81,19 @@ def test_endpoint_fields_are_declared_once_with_each_configs_defaults():
     for cls, section in ((ReasoningConfig, ""), (TeacherConfig, ""), (VLMConfig, "vlm.")):
         with pytest.raises(DataError, match=rf"c\.yaml: field '{section}timeout_s': must be > 0"):
             cls.from_dict({"timeout_s": 0}, path="c.yaml")
+
+
+def test_every_config_file_is_read_with_yaml_1_2_scalars(tmp_path):
+    """One YAML reader (dtwinseg.io.load_yaml) for recipes and the perception / reasoning / teacher configs."""
+    from dtwinseg.config import load_config_yaml
+    from dtwinseg.io import load_yaml
+
+    p = tmp_path / "r.yaml"
+    p.write_text("model: no\ntemperature: 1e-1\ndo_sample: true\n")
+    assert load_yaml(p) == load_config_yaml(p) == {"model": "no", "temperature": 0.1, "do_sample": True}
+    cfg = ReasoningConfig.from_yaml(p)
+    assert (cfg.model, cfg.temperature, cfg.do_sample) == ("no", 0.1, True)
+    with pytest.raises(DataError, match=r"missing\.yaml: file not found"):
+        ReasoningConfig.from_yaml(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=r"missing\.yaml: file not found"):
+        load_config_yaml(tmp_path / "missing.yaml")
