@@ -174,7 +174,7 @@ def _image_to_token(attn: Any, keys: Tensor, pe: Tensor, k_tokens: Tensor, v_tok
     v_out = torch.einsum("bthd,chd->bhtc", vh, attn.out_proj.weight.view(c, h, dh)).reshape(b, h * t, c)
     # every head's probabilities sum to 1, so bias / h on each of the h * t value rows adds the bias once
     v_out = v_out + attn.out_proj.bias / h
-    if keys.shape[0] == 1:
+    if keys.shape[0] == 1 or torch.is_autocast_enabled(keys.device.type):  # autocast: no in-place dtype mix
         return torch.baddbmm(keys.expand(b, n, c), probs.reshape(b, n, h * t), v_out)
     # per-prompt keys are this decoder's own intermediate, not used after the residual: accumulate in place
     return keys.baddbmm_(probs.reshape(b, n, h * t), v_out)
