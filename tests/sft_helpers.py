@@ -16,16 +16,22 @@ CHATML = (
 )
 
 
+def rect_masks(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """n x size x size bool masks of random rectangles (4-11 pixels a side)."""
+    masks = np.zeros((n, size, size), bool)
+    for k in range(n):
+        y0, x0 = rng.integers(0, size - 8, 2)
+        h, w = rng.integers(4, 12, 2)
+        masks[k, y0:y0 + h, x0:x0 + w] = True
+    return masks
+
+
 def records(n: int = 4, objects: int = 5, size: int = 32, seed: int = 0) -> list[SegDTRecord]:
     """Programmatic Seg-DT records over random rectangles; the target is two of them."""
     rng = np.random.default_rng(seed)
     out = []
     for r in range(n):
-        masks = np.zeros((objects, size, size), bool)
-        for k in range(objects):
-            y0, x0 = rng.integers(0, size - 8, 2)
-            h, w = rng.integers(4, 12, 2)
-            masks[k, y0:y0 + h, x0:x0 + w] = True
+        masks = rect_masks(rng, objects, size)
         gt = (masks[0] | masks[2]).astype(np.uint8)
         names = ["red mug", "table", "blue cup", "lamp", "book", "plant", "chair", "window"]
         twin = DigitalTwin.from_masks(f"t{r}", masks, semantics=[names[k % len(names)] for k in range(objects)])

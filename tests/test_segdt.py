@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from sft_helpers import rect_masks
 
 from data_builders.dt_cache import DTCache
 from data_builders.programmatic import (
@@ -27,12 +28,7 @@ from dtwinseg.twin import DigitalTwin
 
 def scene(seed: int = 0, n: int = 6, size: int = 32) -> tuple[DigitalTwin, np.ndarray]:
     """Random rectangles as twin objects; the target is the union of two of them plus an ignore band."""
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((n, size, size), bool)
-    for k in range(n):
-        y0, x0 = rng.integers(0, size - 8, 2)
-        h, w = rng.integers(4, 12, 2)
-        masks[k, y0:y0 + h, x0:x0 + w] = True
+    masks = rect_masks(np.random.default_rng(seed), n, size)
     gt = (masks[1] | masks[3]).astype(np.uint8)
     gt[:, :2] = 255
     names = ["a red cup", "a blue mug", "a lamp", "a red mug", "a table", "a green mug", "a chair", "a book"]

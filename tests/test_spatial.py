@@ -67,14 +67,19 @@ def test_template_and_json_d_format():
     assert json.loads(twin_json(twin)) == d
 
 
-@pytest.mark.parametrize("k", [0, 1, 3])
-def test_relation_count_is_capped(k):
-    rng = np.random.default_rng(0)
+def scattered_squares(seed: int, n: int) -> DigitalTwin:
+    """A twin of n 8 x 8 squares at random places of a 100 x 100 image."""
+    rng = np.random.default_rng(seed)
     masks = []
-    for _ in range(12):
+    for _ in range(n):
         y, x = rng.integers(0, 90, 2)
         masks.append(box(100, 100, y, y + 8, x, x + 8))
-    twin = DigitalTwin.from_masks("i", np.stack(masks))
+    return DigitalTwin.from_masks("i", np.stack(masks))
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_relation_count_is_capped(k):
+    twin = scattered_squares(seed=0, n=12)
     texts = spatial_texts(twin, SpatialConfig(max_relations=k))
     for t in texts.values():
         n_rel = 0 if ";" not in t else len(t.split(";", 1)[1].split(","))
@@ -118,12 +123,7 @@ def test_projections_equal_float_sums():
 
 def test_default_relates_every_pair_as_eq5():
     """Paper eq. 5: T_i = F_spatial(b_i, A_i, {R_ij}_{j != i}) -- every other object, by default."""
-    rng = np.random.default_rng(1)
-    masks = []
-    for _ in range(9):
-        y, x = rng.integers(0, 90, 2)
-        masks.append(box(100, 100, y, y + 8, x, x + 8))
-    twin = DigitalTwin.from_masks("i", np.stack(masks))
+    twin = scattered_squares(seed=1, n=9)
     assert SpatialConfig().all_pairs
     texts = spatial_texts(twin)
     assert texts == spatial_texts(twin, SpatialConfig(max_relations="all"))
