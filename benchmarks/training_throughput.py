@@ -92,8 +92,13 @@ def _model(vocab: int, shape: dict, device: str, lora: bool) -> Any:
                       tie_word_embeddings=False, attn_implementation="sdpa")
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in bf16 directly: no fp32 copy of an 8B model
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(default)
     if lora:
         from peft import LoraConfig, get_peft_model
 
@@ -293,16 +298,20 @@ def main_cuda(shapes: list[str], n: int, batch: int, repeats: int) -> dict:
 
     gpu: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                            "torch": torch.__version__, "shapes": {}}
-    for name in shapes:
+    result = _existing() or {"name": "training_throughput"}
+    for name in shapes:  # the file is rewritten after each shape, so a time limit keeps what finished
         r = measure("cuda", GPU_SHAPES[name], True, n, batch, 4096, repeats, VARIANTS)
         r["model"] = {**GPU_SHAPES[name], "dtype": "bfloat16", "lora": "r=16 all linear", "gradient_checkpointing": True}
         gpu["shapes"][name] = {**headline(r), **r}
+        first = gpu["shapes"][shapes[0]]
+        gpu.update({k: first[k] for k in ("tokens_per_s_ratio_vs_trl", "peak_memory_ratio_vs_trl") if k in first})
+        result["gpu"] = gpu
+        atomic_write_json(RESULTS / "training_throughput.json", result)
+        print(name, json.dumps(headline(r)), flush=True)
+        import gc
+
+        gc.collect()
         torch.cuda.empty_cache()
-    first = gpu["shapes"][shapes[0]]
-    gpu.update({k: first[k] for k in ("tokens_per_s_ratio_vs_trl", "peak_memory_ratio_vs_trl") if k in first})
-    result = _existing() or {"name": "training_throughput"}
-    result["gpu"] = gpu
-    atomic_write_json(RESULTS / "training_throughput.json", result)
     return result
 
 

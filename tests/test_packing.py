@@ -72,21 +72,28 @@ def _lora(model):
                                             lora_dropout=0.0))
 
 
-@pytest.mark.parametrize("case", ["llama", "llama-lora", "llama-model-sdpa", "bert"])
+@pytest.mark.parametrize("case", ["llama", "llama-lora", "llama-lora-checkpointing", "llama-model-sdpa", "bert"])
 def test_packed_equals_padded(tmp_path, tok, ds, case):
-    """Loss, weight sum and every gradient of a packed batch equal the same 8 examples right-padded (fp32)."""
+    """Loss, weight sum and every gradient of a packed batch equal the same 8 examples right-padded (fp32);
+    with LoRA, and with reentrant activation checkpointing (the boundaries travel as layer kwargs)."""
     make = tiny_bert_lm if case == "bert" else tiny_llama
     mode = "model" if case == "llama-model-sdpa" else "auto"
     exs = [ds[i] for i in range(8)]
     got = {}
     for pf in (False, True):
         model = make(len(tok), seed=2)
-        if case == "llama-lora":
+        if case.startswith("llama-lora"):
             model = _lora(model)
         model.eval()  # no dropout: both layouts must see the same function
+        if case.endswith("checkpointing"):
+            model.enable_input_require_grads()
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+            model.train()  # checkpointing only acts in training mode (Llama has no dropout)
         trainer = SFTDTTrainer(model, args(tmp_path / str(pf), padding_free=pf, padding_free_attention=mode),
                                train_dataset=ds, processing_class=tok)
         batch = trainer.data_collator(exs)
+        if case.endswith("checkpointing"):
+            assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
         if pf:
             assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
             assert batch["input_ids"].shape[1] == sum(len(e["input_ids"]) for e in exs)  # no padding at all
