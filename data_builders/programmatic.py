@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch
 
 from data_builders.evidence import Hop, ObjectFacts, generic_hops, object_facts, program_hops
 from data_builders.segdt import SegDTRecord
+from dtwinseg.config import StrictConfig
 from dtwinseg.formats.score import overlap_scores
 from dtwinseg.formats.sftdt import Decision, PathStep, ReasoningPath, check_path
 from dtwinseg.io import DataError
@@ -41,7 +42,7 @@ from dtwinseg.twin import DigitalTwin, decode_rle
 
 
 @dataclass
-class ProgrammaticConfig:
+class ProgrammaticConfig(StrictConfig):
     """Knobs of programmatic path synthesis.
 
     min_iou: records whose best union reaches a lower IoU with the ground truth are skipped (default 0.5,
@@ -56,8 +57,6 @@ class ProgrammaticConfig:
     anchor_iou: float = 0.5
     use_program: bool = True
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def best_subset(twin_masks: np.ndarray, gt_mask: np.ndarray,

@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ import numpy as np
 
 from data_builders.segdt import SegDTRecord
 from dtwinseg.base_models import resolve_model_path
+from dtwinseg.config import StrictConfig
 from dtwinseg.formats import (
     DEFAULT_LOSS_WEIGHTS,
     FormatConfig,
@@ -60,7 +61,7 @@ from dtwinseg.twin import DigitalTwin
 
 
 @dataclass
-class SFTDatasetConfig:
+class SFTDatasetConfig(StrictConfig):
     """How records become token sequences.
 
     max_length: longest example in tokens (None: no limit). Default 4096 fits a 150-object twin of the
@@ -104,8 +105,6 @@ class SFTDatasetConfig:
     def reasoning_format(self) -> ReasoningFormat:
         return build_format(self.strategy, self.format)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def load_tokenizer(path_or_id: str) -> Any:

@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from data_builders.programmatic import ProgrammaticConfig, best_subset, programmatic_record, sample_program
 from data_builders.segdt import SegDTRecord
-from dtwinseg.config import build_dataclass
+from dtwinseg.config import StrictConfig, build_dataclass
 from dtwinseg.formats.sftdt import ReasoningPath, check_path, parse_path_output, sftdt_messages
-from dtwinseg.io import DataError, load_yaml
+from dtwinseg.io import DataError
 from dtwinseg.openai_chat import ChatClientConfig, ChatCompletionsClient, ChatCompletionsError, EndpointFields
 from dtwinseg.runtime import progress as show_progress
 from dtwinseg.spatial import SpatialConfig
@@ -59,7 +59,7 @@ exactly these ids from facts in the Digital Twin; do not mention this note."""
 
 
 @dataclass
-class TeacherConfig(EndpointFields):
+class TeacherConfig(EndpointFields, StrictConfig):
     """The teacher model and the acceptance rule. Loads from YAML; holds no secret.
 
     Attributes:
@@ -100,18 +100,6 @@ class TeacherConfig(EndpointFields):
         if int(self.chunk) < 1 or int(self.concurrency) < 1:
             raise DataError(None, "chunk/concurrency", "must be >= 1")
         self.check_endpoint()
-
-    @classmethod
-    def from_dict(cls, d: dict | None, *, path: str | os.PathLike | None = None) -> TeacherConfig:
-        """Strict (dtwinseg.config): unknown keys, keys holding secrets and mistyped values are errors."""
-        return build_dataclass(cls, d, path)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> TeacherConfig:
-        return cls.from_dict(load_yaml(path), path=path)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def spatial_config(self) -> SpatialConfig:
         return self.spatial

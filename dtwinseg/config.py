@@ -260,6 +260,31 @@ def build_dataclass(cls: type, data: Mapping | None, path: str | os.PathLike | N
         raise ConfigError(path, section or None, " ".join(str(e).split())) from None
 
 
+C = typing.TypeVar("C", bound="StrictConfig")
+
+
+class StrictConfig:
+    """Mixin of the config dataclasses: a strict :meth:`from_dict` (:func:`build_dataclass`), :meth:`from_yaml`
+    (:func:`dtwinseg.io.load_yaml`) and :meth:`to_dict`, written once. ``SECTION`` is the dotted prefix
+    errors name when the config is a section of a larger file (``vlm`` in a perception config)."""
+
+    SECTION = ""
+
+    @classmethod
+    def from_dict(cls: type[C], d: Mapping | None, *, path: str | os.PathLike | None = None) -> C:
+        """Strict: unknown keys (did-you-mean), keys holding secrets and mistyped values are a ConfigError
+        naming the file and the dotted field."""
+        return build_dataclass(cls, d, path, cls.SECTION)
+
+    @classmethod
+    def from_yaml(cls: type[C], path: str | os.PathLike) -> C:
+        return cls.from_dict(load_yaml(path), path=path)
+
+    def to_dict(self) -> dict:
+        """Plain dict (YAML / JSON-safe; configs hold only the names of key variables, never a key)."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
 def _located(e: DataError, path: str | None, section: str) -> DataError:
     """``e`` with the file filled in and the field prefixed by ``section`` (when it lacks either)."""
     field = e.field

@@ -10,11 +10,12 @@ benchmarks/prompt_size.py).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from dtwinseg.config import StrictConfig
 from dtwinseg.io import DataError
 from dtwinseg.twin import DigitalTwin
 
@@ -33,7 +34,7 @@ NEXT_TO = "next to"
 
 
 @dataclass
-class SpatialConfig:
+class SpatialConfig(StrictConfig):
     """Knobs of the spatial text.
 
     max_relations: relations written per object, nearest objects first (box gap, then centroid
@@ -62,8 +63,6 @@ class SpatialConfig:
         """True when every pair is related (eq. 5)."""
         return self.max_relations is None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def relation_cap(value: object) -> int | None:

@@ -97,3 +97,25 @@ def test_every_config_file_is_read_with_yaml_1_2_scalars(tmp_path):
         ReasoningConfig.from_yaml(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match=r"missing\.yaml: file not found"):
         load_config_yaml(tmp_path / "missing.yaml")
+
+
+def test_configs_share_one_strict_from_dict_from_yaml_to_dict(tmp_path):
+    from data_builders.programmatic import ProgrammaticConfig
+    from data_builders.sft_dataset import SFTDatasetConfig
+    from dtwinseg.config import StrictConfig
+    from dtwinseg.perception.builder import PerceptionConfig
+    from dtwinseg.perception.vlm import VLMConfig
+    from dtwinseg.spatial import SpatialConfig
+
+    for cls in (PerceptionConfig, VLMConfig, TeacherConfig, ReasoningConfig, FormatConfig, SpatialConfig,
+                CompactOptions, SFTDatasetConfig, ProgrammaticConfig):
+        assert issubclass(cls, StrictConfig), cls
+        assert cls.from_dict(cls().to_dict()) == cls()  # to_dict reads back to the same config
+    p = tmp_path / "sft.yaml"
+    p.write_text("max_length: '512'\nw_answer: 8\nformat: {spatial: {max_relations: 2}}\n")
+    cfg = SFTDatasetConfig.from_yaml(p)
+    assert cfg.max_length == 512 and cfg.loss_weights.answer == 8.0 and cfg.format.spatial.max_relations == 2
+    with pytest.raises(ConfigError, match=r"field 'min_iuo': unknown key; did you mean 'min_iou'"):
+        ProgrammaticConfig.from_dict({"min_iuo": 0.3})
+    with pytest.raises(ConfigError, match=r"field 'vlm\.modle': unknown key"):
+        VLMConfig.from_dict({"modle": "m"})

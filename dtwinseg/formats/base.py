@@ -37,11 +37,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from dtwinseg.config import ConfigError, build_dataclass, unknown_key_error
+from dtwinseg.config import ConfigError, StrictConfig, build_dataclass, unknown_key_error
 from dtwinseg.io import DataError, atomic_write_json, read_json
 from dtwinseg.parsing import ParseResult
 from dtwinseg.spatial import SpatialConfig
@@ -60,7 +60,7 @@ FORMAT_FILE = "format.json"
 
 
 @dataclass
-class FormatConfig:
+class FormatConfig(StrictConfig):
     """Options of a reasoning format, shared by build-sft and the reasoning config (saved with the dataset).
 
     system_prompt: the system message (None: the format's default; "" : no system message).
@@ -98,9 +98,6 @@ class FormatConfig:
             raise DataError(None, "base_tokens", "must be >= 0 (or null for the format's default)")
         if not isinstance(self.options, dict):
             raise DataError(None, "options", f"expected a mapping, got {type(self.options).__name__}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Any, *, path: str | os.PathLike | None = None, where: str = "format") -> FormatConfig:

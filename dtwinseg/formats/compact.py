@@ -33,9 +33,9 @@ object's rank by area and left to right among all objects). ``system_prompt`` (d
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from dtwinseg.config import build_dataclass
+from dtwinseg.config import StrictConfig
 from dtwinseg.formats.base import (
     Completion,
     Decoded,
@@ -56,7 +56,7 @@ _VERDICT_RE = re.compile(r"(?i)\bid\s*(\d{1,6})\s*:\s*(yes|no)\b")
 
 
 @dataclass
-class CompactOptions:
+class CompactOptions(StrictConfig):
     """The compact format's options (``FormatConfig.options``); see the module docstring."""
 
     target: str = "answer"
@@ -76,13 +76,7 @@ class CompactOptions:
             if not isinstance(getattr(self, name), bool):
                 raise DataError(None, f"format.options.{name}", "must be true or false")
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> CompactOptions:
-        """Strict (dtwinseg.config): unknown options (did-you-mean) and mistyped values name the field."""
-        return build_dataclass(cls, d, None, "format.options")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    SECTION = "format.options"
 
 
 def _ranks(values: dict[int, float], descending: bool) -> dict[int, int]:

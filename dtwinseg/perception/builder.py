@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from dtwinseg.config import build_dataclass
-from dtwinseg.io import DataError, load_yaml, stable_hash
+from dtwinseg.config import StrictConfig
+from dtwinseg.io import DataError, stable_hash
 from dtwinseg.perception.prompts import CONTEXTS, STRATEGIES
 from dtwinseg.perception.proposals import ProposalConfig, ProposalGenerator, Proposals
 from dtwinseg.perception.vlm import VLM, VLMConfig, assign_semantics, decide_granularity, make_vlm
@@ -47,7 +47,7 @@ RANDOM_CHECKPOINT = "random"
 
 
 @dataclass
-class PerceptionConfig:
+class PerceptionConfig(StrictConfig):
     """How twins are built. Loads from YAML (``PerceptionConfig.from_yaml``); holds no secrets.
 
     Attributes:
@@ -89,19 +89,6 @@ class PerceptionConfig:
             raise ValueError(f"semantic_context must be one of {CONTEXTS}, got {self.semantic_context!r}")
         if self.context_max_listed is not None and int(self.context_max_listed) < 0:
             raise ValueError(f"context_max_listed must be >= 0 or null, got {self.context_max_listed!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict | None, *, path: str | os.PathLike | None = None) -> PerceptionConfig:
-        """Strict: unknown keys (with a did-you-mean) and mistyped values are a ConfigError naming the file
-        and the dotted field (``proposals.points_per_side``)."""
-        return build_dataclass(cls, d, None if path is None else str(path))
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> PerceptionConfig:
-        return cls.from_dict(load_yaml(path), path=path)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def identity(self) -> dict:
         """The fields that decide the twins (what a cache is keyed by): ``to_dict`` without the

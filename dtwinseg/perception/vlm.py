@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from PIL import Image
 
-from dtwinseg.config import build_dataclass
+from dtwinseg.config import StrictConfig
 from dtwinseg.openai_chat import (
     RETRY_STATUS,
     ChatClientConfig,
@@ -65,7 +64,7 @@ class VLM(Protocol):
 
 
 @dataclass
-class VLMConfig(EndpointFields):
+class VLMConfig(EndpointFields, StrictConfig):
     """Which VLM and how to call it. Secrets are never fields: only the NAME of the key's env variable.
 
     Attributes:
@@ -94,19 +93,13 @@ class VLMConfig(EndpointFields):
     device: str = "auto"
     dtype: str = "auto"
     image_max_side: int = 1024
+    SECTION = "vlm"  # from_dict errors name vlm.<field>, as in a perception config
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"vlm backend must be one of {BACKENDS}, got {self.backend!r}")
         self.check_endpoint()
 
-    @classmethod
-    def from_dict(cls, d: dict | None, *, path: str | os.PathLike | None = None) -> VLMConfig:
-        """Strict (dtwinseg.config): unknown keys, keys holding secrets and mistyped values are errors."""
-        return build_dataclass(cls, d, None if path is None else str(path), "vlm")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def make_vlm(config: VLMConfig) -> VLM | None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from dtwinseg.config import build_dataclass
+from dtwinseg.config import StrictConfig, build_dataclass
 from dtwinseg.formats import FormatConfig, available_formats, check_same_format, load_format
 from dtwinseg.io import DataError, load_yaml
 from dtwinseg.openai_chat import EndpointFields
@@ -26,7 +26,7 @@ LEGACY_SCORE_KEYS = {"score_select": "select", "score_margin": "margin", "score_
 
 
 @dataclass
-class ReasoningConfig(EndpointFields):
+class ReasoningConfig(EndpointFields, StrictConfig):
     """How a twin + query becomes object ids.
 
     strategy: the reasoning format's name: "select" (zero-shot: ids that satisfy the query; paper sec.
@@ -122,11 +122,7 @@ class ReasoningConfig(EndpointFields):
                 raise DataError(path, name, "must be >= 1")
         self.check_endpoint(path)
 
-    # --- (de)serialisation ------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        """Plain dict (YAML/JSON-safe). Holds no secret: only the *name* of the key variable."""
-        return asdict(self)
-
+    # --- (de)serialisation (to_dict: dtwinseg.config.StrictConfig) ---------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, *, path: str | os.PathLike | None = None) -> ReasoningConfig:
         """Strict (dtwinseg.config): unknown keys (did-you-mean), keys holding secrets and mistyped values
