@@ -225,17 +225,24 @@ def _loads(text: str) -> object:
 _INVALID = object()
 
 
+def _known_id(value: object, valid: set[int] | None, notes: list[str], what: str = "") -> int | None:
+    """``value`` as an id of ``valid`` (None: any integer), or None with the reason noted."""
+    i = _as_int(value)
+    if i is None:
+        notes.append(f"dropped non-integer {what}{_short(value)}")
+    elif valid is not None and i not in valid:
+        notes.append(f"dropped unknown id {i}")
+        return None
+    return i
+
+
 def validate_ids(values: Iterable[object], valid_ids: Iterable[int] | None, notes: list[str]) -> list[int]:
     """Keep integer ids present in ``valid_ids``; record every fix in ``notes``."""
     valid = None if valid_ids is None else set(int(i) for i in valid_ids)
     out: set[int] = set()
     for v in values:
-        i = _as_int(v)
+        i = _known_id(v, valid, notes)
         if i is None:
-            notes.append(f"dropped non-integer {_short(v)}")
-            continue
-        if valid is not None and i not in valid:
-            notes.append(f"dropped unknown id {i}")
             continue
         if i in out:
             notes.append(f"dropped duplicate id {i}")
@@ -470,16 +477,12 @@ def _parse_scores(raw: str, valid_ids: Iterable[int] | None) -> ScoreParse:
 
 def _validate_scores(pairs: list[tuple[object, object]], valid_ids: Iterable[int] | None,
                      notes: list[str]) -> dict[int, float]:
-    valid = None if valid_ids is None else sorted(set(int(i) for i in valid_ids))
+    valid = None if valid_ids is None else set(int(i) for i in valid_ids)
     scores: dict[int, float] = {}
     for k, v in pairs:
-        i = _as_int(k)
+        i = _known_id(k, valid, notes, "id ")
         s = _as_score(v)
         if i is None:
-            notes.append(f"dropped non-integer id {_short(k)}")
-            continue
-        if valid is not None and i not in valid:
-            notes.append(f"dropped unknown id {i}")
             continue
         if s is None:
             notes.append(f"dropped non-numeric score for id {i}")
@@ -492,7 +495,7 @@ def _validate_scores(pairs: list[tuple[object, object]], valid_ids: Iterable[int
             continue
         scores[i] = s
     if valid is not None:
-        missing = [i for i in valid if i not in scores]
+        missing = [i for i in sorted(valid) if i not in scores]
         if missing and scores:
             notes.append(f"no score for ids {missing}")
     return dict(sorted(scores.items()))
