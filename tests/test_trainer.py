@@ -166,7 +166,8 @@ model = tiny_llama(len(tok), seed=1)
 before = {k: v.detach().clone() for k, v in model.named_parameters()}
 a = SFTDTConfig(output_dir=sys.argv[2], use_cpu=True, report_to=[], save_strategy="no", max_steps=1, seed=0, bf16=False,
                 per_device_train_batch_size=int(sys.argv[3]), gradient_accumulation_steps=int(sys.argv[4]),
-                optim="sgd", learning_rate=1.0, max_grad_norm=0.0, lr_scheduler_type="constant", logging_steps=1)
+                optim="sgd", learning_rate=1.0, max_grad_norm=0.0, lr_scheduler_type="constant", logging_steps=1,
+                padding_free=len(sys.argv) > 5 and sys.argv[5] == "packed")
 t = SFTDTTrainer(model, a, train_dataset=ds, processing_class=tok)
 t.train()
 if t.is_world_process_zero():
@@ -190,6 +191,13 @@ def test_two_cpu_ranks_equal_one(tmp_path):
     # 1 rank x batch 8 == 2 ranks x batch 2 x accumulation 2 (one global batch of 8)
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
     assert_same_grads(a["delta"], b["delta"])
+    # the same with padding-free micro-batches on both ranks (packed rows, per-example attention)
+    packed = tmp_path / "packed"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    "29632", str(script), tests, str(packed), "2", "2", "packed"], env=env, check=True, timeout=600)
+    c = json.loads((packed / "result.json").read_text())
+    assert c["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    assert_same_grads(a["delta"], c["delta"])
 
 
 def test_tiny_recipe_through_cli_with_wandb_offline(tmp_path, monkeypatch):
