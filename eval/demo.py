@@ -21,7 +21,6 @@ that for ``check_seeds``).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from dtwinseg.config import build_dataclass, convert_fields
 from dtwinseg.formats.base import DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS, LossWeights
 from dtwinseg.io import DataError, atomic_write_json, atomic_write_text, load_yaml
 
@@ -95,22 +95,13 @@ class DemoConfig:
         """The recipe at ``path`` (default recipes/demo.yaml), with a preset's fields applied on top."""
         path = Path(path) if path else DEFAULT_RECIPE
         data = load_yaml(path)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DataError(path, unknown[0], f"unknown demo option; known: {', '.join(sorted(known))}")
         if preset:
             extra = (data.get("presets") or {}).get(preset)
             if extra is None:
                 raise DataError(path, f"presets.{preset}", "no such preset")
-            bad = sorted(set(extra) - known)
-            if bad:
-                raise DataError(path, f"presets.{preset}.{bad[0]}", "unknown demo option")
+            convert_fields(cls, extra, str(path), f"presets.{preset}")  # strict: did-you-mean, typed
             data = {**data, **extra}
-        try:
-            return cls(**data)
-        except DataError as e:
-            raise DataError(path, e.field, e.message) from None
+        return build_dataclass(cls, data, path)  # strict (dtwinseg.config): did-you-mean, typed values
 
     def to_dict(self) -> dict:
         d = asdict(self)
