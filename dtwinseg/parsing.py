@@ -46,9 +46,8 @@ _INT_RE = re.compile(r"#?(-?\d+)")
 _NON_WORD_RE = re.compile(r"\W+")
 _ID_KEYS = ("ids", "answer", "indices", "index", "selected", "selected_ids", "objects", "final", "result")
 _SCORE_KEYS = ("scores", "score", "ratings", "answer", "result")
-HEAD_CHARS = 100_000
+HEAD_CHARS = 100_000  # longer answers keep head + tail (noted) before any regex runs
 TAIL_CHARS = 100_000
-MAX_TEXT_CHARS = HEAD_CHARS + TAIL_CHARS  # longer answers keep head + tail (noted) before any regex runs
 MAX_ID_DIGITS = 18  # longer integers are not ids (int() of 4,300+ digits even raises)
 MAX_NOTES = 20
 
