@@ -28,6 +28,7 @@ from data_builders.dt_cache import DTCache
 from data_builders.registry import open_dataset
 from dtwinseg.io import atomic_write_json
 from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder
+from dtwinseg.perception.prefetch import decode_rgb, prefetch
 from dtwinseg.runtime import RunLock, iter_positions, parse_shard, shard_indices, shard_suffix
 from dtwinseg.runtime import progress as show_progress
 
@@ -94,8 +95,12 @@ def build_dt(
     builder: TwinBuilder | None = None,
     progress: bool = True,
     refill_fallbacks: bool = True,
+    prefetch_depth: int = 4,
 ) -> tuple[DTCache, BuildCounts]:
-    """Build (or resume) the twins of a dataset shard into ``out``; returns the cache and the counts."""
+    """Build (or resume) the twins of a dataset shard into ``out``; returns the cache and the counts.
+
+    ``prefetch_depth`` images are read and decoded ahead in threads (dtwinseg.perception.prefetch) while
+    the current one is in SAM / the VLM; a sample whose twin is cached is not decoded."""
     dataset = open_dataset(dataset_spec, strict=strict)
     cache = DTCache.create(out, cache_config(config, fill_semantics=fill_semantics))
     source = DTCache.create(out, cache_config(proposals_only(config))) if fill_semantics else None
@@ -103,23 +108,38 @@ def build_dt(
     indices = shard_indices(len(dataset), shard, limit)
     with RunLock(cache.folder / f".lock{shard_suffix(shard)}", f"{cache.folder} (shard {shard[0]}/{shard[1]})"):
         builder = builder or TwinBuilder(config)
-        samples = iter_positions(dataset, indices)
-        for idx, sample in show_progress(samples, f"twins {dataset_spec}", progress, total=len(indices)):
+
+        def prepare(item: tuple[int, Any]) -> tuple[str, Any, Any]:
+            """Runs ahead in a worker thread: the cache state of a sample and, when its twin will be
+            (re)built from the image, the decoded image, so JPEG decoding overlaps SAM / the VLM."""
+            sample = item[1]
+            if isinstance(sample, Exception):
+                return "error", None, None
+            state, cached, _ = cache.inspect(sample.id)
+            if cached is not None and (cached.height, cached.width) != tuple(sample.gt_mask.shape):
+                state = "corrupt"  # the image changed size since the twin was built: it is stale
+            rebuild = state != "ok" and not (state == "fallback" and not refill_fallbacks)
+            image = decode_rgb(sample.image_path) if rebuild and source is None else None
+            return state, cached, image
+
+        samples = prefetch(iter_positions(dataset, indices), prepare, depth=prefetch_depth)
+        for (idx, sample), prepared in show_progress(samples, f"twins {dataset_spec}", progress,
+                                                     total=len(indices)):
             counts.samples += 1
             sid = f"#{idx}"
             try:
                 if isinstance(sample, Exception):
                     raise sample
                 sid = sample.id
-                state, cached, _ = cache.inspect(sid)
-                if cached is not None and (cached.height, cached.width) != tuple(sample.gt_mask.shape):
-                    state = "corrupt"  # the image changed size since the twin was built: it is stale
+                if isinstance(prepared, Exception):  # the image could not be read or decoded
+                    raise prepared
+                state, _, image = prepared
                 if state == "ok" or (state == "fallback" and not refill_fallbacks):
                     counts.existing += 1
                     continue
                 counts.rebuilt_corrupt += state == "corrupt"
                 counts.refilled += state == "fallback"
-                twin = _build_one(builder, sample, sid, source)
+                twin = _build_one(builder, sample, sid, source, image)
                 cache.put(sid, twin)
             except Exception as e:  # noqa: BLE001 - one bad sample must not stop a long run
                 cache.record_failure(sid, f"{type(e).__name__}: {e}")
@@ -132,12 +152,12 @@ def build_dt(
     return cache, counts
 
 
-def _build_one(builder: TwinBuilder, sample: Any, sid: str, source: DTCache | None) -> Any:
-    """The twin of one sample: built from the image, or (second pass) the cached proposals-only twin with
-    VLM semantics filled in."""
+def _build_one(builder: TwinBuilder, sample: Any, sid: str, source: DTCache | None, image: Any = None) -> Any:
+    """The twin of one sample: built from the image (already decoded by the prefetcher, else read here), or
+    (second pass) the cached proposals-only twin with VLM semantics filled in."""
     if source is None:
-        return builder.build(sample.image_path, sample.query, sid, instances=sample.instances,
-                             granularity=sample.granularity)
+        return builder.build(image if image is not None else sample.image_path, sample.query, sid,
+                             instances=sample.instances, granularity=sample.granularity)
     twin = source.get(sid)
     if twin is None:
         raise FileNotFoundError(f"no proposals-only twin in {source.folder}: run build-dt with --vlm none first")

@@ -117,6 +117,29 @@ def test_resume_after_interrupted_run_matches_one_shot(tmp_path):
     assert twin_dicts(cache) == fresh and fresh_counts.built == 6
 
 
+def test_images_are_decoded_ahead_in_threads_and_cached_ones_not_at_all(tmp_path, monkeypatch):
+    import threading
+
+    import data_builders.build_dt as bd
+
+    decoded: list[tuple[str, str]] = []
+    real = bd.decode_rgb
+
+    def spy(path):
+        decoded.append((str(path), threading.current_thread().name))
+        return real(path)
+
+    monkeypatch.setattr(bd, "decode_rgb", spy)
+    root = write_reasonseg(tmp_path / "ReasonSeg", 5)
+    spec, cfg = f"reasonseg:{root}:val", PerceptionConfig.from_yaml(oracle_config(tmp_path))
+    _, counts = build_dt(spec, cfg, tmp_path / "c", progress=False, prefetch_depth=3)
+    assert counts.built == 5 and len(decoded) == 5
+    assert all(name.startswith("prefetch") for _, name in decoded)  # not on the main thread
+    decoded.clear()
+    _, again = build_dt(spec, cfg, tmp_path / "c", progress=False)
+    assert again.existing == 5 and decoded == []  # a cached twin costs no image decode
+
+
 def test_shards_cover_every_sample_exactly_once(tmp_path):
     root = write_reasonseg(tmp_path / "ReasonSeg", 7)
     spec, cfg = f"reasonseg:{root}:val", PerceptionConfig.from_yaml(oracle_config(tmp_path))
