@@ -234,6 +234,32 @@ def test_bert_as_decoder_generates_batched_like_single(tmp_path):
     assert [o.text for o in outs] == [o.text for o in single]
 
 
+def test_generation_stops_at_the_models_position_limit_and_counts_truncated(tmp_path):
+    """A BERT-style model with 512 (here 48) absolute positions: prompt + budget past the limit used to
+    fail with 'index out of bounds'; now the budget shrinks to the room left and the answer is truncated."""
+    import torch
+    from transformers import BertConfig, BertLMHeadModel, BertTokenizerFast
+
+    from dtwinseg.reasoning.backends import Truncated
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz0123456789[]{}:,\".-")
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
+    tok = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=48, initializer_range=0.2, is_decoder=True)
+    model = BertLMHeadModel(cfg).eval()
+    rcfg = ReasoningConfig(model="unused", max_new_tokens=40, batch_size=2, chat_template="plain")
+    backend = TransformersBackend(rcfg, model, tok)
+    prompt = "a b c d e f g h i j k l m n o p q r s t"  # 20 tokens
+    out = backend._generate_batch([prompt, prompt[:10]], [40, 40])
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    for answer in out:
+        assert isinstance(answer, Truncated) and answer.budget == 48 - n_prompt
+    with pytest.raises(ValueError, match="at most 48 positions"):
+        backend._generate_batch([" ".join(["a"] * 60)], [4])
+
+
 def test_tiny_llama_in_memory_builder_is_deterministic():
     tok = train_tokenizer(["Answer: [1]"] * 3)
     a, b = tiny_llama(tok, seed=3), tiny_llama(tok, seed=3)

@@ -179,6 +179,14 @@ class TransformersBackend:
         model, tok = self._ensure_loaded()
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        # A model with a position limit (BERT-style absolute positions: 512) cannot generate past it: the
+        # budget shrinks to the room left after the prompt, and an answer cut there counts as truncated.
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        prompt_len = int(enc["input_ids"].shape[1])
+        if isinstance(limit, int) and limit > 0:
+            if prompt_len >= limit:
+                raise ValueError(f"the prompt has {prompt_len} tokens; the model takes at most {limit} positions")
+            budgets = [min(b, limit - prompt_len) for b in budgets]
         budget = max(budgets)
         with torch.inference_mode():
             out = model.generate(**enc, **self._gen_kwargs(tok, budget))
