@@ -75,6 +75,16 @@ def interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 5, warmup: 
     return times
 
 
+def rss_kb() -> int:
+    """This process's resident set size in KiB (Linux /proc): the baseline that peak-memory measurements
+    subtract."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 

