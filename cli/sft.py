@@ -162,12 +162,50 @@ def train(
 
     overrides = list(overrides or []) + ([] if progress else ["training.disable_tqdm=true"])
     try:
+        if _is_demo_recipe(recipe):
+            _check_demo_recipe(recipe, overrides, dry_run, accelerate_config, num_processes)
+            return
         out = launch(recipe, overrides, accelerate_config=accelerate_config,
                      num_processes=num_processes, dry_run_only=dry_run, echo=typer.echo)
     except RuntimeError as e:
         _fail(e)
     if out is not None:
         typer.echo(f"output: {out}")
+
+
+DEMO_OUT = Path("runs/demo")  # `dtwinseg demo`'s default --out
+
+
+def _is_demo_recipe(path: Path) -> bool:
+    """A demo recipe (recipes/demo.yaml: eval.demo.DemoConfig fields, trained ``rows``) rather than a
+    training recipe (a ``training`` section)."""
+    from dtwinseg.config import load_config_yaml  # the reader (and ConfigError) of training recipes
+
+    if not path.is_file():
+        return False  # launch() reports the missing file in one line
+    data = load_config_yaml(path)
+    return "training" not in data and "rows" in data
+
+
+def _check_demo_recipe(recipe: Path, overrides: list[str], dry_run: bool, accelerate_config: Path | None,
+                       num_processes: int | None) -> None:
+    """``train recipes/demo.yaml --dry-run``: the training recipe of every trained row of the demo (what
+    ``dtwinseg demo`` trains, with its folders under runs/demo), each checked like any recipe."""
+    from dtwinseg.config import ConfigError
+
+    if not dry_run:
+        raise ConfigError(recipe, None, f"a demo recipe, not a training recipe: `dtwinseg demo --recipe {recipe}` "
+                          "builds its data and trains its rows; add --dry-run to check their training recipes")
+    from eval.demo import DemoConfig, row_training_recipes
+    from training.launch import launch
+    from training.recipe import recipe_from_dict
+
+    cfg = DemoConfig.load(recipe)
+    for label, (data, _) in row_training_recipes(cfg, DEMO_OUT).items():
+        shown = DEMO_OUT / "recipes" / f"{label}.yaml"
+        typer.echo(f"# demo row {label!r} of {recipe}: the training recipe `dtwinseg demo` writes to {shown}")
+        launch(recipe_from_dict(data, shown), overrides, accelerate_config=accelerate_config,
+               num_processes=num_processes, dry_run_only=True, echo=typer.echo)
 
 
 def register(app: typer.Typer) -> None:

@@ -255,6 +255,23 @@ def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted
     }
 
 
+def row_training_recipes(cfg: DemoConfig, out: Path, base: Path | None = None,
+                         sft: dict[str, Path] | None = None) -> dict[str, tuple[dict, dict]]:
+    """{label: (training recipe, row spec)} of every trained row and training seed of the demo in ``out``:
+    what ``dtwinseg demo`` trains, and what ``dtwinseg train recipes/demo.yaml --dry-run`` checks. ``base``
+    and ``sft`` default to the folders the demo writes (``out/base``, ``out/sft-<target>``)."""
+    base = base or out / "base"
+    sft = sft or {}
+    runs = {}
+    for k, seed in enumerate(cfg.train_seeds):
+        for name, spec in cfg.rows.items():
+            label = name if k == 0 else f"{name}-seed{seed}"
+            data = sft.get(spec["target"], out / f"sft-{spec['target']}")
+            recipe = training_recipe(cfg, base, data, out / f"train-{label}", bool(spec["weighted"]), int(seed))
+            runs[label] = (recipe, spec)
+    return runs
+
+
 def train_all(out: Path, recipes: dict[str, dict], cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Path]:
     """``dtwinseg train <recipe>`` for every run, ``cfg.jobs`` processes at a time; a run whose output
     folder already holds a model trained from the same recipe is reused. Returns {label: model folder}."""
@@ -376,13 +393,7 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
     stage("Seg-DT records + SFT datasets", t)
 
     t = time.time()
-    runs = {}
-    for k, seed in enumerate(cfg.train_seeds):
-        for name, spec in cfg.rows.items():
-            label = name if k == 0 else f"{name}-seed{seed}"
-            recipe = training_recipe(cfg, base, sft[spec["target"]], out / f"train-{label}",
-                                     bool(spec["weighted"]), int(seed))
-            runs[label] = (recipe, spec)
+    runs = row_training_recipes(cfg, out, base, sft)
     models = train_all(out, {k: r for k, (r, _) in runs.items()}, cfg, log)
     trained = {label: (models[label], spec) for label, (_, spec) in runs.items()}
     stage(f"training ({len(runs)} runs, {cfg.jobs} at a time)", t)

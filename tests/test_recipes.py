@@ -80,6 +80,28 @@ def test_dry_run_builds_every_recipe(name):
     assert "warmup_ratio:" not in (ROOT / "recipes" / name).read_text()
 
 
+def test_dry_run_of_the_demo_recipe_checks_every_trained_row():
+    """recipes/demo.yaml is a demo recipe (no training section): --dry-run checks the training recipe of
+    each trained row, exactly the one `dtwinseg demo` trains; without --dry-run one line says what to run."""
+    from eval.demo import DemoConfig, row_training_recipes
+    from training.recipe import load_recipe as load
+
+    demo = ROOT / "recipes" / "demo.yaml"
+    res = invoke("train", str(demo), "--dry-run", "training.learning_rate=1e-4")
+    assert res.exit_code == 0, res.output
+    rows = row_training_recipes(DemoConfig.load(demo), Path("runs/demo"))
+    assert set(rows) == {"sftdt", "sftdt-unweighted", "answer-only"}
+    assert res.output.count("# SFTDTConfig: ok: learning_rate 0.0001") == len(rows)
+    for label, (recipe, _) in rows.items():
+        assert f"in-process: python -m training.run runs/demo/recipes/{label}.yaml" in res.output
+        assert load(recipe).training["output_dir"] == f"runs/demo/train-{label}"
+    bad = invoke("train", str(demo), "--dry-run", "training.nonexistent=1")
+    assert bad.exit_code == 2 and "training.nonexistent" in bad.output
+    plain = invoke("train", str(demo))
+    assert plain.exit_code == 2 and "dtwinseg demo --recipe" in plain.output
+    assert len([ln for ln in plain.output.splitlines() if ln.strip()]) == 1
+
+
 def test_dry_run_of_the_deepspeed_recipe_as_a_user_runs_it(tmp_path):
     """In a subprocess (DeepSpeed config objects are process-global), from another working directory."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -147,7 +147,7 @@ def dry_run(r: Recipe, plan: ProcessPlan, command: str, echo: Callable[[str], No
     echo(command)
 
 
-def launch(recipe: str | os.PathLike, overrides: list[str] | None = None, *,
+def launch(recipe: Recipe | dict | str | os.PathLike, overrides: list[str] | None = None, *,
            accelerate_config: str | os.PathLike | None = None, num_processes: int | None = None,
            dry_run_only: bool = False, echo: Callable[[str], None] = print) -> Path | None:
     """Train a recipe; returns the output folder (None on a dry run). See the module docstring."""
@@ -157,11 +157,12 @@ def launch(recipe: str | os.PathLike, overrides: list[str] | None = None, *,
     r = load_recipe(recipe, overrides)
     acc_path, acc_cfg = _accelerate_config(r, accelerate_config)
     plan = plan_processes(r.launch.num_processes, acc_cfg, num_processes)
+    shown = r.path or recipe  # a Recipe / dict built in memory shows the file it stands for
     if plan.total == 1:
-        command = f"in-process: python -m training.run {shlex.join([str(recipe), *overrides])}"
+        command = f"in-process: python -m training.run {shlex.join([str(shown), *overrides])}"
         cmd = None
     else:
-        cmd = launch_command(recipe, overrides, acc_path, plan.total)
+        cmd = launch_command(shown, overrides, acc_path, plan.total)
         command = shlex.join(cmd)
     if dry_run_only:
         dry_run(r, plan, command, echo)
