@@ -21,6 +21,10 @@ Targets (``options.target``):
   (``echo: false`` writes ``id 0: no``). The verdict words are decision spans (``w_decision``), the
   id list the answer span (``w_answer``): paper eq. 10 with a one-step path.
 
+Forced verdict decoding (``ReasoningConfig.decoding: verdicts``): the path's object lines are known from
+the twin, so the reasoner writes them itself and the model only chooses each verdict word
+(:meth:`CompactFormat.verdict_path`); see dtwinseg/reasoning/verdicts.py.
+
 The parser is total and linear: the ``Answer:`` line (dtwinseg.parsing.parse_indices), or, when no
 answer line parses, the objects whose verdict is ``yes`` (status "repaired").
 
@@ -129,6 +133,20 @@ def parse_compact(text: object, valid_ids: list[int]) -> ParseResult:
     return ParseResult("repaired", ids, ["no answer line; ids from the yes verdicts"], text)
 
 
+@dataclass
+class VerdictPath:
+    """The forced skeleton of a path: per object its id and the text before its verdict (``head``), the
+    verdict words (the first one means "this object is meant"), the text after each verdict, and the
+    answer line built from the chosen ids."""
+
+    steps: list[tuple[int, str]]
+    choices: tuple[str, ...] = ("yes", "no")
+    line_end: str = "\n"
+
+    def answer(self, ids: list[int]) -> str:
+        return answer_text(ids)[0]
+
+
 class CompactFormat:
     """The registered ``compact`` format (ReasoningFormat contract of dtwinseg.formats.base)."""
 
@@ -152,11 +170,21 @@ class CompactFormat:
         chosen = {int(i) for i in target.answer}
         text, decisions = "", []
         for o in twin.objects:
-            head = f"{o.semantic or 'object'}, id {o.id}: " if self.options.echo else f"id {o.id}: "
+            head = self._head(o)
             verdict = "yes" if o.id in chosen else "no"
             decisions.append((len(text) + len(head), len(text) + len(head) + len(verdict)))
             text += head + verdict + "\n"
         return Completion(text + answer, decisions, [(len(text) + a, len(text) + b)])
+
+    def _head(self, o) -> str:  # noqa: ANN001 - a twin object
+        return f"{o.semantic or 'object'}, id {o.id}: " if self.options.echo else f"id {o.id}: "
+
+    def verdict_path(self, twin: DigitalTwin) -> VerdictPath:
+        """The path's skeleton for forced verdict decoding; DataError for the answer-only target."""
+        if self.options.target != "path":
+            raise DataError(None, "decoding", "'verdicts' needs a path to force: format.options.target: path "
+                            f"(this format's target is {self.options.target!r})")
+        return VerdictPath([(o.id, self._head(o)) for o in twin.objects])
 
     def parse(self, text: str, twin: DigitalTwin) -> Decoded:
         return Decoded(parse_compact(text, twin.ids))

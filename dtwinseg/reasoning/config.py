@@ -22,6 +22,7 @@ from dtwinseg.openai_chat import EndpointFields
 from dtwinseg.spatial import SpatialConfig
 
 BACKENDS = ("transformers", "openai", "vllm")
+DECODINGS = ("generate", "verdicts")
 LEGACY_SCORE_KEYS = {"score_select": "select", "score_margin": "margin", "score_min": "min"}
 
 
@@ -47,6 +48,10 @@ class ReasoningConfig(EndpointFields, StrictConfig):
         ``max_new_tokens_cap``; an integer is a fixed budget. Answers that hit the budget are reported
         with ``finish_reason: length`` and counted as truncated, apart from repaired parses.
     max_new_tokens_cap: upper bound of the "auto" budget (the model's context is the real limit).
+    decoding: "generate" (default: the model writes the whole answer) or "verdicts" (forced verdict
+        decoding, dtwinseg/reasoning/verdicts.py: the reasoner writes the path's object lines from the twin
+        and the model only chooses each object's verdict word; compact format with ``target: path``,
+        transformers backend).
     do_sample / temperature / top_p: sampling; the default is greedy decoding (deterministic).
     batch_size: conversations per generate() call (transformers / vllm); left-padded.
     dtype: "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16" or "float16".
@@ -68,6 +73,7 @@ class ReasoningConfig(EndpointFields, StrictConfig):
     adapter: str | None = None
     max_new_tokens: int | str = "auto"
     max_new_tokens_cap: int = 4096
+    decoding: str = "generate"
     do_sample: bool = False
     temperature: float = 0.0
     top_p: float = 1.0
@@ -112,6 +118,11 @@ class ReasoningConfig(EndpointFields, StrictConfig):
                             f"{', '.join(available_formats())}")
         if self.backend not in BACKENDS:
             raise DataError(path, "backend", f"{self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.decoding not in DECODINGS:
+            raise DataError(path, "decoding", f"{self.decoding!r} is not one of {', '.join(DECODINGS)}")
+        if self.decoding == "verdicts" and self.backend != "transformers":
+            raise DataError(path, "decoding", f"'verdicts' scores the verdict words with a local model: backend "
+                            f"transformers, got {self.backend!r}")
         if self.chat_template not in ("auto", "template", "plain"):
             raise DataError(path, "chat_template", f"{self.chat_template!r} is not auto, template or plain")
         if self.max_new_tokens != "auto" and (isinstance(self.max_new_tokens, (bool, str))

@@ -167,6 +167,11 @@ class LLMReasoner:
                                decoded.scores, finish_reason=finish)
 
 
-def build_reasoner(cfg: ReasoningConfig, backend: LLMBackend | None = None) -> LLMReasoner:
-    """The reasoner a config describes (backend built from the config unless given)."""
+def build_reasoner(cfg: ReasoningConfig, backend: LLMBackend | None = None) -> Reasoner:
+    """The reasoner a config describes (backend built from the config unless given): an LLMReasoner, or
+    for ``decoding: verdicts`` a :class:`dtwinseg.reasoning.verdicts.VerdictReasoner`."""
+    if cfg.decoding == "verdicts":
+        from dtwinseg.reasoning.verdicts import VerdictReasoner
+
+        return VerdictReasoner(cfg, backend)  # type: ignore[arg-type]
     return LLMReasoner(cfg, backend)

@@ -1,0 +1,155 @@
+"""Forced verdict decoding: the model chooses each object's verdict; the reasoner writes everything else.
+
+A per-object reasoning path (the compact format's ``target: path``) is a fixed skeleton around a few
+free words::
+
+    a small red circle, id 0: no
+    a large blue circle, id 1: yes
+    Answer: [1]
+
+The object lines come from the twin, so free generation only adds ways to fail: a small model that
+copies the wrong description before a verdict judges the wrong object (experiments/RESULTS.md 6.4).
+With ``ReasoningConfig.decoding: verdicts`` the reasoner writes each object's line itself and scores
+the verdict words after it; the likelier word is appended and the next line follows, so every verdict
+sees the model's own earlier verdicts exactly as training saw the gold ones (teacher forcing at
+training time, the model's choices at inference). The answer is the objects judged "yes"; when none
+is, the object whose "yes" is likeliest relative to "no" (an answer always names an object, like the
+training targets do). Each object's score is that log-probability margin, log p(yes) - log p(no).
+
+Scoring is tokenizer-agnostic: every candidate is tokenized as the whole text (prompt + path so far +
+line + word), exactly as the training text, and its score is the summed log-probability of the tokens
+after the candidates' common token prefix. Only local models (the transformers backend) expose the
+probabilities this needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from dtwinseg.io import DataError
+from dtwinseg.parsing import ParseResult
+from dtwinseg.reasoning.backends import TransformersBackend
+from dtwinseg.reasoning.config import ReasoningConfig
+from dtwinseg.reasoning.reasoner import ReasoningOutput, check_trained_format, make_strategy
+from dtwinseg.twin import DigitalTwin
+
+Item = tuple[DigitalTwin, str]
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for k in range(n):
+        if any(s[k] != seqs[0][k] for s in seqs[1:]):
+            return k
+    return n
+
+
+class VerdictReasoner:
+    """Forced verdict decoding over the transformers backend (module docstring)."""
+
+    def __init__(self, cfg: ReasoningConfig, backend: TransformersBackend | None = None):
+        if cfg.backend != "transformers":
+            raise DataError(None, "decoding", f"'verdicts' needs the verdicts' probabilities: backend "
+                            f"transformers, got {cfg.backend!r}")
+        self.cfg = cfg
+        check_trained_format(cfg)
+        self.strategy = make_strategy(cfg)
+        if not callable(getattr(self.strategy, "verdict_path", None)):
+            raise DataError(None, "decoding", f"'verdicts' needs a format with a per-object verdict path "
+                            f"(compact with format.options.target: path); {cfg.strategy!r} has none")
+        self.strategy.verdict_path(DigitalTwin("", 1, 1))  # a format without a path to force says so now
+        self.backend = backend if backend is not None else TransformersBackend(cfg)
+
+    @property
+    def format(self) -> Any:
+        return self.strategy
+
+    def _score(self, texts_per_row: list[list[str]]) -> list[list[float]]:
+        """For each row, the log-probability of each candidate text's tokens after the candidates'
+        common token prefix. Rows whose candidates each add one token to that prefix (``yes`` / ``no``
+        with most tokenizers) need one sequence (the prefix: the next-token distribution scores them
+        all); other rows forward every candidate. One right-padded forward pass for the batch."""
+        import torch
+
+        model, tok = self.backend._ensure_loaded()
+        enc = [[tok(t, add_special_tokens=False)["input_ids"] for t in texts] for texts in texts_per_row]
+        plan = []  # per row: (first sequence index, shared prefix length, one sequence for all candidates?)
+        flat: list[list[int]] = []
+        for row in enc:
+            start = _common_prefix(row)
+            if start == 0 or any(start >= len(seq) for seq in row):
+                raise ValueError("a verdict word adds no token after the shared prefix")
+            single = all(len(seq) == start + 1 for seq in row)
+            plan.append((len(flat), start, single))
+            flat.extend([row[0][:start]] if single else row)
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        longest = max(len(ids) for ids in flat)
+        if isinstance(limit, int) and limit > 0 and max(len(seq) for row in enc for seq in row) > limit:
+            raise ValueError(f"the path has more than {limit} tokens, the model's position limit")
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.full((len(flat), longest), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for r, seq in enumerate(flat):
+            ids[r, : len(seq)] = torch.tensor(seq)
+            attn[r, : len(seq)] = 1
+        dev = self.backend.device
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        out = []
+        for row, (first, start, single) in zip(enc, plan, strict=True):
+            if single:
+                out.append([float(logp[first, start - 1, seq[start]]) for seq in row])
+                continue
+            scores = []
+            for j, seq in enumerate(row):
+                pos = torch.arange(start - 1, len(seq) - 1)
+                scores.append(float(logp[first + j, pos, torch.tensor(seq[start:])].sum()))
+            out.append(scores)
+        return out
+
+    def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
+        out: list[ReasoningOutput | None] = [None] * len(items)
+        bs = max(1, self.cfg.batch_size)
+        todo = []
+        for k, (twin, _query) in enumerate(items):
+            if len(twin) == 0:
+                out[k] = ReasoningOutput([], ParseResult("ok", [], ["twin has no objects"]), "",
+                                         self.strategy.name, finish_reason="empty")
+            else:
+                todo.append(k)
+        for start in range(0, len(todo), bs):
+            chunk = todo[start:start + bs]
+            for k, o in zip(chunk, self._reason_batch([items[k] for k in chunk]), strict=True):
+                out[k] = o
+        return out  # type: ignore[return-value]
+
+    def _reason_batch(self, items: Sequence[Item]) -> list[ReasoningOutput]:
+        paths = [self.strategy.verdict_path(twin) for twin, _ in items]
+        texts = [self.backend.prompt_text(self.strategy.messages(twin, query)) for twin, query in items]
+        paths_text = [""] * len(items)
+        margins: list[dict[int, float]] = [{} for _ in items]
+        for step in range(max(len(p.steps) for p in paths)):
+            rows = [r for r, p in enumerate(paths) if step < len(p.steps)]
+            candidates = []
+            for r in rows:
+                _id, head = paths[r].steps[step]
+                candidates.append([texts[r] + paths_text[r] + head + c for c in paths[r].choices])
+            scores = self._score(candidates)
+            for r, sc in zip(rows, scores, strict=True):
+                obj, head = paths[r].steps[step]
+                margins[r][obj] = sc[0] - max(sc[1:])
+                choice = 0 if margins[r][obj] > 0 else 1 + max(range(len(sc) - 1), key=lambda j: (sc[j + 1], -j))
+                paths_text[r] += head + paths[r].choices[choice] + paths[r].line_end
+        outs = []
+        for r, p in enumerate(paths):
+            ids = sorted(i for i, m in margins[r].items() if m > 0)
+            notes = []
+            if not ids:
+                ids = [max(margins[r], key=lambda i: (margins[r][i], -i))]
+                notes.append("no object judged yes; the likeliest yes")
+            text = paths_text[r] + p.answer(ids)
+            outs.append(ReasoningOutput(ids, ParseResult("ok", ids, notes, text), text, self.strategy.name,
+                                        scores=margins[r], finish_reason="stop"))
+        return outs

@@ -1,0 +1,99 @@
+"""Forced verdict decoding (ReasoningConfig.decoding: verdicts): the reasoner writes the compact path's
+object lines, the model only picks each verdict; checked against unpadded forwards of a real tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from reasoning_helpers import make_twin, save_tiny_llama
+
+from dtwinseg.io import DataError
+from dtwinseg.reasoning import ReasoningConfig, build_reasoner
+from dtwinseg.reasoning.verdicts import VerdictReasoner
+
+PATH_FORMAT = {"options": {"target": "path"}}
+
+
+def _cfg(model: Path, **kw) -> ReasoningConfig:
+    return ReasoningConfig(strategy="compact", model=str(model), device="cpu", dtype="float32",
+                           decoding="verdicts", format=PATH_FORMAT, **kw)
+
+
+def _seq_logp(model, tok, text: str, start: int) -> tuple[list[int], float]:
+    import torch
+
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+    return ids, float(sum(logp[k - 1, ids[k]] for k in range(start, len(ids))))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A tiny random causal BERT with the demo base's WordPiece tokenizer ("yes" / "no": one token each)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertLMHeadModel
+
+    from dtwinseg.base_models import packaged_minilm_path
+
+    folder = tmp_path_factory.mktemp("bert") / "model"
+    tok = AutoTokenizer.from_pretrained(str(packaged_minilm_path()))
+    torch.manual_seed(0)
+    BertLMHeadModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, is_decoder=True)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("which", ["tiny", "tiny_bert"])
+def test_each_verdict_is_scored_after_the_models_own_earlier_verdicts_like_an_unpadded_forward(which, request) -> None:
+    # Byte-level BPE (verdict words of several tokens: every candidate is forwarded) and WordPiece (one token
+    # each: the next-token distribution scores both). Twins of different sizes: right padding, rows leaving
+    # the batch early.
+    reasoner = build_reasoner(_cfg(request.getfixturevalue(which), batch_size=3))
+    assert isinstance(reasoner, VerdictReasoner)
+    items = [(make_twin(1, n=4), "the red cup"), (make_twin(2, n=2), "all the trees"), (make_twin(5, n=5), "the sun")]
+    outs = reasoner.reason(items)
+    model, tok = reasoner.backend._ensure_loaded()
+    fmt = reasoner.format
+    for (twin, query), out in zip(items, outs, strict=True):
+        text = reasoner.backend.prompt_text(fmt.messages(twin, query))
+        path = ""
+        for obj, head in fmt.verdict_path(twin).steps:
+            prefix = text + path + head
+            yes_ids, _ = _seq_logp(model, tok, prefix + "yes", 0)
+            no_ids, _ = _seq_logp(model, tok, prefix + "no", 0)
+            start = next(k for k, (a, b) in enumerate(zip(yes_ids, no_ids, strict=False)) if a != b)
+            margin = _seq_logp(model, tok, prefix + "yes", start)[1] - _seq_logp(model, tok, prefix + "no", start)[1]
+            assert out.scores[obj] == pytest.approx(margin, abs=1e-3)
+            path += head + ("yes" if margin > 0 else "no") + "\n"
+        yes = sorted(i for i, m in out.scores.items() if m > 0)
+        assert out.ids == (yes or [max(out.scores, key=out.scores.get)])
+        assert out.text == path + f"Answer: [{', '.join(map(str, out.ids))}]"
+        assert out.parse.status == "ok" and fmt.parse(out.text, twin).parse.ids == out.ids  # the text reads back
+
+
+def test_a_twin_without_objects_is_answered_empty_without_a_model_call(tiny: Path) -> None:
+    from dtwinseg.twin import DigitalTwin
+
+    empty = DigitalTwin("e", 8, 8, [])
+    out = build_reasoner(_cfg(tiny)).reason([(empty, "anything")])
+    assert out[0].ids == [] and out[0].finish_reason == "empty"
+
+
+def test_verdict_decoding_is_refused_where_it_cannot_work(tiny: Path) -> None:
+    with pytest.raises(DataError, match="decoding.*generate, verdicts"):
+        ReasoningConfig(strategy="compact", model=str(tiny), decoding="beam")
+    with pytest.raises(DataError, match="decoding.*backend transformers"):
+        ReasoningConfig(strategy="compact", backend="openai", model="gpt-4o", decoding="verdicts",
+                        base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(DataError, match="decoding.*target: path"):
+        build_reasoner(ReasoningConfig(strategy="compact", model=str(tiny), decoding="verdicts"))
+    with pytest.raises(DataError, match="decoding.*per-object verdict path"):
+        build_reasoner(ReasoningConfig(strategy="select", model=str(tiny), decoding="verdicts"))
