@@ -23,6 +23,9 @@ recomputed). An example that does not fit even then, or any over-long example un
 drop``, is dropped and counted. A record the format cannot use (e.g. malformed ``object_scores``) is
 counted as failed with its reason; the build goes on.
 
+A per-object format (the compact format's ``target: object``) writes one example per twin object instead
+(id ``<record id>#<object id>``); one over ``max_length`` is dropped and counted.
+
 Dataset columns: ``id`` (str), ``input_ids``, ``labels`` (int), ``loss_weights`` (float32),
 ``token_kinds`` (int8; lets the trainer re-weight without re-tokenising), ``removed_objects`` (int).
 """
@@ -232,6 +235,24 @@ def encode_record(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig,
             "token_kinds": kinds.tolist(), "removed_objects": removed}
 
 
+def encode_object_rows(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig,
+                       fmt: ReasoningFormat) -> tuple[list[dict], int]:
+    """Rows of a per-object format (``fmt.per_object``: one example per twin object, id ``<record>#<object>``)
+    and how many were over ``max_length`` (dropped: the twin is not truncated for them)."""
+    rows, dropped = [], 0
+    for obj, messages, completion in fmt.object_examples(record.twin, record.query, record_target(record)):  # type: ignore[attr-defined]
+        ids, kinds = tokenize_conversation(tokenizer, messages + [{"role": "assistant", "content": completion.text}],
+                                           completion.decision_spans, completion.answer_spans)
+        if cfg.max_length is not None and len(ids) > cfg.max_length:
+            dropped += 1
+            continue
+        weights = cfg.kind_weights[kinds.astype(np.int64)]
+        labels = [t if w > 0 else -100 for t, w in zip(ids, weights, strict=True)]
+        rows.append({"id": f"{record.id}#{obj}", "input_ids": ids, "labels": labels, "loss_weights": weights.tolist(),
+                     "token_kinds": kinds.tolist(), "removed_objects": 0})
+    return rows, dropped
+
+
 def build_sft_dataset(records: Iterable[SegDTRecord], tokenizer: Any, cfg: SFTDatasetConfig | None = None,
                       *, progress: bool = False, total: int | None = None) -> tuple[Any, dict]:
     """(``datasets.Dataset``, stats) for the records; stats count written, truncated and dropped examples."""
@@ -239,12 +260,20 @@ def build_sft_dataset(records: Iterable[SegDTRecord], tokenizer: Any, cfg: SFTDa
 
     cfg = cfg or SFTDatasetConfig()
     fmt = cfg.reasoning_format()
+    per_object = bool(getattr(fmt, "per_object", False))
     rows: list[dict] = []
     stats: dict[str, Any] = {"records": 0, "examples": 0, "truncated_twin": 0, "dropped_too_long": 0,
                              "failed": 0, "dropped_ids": [], "failures": []}
     for rec in show_progress(records, "tokenising", progress, total):
         stats["records"] += 1
         try:
+            if per_object:
+                obj_rows, dropped = encode_object_rows(rec, tokenizer, cfg, fmt)
+                rows.extend(obj_rows)
+                stats["dropped_too_long"] += dropped
+                if dropped:
+                    stats["dropped_ids"].append(rec.id)
+                continue
             row = encode_record(rec, tokenizer, cfg, fmt)
         except DataError as e:  # one unusable record never stops the build
             stats["failed"] += 1

@@ -161,3 +161,29 @@ def test_progress_bar_is_drawn_by_local_rank_zero_only(capsys, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     build_sft_dataset(records(2), tok, SFTDatasetConfig(max_length=None), progress=False)
     assert "tokenising" not in capsys.readouterr().out
+
+
+def test_per_object_target_writes_one_verdict_example_per_object(tokenizer):
+    from dtwinseg.formats import FormatConfig
+
+    cfg = SFTDatasetConfig(max_length=None, strategy="compact", format=FormatConfig(options={"target": "object"}))
+    recs = records(2)
+    ds, stats = build_sft_dataset(recs, tokenizer, cfg)
+    assert stats["records"] == 2 and stats["examples"] == len(ds) == sum(len(r.twin) for r in recs)
+    assert ds["id"][:5] == [f"r0#{o.id}" for o in recs[0].twin.objects]
+    for row, obj in zip(ds.select(range(5)), recs[0].twin.objects, strict=True):
+        ids, kinds = np.array(row["input_ids"]), np.array(row["token_kinds"])
+        verdict = "yes" if obj.id in recs[0].path.answer else "no"
+        assert _decode(tokenizer, ids[kinds == DECISION]) == verdict  # the only decision: this object's verdict
+        assert (kinds != ANSWER).all()
+        prompt = _decode(tokenizer, ids[kinds == PROMPT])
+        assert "holddrinks" in prompt and f"object:{obj.semantic.replace(' ', '')}" in prompt
+        assert sum(o.semantic.replace(" ", "") in prompt for o in recs[0].twin.objects) == 1  # no context
+    with_context = SFTDatasetConfig(max_length=None, strategy="compact",
+                                    format=FormatConfig(options={"target": "object", "context": True}))
+    row = build_sft_dataset(recs[:1], tokenizer, with_context)[0][0]
+    prompt = _decode(tokenizer, np.array(row["input_ids"])[np.array(row["token_kinds"]) == PROMPT])
+    assert all(o.semantic.replace(" ", "") in prompt for o in recs[0].twin.objects)
+    short = SFTDatasetConfig(max_length=12, strategy="compact", format=FormatConfig(options={"target": "object"}))
+    ds, stats = build_sft_dataset(recs, tokenizer, short)
+    assert len(ds) == 0 and stats["dropped_too_long"] == 10 and stats["dropped_ids"] == ["r0", "r1"]

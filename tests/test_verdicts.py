@@ -65,7 +65,7 @@ def test_each_verdict_is_scored_after_the_models_own_earlier_verdicts_like_an_un
     for (twin, query), out in zip(items, outs, strict=True):
         text = reasoner.backend.prompt_text(fmt.messages(twin, query))
         path = ""
-        for obj, head in fmt.verdict_path(twin).steps:
+        for obj, head in fmt.verdict_path(twin, query).steps:
             prefix = text + path + head
             yes_ids, _ = _seq_logp(model, tok, prefix + "yes", 0)
             no_ids, _ = _seq_logp(model, tok, prefix + "no", 0)
@@ -97,3 +97,24 @@ def test_verdict_decoding_is_refused_where_it_cannot_work(tiny: Path) -> None:
         build_reasoner(ReasoningConfig(strategy="compact", model=str(tiny), decoding="verdicts"))
     with pytest.raises(DataError, match="decoding.*per-object verdict path"):
         build_reasoner(ReasoningConfig(strategy="select", model=str(tiny), decoding="verdicts"))
+
+
+def test_per_object_target_judges_each_object_in_its_own_prompt(tiny_bert: Path) -> None:
+    cfg = ReasoningConfig(strategy="compact", model=str(tiny_bert), device="cpu", dtype="float32", batch_size=4,
+                          decoding="verdicts", format={"options": {"target": "object"}})
+    reasoner = build_reasoner(cfg)
+    items = [(make_twin(1, n=4), "the red cup"), (make_twin(2, n=3), "all the trees")]
+    outs = reasoner.reason(items)  # 7 objects in batches of 4: one batch spans both scenes
+    model, tok = reasoner.backend._ensure_loaded()
+    fmt = reasoner.format
+    for (twin, query), out in zip(items, outs, strict=True):
+        for o in twin.objects:
+            prompt = reasoner.backend.prompt_text(fmt.object_messages(twin, query, o.id))
+            assert f"object: {o.semantic}" in prompt and prompt.count(", id ") == 1
+            _, yes = _seq_logp(model, tok, prompt + "yes", len(tok(prompt, add_special_tokens=False)["input_ids"]))
+            _, no = _seq_logp(model, tok, prompt + "no", len(tok(prompt, add_special_tokens=False)["input_ids"]))
+            assert out.scores[o.id] == pytest.approx(yes - no, abs=1e-3)
+        yes_ids = sorted(i for i, m in out.scores.items() if m > 0)
+        assert out.ids == (yes_ids or [max(out.scores, key=out.scores.get)])
+    with pytest.raises(DataError, match="decoding: verdicts"):
+        build_reasoner(cfg.replace(decoding="generate"))

@@ -20,6 +20,10 @@ Targets (``options.target``):
 
   (``echo: false`` writes ``id 0: no``). The verdict words are decision spans (``w_decision``), the
   id list the answer span (``w_answer``): paper eq. 10 with a one-step path.
+- ``object``: a per-object verdict (Rea2Seg-style scorer, trained with the same weighted loss): one
+  example per object, prompt ``query: Q`` (+ the whole twin with ``context: true``) ``object: <its line>``,
+  target ``yes`` / ``no`` (a decision span). Read with ``decoding: verdicts``: each object's verdict is
+  scored on its own and the answer is the objects judged yes.
 
 Forced verdict decoding (``ReasoningConfig.decoding: verdicts``): the path's object lines are known from
 the twin, so the reasoner writes them itself and the model only chooses each verdict word
@@ -28,9 +32,10 @@ the twin, so the reasoner writes them itself and the model only chooses each ver
 The parser is total and linear: the ``Answer:`` line (dtwinseg.parsing.parse_indices), or, when no
 answer line parses, the objects whose verdict is ``yes`` (status "repaired").
 
-Options (``FormatConfig.options``, validated strictly): ``target`` (answer | path), ``echo`` (bool),
+Options (``FormatConfig.options``, validated strictly): ``target`` (answer | path | object), ``echo`` (bool),
 ``position`` (centre | box | none), ``id_position`` (first | last), ``areas`` (bool), ``ranks`` (bool: each
-object's rank by area and left to right among all objects). ``system_prompt`` (default: none) and
+object's rank by area and left to right among all objects), ``context`` (bool, object target: the whole twin
+before the judged object). ``system_prompt`` (default: none) and
 ``user_template`` (default ``query: {query}\\n{twin}``) come from FormatConfig itself.
 """
 
@@ -53,7 +58,7 @@ from dtwinseg.parsing import ParseResult, parse_indices
 from dtwinseg.twin import DigitalTwin
 
 NAME = "compact"
-TARGETS = ("answer", "path")
+TARGETS = ("answer", "path", "object")
 USER_TEMPLATE = "query: {query}\n{twin}"
 MAX_PARSE_CHARS = 200_000
 _VERDICT_RE = re.compile(r"(?i)\bid\s*(\d{1,6})\s*:\s*(yes|no)\b")
@@ -69,6 +74,7 @@ class CompactOptions(StrictConfig):
     id_position: str = "last"
     areas: bool = True
     ranks: bool = False
+    context: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("target", TARGETS), ("position", ("centre", "box", "none")),
@@ -76,7 +82,7 @@ class CompactOptions(StrictConfig):
             if getattr(self, name) not in allowed:
                 raise DataError(None, f"format.options.{name}", f"must be one of {', '.join(allowed)}, "
                                 f"got {getattr(self, name)!r}")
-        for name in ("echo", "areas", "ranks"):
+        for name in ("echo", "areas", "ranks", "context"):
             if not isinstance(getattr(self, name), bool):
                 raise DataError(None, f"format.options.{name}", "must be true or false")
 
@@ -88,13 +94,13 @@ def _ranks(values: dict[int, float], descending: bool) -> dict[int, int]:
     return {i: r + 1 for r, i in enumerate(order)}
 
 
-def twin_text(twin: DigitalTwin, opts: CompactOptions) -> str:
-    """One line per object: ``<semantic>[, at cx cy | , box x0 y0 x1 y1][, area A][, ranks], id <id>``
+def object_lines(twin: DigitalTwin, opts: CompactOptions) -> dict[int, str]:
+    """Each object's line: ``<semantic>[, at cx cy | , box x0 y0 x1 y1][, area A][, ranks], id <id>``
     (id_position "last") or ``<id>: <semantic>...`` (id_position "first")."""
     n = len(twin.objects)
     size_rank = _ranks({o.id: o.area for o in twin.objects}, True) if opts.ranks else {}
     x_rank = _ranks({o.id: (o.bbox[0] + o.bbox[2]) / 2 for o in twin.objects}, False) if opts.ranks else {}
-    lines = []
+    lines = {}
     for o in twin.objects:
         semantic = o.semantic or "object"
         line = f"{o.id}: {semantic}" if opts.id_position == "first" else semantic
@@ -109,8 +115,13 @@ def twin_text(twin: DigitalTwin, opts: CompactOptions) -> str:
             line += f", size rank {size_rank[o.id]} of {n}, x rank {x_rank[o.id]} of {n}"
         if opts.id_position == "last":
             line += f", id {o.id}"
-        lines.append(line)
-    return "\n".join(lines)
+        lines[o.id] = line
+    return lines
+
+
+def twin_text(twin: DigitalTwin, opts: CompactOptions) -> str:
+    """One line per object (:func:`object_lines`), in the twin's order."""
+    return "\n".join(object_lines(twin, opts).values())
 
 
 def answer_text(ids: list[int]) -> tuple[str, tuple[int, int]]:
@@ -137,11 +148,14 @@ def parse_compact(text: object, valid_ids: list[int]) -> ParseResult:
 class VerdictPath:
     """The forced skeleton of a path: per object its id and the text before its verdict (``head``), the
     verdict words (the first one means "this object is meant"), the text after each verdict, and the
-    answer line built from the chosen ids."""
+    answer line built from the chosen ids. ``prompts`` (the per-object target): each object is its own
+    conversation, judged independently; else every verdict follows the scene's prompt and the earlier
+    steps."""
 
     steps: list[tuple[int, str]]
     choices: tuple[str, ...] = ("yes", "no")
     line_end: str = "\n"
+    prompts: list[list[dict]] | None = None
 
     def answer(self, ids: list[int]) -> str:
         return answer_text(ids)[0]
@@ -156,14 +170,43 @@ class CompactFormat:
         self.config = config
         self.options = CompactOptions.from_dict(config.options)
 
-    def messages(self, twin: DigitalTwin, query: str) -> list[dict]:
-        template = self.config.user_template or USER_TEMPLATE
-        user = template.format(query=query, twin=twin_text(twin, self.options))
+    def _chat(self, user: str) -> list[dict]:
         # The system message is always present (empty by default): the plain layout of build-sft
         # (### System / ### User) then renders exactly like the reasoner's prompt.
         return [{"role": "system", "content": self.config.system_prompt or ""}, {"role": "user", "content": user}]
 
+    @property
+    def per_object(self) -> bool:
+        """True for ``target: object``: one training example and one verdict per object."""
+        return self.options.target == "object"
+
+    def messages(self, twin: DigitalTwin, query: str) -> list[dict]:
+        if self.per_object:
+            raise DataError(None, "decoding", "format.options.target: object judges one object per prompt: "
+                            "read it with decoding: verdicts")
+        template = self.config.user_template or USER_TEMPLATE
+        return self._chat(template.format(query=query, twin=twin_text(twin, self.options)))
+
+    def object_messages(self, twin: DigitalTwin, query: str, obj: int) -> list[dict]:
+        """The per-object target's prompt: ``query: Q`` [the whole twin, ``context: true``] ``object: <line>``."""
+        lines = object_lines(twin, self.options)
+        context = twin_text(twin, self.options) + "\n" if self.options.context else ""
+        return self._chat(f"query: {query}\n{context}object: {lines[obj]}")
+
+    def object_examples(self, twin: DigitalTwin, query: str, target: Target) -> list[tuple[int, list[dict], Completion]]:
+        """Training examples of the per-object target: per object its prompt and ``yes`` / ``no`` (a decision
+        span: the loss weighs it by w_decision)."""
+        chosen = {int(i) for i in target.answer}
+        out = []
+        for o in twin.objects:
+            verdict = "yes" if o.id in chosen else "no"
+            out.append((o.id, self.object_messages(twin, query, o.id), Completion(verdict, [(0, len(verdict))], [])))
+        return out
+
     def target(self, twin: DigitalTwin, target: Target) -> Completion:
+        if self.per_object:
+            raise DataError(None, "format.options.target", "'object' writes one example per object "
+                            "(object_examples), not one completion per scene")
         answer, (a, b) = answer_text(target.answer)
         if self.options.target == "answer":
             return Completion(answer, [], [(a, b)])
@@ -179,18 +222,23 @@ class CompactFormat:
     def _head(self, o) -> str:  # noqa: ANN001 - a twin object
         return f"{o.semantic or 'object'}, id {o.id}: " if self.options.echo else f"id {o.id}: "
 
-    def verdict_path(self, twin: DigitalTwin) -> VerdictPath:
-        """The path's skeleton for forced verdict decoding; DataError for the answer-only target."""
+    def verdict_path(self, twin: DigitalTwin, query: str = "") -> VerdictPath:
+        """The skeleton for forced verdict decoding; DataError for the answer-only target."""
+        if self.per_object:
+            return VerdictPath([(o.id, "") for o in twin.objects],
+                               prompts=[self.object_messages(twin, query, o.id) for o in twin.objects])
         if self.options.target != "path":
-            raise DataError(None, "decoding", "'verdicts' needs a path to force: format.options.target: path "
-                            f"(this format's target is {self.options.target!r})")
+            raise DataError(None, "decoding", "'verdicts' needs verdicts to force: format.options.target: path "
+                            f"or object (this format's target is {self.options.target!r})")
         return VerdictPath([(o.id, self._head(o)) for o in twin.objects])
 
     def parse(self, text: str, twin: DigitalTwin) -> Decoded:
         return Decoded(parse_compact(text, twin.ids))
 
     def budget(self, twin: DigitalTwin) -> int:
-        """Answer: ~4 tokens per id; path: ~14 per object with the echoed description, 5 without."""
+        """Answer: ~4 tokens per id; path: ~14 per object with the echoed description, 5 without; object: 2."""
+        if self.per_object:
+            return 2
         per = 4 if self.options.target == "answer" else (14 if self.options.echo else 5)
         return linear_budget(self.config, twin, per, 16)
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from dtwinseg.formats import Decoded, ReasoningFormat, build_format, check_same_format, load_format
 from dtwinseg.formats.base import find_format_file
+from dtwinseg.io import DataError
 from dtwinseg.parsing import ParseResult
 from dtwinseg.reasoning.backends import GenerationFailure, LLMBackend, Truncated, make_backend
 from dtwinseg.reasoning.config import ReasoningConfig
@@ -27,7 +28,7 @@ from dtwinseg.twin import DigitalTwin
 Item = tuple[DigitalTwin, str]
 FINISH_REASONS = ("stop", "length", "error", "empty")
 
-__all__ = ["FINISH_REASONS", "Decoded", "LLMReasoner", "Reasoner", "ReasoningOutput", "build_reasoner",
+__all__ = ["FINISH_REASONS", "Decoded", "LLMReasoner", "Reasoner", "ReasoningOutput",
            "check_trained_format", "make_strategy"]
 
 
@@ -115,6 +116,9 @@ class LLMReasoner:
         self.cfg = cfg
         check_trained_format(cfg)
         self.strategy = make_strategy(cfg)
+        if getattr(self.strategy, "per_object", False):
+            raise DataError(None, "decoding", f"the {cfg.strategy} format's per-object target judges one object "
+                            "per prompt: read it with decoding: verdicts")
         self.backend = backend if backend is not None else make_backend(cfg)
         self._budgeted = _takes_budget(self.backend)
 
@@ -165,13 +169,3 @@ class LLMReasoner:
             decoded.parse.notes.insert(0, f"generation hit max_new_tokens ({text.budget}): the answer is truncated")
         return ReasoningOutput(list(decoded.parse.ids), decoded.parse, str(text), self.strategy.name,
                                decoded.scores, finish_reason=finish)
-
-
-def build_reasoner(cfg: ReasoningConfig, backend: LLMBackend | None = None) -> Reasoner:
-    """The reasoner a config describes (backend built from the config unless given): an LLMReasoner, or
-    for ``decoding: verdicts`` a :class:`dtwinseg.reasoning.verdicts.VerdictReasoner`."""
-    if cfg.decoding == "verdicts":
-        from dtwinseg.reasoning.verdicts import VerdictReasoner
-
-        return VerdictReasoner(cfg, backend)  # type: ignore[arg-type]
-    return LLMReasoner(cfg, backend)

@@ -12,7 +12,9 @@ copies the wrong description before a verdict judges the wrong object (experimen
 With ``ReasoningConfig.decoding: verdicts`` the reasoner writes each object's line itself and scores
 the verdict words after it; the likelier word is appended and the next line follows, so every verdict
 sees the model's own earlier verdicts exactly as training saw the gold ones (teacher forcing at
-training time, the model's choices at inference). The answer is the objects judged "yes"; when none
+training time, the model's choices at inference). The per-object target (``target: object``) has one
+prompt per object: its verdicts are independent and scored all at once. The answer is the objects judged
+"yes"; when none
 is, the object whose "yes" is likeliest relative to "no" (an answer always names an object, like the
 training targets do). Each object's score is that log-probability margin, log p(yes) - log p(no).
 
@@ -29,9 +31,15 @@ from typing import Any
 
 from dtwinseg.io import DataError
 from dtwinseg.parsing import ParseResult
-from dtwinseg.reasoning.backends import TransformersBackend
+from dtwinseg.reasoning.backends import LLMBackend, TransformersBackend
 from dtwinseg.reasoning.config import ReasoningConfig
-from dtwinseg.reasoning.reasoner import ReasoningOutput, check_trained_format, make_strategy
+from dtwinseg.reasoning.reasoner import (
+    LLMReasoner,
+    Reasoner,
+    ReasoningOutput,
+    check_trained_format,
+    make_strategy,
+)
 from dtwinseg.twin import DigitalTwin
 
 Item = tuple[DigitalTwin, str]
@@ -58,7 +66,7 @@ class VerdictReasoner:
         if not callable(getattr(self.strategy, "verdict_path", None)):
             raise DataError(None, "decoding", f"'verdicts' needs a format with a per-object verdict path "
                             f"(compact with format.options.target: path); {cfg.strategy!r} has none")
-        self.strategy.verdict_path(DigitalTwin("", 1, 1))  # a format without a path to force says so now
+        self.strategy.verdict_path(DigitalTwin("", 1, 1), "")  # a format without verdicts to force says so now
         self.backend = backend if backend is not None else TransformersBackend(cfg)
 
     @property
@@ -126,22 +134,35 @@ class VerdictReasoner:
         return out  # type: ignore[return-value]
 
     def _reason_batch(self, items: Sequence[Item]) -> list[ReasoningOutput]:
-        paths = [self.strategy.verdict_path(twin) for twin, _ in items]
-        texts = [self.backend.prompt_text(self.strategy.messages(twin, query)) for twin, query in items]
+        paths = [self.strategy.verdict_path(twin, query) for twin, query in items]
+        texts = [None if p.prompts is not None else self.backend.prompt_text(self.strategy.messages(twin, query))
+                 for p, (twin, query) in zip(paths, items, strict=True)]
         paths_text = [""] * len(items)
         margins: list[dict[int, float]] = [{} for _ in items]
-        for step in range(max(len(p.steps) for p in paths)):
-            rows = [r for r, p in enumerate(paths) if step < len(p.steps)]
-            candidates = []
-            for r in rows:
-                _id, head = paths[r].steps[step]
-                candidates.append([texts[r] + paths_text[r] + head + c for c in paths[r].choices])
-            scores = self._score(candidates)
-            for r, sc in zip(rows, scores, strict=True):
-                obj, head = paths[r].steps[step]
-                margins[r][obj] = sc[0] - max(sc[1:])
-                choice = 0 if margins[r][obj] > 0 else 1 + max(range(len(sc) - 1), key=lambda j: (sc[j + 1], -j))
-                paths_text[r] += head + paths[r].choices[choice] + paths[r].line_end
+
+        def decide(r: int, step: int, sc: list[float]) -> None:
+            obj, head = paths[r].steps[step]
+            margins[r][obj] = sc[0] - max(sc[1:])
+            choice = 0 if margins[r][obj] > 0 else 1 + max(range(len(sc) - 1), key=lambda j: (sc[j + 1], -j))
+            paths_text[r] += head + paths[r].choices[choice] + paths[r].line_end
+
+        # Independent objects (per-object prompts): every verdict of the batch at once, batch_size at a time.
+        flat = [(r, k) for r, p in enumerate(paths) if p.prompts is not None for k in range(len(p.steps))]
+        bs = max(1, self.cfg.batch_size)
+        for start in range(0, len(flat), bs):
+            chunk = flat[start:start + bs]
+            candidates = [[self.backend.prompt_text(paths[r].prompts[k]) + paths[r].steps[k][1] + c  # type: ignore[index]
+                           for c in paths[r].choices] for r, k in chunk]
+            for (r, k), sc in zip(chunk, self._score(candidates), strict=True):
+                decide(r, k, sc)
+        # A path: each verdict after the model's own earlier ones.
+        sequential = [r for r, p in enumerate(paths) if p.prompts is None]
+        for step in range(max((len(paths[r].steps) for r in sequential), default=0)):
+            rows = [r for r in sequential if step < len(paths[r].steps)]
+            candidates = [[str(texts[r]) + paths_text[r] + paths[r].steps[step][1] + c for c in paths[r].choices]
+                          for r in rows]
+            for r, sc in zip(rows, self._score(candidates), strict=True):
+                decide(r, step, sc)
         outs = []
         for r, p in enumerate(paths):
             ids = sorted(i for i, m in margins[r].items() if m > 0)
@@ -153,3 +174,11 @@ class VerdictReasoner:
             outs.append(ReasoningOutput(ids, ParseResult("ok", ids, notes, text), text, self.strategy.name,
                                         scores=margins[r], finish_reason="stop"))
         return outs
+
+
+def build_reasoner(cfg: ReasoningConfig, backend: LLMBackend | None = None) -> Reasoner:
+    """The reasoner a config describes (backend built from the config unless given): an LLMReasoner, or
+    for ``decoding: verdicts`` a :class:`VerdictReasoner`."""
+    if cfg.decoding == "verdicts":
+        return VerdictReasoner(cfg, backend)  # type: ignore[arg-type]
+    return LLMReasoner(cfg, backend)
