@@ -187,3 +187,18 @@ def test_per_object_target_writes_one_verdict_example_per_object(tokenizer):
     short = SFTDatasetConfig(max_length=12, strategy="compact", format=FormatConfig(options={"target": "object"}))
     ds, stats = build_sft_dataset(recs, tokenizer, short)
     assert len(ds) == 0 and stats["dropped_too_long"] == 10 and stats["dropped_ids"] == ["r0", "r1"]
+
+
+def test_per_object_training_prompt_is_the_prompt_the_reasoner_scores(tokenizer):
+    from dtwinseg.formats import FormatConfig, build_format
+    from dtwinseg.prompting import chat_prompt
+
+    cfg = SFTDatasetConfig(max_length=None, strategy="compact", format=FormatConfig(options={"target": "object"}))
+    rec = records(1)[0]
+    ds, _ = build_sft_dataset([rec], tokenizer, cfg)
+    fmt = build_format("compact", cfg.format)
+    for row, obj in zip(ds, rec.twin.objects, strict=True):
+        prompt = chat_prompt(tokenizer, fmt.object_messages(rec.twin, rec.query, obj.id))
+        expected = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        n = int(np.argmax(np.array(row["token_kinds"]) != PROMPT))
+        assert row["input_ids"][:len(expected)] == expected and n <= len(expected) + 1

@@ -191,7 +191,12 @@ class CompactFormat:
         """The per-object target's prompt: ``query: Q`` [the whole twin, ``context: true``] ``object: <line>``."""
         lines = object_lines(twin, self.options)
         context = twin_text(twin, self.options) + "\n" if self.options.context else ""
-        return self._chat(f"query: {query}\n{context}object: {lines[obj]}")
+        user = f"query: {query}\n{context}object: {lines[obj]}"
+        # No empty system message here (a few tokens on every one of the many short examples): the plain
+        # layout renders a conversation without one the same way for build-sft and the reasoner.
+        if self.config.system_prompt:
+            return self._chat(user)
+        return [{"role": "user", "content": user}]
 
     def object_examples(self, twin: DigitalTwin, query: str, target: Target) -> list[tuple[int, list[dict], Completion]]:
         """Training examples of the per-object target: per object its prompt and ``yes`` / ``no`` (a decision
