@@ -39,8 +39,8 @@ def demo(
                               "2 training seeds (make demo-long)."),
     quick: bool = typer.Option(False, "--quick", help="The recipe's 'quick' preset: a few training steps on "
                                "a handful of samples (what the test suite runs; numbers are meaningless)."),
-    preset: str | None = typer.Option(None, "--preset", help="Another preset of the recipe (e.g. 'main': only "
-                                      "the main row is trained, with every baseline)."),
+    preset: str | None = typer.Option(None, "--preset", help="Another preset of the recipe (e.g. 'ablations': every "
+                                      "row of the ablation table, with every baseline)."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Override the optimizer steps per run."),
     check_seed: list[int] = typer.Option([], "--check-seed", help="Also evaluate every row on a test split "
                                          "drawn with this seed (repeatable)."),

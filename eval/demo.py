@@ -34,10 +34,12 @@ import numpy as np
 from dtwinseg.config import build_dataclass, convert_fields
 from dtwinseg.formats.base import DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS, LossWeights
 from dtwinseg.io import DataError, atomic_write_json, atomic_write_text, load_yaml
+from dtwinseg.reasoning.config import DECODINGS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = PROJECT_ROOT / "recipes" / "demo.yaml"
 BASELINE_ROWS = ("random", "largest", "embedding", "constrained")
+ROW_KEYS = {"target", "weighted", "decoding", "max_steps", "batch_size", "learning_rate"}
 
 
 @dataclass
@@ -46,7 +48,11 @@ class DemoConfig:
 
     seed: seed of the scenes. train_seeds: one training run per seed and row (rows of seeds after the
     first are named ``<row>-seed<k>``). check_seeds: extra test splits drawn with these seeds.
-    rows: trained rows, ``{name: {"target": "path"|"answer", "weighted": bool}}``; main: the headline row.
+    rows: trained rows, ``{name: {"target": "path"|"answer"|"object", "weighted": bool,
+        "decoding": "generate"|"verdicts", "max_steps", "batch_size", "learning_rate"}}`` (decoding: how the
+        row is evaluated, ReasoningConfig.decoding, default generate; the last three override the shared
+        values for this row). main: the headline row, or "auto": the trained row with the best val gIoU
+        (the test split never chooses).
     format: compact format options shared by the trained rows (target set per row).
     threads: torch intra-op threads for the whole run (1: robust on a shared 2-core machine).
     jobs: trainings run at the same time (each ``dtwinseg train`` in its own process, ``threads`` threads;
@@ -82,10 +88,23 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         for name, spec in self.rows.items():
-            if not isinstance(spec, dict) or set(spec) - {"target", "weighted"}:
-                raise DataError(None, f"rows.{name}", "expected {target: path|answer, weighted: bool}")
-        if self.main not in self.rows:
-            raise DataError(None, "main", f"{self.main!r} is not one of the rows ({', '.join(self.rows)})")
+            if not isinstance(spec, dict) or set(spec) - ROW_KEYS or not {"target", "weighted"} <= set(spec):
+                raise DataError(None, f"rows.{name}", "expected {target: path|answer|object, weighted: bool"
+                                "[, decoding: generate|verdicts, max_steps, batch_size, learning_rate]}")
+            if spec["target"] not in ("path", "answer", "object"):
+                raise DataError(None, f"rows.{name}.target", "must be one of path, answer, object")
+            if spec["target"] == "object" and spec.get("decoding") != "verdicts":
+                raise DataError(None, f"rows.{name}.decoding", "target: object is read with decoding: verdicts")
+            for key, kind in (("max_steps", int), ("batch_size", int), ("learning_rate", float)):
+                if key in spec and (isinstance(spec[key], bool) or not isinstance(spec[key], (int, float))
+                                    or (kind is int and int(spec[key]) != spec[key]) or spec[key] <= 0):
+                    raise DataError(None, f"rows.{name}.{key}", f"must be a positive {kind.__name__}")
+            if spec.get("decoding", "generate") not in DECODINGS:
+                raise DataError(None, f"rows.{name}.decoding", f"must be one of {', '.join(DECODINGS)}")
+            if spec.get("decoding") == "verdicts" and spec.get("target") == "answer":
+                raise DataError(None, f"rows.{name}.decoding", "'verdicts' needs target: path or object")
+        if self.main != "auto" and self.main not in self.rows:
+            raise DataError(None, "main", f"{self.main!r} is not 'auto' or one of the rows ({', '.join(self.rows)})")
         unknown = sorted(set(self.baselines) - set(BASELINE_ROWS))
         if unknown:
             raise DataError(None, "baselines", f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINE_ROWS)}")
@@ -157,12 +176,12 @@ def format_options(cfg: DemoConfig, target: str) -> dict:
     return {**cfg.format, "target": target}
 
 
-def reasoning_dict(model: str, options: dict, cfg: DemoConfig) -> dict:
+def reasoning_dict(model: str, options: dict, cfg: DemoConfig, decoding: str = "generate") -> dict:
     """The reasoning config of a row (what ``dtwinseg eval --reasoning-config`` reads); the generation
     budget is the format's own estimate for each twin (``max_new_tokens: auto``)."""
     return {"strategy": "compact", "backend": "transformers", "model": model, "device": "cpu",
             "dtype": "float32", "batch_size": cfg.eval_batch_size, "max_new_tokens": "auto",
-            "format": {"options": options}}
+            "decoding": decoding, "format": {"options": options}}
 
 
 # --- stages ----------------------------------------------------------------------------------------
@@ -234,20 +253,25 @@ def compact_dataset(records: list, tokenizer: Any, options: dict, out: Path, rec
     return save_dataset(ds, out, {"records": rec_stats, "dataset": stats}, cfg), stats
 
 
-def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted: bool, seed: int) -> dict:
-    """The SFTDT recipe of one trained row (full fine-tuning of the small base, embeddings frozen)."""
+def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted: bool, seed: int,
+                    row: dict | None = None) -> dict:
+    """The SFTDT recipe of one trained row (full fine-tuning of the small base, embeddings frozen); the
+    row's own max_steps / batch_size / learning_rate win over the shared ones."""
     w = (LossWeights.of(cfg) if weighted else UNWEIGHTED_LOSS).flat()
+    row = row or {}
+    steps = int(row.get("max_steps", cfg.max_steps))
     return {
         "model": {"name_or_path": str(base), "dtype": "float32",
                   "kwargs": {"hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout},
                   "freeze": list(cfg.freeze)},
         "data": {"train": str(data), "eval": None},
         "lora": {"use_lora": False},
-        "training": {"output_dir": str(out), "use_cpu": True, "bf16": cfg.bf16, "max_steps": cfg.max_steps,
-                     "per_device_train_batch_size": cfg.batch_size, "gradient_accumulation_steps": 1,
-                     "learning_rate": cfg.learning_rate, "lr_scheduler_type": "cosine",
-                     "warmup_steps": max(1, cfg.max_steps // 20), "weight_decay": 0.0,
-                     "gradient_checkpointing": False, "logging_steps": max(1, cfg.max_steps // 10),
+        "training": {"output_dir": str(out), "use_cpu": True, "bf16": cfg.bf16, "max_steps": steps,
+                     "per_device_train_batch_size": int(row.get("batch_size", cfg.batch_size)),
+                     "gradient_accumulation_steps": 1,
+                     "learning_rate": float(row.get("learning_rate", cfg.learning_rate)), "lr_scheduler_type": "cosine",
+                     "warmup_steps": max(1, steps // 20), "weight_decay": 0.0,
+                     "gradient_checkpointing": False, "logging_steps": max(1, steps // 10),
                      "save_strategy": "no", "report_to": [], "seed": seed, "dataloader_num_workers": 0,
                      "use_token_kinds": True, **w, "disable_tqdm": False},
         "merge": {"enabled": False},
@@ -267,7 +291,7 @@ def row_training_recipes(cfg: DemoConfig, out: Path, base: Path | None = None,
         for name, spec in cfg.rows.items():
             label = name if k == 0 else f"{name}-seed{seed}"
             data = sft.get(spec["target"], out / f"sft-{spec['target']}")
-            recipe = training_recipe(cfg, base, data, out / f"train-{label}", bool(spec["weighted"]), int(seed))
+            recipe = training_recipe(cfg, base, data, out / f"train-{label}", bool(spec["weighted"]), int(seed), spec)
             runs[label] = (recipe, spec)
     return runs
 
@@ -400,10 +424,12 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
 
     rows: dict[str, dict] = {}
     for label, (model, spec) in trained.items():
-        rdict = reasoning_dict(rel(model), format_options(cfg, spec["target"]), cfg)
+        decoding = spec.get("decoding", "generate")
+        rdict = reasoning_dict(rel(model), format_options(cfg, spec["target"]), cfg, decoding)
         rows[label] = {"checkpoint": rel(model), "reasoning_config": rel(write_row_config(out, label, rdict)),
                        "trained": {"target": spec["target"], "weighted": bool(spec["weighted"]),
-                                   "steps": cfg.max_steps}}
+                                   "steps": int(spec.get("max_steps", cfg.max_steps)),
+                                   "batch_size": int(spec.get("batch_size", cfg.batch_size)), "decoding": decoding}}
     answer_yaml = write_row_config(out, "baselines", reasoning_dict(rel(base), format_options(cfg, "answer"), cfg))
     for kind in cfg.baselines:
         ck = f"baseline:{kind}" + (f":{rel(base)}" if kind == "constrained" else "")
@@ -421,7 +447,9 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
         row.update(test["rows"][label])
         if label in val["rows"]:
             row["val_giou"] = val["rows"][label]["giou"]
-    summary = {"synth_config": rel(synth_yaml), "perception_config": rel(perception), "main": cfg.main,
+    main = cfg.main if cfg.main != "auto" else choose_main(rows)
+    summary = {"synth_config": rel(synth_yaml), "perception_config": rel(perception), "main": main,
+               "main_chosen_by": "recipe" if cfg.main != "auto" else "val_giou",
                "rows": rows, "oracle": test["oracle"], "test": {"seed": cfg.seed, "n": test["n"]},
                "val": {"seed": cfg.seed, "n": val["n"]}, "wall_time_s": 0.0, "stage_times_s": times,
                "config": cfg.to_dict()}
@@ -434,6 +462,12 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "README.md", demo_markdown(summary, out))
     return summary
+
+
+def choose_main(rows: dict[str, dict]) -> str:
+    """The trained row with the best val gIoU (ties: the first in the recipe's order); never test numbers."""
+    trained = [k for k, r in rows.items() if r.get("trained")]
+    return max(trained, key=lambda k: (rows[k].get("val_giou") or 0.0, -trained.index(k)))
 
 
 def evaluate_rows(spec: str, cache_folder: Path, rows: dict[str, dict], out: Path, cfg: DemoConfig,
@@ -505,7 +539,8 @@ def demo_markdown(summary: dict, out: Path) -> str:
         lo, hi = r.get("giou_ci95") or (None, None)
         parse = r.get("parse") or {}
         what = r.get("trained")
-        what = "untrained" if not what else f"{what['target']}, {'weighted' if what['weighted'] else 'unweighted'}"
+        what = "untrained" if not what else (f"{what['target']}, {'weighted' if what['weighted'] else 'unweighted'}"
+                                             + (", forced verdicts" if what.get("decoding") == "verdicts" else ""))
         mark = " (main)" if name == summary.get("main") else ""
         lines.append(f"| {name}{mark} | {f(r.get('giou'))} | {f(lo)}-{f(hi)} | {f(r.get('ciou'))} | "
                      f"{f(r.get('val_giou'))} | " + " | ".join(f(r.get('dimensions', {}).get(d)) for d in dims)

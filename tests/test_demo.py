@@ -137,7 +137,7 @@ def test_demo_recipe_loads_with_presets_and_refuses_unknown_keys(tmp_path: Path)
     from eval.demo import DemoConfig
 
     cfg = DemoConfig.load()
-    assert cfg.n_test >= 280 and cfg.main in cfg.rows and cfg.rows[cfg.main] == {"target": "path", "weighted": True}
+    assert cfg.n_test >= 280 and cfg.main == "auto" and cfg.rows["scorer"]["target"] == "object"
     assert set(cfg.baselines) == {"random", "largest", "embedding", "constrained"}
     assert len(DemoConfig.load(preset="long").train_seeds) == 2
     quick = DemoConfig.load(preset="quick")
@@ -149,6 +149,26 @@ def test_demo_recipe_loads_with_presets_and_refuses_unknown_keys(tmp_path: Path)
     bad.write_text("rows: {a: {target: path, weighted: true}}\nmain: b\n")
     with pytest.raises(DataError, match="main"):
         DemoConfig.load(bad)
+    for row, field in (("{target: object, weighted: true}", "rows.a.decoding"),
+                       ("{target: answer, weighted: true, decoding: verdicts}", "rows.a.decoding"),
+                       ("{target: path, weighted: true, max_steps: 0}", "rows.a.max_steps"),
+                       ("{target: path, weighted: true, batch_size: 2.5}", "rows.a.batch_size"),
+                       ("{target: paths, weighted: true}", "rows.a.target"),
+                       ("{target: path}", "rows.a")):
+        bad.write_text(f"rows: {{a: {row}}}\nmain: auto\n")
+        with pytest.raises(DataError) as err:
+            DemoConfig.load(bad)
+        assert err.value.field == field, row
+
+
+def test_main_row_is_chosen_on_val_never_on_test() -> None:
+    from eval.demo import choose_main
+
+    rows = {"a": {"trained": {"target": "path"}, "val_giou": 0.4, "giou": 0.9},
+            "b": {"trained": {"target": "object"}, "val_giou": 0.6, "giou": 0.1},
+            "c": {"trained": {"target": "answer"}, "val_giou": 0.6, "giou": 0.2},
+            "embedding": {"trained": None, "giou": 0.99}}
+    assert choose_main(rows) == "b"  # best val; ties: the first in the recipe's order; baselines never
 
 
 def test_prepare_minilm_causal_loads_as_causal_lm(tmp_path: Path) -> None:
@@ -232,8 +252,11 @@ def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> No
     out = tmp_path / "demo"
     output = _cli(["demo", "--out", str(out), "--quick", "--no-progress"])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["main"] == "sftdt" and "| sftdt (main) |" in output and "oracle bound" in output
-    expected = {"sftdt", "sftdt-unweighted", "answer-only", "random", "largest", "embedding", "constrained"}
+    trained = {"scorer", "sftdt", "sftdt-unweighted", "answer-only"}
+    best_val = max(summary["rows"][k]["val_giou"] for k in trained)
+    assert summary["main_chosen_by"] == "val_giou" and summary["rows"][summary["main"]]["val_giou"] == best_val
+    assert f"| {summary['main']} (main) |" in output and "oracle bound" in output
+    expected = trained | {"random", "largest", "embedding", "constrained"}
     assert set(summary["rows"]) == expected
     for row in summary["rows"].values():
         assert 0.0 <= row["giou"] <= 1.0 and 0.0 <= row["ciou"] <= 1.0
@@ -241,7 +264,9 @@ def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> No
         assert lo <= row["giou"] + 1e-9 and row["giou"] <= hi + 1e-9
         assert project_path(row["reasoning_config"]).is_file()
     assert summary["oracle"]["giou"] > 0.97  # oracle twins: the bound is (near) perfect
-    for name in ("sftdt", "answer-only"):  # trained rows: a model folder next to its recipe
+    assert summary["rows"]["scorer"]["trained"]["decoding"] == "verdicts"
+    assert summary["rows"]["scorer"]["parse"]["ok"] == summary["test"]["n"]  # forced verdicts always parse
+    for name in ("scorer", "sftdt", "answer-only"):  # trained rows: a model folder next to its recipe
         assert (project_path(summary["rows"][name]["checkpoint"]) / "config.json").is_file()
 
     # the public commands, from nothing but summary.json, give the same numbers on the demo's own seed
@@ -251,7 +276,7 @@ def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> No
           "--n-train", "0", "--n-val", "0", "--n-test", str(n), "--out", str(data), "--no-progress"])
     _cli(["build-dt", f"synthetic:{data}:test", "--config", str(project_path(summary["perception_config"])),
           "--out", str(cache), "--no-progress"])
-    for name in ("answer-only", "largest"):
+    for name in ("scorer", "answer-only", "largest"):
         row = summary["rows"][name]
         ck = row["checkpoint"] if row["checkpoint"].startswith("baseline:") else str(project_path(row["checkpoint"]))
         _cli(["eval", f"synthetic:{data}:test", "--dt-cache", str(cache), "-c", f"{name}={ck}",

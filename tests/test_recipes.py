@@ -90,7 +90,12 @@ def test_dry_run_of_the_demo_recipe_checks_every_trained_row():
     res = invoke("train", str(demo), "--dry-run", "training.learning_rate=1e-4")
     assert res.exit_code == 0, res.output
     rows = row_training_recipes(DemoConfig.load(demo), Path("runs/demo"))
-    assert set(rows) == {"sftdt", "sftdt-unweighted", "answer-only"}
+    assert set(rows) == {"scorer"}
+    scorer = load(rows["scorer"][0]).training  # the row's own steps and batch win over the shared ones
+    assert scorer["max_steps"] == 300 and scorer["per_device_train_batch_size"] == 32
+    ablations = row_training_recipes(DemoConfig.load(demo, "ablations"), Path("runs/demo"))
+    assert set(ablations) == {"scorer", "scorer-unweighted", "sftdt", "sftdt-unweighted", "answer-only"}
+    assert load(ablations["sftdt"][0]).training["max_steps"] == 140
     assert res.output.count("# SFTDTConfig: ok: learning_rate 0.0001") == len(rows)
     for label, (recipe, _) in rows.items():
         assert f"in-process: python -m training.run runs/demo/recipes/{label}.yaml" in res.output
