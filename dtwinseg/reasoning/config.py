@@ -50,8 +50,8 @@ class ReasoningConfig(EndpointFields, StrictConfig):
     max_new_tokens_cap: upper bound of the "auto" budget (the model's context is the real limit).
     decoding: "generate" (default: the model writes the whole answer) or "verdicts" (forced verdict
         decoding, dtwinseg/reasoning/verdicts.py: the reasoner writes the path's object lines from the twin
-        and the model only chooses each object's verdict word; compact format with ``target: path``,
-        transformers backend).
+        and the model only chooses each object's verdict word; compact format with ``target: path`` or
+        ``target: object`` (required there), transformers backend).
     do_sample / temperature / top_p: sampling; the default is greedy decoding (deterministic).
     batch_size: conversations per generate() call (transformers / vllm); left-padded.
     dtype: "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16" or "float16".

@@ -96,6 +96,19 @@ def _takes_budget(backend: LLMBackend) -> bool:
         return False
 
 
+def answer_empty_twins(items: Sequence[Item], strategy: str) -> tuple[list[ReasoningOutput | None], list[int]]:
+    """(outputs with the empty answer filled in for twins without objects, positions still to answer)."""
+    outputs: list[ReasoningOutput | None] = [None] * len(items)
+    todo = []
+    for k, (twin, _query) in enumerate(items):
+        if len(twin) == 0:
+            outputs[k] = ReasoningOutput([], ParseResult("ok", [], ["twin has no objects"]), "", strategy,
+                                         finish_reason="empty")
+        else:
+            todo.append(k)
+    return outputs, todo
+
+
 def _decode(fmt: Any, text: str, twin: DigitalTwin) -> Decoded:
     """fmt.parse (or a format written against the older ``decode`` name); a parser bug is a failed parse."""
     try:
@@ -138,14 +151,7 @@ class LLMReasoner:
         return max(1, min(need, int(self.cfg.max_new_tokens_cap)))
 
     def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
-        outputs: list[ReasoningOutput | None] = [None] * len(items)
-        todo = []
-        for k, (twin, _query) in enumerate(items):
-            if len(twin) == 0:
-                outputs[k] = ReasoningOutput([], ParseResult("ok", [], ["twin has no objects"]), "",
-                                             self.strategy.name, finish_reason="empty")
-            else:
-                todo.append(k)
+        outputs, todo = answer_empty_twins(items, self.strategy.name)
         texts = self._generate([items[k] for k in todo]) if todo else []
         if len(texts) != len(todo):
             raise RuntimeError(f"backend {self.backend.name} returned {len(texts)} answers for {len(todo)}")

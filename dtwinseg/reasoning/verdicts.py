@@ -37,6 +37,7 @@ from dtwinseg.reasoning.reasoner import (
     LLMReasoner,
     Reasoner,
     ReasoningOutput,
+    answer_empty_twins,
     check_trained_format,
     make_strategy,
 )
@@ -118,15 +119,8 @@ class VerdictReasoner:
         return out
 
     def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
-        out: list[ReasoningOutput | None] = [None] * len(items)
+        out, todo = answer_empty_twins(items, self.strategy.name)
         bs = max(1, self.cfg.batch_size)
-        todo = []
-        for k, (twin, _query) in enumerate(items):
-            if len(twin) == 0:
-                out[k] = ReasoningOutput([], ParseResult("ok", [], ["twin has no objects"]), "",
-                                         self.strategy.name, finish_reason="empty")
-            else:
-                todo.append(k)
         for start in range(0, len(todo), bs):
             chunk = todo[start:start + bs]
             for k, o in zip(chunk, self._reason_batch([items[k] for k in chunk]), strict=True):
