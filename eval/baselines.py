@@ -159,10 +159,10 @@ class ConstrainedPicker:
                 attn[r, : len(p) + len(c)] = 1
             with torch.inference_mode():
                 logits = model(input_ids=ids.to(self.backend.device), attention_mask=attn.to(self.backend.device)).logits
-            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-            for r, (p, c) in enumerate(chunk):
+            for r, (p, c) in enumerate(chunk):  # normalise only the completion's positions, not every row
                 pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)
-                out.append(float(logp[r, pos, torch.tensor(c)].sum()))
+                logp = torch.log_softmax(logits[r, pos].float(), dim=-1).cpu()
+                out.append(float(logp[torch.arange(len(c)), torch.tensor(c)].sum()))
         return out
 
     def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
