@@ -4,6 +4,7 @@ recipe, and a quick end-to-end run whose rows the public CLI reproduces from sum
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ from dtwinseg.formats import FormatConfig, Target, build_format
 from dtwinseg.formats.compact import CompactOptions, parse_compact, twin_text
 from dtwinseg.io import DataError
 from dtwinseg.twin import DigitalTwin
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_twin() -> DigitalTwin:
@@ -286,6 +289,18 @@ def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> No
         groups = metrics["checkpoints"][name]["groups"]
         overall = groups.get("overall") or next(iter(groups.values()))
         assert overall["giou"] == pytest.approx(row["giou"], abs=1e-9), name
+
+    # the README's reproduction block, exactly as written (only the run folders point into tmp_path)
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("**Reproducing a row on any seed.**", 1)[1].split("\n\n")[1]
+    commands = [c.strip() for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+    assert [c.split()[:2] for c in commands] == [["dtwinseg", "synth"], ["dtwinseg", "build-dt"], ["dtwinseg", "eval"]]
+    for cmd in commands:
+        cmd = cmd.replace("runs/demo/", f"{out}/").replace("runs/s5", str(tmp_path / "s5"))
+        cmd = cmd.replace(" recipes/", f" {ROOT}/recipes/")
+        _cli(shlex.split(cmd)[1:] + ["--no-progress"])
+    metrics = json.loads((tmp_path / "s5-eval" / "metrics.json").read_text())
+    assert metrics["checkpoints"]["scorer"]["parse"]["failed"] == 0
 
     # and a split drawn with another seed runs every row from the same summary
     other = check_seed(summary, 7, tmp_path / "seed7", n_test=7, progress=False, log=lambda s: None)
