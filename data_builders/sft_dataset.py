@@ -177,9 +177,21 @@ def encode_messages(tokenizer: Any, twin: DigitalTwin, query: str, target: Targe
     fmt = fmt or cfg.reasoning_format()
     if isinstance(target, ReasoningPath):
         target = Target(answer=list(target.answer), path=target)
-    completion = fmt.target(twin, target)
-    messages = fmt.messages(twin, query) + [{"role": "assistant", "content": completion.text}]
-    return tokenize_conversation(tokenizer, messages, completion.decision_spans, completion.answer_spans)
+    return tokenize_completion(tokenizer, fmt.messages(twin, query), fmt.target(twin, target))
+
+
+def tokenize_completion(tokenizer: Any, messages: list[dict], completion: Any) -> tuple[list[int], np.ndarray]:
+    """Token ids and kinds of a prompt's messages followed by a format's Completion as the assistant turn."""
+    return tokenize_conversation(tokenizer, messages + [{"role": "assistant", "content": completion.text}],
+                                 completion.decision_spans, completion.answer_spans)
+
+
+def dataset_row(row_id: str, ids: list[int], kinds: np.ndarray, cfg: SFTDatasetConfig, removed: int = 0) -> dict:
+    """One dataset row: weights from the token kinds, labels -100 where the weight is 0."""
+    weights = cfg.kind_weights[kinds.astype(np.int64)]
+    labels = [t if w > 0 else -100 for t, w in zip(ids, weights, strict=True)]
+    return {"id": row_id, "input_ids": ids, "labels": labels, "loss_weights": weights.tolist(),
+            "token_kinds": kinds.tolist(), "removed_objects": removed}
 
 
 def _without(twin: DigitalTwin, target: Target, remove: set[int]) -> tuple[DigitalTwin, Target]:
@@ -229,10 +241,7 @@ def encode_record(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig,
         if best is None:
             return None
         removed, (ids, kinds) = best
-    weights = cfg.kind_weights[kinds.astype(np.int64)]
-    labels = [t if w > 0 else -100 for t, w in zip(ids, weights, strict=True)]
-    return {"id": record.id, "input_ids": ids, "labels": labels, "loss_weights": weights.tolist(),
-            "token_kinds": kinds.tolist(), "removed_objects": removed}
+    return dataset_row(record.id, ids, kinds, cfg, removed)
 
 
 def encode_object_rows(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig,
@@ -241,15 +250,11 @@ def encode_object_rows(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfi
     and how many were over ``max_length`` (dropped: the twin is not truncated for them)."""
     rows, dropped = [], 0
     for obj, messages, completion in fmt.object_examples(record.twin, record.query, record_target(record)):  # type: ignore[attr-defined]
-        ids, kinds = tokenize_conversation(tokenizer, messages + [{"role": "assistant", "content": completion.text}],
-                                           completion.decision_spans, completion.answer_spans)
+        ids, kinds = tokenize_completion(tokenizer, messages, completion)
         if cfg.max_length is not None and len(ids) > cfg.max_length:
             dropped += 1
             continue
-        weights = cfg.kind_weights[kinds.astype(np.int64)]
-        labels = [t if w > 0 else -100 for t, w in zip(ids, weights, strict=True)]
-        rows.append({"id": f"{record.id}#{obj}", "input_ids": ids, "labels": labels, "loss_weights": weights.tolist(),
-                     "token_kinds": kinds.tolist(), "removed_objects": 0})
+        rows.append(dataset_row(f"{record.id}#{obj}", ids, kinds, cfg))
     return rows, dropped
 
 
