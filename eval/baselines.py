@@ -144,25 +144,14 @@ class ConstrainedPicker:
         self.messages, self.completion, self.batch_size = messages, completion, batch_size
 
     def _logprobs(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
-        import torch
+        from dtwinseg.reasoning.verdicts import continuation_logprobs
 
         model, tok = self.backend._ensure_loaded()
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         out: list[float] = []
         for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start:start + self.batch_size]
-            width = max(len(p) + len(c) for p, c in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for r, (p, c) in enumerate(chunk):  # right padding: positions start at 0 for every row
-                ids[r, : len(p) + len(c)] = torch.tensor(p + c)
-                attn[r, : len(p) + len(c)] = 1
-            with torch.inference_mode():
-                logits = model(input_ids=ids.to(self.backend.device), attention_mask=attn.to(self.backend.device)).logits
-            for r, (p, c) in enumerate(chunk):  # normalise only the completion's positions, not every row
-                pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)
-                logp = torch.log_softmax(logits[r, pos].float(), dim=-1).cpu()
-                out.append(float(logp[torch.arange(len(c)), torch.tensor(c)].sum()))
+            groups = [(p, [c]) for p, c in pairs[start:start + self.batch_size]]
+            out.extend(s[0] for s in continuation_logprobs(model, self.backend.device, pad, groups))
         return out
 
     def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:

@@ -54,6 +54,48 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def continuation_logprobs(model: Any, device: Any, pad_id: int,
+                          groups: Sequence[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
+    """For each ``(prefix ids, [continuation ids, ...])``, the summed log-probability of every continuation
+    after the prefix. A group whose continuations are one token each needs one sequence (the prefix: its
+    next-token distribution scores them all); other groups forward prefix + continuation per continuation.
+    One right-padded forward pass (positions start at 0 on every row); log-softmax only where read."""
+    import torch
+
+    plan, flat = [], []  # per group: index of its first sequence, one sequence for all continuations?
+    for prefix, conts in groups:
+        if not prefix or any(not c for c in conts):
+            raise ValueError("a continuation needs a non-empty prefix and at least one token")
+        single = all(len(c) == 1 for c in conts)
+        plan.append((len(flat), single))
+        flat.extend([prefix] if single else [prefix + c for c in conts])
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    longest = max(len(p) + max(len(c) for c in conts) for p, conts in groups)
+    if isinstance(limit, int) and limit > 0 and longest > limit:
+        raise ValueError(f"{longest} tokens: more than the model's {limit} positions")
+    width = max(len(seq) for seq in flat)
+    ids = torch.full((len(flat), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for r, seq in enumerate(flat):
+        ids[r, : len(seq)] = torch.tensor(seq)
+        attn[r, : len(seq)] = 1
+    with torch.inference_mode():
+        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+    out = []
+    for (prefix, conts), (first, single) in zip(groups, plan, strict=True):
+        if single:
+            logp = torch.log_softmax(logits[first, len(prefix) - 1].float(), dim=-1).cpu()
+            out.append([float(logp[c[0]]) for c in conts])
+            continue
+        scores = []
+        for j, c in enumerate(conts):
+            pos = torch.arange(len(prefix) - 1, len(prefix) + len(c) - 1)
+            logp = torch.log_softmax(logits[first + j, pos].float(), dim=-1).cpu()
+            scores.append(float(logp[torch.arange(len(c)), torch.tensor(c)].sum()))
+        out.append(scores)
+    return out
+
+
 class VerdictReasoner:
     """Forced verdict decoding over the transformers backend (module docstring)."""
 
@@ -75,48 +117,18 @@ class VerdictReasoner:
         return self.strategy
 
     def _score(self, texts_per_row: list[list[str]]) -> list[list[float]]:
-        """For each row, the log-probability of each candidate text's tokens after the candidates'
-        common token prefix. Rows whose candidates each add one token to that prefix (``yes`` / ``no``
-        with most tokenizers) need one sequence (the prefix: the next-token distribution scores them
-        all); other rows forward every candidate. One right-padded forward pass for the batch."""
-        import torch
-
+        """For each row, the log-probability of each candidate text's tokens after the candidates' common
+        token prefix (:func:`continuation_logprobs`)."""
         model, tok = self.backend._ensure_loaded()
-        enc = [[tok(t, add_special_tokens=False)["input_ids"] for t in texts] for texts in texts_per_row]
-        plan = []  # per row: (first sequence index, shared prefix length, one sequence for all candidates?)
-        flat: list[list[int]] = []
-        for row in enc:
-            start = _common_prefix(row)
-            if start == 0 or any(start >= len(seq) for seq in row):
+        groups = []
+        for texts in texts_per_row:
+            seqs = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+            start = _common_prefix(seqs)
+            if start == 0 or any(start >= len(seq) for seq in seqs):
                 raise ValueError("a verdict word adds no token after the shared prefix")
-            single = all(len(seq) == start + 1 for seq in row)
-            plan.append((len(flat), start, single))
-            flat.extend([row[0][:start]] if single else row)
-        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        longest = max(len(ids) for ids in flat)
-        if isinstance(limit, int) and limit > 0 and max(len(seq) for row in enc for seq in row) > limit:
-            raise ValueError(f"the path has more than {limit} tokens, the model's position limit")
+            groups.append((seqs[0][:start], [seq[start:] for seq in seqs]))
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids = torch.full((len(flat), longest), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for r, seq in enumerate(flat):
-            ids[r, : len(seq)] = torch.tensor(seq)
-            attn[r, : len(seq)] = 1
-        dev = self.backend.device
-        with torch.inference_mode():
-            logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-        out = []
-        for row, (first, start, single) in zip(enc, plan, strict=True):
-            if single:
-                out.append([float(logp[first, start - 1, seq[start]]) for seq in row])
-                continue
-            scores = []
-            for j, seq in enumerate(row):
-                pos = torch.arange(start - 1, len(seq) - 1)
-                scores.append(float(logp[first + j, pos, torch.tensor(seq[start:])].sum()))
-            out.append(scores)
-        return out
+        return continuation_logprobs(model, self.backend.device, pad, groups)
 
     def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
         out, todo = answer_empty_twins(items, self.strategy.name)
