@@ -39,7 +39,32 @@ from dtwinseg.reasoning.config import DECODINGS
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = PROJECT_ROOT / "recipes" / "demo.yaml"
 BASELINE_ROWS = ("random", "largest", "embedding", "constrained")
-ROW_KEYS = {"target", "weighted", "decoding", "max_steps", "batch_size", "learning_rate"}
+
+
+@dataclass
+class DemoRow:
+    """One trained row of the demo (``rows.<name>`` in the recipe; see DemoConfig.rows)."""
+
+    target: str
+    weighted: bool
+    decoding: str = "generate"
+    max_steps: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in ("path", "answer", "object"):
+            raise DataError(None, "target", "must be one of path, answer, object")
+        if self.decoding not in DECODINGS:
+            raise DataError(None, "decoding", f"must be one of {', '.join(DECODINGS)}")
+        if self.target == "object" and self.decoding != "verdicts":
+            raise DataError(None, "decoding", "target: object is read with decoding: verdicts")
+        if self.target == "answer" and self.decoding == "verdicts":
+            raise DataError(None, "decoding", "'verdicts' needs target: path or object")
+        for key in ("max_steps", "batch_size", "learning_rate"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise DataError(None, key, "must be positive")
 
 
 @dataclass
@@ -88,21 +113,11 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         for name, spec in self.rows.items():
-            if not isinstance(spec, dict) or set(spec) - ROW_KEYS or not {"target", "weighted"} <= set(spec):
+            if not isinstance(spec, dict) or not {"target", "weighted"} <= set(spec):
                 raise DataError(None, f"rows.{name}", "expected {target: path|answer|object, weighted: bool"
                                 "[, decoding: generate|verdicts, max_steps, batch_size, learning_rate]}")
-            if spec["target"] not in ("path", "answer", "object"):
-                raise DataError(None, f"rows.{name}.target", "must be one of path, answer, object")
-            if spec["target"] == "object" and spec.get("decoding") != "verdicts":
-                raise DataError(None, f"rows.{name}.decoding", "target: object is read with decoding: verdicts")
-            for key, kind in (("max_steps", int), ("batch_size", int), ("learning_rate", float)):
-                if key in spec and (isinstance(spec[key], bool) or not isinstance(spec[key], (int, float))
-                                    or (kind is int and int(spec[key]) != spec[key]) or spec[key] <= 0):
-                    raise DataError(None, f"rows.{name}.{key}", f"must be a positive {kind.__name__}")
-            if spec.get("decoding", "generate") not in DECODINGS:
-                raise DataError(None, f"rows.{name}.decoding", f"must be one of {', '.join(DECODINGS)}")
-            if spec.get("decoding") == "verdicts" and spec.get("target") == "answer":
-                raise DataError(None, f"rows.{name}.decoding", "'verdicts' needs target: path or object")
+            row = build_dataclass(DemoRow, spec, None, f"rows.{name}")  # strict: did-you-mean, typed values
+            self.rows[name] = {k: v for k, v in asdict(row).items() if v is not None}
         if self.main != "auto" and self.main not in self.rows:
             raise DataError(None, "main", f"{self.main!r} is not 'auto' or one of the rows ({', '.join(self.rows)})")
         unknown = sorted(set(self.baselines) - set(BASELINE_ROWS))
