@@ -35,7 +35,10 @@ answer line parses, the objects whose verdict is ``yes`` (status "repaired").
 Options (``FormatConfig.options``, validated strictly): ``target`` (answer | path | object), ``echo`` (bool),
 ``position`` (centre | box | none), ``id_position`` (first | last), ``areas`` (bool), ``ranks`` (bool: each
 object's rank by area and left to right among all objects), ``context`` (bool, object target: the whole twin
-before the judged object). ``system_prompt`` (default: none) and
+before the judged object), ``facts`` (bool: after each object's line, its scene facts from the twin alone: the
+count of its kind, its superlatives, its relations to every other object; dtwinseg/formats/facts.py). With
+``facts`` a per-object prompt carries what relational, comparative and counting queries need without the rest
+of the twin. ``system_prompt`` (default: none) and
 ``user_template`` (default ``query: {query}\\n{twin}``) come from FormatConfig itself.
 """
 
@@ -53,6 +56,7 @@ from dtwinseg.formats.base import (
     linear_budget,
     register_format,
 )
+from dtwinseg.formats.facts import object_facts
 from dtwinseg.io import DataError
 from dtwinseg.parsing import ParseResult, parse_indices
 from dtwinseg.twin import DigitalTwin
@@ -75,6 +79,7 @@ class CompactOptions(StrictConfig):
     areas: bool = True
     ranks: bool = False
     context: bool = False
+    facts: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("target", TARGETS), ("position", ("centre", "box", "none")),
@@ -82,7 +87,7 @@ class CompactOptions(StrictConfig):
             if getattr(self, name) not in allowed:
                 raise DataError(None, f"format.options.{name}", f"must be one of {', '.join(allowed)}, "
                                 f"got {getattr(self, name)!r}")
-        for name in ("echo", "areas", "ranks", "context"):
+        for name in ("echo", "areas", "ranks", "context", "facts"):
             if not isinstance(getattr(self, name), bool):
                 raise DataError(None, f"format.options.{name}", "must be true or false")
 
@@ -100,6 +105,7 @@ def object_lines(twin: DigitalTwin, opts: CompactOptions) -> dict[int, str]:
     n = len(twin.objects)
     size_rank = _ranks({o.id: o.area for o in twin.objects}, True) if opts.ranks else {}
     x_rank = _ranks({o.id: (o.bbox[0] + o.bbox[2]) / 2 for o in twin.objects}, False) if opts.ranks else {}
+    facts = object_facts(twin) if opts.facts else {}
     lines = {}
     for o in twin.objects:
         semantic = o.semantic or "object"
@@ -115,6 +121,8 @@ def object_lines(twin: DigitalTwin, opts: CompactOptions) -> dict[int, str]:
             line += f", size rank {size_rank[o.id]} of {n}, x rank {x_rank[o.id]} of {n}"
         if opts.id_position == "last":
             line += f", id {o.id}"
+        if facts.get(o.id):
+            line += "; " + "; ".join(facts[o.id])
         lines[o.id] = line
     return lines
 
@@ -187,10 +195,12 @@ class CompactFormat:
         template = self.config.user_template or USER_TEMPLATE
         return self._chat(template.format(query=query, twin=twin_text(twin, self.options)))
 
-    def object_messages(self, twin: DigitalTwin, query: str, obj: int) -> list[dict]:
-        """The per-object target's prompt: ``query: Q`` [the whole twin, ``context: true``] ``object: <line>``."""
-        lines = object_lines(twin, self.options)
-        context = twin_text(twin, self.options) + "\n" if self.options.context else ""
+    def object_messages(self, twin: DigitalTwin, query: str, obj: int,
+                        lines: dict[int, str] | None = None) -> list[dict]:
+        """The per-object target's prompt: ``query: Q`` [the whole twin, ``context: true``] ``object: <line>``
+        (``lines``: the twin's :func:`object_lines`, when the caller already has them)."""
+        lines = lines if lines is not None else object_lines(twin, self.options)
+        context = "\n".join(lines.values()) + "\n" if self.options.context else ""
         user = f"query: {query}\n{context}object: {lines[obj]}"
         # No empty system message here (a few tokens on every one of the many short examples): the plain
         # layout renders a conversation without one the same way for build-sft and the reasoner.
@@ -202,10 +212,11 @@ class CompactFormat:
         """Training examples of the per-object target: per object its prompt and ``yes`` / ``no`` (a decision
         span: the loss weighs it by w_decision)."""
         chosen = {int(i) for i in target.answer}
+        lines = object_lines(twin, self.options)
         out = []
         for o in twin.objects:
             verdict = "yes" if o.id in chosen else "no"
-            out.append((o.id, self.object_messages(twin, query, o.id), Completion(verdict, [(0, len(verdict))], [])))
+            out.append((o.id, self.object_messages(twin, query, o.id, lines), Completion(verdict, [(0, len(verdict))], [])))
         return out
 
     def target(self, twin: DigitalTwin, target: Target) -> Completion:
@@ -230,8 +241,9 @@ class CompactFormat:
     def verdict_path(self, twin: DigitalTwin, query: str = "") -> VerdictPath:
         """The skeleton for forced verdict decoding; DataError for the answer-only target."""
         if self.per_object:
+            lines = object_lines(twin, self.options)
             return VerdictPath([(o.id, "") for o in twin.objects],
-                               prompts=[self.object_messages(twin, query, o.id) for o in twin.objects])
+                               prompts=[self.object_messages(twin, query, o.id, lines) for o in twin.objects])
         if self.options.target != "path":
             raise DataError(None, "decoding", "'verdicts' needs verdicts to force: format.options.target: path "
                             f"or object (this format's target is {self.options.target!r})")
