@@ -143,29 +143,32 @@ class ConstrainedPicker:
         self.backend = TransformersBackend(cfg)
         self.messages, self.completion, self.batch_size = messages, completion, batch_size
 
-    def _logprobs(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+    def _logprobs(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
+        """Per scene (its prompt ids, one completion per object), each completion's log-probability; a batch
+        holds ``batch_size`` scenes, and each prompt runs once (continuation_logprobs' shared cache)."""
         from dtwinseg.reasoning.verdicts import continuation_logprobs
 
         model, tok = self.backend._ensure_loaded()
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        out: list[float] = []
-        for start in range(0, len(pairs), self.batch_size):
-            groups = [(p, [c]) for p, c in pairs[start:start + self.batch_size]]
-            out.extend(s[0] for s in continuation_logprobs(model, self.backend.device, pad, groups))
+        out: list[list[float]] = []
+        for start in range(0, len(groups), self.batch_size):
+            out.extend(continuation_logprobs(model, self.backend.device, pad, groups[start:start + self.batch_size]))
         return out
 
     def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
         _, tok = self.backend._ensure_loaded()
-        pairs, owners = [], []
+        groups, owners = [], []
         for k, (twin, query) in enumerate(items):
+            if not twin.objects:
+                continue
             prompt = tok(self.backend.prompt_text(self.messages(twin, query)), add_special_tokens=False)["input_ids"]
-            for o in twin.objects:
-                pairs.append((list(prompt), list(tok(self.completion(twin, [o.id]), add_special_tokens=False)["input_ids"])))
-                owners.append((k, o.id))
-        scores = self._logprobs(pairs) if pairs else []
+            conts = [list(tok(self.completion(twin, [o.id]), add_special_tokens=False)["input_ids"])
+                     for o in twin.objects]
+            groups.append((list(prompt), conts))
+            owners.append(k)
         per: list[dict[int, float]] = [{} for _ in items]
-        for (k, i), s in zip(owners, scores, strict=True):
-            per[k][i] = s
+        for k, scores in zip(owners, self._logprobs(groups) if groups else [], strict=True):
+            per[k] = {o.id: s for o, s in zip(items[k][0].objects, scores, strict=True)}
         out = []
         for sc in per:
             if not sc:

@@ -118,3 +118,31 @@ def test_per_object_target_judges_each_object_in_its_own_prompt(tiny_bert: Path)
         assert out.ids == (yes_ids or [max(out.scores, key=out.scores.get)])
     with pytest.raises(DataError, match="decoding: verdicts"):
         build_reasoner(cfg.replace(decoding="generate"))
+
+
+@pytest.mark.parametrize("which", ["tiny", "tiny_bert"])
+def test_continuations_on_a_shared_cache_equal_unpadded_forwards(which, request) -> None:
+    """Groups of different prefix lengths whose continuations share a head, differ in length, and one of
+    which is the start of another: the cached tails give each continuation's unpadded log-probability."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from dtwinseg.reasoning.verdicts import _cached_tails, continuation_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(str(request.getfixturevalue(which))).eval()
+    groups = [([5, 9, 14, 3, 8, 21], [[30, 31, 7], [30, 31, 9, 2], [30, 31]]),
+              ([11, 4], [[6, 12], [6, 13], [40]]),
+              ([2, 2, 2, 2, 2, 2, 2, 2, 2], [[17, 18, 19, 20], [17, 18, 19, 21]]),
+              ([7, 8, 9], [[3], [4]])]  # one-token continuations: one sequence, no cache
+    want = []
+    for prefix, conts in groups:
+        row = []
+        for c in conts:
+            with torch.inference_mode():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([prefix + c])).logits[0].float(), -1)
+            row.append(float(sum(logp[len(prefix) + k - 1, t] for k, t in enumerate(c))))
+        want.append(row)
+    got = continuation_logprobs(model, "cpu", 0, groups)
+    assert _cached_tails(model, "cpu", 0, groups[:3]) is not None  # the cached path really ran
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=1e-4)

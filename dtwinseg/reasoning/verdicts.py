@@ -58,41 +58,120 @@ def continuation_logprobs(model: Any, device: Any, pad_id: int,
                           groups: Sequence[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
     """For each ``(prefix ids, [continuation ids, ...])``, the summed log-probability of every continuation
     after the prefix. A group whose continuations are one token each needs one sequence (the prefix: its
-    next-token distribution scores them all); other groups forward prefix + continuation per continuation.
-    One right-padded forward pass (positions start at 0 on every row); log-softmax only where read."""
+    next-token distribution scores them all). Groups with longer continuations run their shared part once
+    (the prefix and the continuations' common head) and only the differing tails per continuation, on the
+    shared part's KV cache (:func:`_cached_tails`); a model without a usable cache gets prefix + continuation
+    per continuation instead. Right-padded batches (positions start at 0 on every row); log-softmax only where
+    read."""
     import torch
 
-    plan, flat = [], []  # per group: index of its first sequence, one sequence for all continuations?
     for prefix, conts in groups:
-        if not prefix or any(not c for c in conts):
+        if not prefix or not conts or any(not c for c in conts):
             raise ValueError("a continuation needs a non-empty prefix and at least one token")
-        single = all(len(c) == 1 for c in conts)
-        plan.append((len(flat), single))
-        flat.extend([prefix] if single else [prefix + c for c in conts])
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     longest = max(len(p) + max(len(c) for c in conts) for p, conts in groups)
     if isinstance(limit, int) and limit > 0 and longest > limit:
         raise ValueError(f"{longest} tokens: more than the model's {limit} positions")
-    width = max(len(seq) for seq in flat)
-    ids = torch.full((len(flat), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for r, seq in enumerate(flat):
-        ids[r, : len(seq)] = torch.tensor(seq)
-        attn[r, : len(seq)] = 1
+    multi = [g for g, (_, conts) in enumerate(groups) if any(len(c) > 1 for c in conts)]
+    out: list[list[float] | None] = [None] * len(groups)
+    if multi:
+        cached = _cached_tails(model, device, pad_id, [groups[g] for g in multi])
+        if cached is not None:
+            for g, scores in zip(multi, cached, strict=True):
+                out[g] = scores
+    plan, flat = [], []  # per remaining group: index of its first sequence, one sequence for all?
+    for g, (prefix, conts) in enumerate(groups):
+        if out[g] is not None:
+            continue
+        single = all(len(c) == 1 for c in conts)
+        plan.append((g, len(flat), single))
+        flat.extend([prefix] if single else [prefix + c for c in conts])
+    if not flat:
+        return out  # type: ignore[return-value]
+    ids, attn = _right_padded(flat, pad_id)
     with torch.inference_mode():
         logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
-    out = []
-    for (prefix, conts), (first, single) in zip(groups, plan, strict=True):
+    for g, first, single in plan:
+        prefix, conts = groups[g]
         if single:
             logp = torch.log_softmax(logits[first, len(prefix) - 1].float(), dim=-1).cpu()
-            out.append([float(logp[c[0]]) for c in conts])
+            out[g] = [float(logp[c[0]]) for c in conts]
             continue
         scores = []
         for j, c in enumerate(conts):
             pos = torch.arange(len(prefix) - 1, len(prefix) + len(c) - 1)
             logp = torch.log_softmax(logits[first + j, pos].float(), dim=-1).cpu()
             scores.append(float(logp[torch.arange(len(c)), torch.tensor(c)].sum()))
-        out.append(scores)
+        out[g] = scores
+    return out  # type: ignore[return-value]
+
+
+def _right_padded(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for r, seq in enumerate(seqs):
+        ids[r, : len(seq)] = torch.tensor(list(seq))
+        attn[r, : len(seq)] = 1
+    return ids, attn
+
+
+def _cached_tails(model: Any, device: Any, pad_id: int,
+                  groups: Sequence[tuple[list[int], list[list[int]]]]) -> list[list[float]] | None:
+    """Scores of multi-token continuations with one pass over each group's shared part: the prefix plus the
+    continuations' common head (up to the last token before any of them ends), with use_cache; the cache
+    rows are then repeated per continuation and only the tails run, at their true positions (position_ids
+    continue each row's shared part; the pad gap between a short shared part and its tail is masked out).
+    None when the model returns no cache that can be repeated (the caller falls back to full sequences)."""
+    import torch
+
+    shared, tails, owner = [], [], []
+    for g, (prefix, conts) in enumerate(groups):
+        head = min(_common_prefix(conts), min(len(c) for c in conts) - 1)  # every tail keeps >= 1 token
+        shared.append(prefix + conts[0][:head])
+        for c in conts:
+            tails.append(c[head:])
+            owner.append(g)
+    ids, attn = _right_padded(shared, pad_id)
+    try:
+        with torch.inference_mode():
+            first = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=True)
+            cache = getattr(first, "past_key_values", None)
+            if cache is None or not callable(getattr(cache, "batch_select_indices", None)):
+                return None
+            rows = torch.tensor(owner, device=ids.device)
+            cache.batch_select_indices(rows.to(device))
+            t_ids, t_attn = _right_padded(tails, pad_id)
+            lengths = torch.tensor([len(s) for s in shared])[rows]
+            pos = lengths[:, None] + torch.arange(t_ids.shape[1])[None, :]
+            mask = torch.cat([attn[rows], t_attn], dim=1)
+            second = model(input_ids=t_ids.to(device), attention_mask=mask.to(device),
+                           position_ids=pos.to(device), past_key_values=cache, use_cache=True)
+    except (TypeError, NotImplementedError, AttributeError):
+        return None
+    out: list[list[float]] = [[] for _ in groups]
+    for g, (prefix, conts) in enumerate(groups):  # the common head: the same for every continuation
+        n = len(shared[g])
+        head = shared[g][len(prefix):]
+        base = 0.0
+        if head:
+            pos_h = torch.arange(len(prefix) - 1, n - 1)
+            logp = torch.log_softmax(first.logits[g, pos_h].float(), dim=-1).cpu()
+            base = float(logp[torch.arange(len(head)), torch.tensor(head)].sum())
+        out[g] = [base] * len(conts)
+    k_of: dict[int, int] = {}
+    for r, (g, tail) in enumerate(zip(owner, tails, strict=True)):
+        k = k_of.get(g, 0)
+        k_of[g] = k + 1
+        n = len(shared[g])
+        lp0 = torch.log_softmax(first.logits[g, n - 1].float(), dim=-1)[tail[0]]  # first tail token
+        score = float(lp0)
+        if len(tail) > 1:
+            logp = torch.log_softmax(second.logits[r, : len(tail) - 1].float(), dim=-1).cpu()
+            score += float(logp[torch.arange(len(tail) - 1), torch.tensor(tail[1:])].sum())
+        out[g][k] += score
     return out
 
 
