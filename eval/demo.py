@@ -33,6 +33,7 @@ import numpy as np
 
 from dtwinseg.config import build_dataclass, convert_fields
 from dtwinseg.formats.base import DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS, LossWeights
+from dtwinseg.formats.compact import CompactOptions
 from dtwinseg.io import DataError, atomic_write_json, atomic_write_text, load_yaml
 from dtwinseg.reasoning.config import DECODINGS
 
@@ -51,8 +52,17 @@ class DemoRow:
     max_steps: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
+    format: dict | None = None
+    freeze: list | None = None
 
     def __post_init__(self) -> None:
+        if self.format is not None and not isinstance(self.format, dict):
+            raise DataError(None, "format", "must be a mapping of compact format options")
+        if self.freeze is not None and not all(isinstance(x, str) and x for x in self.freeze):
+            raise DataError(None, "freeze", "must be a list of parameter name parts, e.g. [embeddings, "
+                            "encoder.layer.0-1]")
+        if self.format and "target" in self.format:
+            raise DataError(None, "format.target", "the row's target is its own field 'target'")
         if self.target not in ("path", "answer", "object"):
             raise DataError(None, "target", "must be one of path, answer, object")
         if self.decoding not in DECODINGS:
@@ -67,6 +77,15 @@ class DemoRow:
                 raise DataError(None, key, "must be positive")
 
 
+def _check_options(options: dict, where: str) -> None:
+    """Compact options checked before anything is built; errors name ``<where>.<option>``."""
+    try:
+        CompactOptions.from_dict(options)
+    except DataError as e:
+        name = (e.field or "").removeprefix(CompactOptions.SECTION).lstrip(".")
+        raise DataError(None, f"{where}.{name}" if name else where, e.message) from None
+
+
 @dataclass
 class DemoConfig:
     """Every knob of the demo; defaults and presets live in recipes/demo.yaml (see the comments there).
@@ -74,11 +93,15 @@ class DemoConfig:
     seed: seed of the scenes. train_seeds: one training run per seed and row (rows of seeds after the
     first are named ``<row>-seed<k>``). check_seeds: extra test splits drawn with these seeds.
     rows: trained rows, ``{name: {"target": "path"|"answer"|"object", "weighted": bool,
-        "decoding": "generate"|"verdicts", "max_steps", "batch_size", "learning_rate"}}`` (decoding: how the
-        row is evaluated, ReasoningConfig.decoding, default generate; the last three override the shared
-        values for this row). main: the headline row, or "auto": the trained row with the best val gIoU
+        "decoding": "generate"|"verdicts", "max_steps", "batch_size", "learning_rate", "format"}}`` (decoding:
+        how the row is evaluated, ReasoningConfig.decoding, default generate; max_steps, batch_size and
+        learning_rate override the shared values for this row, and so does freeze (parameter name parts and
+        layer ranges, e.g. ``[embeddings, encoder.layer.0-1]``); format: the row's own compact options over
+        the shared ``format``, e.g. ``{facts: true}``; rows with the same options share one SFT dataset). main: the headline row, or "auto": the trained row with the best val gIoU
         (the test split never chooses).
     format: compact format options shared by the trained rows (target set per row).
+    padding_free: train on padding-free micro-batches (training/packing.py: the same loss and gradients,
+        no compute on pad tokens; per-object examples vary 2-3x in length).
     threads: torch intra-op threads for the whole run (1: robust on a shared 2-core machine).
     jobs: trainings run at the same time (each ``dtwinseg train`` in its own process, ``threads`` threads;
         0: one after the other in this process).
@@ -102,6 +125,7 @@ class DemoConfig:
     freeze: list = field(default_factory=lambda: ["embeddings"])
     dropout: float = 0.0
     bf16: bool = False
+    padding_free: bool = True
     w_completion: float = DEFAULT_LOSS_WEIGHTS.completion
     w_decision: float = DEFAULT_LOSS_WEIGHTS.decision
     w_answer: float = DEFAULT_LOSS_WEIGHTS.answer
@@ -112,12 +136,17 @@ class DemoConfig:
     presets: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.format, dict) or "target" in self.format:
+            raise DataError(None, "format", "must be a mapping of compact format options without 'target' "
+                            "(each row sets its own)")
+        _check_options({**self.format, "target": "answer"}, "format")
         for name, spec in self.rows.items():
             if not isinstance(spec, dict) or not {"target", "weighted"} <= set(spec):
                 raise DataError(None, f"rows.{name}", "expected {target: path|answer|object, weighted: bool"
                                 "[, decoding: generate|verdicts, max_steps, batch_size, learning_rate]}")
             row = build_dataclass(DemoRow, spec, None, f"rows.{name}")  # strict: did-you-mean, typed values
             self.rows[name] = {k: v for k, v in asdict(row).items() if v is not None}
+            _check_options(format_options(self, self.rows[name]), f"rows.{name}.format")
         if self.main != "auto" and self.main not in self.rows:
             raise DataError(None, "main", f"{self.main!r} is not 'auto' or one of the rows ({', '.join(self.rows)})")
         unknown = sorted(set(self.baselines) - set(BASELINE_ROWS))
@@ -186,9 +215,19 @@ def bootstrap_ci(values: list[float], n_boot: int, seed: int = 0) -> list[float]
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def format_options(cfg: DemoConfig, target: str) -> dict:
-    """Compact-format options of a row (the shared ``format`` with the row's target)."""
-    return {**cfg.format, "target": target}
+def format_options(cfg: DemoConfig, spec: dict | str) -> dict:
+    """Compact-format options of a row (``spec``: its row dict, or a bare target): the shared ``format``,
+    the row's own ``format`` over it, and the row's target."""
+    row = {"target": spec} if isinstance(spec, str) else spec
+    return {**cfg.format, **(row.get("format") or {}), "target": row["target"]}
+
+
+def data_key(spec: dict) -> str:
+    """Name of a row's SFT dataset (``<out>/sft-<key>``): its target, then its own format options, so that
+    rows with the same options share one dataset: ``object``, ``object-facts``, ``path-echo-false``."""
+    extra = spec.get("format") or {}
+    parts = [spec["target"]] + [k if v is True else f"{k}-{str(v).lower()}" for k, v in sorted(extra.items())]
+    return "-".join(parts)
 
 
 def reasoning_dict(model: str, options: dict, cfg: DemoConfig, decoding: str = "generate") -> dict:
@@ -271,14 +310,14 @@ def compact_dataset(records: list, tokenizer: Any, options: dict, out: Path, rec
 def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted: bool, seed: int,
                     row: dict | None = None) -> dict:
     """The SFTDT recipe of one trained row (full fine-tuning of the small base, embeddings frozen); the
-    row's own max_steps / batch_size / learning_rate win over the shared ones."""
+    row's own max_steps / batch_size / learning_rate / freeze win over the shared ones."""
     w = (LossWeights.of(cfg) if weighted else UNWEIGHTED_LOSS).flat()
     row = row or {}
     steps = int(row.get("max_steps", cfg.max_steps))
     return {
         "model": {"name_or_path": str(base), "dtype": "float32",
                   "kwargs": {"hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout},
-                  "freeze": list(cfg.freeze)},
+                  "freeze": list(row.get("freeze", cfg.freeze))},
         "data": {"train": str(data), "eval": None},
         "lora": {"use_lora": False},
         "training": {"output_dir": str(out), "use_cpu": True, "bf16": cfg.bf16, "max_steps": steps,
@@ -288,7 +327,7 @@ def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted
                      "warmup_steps": max(1, steps // 20), "weight_decay": 0.0,
                      "gradient_checkpointing": False, "logging_steps": max(1, steps // 10),
                      "save_strategy": "no", "report_to": [], "seed": seed, "dataloader_num_workers": 0,
-                     "use_token_kinds": True, **w, "disable_tqdm": False},
+                     "use_token_kinds": True, **w, "padding_free": cfg.padding_free, "disable_tqdm": False},
         "merge": {"enabled": False},
         "launch": {"num_processes": 1},
     }
@@ -305,7 +344,7 @@ def row_training_recipes(cfg: DemoConfig, out: Path, base: Path | None = None,
     for k, seed in enumerate(cfg.train_seeds):
         for name, spec in cfg.rows.items():
             label = name if k == 0 else f"{name}-seed{seed}"
-            data = sft.get(spec["target"], out / f"sft-{spec['target']}")
+            data = sft.get(data_key(spec), out / f"sft-{data_key(spec)}")
             recipe = training_recipe(cfg, base, data, out / f"train-{label}", bool(spec["weighted"]), int(seed), spec)
             runs[label] = (recipe, spec)
     return runs
@@ -425,10 +464,9 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
     base = prepare_base_model(out / "base")
     tok = load_tokenizer(str(base))
     sft: dict[str, Path] = {}
-    for target in sorted({spec["target"] for spec in cfg.rows.values()}):
-        sft[target], ds_stats = compact_dataset(records, tok, format_options(cfg, target), out / f"sft-{target}",
-                                                rec_stats)
-        log(f"[demo] {target}: {ds_stats['examples']} examples, {ds_stats['mean_tokens']:.0f} tokens on average")
+    for key, spec in sorted({data_key(spec): spec for spec in cfg.rows.values()}.items()):
+        sft[key], ds_stats = compact_dataset(records, tok, format_options(cfg, spec), out / f"sft-{key}", rec_stats)
+        log(f"[demo] {key}: {ds_stats['examples']} examples, {ds_stats['mean_tokens']:.0f} tokens on average")
     stage("Seg-DT records + SFT datasets", t)
 
     t = time.time()
@@ -440,11 +478,12 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
     rows: dict[str, dict] = {}
     for label, (model, spec) in trained.items():
         decoding = spec.get("decoding", "generate")
-        rdict = reasoning_dict(rel(model), format_options(cfg, spec["target"]), cfg, decoding)
+        rdict = reasoning_dict(rel(model), format_options(cfg, spec), cfg, decoding)
         rows[label] = {"checkpoint": rel(model), "reasoning_config": rel(write_row_config(out, label, rdict)),
                        "trained": {"target": spec["target"], "weighted": bool(spec["weighted"]),
                                    "steps": int(spec.get("max_steps", cfg.max_steps)),
-                                   "batch_size": int(spec.get("batch_size", cfg.batch_size)), "decoding": decoding}}
+                                   "batch_size": int(spec.get("batch_size", cfg.batch_size)), "decoding": decoding,
+                                   "format": format_options(cfg, spec)}}
     answer_yaml = write_row_config(out, "baselines", reasoning_dict(rel(base), format_options(cfg, "answer"), cfg))
     for kind in cfg.baselines:
         ck = f"baseline:{kind}" + (f":{rel(base)}" if kind == "constrained" else "")

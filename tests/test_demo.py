@@ -157,11 +157,43 @@ def test_demo_recipe_loads_with_presets_and_refuses_unknown_keys(tmp_path: Path)
                        ("{target: path, weighted: true, max_steps: 0}", "rows.a.max_steps"),
                        ("{target: path, weighted: true, batch_size: 2.5}", "rows.a.batch_size"),
                        ("{target: paths, weighted: true}", "rows.a.target"),
-                       ("{target: path}", "rows.a")):
+                       ("{target: path}", "rows.a"),
+                       ("{target: object, weighted: true, decoding: verdicts, format: {fact: true}}",
+                        "rows.a.format.fact"),
+                       ("{target: object, weighted: true, decoding: verdicts, format: {facts: maybe}}",
+                        "rows.a.format.facts"),
+                       ("{target: path, weighted: true, format: {target: answer}}", "rows.a.format.target"),
+                       ("{target: path, weighted: true, freeze: [3]}", "rows.a.freeze")):
         bad.write_text(f"rows: {{a: {row}}}\nmain: auto\n")
         with pytest.raises(DataError) as err:
             DemoConfig.load(bad)
         assert err.value.field == field, row
+    bad.write_text("format: {echo: maybe}\n")
+    with pytest.raises(DataError) as err:
+        DemoConfig.load(bad)
+    assert err.value.field == "format.echo"
+
+
+def test_rows_with_their_own_format_get_their_own_dataset(tmp_path: Path) -> None:
+    from eval.demo import DemoConfig, data_key, format_options, row_training_recipes
+
+    cfg = DemoConfig(main="auto", rows={"plain": {"target": "object", "weighted": True, "decoding": "verdicts"},
+                           "facts": {"target": "object", "weighted": True, "decoding": "verdicts",
+                                     "format": {"facts": True, "position": "none"},
+                                     "freeze": ["embeddings", "encoder.layer.0-1"]},
+                           "facts-unweighted": {"target": "object", "weighted": False, "decoding": "verdicts",
+                                                "format": {"position": "none", "facts": True}}})
+    keys = {name: data_key(spec) for name, spec in cfg.rows.items()}
+    assert keys == {"plain": "object", "facts": "object-facts-position-none",
+                    "facts-unweighted": "object-facts-position-none"}
+    assert format_options(cfg, cfg.rows["facts"]) == {"id_position": "last", "echo": True, "facts": True,
+                                                      "position": "none", "target": "object"}
+    runs = row_training_recipes(cfg, tmp_path)
+    assert runs["facts"][0]["data"]["train"] == str(tmp_path / "sft-object-facts-position-none")
+    assert runs["plain"][0]["data"]["train"] == str(tmp_path / "sft-object")
+    assert all(r["training"]["padding_free"] is True for r, _ in runs.values())
+    assert runs["facts"][0]["model"]["freeze"] == ["embeddings", "encoder.layer.0-1"]
+    assert runs["plain"][0]["model"]["freeze"] == ["embeddings"]
 
 
 def test_main_row_is_chosen_on_val_never_on_test() -> None:
