@@ -94,7 +94,11 @@ def test_dry_run_of_the_demo_recipe_checks_every_trained_row():
     scorer = load(rows["scorer"][0]).training  # the row's own steps and batch win over the shared ones
     assert scorer["max_steps"] == 300 and scorer["per_device_train_batch_size"] == 32
     ablations = row_training_recipes(DemoConfig.load(demo, "ablations"), Path("runs/demo"))
-    assert set(ablations) == {"scorer", "scorer-unweighted", "sftdt", "sftdt-unweighted", "answer-only"}
+    assert set(ablations) == {"scorer", "scorer-unweighted", "scorer-no-facts", "sftdt", "sftdt-unweighted",
+                              "answer-only"}
+    assert load(rows["scorer"][0]).model.freeze == ["embeddings", "encoder.layer.0-1"]
+    assert load(ablations["scorer-no-facts"][0]).model.freeze == ["embeddings"]
+    assert ablations["scorer"][0]["data"]["train"] != ablations["scorer-no-facts"][0]["data"]["train"]
     assert load(ablations["sftdt"][0]).training["max_steps"] == 140
     assert res.output.count("# SFTDTConfig: ok: learning_rate 0.0001") == len(rows)
     for label, (recipe, _) in rows.items():
