@@ -15,6 +15,8 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed writes byte-identical folders."),
     config: Path | None = typer.Option(None, "--config", help="YAML with SynthConfig fields (image size, "
                                        "objects per scene, ...); defaults documented in data_builders/synthetic/config.py."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Worker processes (the files are byte-identical for any "
+                             "number)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Generate synthetic reasoning-segmentation scenes: images, ReasonSeg JSON with dimension and
@@ -24,7 +26,7 @@ def synth(
 
     cfg = SynthConfig(**load_yaml(config)) if config else SynthConfig()
     sizes = {k: v for k, v in (("train", n_train), ("val", n_val), ("test", n_test)) if v > 0}
-    counts = write_dataset(out, sizes, seed=seed, cfg=cfg, progress=progress)
+    counts = write_dataset(out, sizes, seed=seed, cfg=cfg, progress=progress, jobs=jobs)
     for split, c in counts.items():
         dims = ", ".join(f"{d} {n}" for d, n in sorted(c["dimensions"].items()))
         typer.echo(f"{split}: {c['n']} samples ({dims})")

@@ -257,7 +257,7 @@ def write_scenes(cfg: DemoConfig, data: Path, out: Path, splits: dict[str, int],
         same = info.get("seed") == seed and info.get("config") == json.loads(json.dumps(scfg.to_dict()))
         if same and {k: v["n"] for k, v in info.get("splits", {}).items()} == splits:
             return synth_yaml  # the same scenes are already there (same seed, config and sizes)
-    write_dataset(data, splits, seed=seed, cfg=scfg, progress=progress)
+    write_dataset(data, splits, seed=seed, cfg=scfg, progress=progress, jobs=max(1, int(cfg.threads)))
     return synth_yaml
 
 

@@ -59,11 +59,15 @@ def test_same_seed_same_sample_other_seed_differs() -> None:
     assert not np.array_equal(a.scene.image, c.scene.image)
 
 
-def test_written_folder_is_deterministic(tmp_path: Path) -> None:
-    for name in ("a", "b"):
-        write_dataset(tmp_path / name, {"val": 3}, seed=11, progress=False)
-    for f in sorted((tmp_path / "a" / "val").iterdir()):
-        assert f.read_bytes() == (tmp_path / "b" / "val" / f.name).read_bytes(), f.name
+def test_written_folder_is_deterministic_for_any_number_of_workers(tmp_path: Path) -> None:
+    for name, jobs in (("a", 1), ("b", 1), ("c", 2)):
+        write_dataset(tmp_path / name, {"val": 3, "test": 2}, seed=11, progress=False, jobs=jobs)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) == 1 + 5 * 3  # synthetic.json, and per sample the image, annotation and instances
+    for other in ("b", "c"):
+        assert sorted(p.relative_to(tmp_path / other) for p in (tmp_path / other).rglob("*") if p.is_file()) == files
+        for f in files:
+            assert (tmp_path / "a" / f).read_bytes() == (tmp_path / other / f).read_bytes(), (other, f)
 
 
 def test_all_dimensions_and_granularities_present(synth_root: Path) -> None:
