@@ -97,8 +97,9 @@ class DemoConfig:
         how the row is evaluated, ReasoningConfig.decoding, default generate; max_steps, batch_size and
         learning_rate override the shared values for this row, and so does freeze (parameter name parts and
         layer ranges, e.g. ``[embeddings, encoder.layer.0-1]``); format: the row's own compact options over
-        the shared ``format``, e.g. ``{facts: true}``; rows with the same options share one SFT dataset). main: the headline row, or "auto": the trained row with the best val gIoU
-        (the test split never chooses).
+        the shared ``format``, e.g. ``{facts: true}``; rows with the same options share one SFT dataset).
+        main: the headline row, or "auto": the trained row with the best val gIoU (the test split never
+        chooses).
     format: compact format options shared by the trained rows (target set per row).
     padding_free: train on padding-free micro-batches (training/packing.py: the same loss and gradients,
         no compute on pad tokens; per-object examples vary 2-3x in length).
@@ -143,7 +144,7 @@ class DemoConfig:
         for name, spec in self.rows.items():
             if not isinstance(spec, dict) or not {"target", "weighted"} <= set(spec):
                 raise DataError(None, f"rows.{name}", "expected {target: path|answer|object, weighted: bool"
-                                "[, decoding: generate|verdicts, max_steps, batch_size, learning_rate]}")
+                                "[, decoding: generate|verdicts, max_steps, batch_size, learning_rate, format, freeze]}")
             row = build_dataclass(DemoRow, spec, None, f"rows.{name}")  # strict: did-you-mean, typed values
             self.rows[name] = {k: v for k, v in asdict(row).items() if v is not None}
             _check_options(format_options(self, self.rows[name]), f"rows.{name}.format")

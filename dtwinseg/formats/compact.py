@@ -36,7 +36,8 @@ Options (``FormatConfig.options``, validated strictly): ``target`` (answer | pat
 ``position`` (centre | box | none), ``id_position`` (first | last), ``areas`` (bool), ``ranks`` (bool: each
 object's rank by area and left to right among all objects), ``context`` (bool, object target: the whole twin
 before the judged object), ``facts`` (bool: after each object's line, its scene facts from the twin alone: the
-count of its kind, its superlatives, its relations to every other object; dtwinseg/formats/facts.py). With
+count of its kind, its superlatives, the relations that single it out within its kind;
+dtwinseg/formats/facts.py). With
 ``facts`` a per-object prompt carries what relational, comparative and counting queries need without the rest
 of the twin. ``system_prompt`` (default: none) and
 ``user_template`` (default ``query: {query}\\n{twin}``) come from FormatConfig itself.

@@ -53,20 +53,22 @@ _SUPERLATIVES = (
 )
 
 
+def _head_words(semantic: str) -> list[str]:
+    """The words of a description before its first preposition or comma."""
+    return _WORD.findall(_HEAD_CUT.split((semantic or "").lower(), maxsplit=1)[0])
+
+
 def kind_of(semantic: str) -> str:
     """The head noun of a description: the last word before the first preposition or comma ("object"
     when there is none)."""
-    text = (semantic or "").lower()
-    head = _HEAD_CUT.split(text, maxsplit=1)[0]
-    words = _WORD.findall(head)
+    words = _head_words(semantic)
     return words[-1] if words else "object"
 
 
 def short_name(semantic: str) -> str:
     """A description up to its head noun, without the article: "a large yellow tree with a green crown" ->
     "large yellow tree" (the name other objects' relations use)."""
-    head = _HEAD_CUT.split((semantic or "").lower(), maxsplit=1)[0]
-    words = _WORD.findall(head)
+    words = _head_words(semantic)
     if words and words[0] in ("a", "an", "the"):
         words = words[1:]
     return " ".join(words) or "object"
@@ -103,7 +105,7 @@ def _argmax_unique(values: list[float]) -> int | None:
 
 
 def object_facts(twin: DigitalTwin) -> dict[int, list[str]]:
-    """Per object id, its facts in order: count, superlatives, relations to every other object."""
+    """Per object id, its facts in order: count, superlatives, the relations that single it out in its kind."""
     objs = twin.objects
     if not objs:
         return {}

@@ -97,13 +97,18 @@ def continuation_logprobs(model: Any, device: Any, pad_id: int,
             logp = torch.log_softmax(logits[first, len(prefix) - 1].float(), dim=-1).cpu()
             out[g] = [float(logp[c[0]]) for c in conts]
             continue
-        scores = []
-        for j, c in enumerate(conts):
-            pos = torch.arange(len(prefix) - 1, len(prefix) + len(c) - 1)
-            logp = torch.log_softmax(logits[first + j, pos].float(), dim=-1).cpu()
-            scores.append(float(logp[torch.arange(len(c)), torch.tensor(c)].sum()))
-        out[g] = scores
+        out[g] = [_span_logprob(logits[first + j, len(prefix) - 1: len(prefix) + len(c) - 1], c)
+                  for j, c in enumerate(conts)]
     return out  # type: ignore[return-value]
+
+
+def _span_logprob(logits: Any, tokens: Sequence[int]) -> float:
+    """Summed log-probability of ``tokens`` under ``logits`` (len(tokens) x V, row k predicting token k);
+    log-softmax over these rows only."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+    return float(logp[torch.arange(len(tokens)), torch.tensor(list(tokens))].sum())
 
 
 def _right_padded(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
@@ -151,27 +156,20 @@ def _cached_tails(model: Any, device: Any, pad_id: int,
                            position_ids=pos.to(device), past_key_values=cache, use_cache=True)
     except (TypeError, NotImplementedError, AttributeError):
         return None
-    out: list[list[float]] = [[] for _ in groups]
-    for g, (prefix, conts) in enumerate(groups):  # the common head: the same for every continuation
-        n = len(shared[g])
-        head = shared[g][len(prefix):]
-        base = 0.0
-        if head:
-            pos_h = torch.arange(len(prefix) - 1, n - 1)
-            logp = torch.log_softmax(first.logits[g, pos_h].float(), dim=-1).cpu()
-            base = float(logp[torch.arange(len(head)), torch.tensor(head)].sum())
-        out[g] = [base] * len(conts)
-    k_of: dict[int, int] = {}
-    for r, (g, tail) in enumerate(zip(owner, tails, strict=True)):
-        k = k_of.get(g, 0)
-        k_of[g] = k + 1
-        n = len(shared[g])
-        lp0 = torch.log_softmax(first.logits[g, n - 1].float(), dim=-1)[tail[0]]  # first tail token
-        score = float(lp0)
-        if len(tail) > 1:
-            logp = torch.log_softmax(second.logits[r, : len(tail) - 1].float(), dim=-1).cpu()
-            score += float(logp[torch.arange(len(tail) - 1), torch.tensor(tail[1:])].sum())
-        out[g][k] += score
+    out: list[list[float]] = []
+    r = 0  # the tails of group g are rows r .. r + len(conts) - 1 of the second pass
+    for g, (prefix, conts) in enumerate(groups):
+        n, head = len(shared[g]), shared[g][len(prefix):]
+        base = _span_logprob(first.logits[g, len(prefix) - 1: n - 1], head) if head else 0.0  # the same for all
+        first_tok = torch.log_softmax(first.logits[g, n - 1].float(), dim=-1).cpu()  # each tail's first token
+        scores = []
+        for tail in tails[r: r + len(conts)]:
+            score = float(first_tok[tail[0]])
+            if len(tail) > 1:
+                score += _span_logprob(second.logits[r + len(scores), : len(tail) - 1], tail[1:])
+            scores.append(base + score)
+        out.append(scores)
+        r += len(conts)
     return out
 
 
