@@ -142,7 +142,11 @@ def test_continuations_on_a_shared_cache_equal_unpadded_forwards(which, request)
                 logp = torch.log_softmax(model(input_ids=torch.tensor([prefix + c])).logits[0].float(), -1)
             row.append(float(sum(logp[len(prefix) + k - 1, t] for k, t in enumerate(c))))
         want.append(row)
+    widths: list[int] = []  # positions the LM head projects per call: only those read, not the padded width
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, a, o: widths.append(o.shape[1]))
     got = continuation_logprobs(model, "cpu", 0, groups)
+    hook.remove()
+    assert widths == [4, 3, 1]  # shared parts (head + first tail token; rows are 12 wide), tails, one-token group
     assert _cached_tails(model, "cpu", 0, groups[:3]) is not None  # the cached path really ran
     for g, w in zip(got, want, strict=True):
         assert g == pytest.approx(w, abs=1e-4)

@@ -26,7 +26,8 @@ probabilities this needs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from dtwinseg.io import DataError
@@ -89,17 +90,59 @@ def continuation_logprobs(model: Any, device: Any, pad_id: int,
     if not flat:
         return out  # type: ignore[return-value]
     ids, attn = _right_padded(flat, pad_id)
-    with torch.inference_mode():
+    starts, counts = [], []  # per sequence: logits are read from the prefix's last position, one per token
+    for g, _, single in plan:
+        prefix, conts = groups[g]
+        for c in ([[0]] if single else conts):
+            starts.append(len(prefix) - 1)
+            counts.append(len(c))
+    with torch.inference_mode(), _logits_at(model, starts, counts) as at:
         logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+        logits = at(logits)  # row r, column k: the logits at position starts[r] + k
     for g, first, single in plan:
         prefix, conts = groups[g]
         if single:
-            logp = torch.log_softmax(logits[first, len(prefix) - 1].float(), dim=-1).cpu()
+            logp = torch.log_softmax(logits[first, 0].float(), dim=-1).cpu()
             out[g] = [float(logp[c[0]]) for c in conts]
             continue
-        out[g] = [_span_logprob(logits[first + j, len(prefix) - 1: len(prefix) + len(c) - 1], c)
-                  for j, c in enumerate(conts)]
+        out[g] = [_span_logprob(logits[first + j, : len(c)], c) for j, c in enumerate(conts)]
     return out  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _logits_at(model: Any, starts: Sequence[int], counts: Sequence[int]) -> Iterator[Any]:
+    """Compute the LM head only where logits are read: row r's positions starts[r] .. starts[r] + counts[r] - 1
+    (the vocabulary projection dominates a small model's forward on short prompts: MiniLM's 30k x 384 head
+    costs as much as its six layers). A forward pre-hook on the output embedding gathers those hidden states
+    (padded to the longest count by repeating the last); the yielded function maps the model's logits to
+    B x K x V either way (a model that skips its output-embedding module gets its full logits indexed)."""
+    import torch
+
+    width = max(counts)
+    index = torch.tensor([[s + min(k, c - 1) for k in range(width)] for s, c in zip(starts, counts, strict=True)])
+    called = []
+    head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+
+    def pre(_module: Any, args: tuple) -> tuple:
+        hidden = args[0]
+        if hidden.dim() != 3 or hidden.shape[0] != index.shape[0]:
+            return args
+        called.append(True)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        return (hidden[rows, index.to(hidden.device)],) + tuple(args[1:])
+
+    def select(logits: Any) -> Any:
+        if called:
+            return logits
+        rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+        return logits[rows, index.to(logits.device)]
+
+    handle = head.register_forward_pre_hook(pre) if isinstance(head, torch.nn.Module) else None
+    try:
+        yield select
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 def _span_logprob(logits: Any, tokens: Sequence[int]) -> float:
@@ -141,8 +184,12 @@ def _cached_tails(model: Any, device: Any, pad_id: int,
             owner.append(g)
     ids, attn = _right_padded(shared, pad_id)
     try:
-        with torch.inference_mode():
+        starts = [len(prefix) - 1 for prefix, _ in groups]  # the head's tokens and each tail's first one
+        counts = [len(shared[g]) - starts[g] for g in range(len(groups))]
+        with torch.inference_mode(), _logits_at(model, starts, counts) as at:
             first = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=True)
+            first_logits = at(first.logits)
+        with torch.inference_mode():
             cache = getattr(first, "past_key_values", None)
             if cache is None or not callable(getattr(cache, "batch_select_indices", None)):
                 return None
@@ -159,9 +206,9 @@ def _cached_tails(model: Any, device: Any, pad_id: int,
     out: list[list[float]] = []
     r = 0  # the tails of group g are rows r .. r + len(conts) - 1 of the second pass
     for g, (prefix, conts) in enumerate(groups):
-        n, head = len(shared[g]), shared[g][len(prefix):]
-        base = _span_logprob(first.logits[g, len(prefix) - 1: n - 1], head) if head else 0.0  # the same for all
-        first_tok = torch.log_softmax(first.logits[g, n - 1].float(), dim=-1).cpu()  # each tail's first token
+        head = shared[g][len(prefix):]
+        base = _span_logprob(first_logits[g, : len(head)], head) if head else 0.0  # the same for all
+        first_tok = torch.log_softmax(first_logits[g, len(head)].float(), dim=-1).cpu()  # each tail's first token
         scores = []
         for tail in tails[r: r + len(conts)]:
             score = float(first_tok[tail[0]])
@@ -229,15 +276,20 @@ class VerdictReasoner:
             choice = 0 if margins[r][obj] > 0 else 1 + max(range(len(sc) - 1), key=lambda j: (sc[j + 1], -j))
             paths_text[r] += head + paths[r].choices[choice] + paths[r].line_end
 
-        # Independent objects (per-object prompts): every verdict of the batch at once, batch_size at a time.
+        # Independent objects (per-object prompts): every verdict of the batch at once, batch_size at a time,
+        # in order of prompt length (less padding per batch; each verdict's score does not depend on its batch).
         flat = [(r, k) for r, p in enumerate(paths) if p.prompts is not None for k in range(len(p.steps))]
+        prompts = {(r, k): self.backend.prompt_text(paths[r].prompts[k]) + paths[r].steps[k][1]  # type: ignore[index]
+                   for r, k in flat}
+        by_length = sorted(flat, key=lambda rk: len(prompts[rk]))
+        scores: dict[tuple[int, int], list[float]] = {}
         bs = max(1, self.cfg.batch_size)
-        for start in range(0, len(flat), bs):
-            chunk = flat[start:start + bs]
-            candidates = [[self.backend.prompt_text(paths[r].prompts[k]) + paths[r].steps[k][1] + c  # type: ignore[index]
-                           for c in paths[r].choices] for r, k in chunk]
-            for (r, k), sc in zip(chunk, self._score(candidates), strict=True):
-                decide(r, k, sc)
+        for start in range(0, len(by_length), bs):
+            chunk = by_length[start:start + bs]
+            candidates = [[prompts[r, k] + c for c in paths[r].choices] for r, k in chunk]
+            scores.update(zip(chunk, self._score(candidates), strict=True))
+        for r, k in flat:  # each path's text in object order
+            decide(r, k, scores[r, k])
         # A path: each verdict after the model's own earlier ones.
         sequential = [r for r, p in enumerate(paths) if p.prompts is None]
         for step in range(max((len(paths[r].steps) for r in sequential), default=0)):
