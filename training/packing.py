@@ -78,13 +78,15 @@ def _segment_loop(module: torch.nn.Module, query: torch.Tensor, key: torch.Tenso
                   cu: list[int], dropout: float, scaling: float | None) -> torch.Tensor:
     """Causal SDPA per example of a packed row: (1, H, L, D) -> (1, L, H, D)."""
     groups = int(getattr(module, "num_key_value_groups", 1))
-    outs = []
-    for s, e in zip(cu[:-1], cu[1:], strict=True):
-        if e <= s:
-            continue
-        outs.append(torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout, scale=scaling,
-            is_causal=True, enable_gqa=groups > 1))
+    sizes = [e - s for s, e in zip(cu[:-1], cu[1:], strict=True)]
+    if sum(sizes) != query.shape[2]:
+        raise ValueError(f"packed boundaries cover {sum(sizes)} tokens, the row has {query.shape[2]}")
+    # One split per tensor (its backward is one concatenation); slicing each example out instead costs a
+    # full-row zero-fill and add per example in the backward pass (quadratic in the examples per row).
+    outs = [torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
+                                                             is_causal=True, enable_gqa=groups > 1)
+            for q, k, v, n in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2),
+                                  sizes, strict=True) if n > 0]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
 
 
