@@ -13,7 +13,7 @@ from data_builders.synthetic.config import PLURALS
 from data_builders.synthetic.writer import write_dataset
 from dtwinseg.formats import FormatConfig, build_format
 from dtwinseg.formats.compact import CompactOptions, object_lines
-from dtwinseg.formats.facts import NUMBER_WORDS, kind_of, object_facts, plural, short_name
+from dtwinseg.formats.facts import NUMBER_WORDS, kind_of, object_facts, plural, references
 from dtwinseg.io import DataError
 from dtwinseg.twin import DigitalTwin, decode_rle
 
@@ -24,13 +24,11 @@ def square(h: int, w: int, x: int, y: int, side: int) -> np.ndarray:
     return m
 
 
-def test_kind_short_name_and_plural() -> None:
+def test_kind_and_plural() -> None:
     assert kind_of("a large blue house with a red roof") == "house"
     assert kind_of("the red roof of a house") == "roof"
     assert kind_of("a medium pink striped umbrella") == "umbrella"
     assert kind_of("") == kind_of("   ") == "object"
-    assert short_name("a large yellow tree with a green crown") == "large yellow tree"
-    assert short_name("The cup, on the left") == "cup"
     assert [plural(w) for w in ("cup", "box", "butterfly", "day", "bus")] == ["cups", "boxes", "butterflies",
                                                                              "days", "buses"]
 
@@ -43,13 +41,26 @@ def test_facts_of_a_known_scene() -> None:
                                                                    "a green circle"])
     facts = object_facts(twin)
     assert facts[0] == ["one of two cups", "the smallest cup", "the leftmost cup", "the topmost cup",
-                        "the smallest object", "nearest cup to, left of and above green circle"]
+                        "the smallest object", "nearest to, left of and above the circle"]
     assert facts[1] == ["one of two cups", "the largest cup", "the rightmost cup", "the bottommost cup",
-                        "the largest object", "right of and below green circle"]
+                        "the largest object", "right of and below the circle"]
     assert facts[2] == ["the only circle"]  # alone of its kind: no relation singles it out
     # facts never depend on the query
     twin.query = "anything at all"
     assert object_facts(twin) == facts
+
+
+def test_references_are_the_shortest_unique_name() -> None:
+    """Kind, then colour, then size, then every other modifier; words in the description's order."""
+    masks = np.stack([square(60, 60, 5 * k, 5 * k, 4) for k in range(7)])
+    semantics = ["a small red cup", "a large red cup", "a small blue dotted cup", "a tree with a green crown",
+                 "a large green striped box", "a large green dotted box", "The box, on the left"]
+    twin = DigitalTwin.from_masks("r", masks, semantics=semantics)
+    assert references(twin) == ["the small red cup", "the large red cup", "the blue cup", "the tree",
+                                "the large green striped box", "the large green dotted box", "the box"]
+    # the last box has no modifiers, so every modifier of the others still fits it: never unique, full name
+    twin = DigitalTwin.from_masks("r", masks[:2], semantics=["a cup", "a cup"])
+    assert references(twin) == ["the cup", "the cup"]
 
 
 def test_ties_write_no_superlative_and_empty_twins_work() -> None:
@@ -102,9 +113,11 @@ def test_facts_decide_the_generators_queries(scenes: list[tuple[dict, list[dict]
         twin, objs = _twin(inst)
         facts = object_facts(twin)
         same = [k for k, o in enumerate(objs) if o["category"] == prog.get("category")]
+        names = references(twin)
         if prog["kind"] == "relation":
             a, rel = prog["anchor"], prog["relation"]
-            name = short_name(objs[a]["semantic"])
+            name = names[a]
+            assert f"{rel} {name}" in ann["text"][0], (ann["text"], name)  # the name the generator's query uses
             says = [k for k in same if k != a and any(rel in f.split(name)[0] and f.split(", the ")[0].endswith(name)
                                                       for f in facts[k])]
             assert says == targets, (ann["text"], facts)
@@ -115,9 +128,11 @@ def test_facts_decide_the_generators_queries(scenes: list[tuple[dict, list[dict]
             anchor = prog.get("anchor")
             if anchor is None:  # nearest to the largest of the anchor category
                 anchor = next(k for k in range(len(objs)) if f"the largest {prog['anchor_category']}" in facts[k])
-            name = short_name(objs[anchor]["semantic"])
-            hits = [k for k in same if any(f.startswith(f"nearest {prog['category']} to")
-                                           and f.split(", the ")[0].endswith(name) for f in facts[k])]
+            name = names[anchor]
+            if prog["kind"] == "nearest":
+                assert f"nearest to {name}" in ann["text"][0], (ann["text"], name)
+            hits = [k for k in same if any(f.startswith("nearest to") and f.split(", the ")[0].endswith(name)
+                                           for f in facts[k])]
             assert hits == targets, (ann["text"], facts)
         else:
             phrase = f"one of {NUMBER_WORDS[prog['count']]} {PLURALS[prog['category']]}"

@@ -9,7 +9,7 @@ and the comparisons within its kind, all computed from the twin alone (masks, ar
 the query::
 
     a small red cup, at 40 60, area 1.1, id 2; one of two cups; the smallest cup; the leftmost cup;
-    left of and above large blue circle, the largest circle; nearest cup to and below small green square
+    left of and above the blue circle, the largest circle; nearest to and below the square
 
 - **kind**: the head noun of the description (the last word before the first "with", "of", "on", ...,
   or a comma): "a large blue house with a red roof" -> "house", "the red roof of a house" -> "roof";
@@ -20,10 +20,10 @@ the query::
 - **relations** to other objects, only those that single the object out within its kind (a reference like
   "the cup left of the red circle" only means something when another cup is not left of it): "left of" /
   "right of" and "above" / "below" by mask centroid when some other member of its kind is on the other
-  side, and "nearest <kind> to" when it is the nearest of its kind to an object of another kind (ties write
-  nothing); then the other
-  object's short name (its description up to the head noun, no article), and ", the largest <kind>" when
-  that object is the largest of its own kind. An object alone of its kind has no relations.
+  side, and "nearest to" when it is the nearest of its kind to an object of another kind (ties write
+  nothing); then the other object's reference, the shortest name that fits it alone ("the circle", "the
+  blue circle", "the small blue circle": :func:`references`), and ", the largest <kind>" when that object
+  is the largest of its own kind. An object alone of its kind has no relations.
 
 Centroids are mask centroids, as the spatial text and the synthetic generator use. The cost is one mask
 decode per object and O(N^2 K) comparisons per twin (K: the largest kind); only objects that share their
@@ -42,6 +42,9 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
                 "eleven", "twelve")
 _HEAD_CUT = re.compile(r",|\b(?:with|of|on|in|at|near|under|over|and|that|which|holding|wearing)\b")
 _WORD = re.compile(r"[a-z][a-z-]*")
+COLOUR_WORDS = frozenset(("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
+                          "gray", "grey", "violet", "cyan", "magenta", "gold", "golden", "silver", "beige", "teal"))
+SIZE_WORDS = frozenset(("small", "medium", "large", "big", "tiny", "huge", "little", "giant"))
 # value to maximise for each superlative, from (centroid x, centroid y, area)
 _SUPERLATIVES = (
     ("largest", lambda x, y, a: a),
@@ -65,13 +68,29 @@ def kind_of(semantic: str) -> str:
     return words[-1] if words else "object"
 
 
-def short_name(semantic: str) -> str:
-    """A description up to its head noun, without the article: "a large yellow tree with a green crown" ->
-    "large yellow tree" (the name other objects' relations use)."""
-    words = _head_words(semantic)
-    if words and words[0] in ("a", "an", "the"):
-        words = words[1:]
-    return " ".join(words) or "object"
+def references(twin: DigitalTwin) -> list[str]:
+    """Per object (twin order), the shortest phrase that names it and no other object of the twin, built the
+    way people refer (the incremental algorithm of referring-expression generation, Dale & Reiter 1995):
+    the kind alone ("the hexagon"), then with its colour ("the purple hexagon"), then with its size too
+    ("the small purple hexagon"), then with every modifier of its description; the first that no other
+    object fits (same kind, every chosen word among its modifiers) is used, words in the description's
+    order. When even the full name fits another object, the full name."""
+    words = [_head_words(o.semantic) for o in twin.objects]
+    words = [w[1:] if w and w[0] in ("a", "an", "the") else w for w in words]
+    kinds = [w[-1] if w else "object" for w in words]
+    mods = [w[:-1] for w in words]
+    out = []
+    for i, m in enumerate(mods):
+        chain = ([w for w in m if w in COLOUR_WORDS], [w for w in m if w in SIZE_WORDS],
+                 [w for w in m if w not in COLOUR_WORDS and w not in SIZE_WORDS])
+        chosen: set[str] = set()
+        for step in ((), *chain):
+            chosen |= set(step)
+            rivals = [j for j in range(len(mods)) if j != i and kinds[j] == kinds[i] and chosen <= set(mods[j])]
+            if not rivals:
+                break
+        out.append("the " + " ".join([w for w in m if w in chosen] + [kinds[i]]))
+    return out
 
 
 def plural(noun: str) -> str:
@@ -131,7 +150,7 @@ def object_facts(twin: DigitalTwin) -> dict[int, list[str]]:
             if best is not None:
                 overall[best].append(f"the {word} object")
 
-    names = [short_name(o.semantic) for o in objs]
+    names = references(twin)
     dist = np.hypot(cen[:, None, 0] - cen[None, :, 0], cen[:, None, 1] - cen[None, :, 1])
     facts: dict[int, list[str]] = {}
     for i, o in enumerate(objs):
@@ -148,7 +167,7 @@ def object_facts(twin: DigitalTwin) -> dict[int, list[str]]:
             rivals = [k for k in ks if k != j]  # this object and the others (two or more)
             near = _argmax_unique([-dist[k, j] for k in rivals])
             if near is not None and rivals[near] == i and kinds[j] != kinds[i]:
-                words.append(f"nearest {kinds[i]} to")
+                words.append("nearest to")
             for axis, (neg, pos) in enumerate((("left of", "right of"), ("above", "below"))):
                 d = np.sign(cen[j, axis] - cen[i, axis])  # > 0: this object is left of / above j
                 if d and any(np.sign(cen[j, axis] - cen[k, axis]) != d for k in others):
