@@ -351,9 +351,11 @@ def row_training_recipes(cfg: DemoConfig, out: Path, base: Path | None = None,
     return runs
 
 
-def train_all(out: Path, recipes: dict[str, dict], cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Path]:
+def train_all(out: Path, recipes: dict[str, dict], cfg: DemoConfig, log: Callable[[str], None],
+              progress: bool = True) -> dict[str, Path]:
     """``dtwinseg train <recipe>`` for every run, ``cfg.jobs`` processes at a time; a run whose output
-    folder already holds a model trained from the same recipe is reused. Returns {label: model folder}."""
+    folder already holds a model trained from the same recipe is reused. Returns {label: model folder}.
+    ``progress: False`` hides the in-process trainer's progress bar (the saved recipe is unchanged)."""
     import subprocess
     import sys
 
@@ -375,7 +377,10 @@ def train_all(out: Path, recipes: dict[str, dict], cfg: DemoConfig, log: Callabl
 
         for label, path, model in pending:
             t = time.time()
-            train_from_recipe(load_yaml(path))
+            recipe = load_yaml(path)
+            if not progress:
+                recipe["training"]["disable_tqdm"] = True
+            train_from_recipe(recipe)
             log(f"[demo] trained {label} in {time.time() - t:.0f} s")
             done[label] = model
         return done
@@ -472,7 +477,7 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
 
     t = time.time()
     runs = row_training_recipes(cfg, out, base, sft)
-    models = train_all(out, {k: r for k, (r, _) in runs.items()}, cfg, log)
+    models = train_all(out, {k: r for k, (r, _) in runs.items()}, cfg, log, progress)
     trained = {label: (models[label], spec) for label, (_, spec) in runs.items()}
     stage(f"training ({len(runs)} runs, {cfg.jobs} at a time)", t)
 

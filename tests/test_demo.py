@@ -4,6 +4,7 @@ recipe, and a quick end-to-end run whose rows the public CLI reproduces from sum
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -291,6 +292,7 @@ def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> No
     best_val = max(summary["rows"][k]["val_giou"] for k in trained)
     assert summary["main_chosen_by"] == "val_giou" and summary["rows"][summary["main"]]["val_giou"] == best_val
     assert f"| {summary['main']} (main) |" in output and "oracle bound" in output
+    assert not re.search(r"\| [0-2]/2 \[", output)  # --no-progress hides the trainer's bar (2 steps)
     expected = trained | {"random", "largest", "embedding", "constrained"}
     assert set(summary["rows"]) == expected
     for row in summary["rows"].values():
