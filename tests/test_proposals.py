@@ -178,11 +178,12 @@ def test_upsample_is_bit_identical_to_sam_postprocess(sam_and_features, hw):
 def test_batching_auto_from_the_device(monkeypatch):
     cfg = ProposalConfig()
     cpu = resolve_batching(cfg, "cpu")
-    assert cpu == {"points_per_batch": 256, "decoder_chunk": 16, "upsample_chunk": 32}
+    assert cpu == {"points_per_batch": 256, "decoder_chunk": 16, "upsample_chunk": 32, "roi_upsample": True}
     # a GPU with 100 GiB free: the whole 32 x 32 grid in one decoder call
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * 2**30, 140 * 2**30))
     gpu = resolve_batching(cfg, "cuda:0", n_prompts=1024)
     assert gpu["points_per_batch"] == 1024 and gpu["decoder_chunk"] == 1024 and gpu["upsample_chunk"] >= 256
+    assert gpu["roi_upsample"] is False  # a per-mask loop of small kernels: batched on a GPU
     # 2 GiB free: fewer prompts per decoder step
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 2**30, 16 * 2**30))
     small = resolve_batching(cfg, "cuda:0", n_prompts=1024)
@@ -191,6 +192,9 @@ def test_batching_auto_from_the_device(monkeypatch):
     assert resolve_batching(ProposalConfig(decoder_chunk=7, points_per_batch=9), "cuda:0")["decoder_chunk"] == 7
     with pytest.raises(ValueError, match="decoder_chunk"):
         ProposalConfig(decoder_chunk="many")
+    assert resolve_batching(ProposalConfig(roi_upsample=False), "cpu")["roi_upsample"] is False
+    with pytest.raises(ValueError, match="roi_upsample"):
+        ProposalConfig(roi_upsample="yes")
 
 
 @pytest.mark.parametrize("multimask", [True, False])
@@ -228,3 +232,41 @@ def test_fast_decoder_early_rejection_only_drops_masks_below_theta(sam_and_featu
     assert 0 < kept.sum() < 6 and fast.last_skipped == int((~kept).sum())
     assert torch.equal(iou, ref_iou)
     assert torch.allclose(masks[kept], ref_masks[kept], atol=1e-5) and (masks[~kept] == -1e4).all()
+
+
+def _blob_logits(n: int, seed: int) -> torch.Tensor:
+    """Low-res logits of round blobs of random size, place and sharpness (so stability varies around
+    SAM's 0.95), some touching the borders, plus an all-negative and an all-positive map."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float32)
+    maps = []
+    for _ in range(n):
+        cy, cx, r, sharp = rng.uniform(-10, 266), rng.uniform(-10, 266), rng.uniform(1, 140), rng.uniform(10, 300)
+        m = sharp * (1 - np.hypot(yy - cy, xx - cx) / r) + rng.normal(0, 0.05, (256, 256))
+        maps.append(torch.from_numpy(m.astype(np.float32)))
+    maps += [torch.full((256, 256), -4.0), torch.full((256, 256), 4.0)]
+    return torch.stack(maps)
+
+
+@pytest.mark.parametrize("hw", [(768, 1024), (150, 200), (1500, 2000), (97, 61)])
+@pytest.mark.parametrize("stability_filter", [True, False])
+def test_roi_full_size_pass_equals_the_dense_one(sam_and_features, hw, stability_filter):
+    """Upsampling each mask over its own region gives the dense path's stability, keep decisions, RLEs,
+    boxes and centroids (x4 only: bit-identical; with the resize to the original size: the same here)."""
+    sam, _, feats = sam_and_features
+    out = {}
+    for roi in (False, True):
+        gen = ProposalGenerator(sam, ProposalConfig(points_per_side=2, roi_upsample=roi))
+        with fixed_encoder(sam, feats):
+            gen.set_image(np.zeros((*hw, 3), np.uint8))
+        assert gen.batching["roi_upsample"] is roi
+        out[roi] = gen._full_size_pass(_blob_logits(30, seed=hw[0]), stability_filter)
+    (keep_d, props_d, stab_d), (keep_r, props_r, stab_r) = out[False], out[True]
+    assert torch.equal(keep_d, keep_r)
+    assert torch.equal(stab_d.isnan(), stab_r.isnan())
+    assert torch.equal(stab_d.nan_to_num(), stab_r.nan_to_num())
+    if stability_filter:
+        assert 3 <= int(keep_d.sum()) <= 28, "the blobs must straddle the stability threshold"
+    assert [r["counts"] for r in props_d.rles] == [r["counts"] for r in props_r.rles]
+    assert np.array_equal(props_d.boxes, props_r.boxes)
+    assert np.allclose(props_d.centroids, props_r.centroids, atol=1e-3)

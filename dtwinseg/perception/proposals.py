@@ -33,10 +33,11 @@
       swallow every object and leave a one-object twin. ``containment_max_area: 1.0`` is the paper's
       rule unchanged.
 
-Where the time goes (everything batched, on the model's device): masks are upsampled once per theta
-survivor (SAM's ``postprocess_masks``, chunked by ``upsample_chunk``), then stability, boxes, centroids
-and the COCO RLE (``dtwinseg.perception.rle``) come from the same full-size tensor; only run-length
-change positions cross to the host.
+Where the time goes: masks are upsampled once per theta survivor (SAM's ``postprocess_masks``), then
+stability, boxes, centroids and the COCO RLE come from the same full-size logits. On a GPU this is
+batched on the device (chunks of ``upsample_chunk`` masks; ``dtwinseg.perception.rle``: only run-length
+change positions cross to the host). On a CPU (``roi_upsample``) each mask is upsampled over its own
+region only (``dtwinseg.perception.roi``: the same masks, cost by the mask's extent, not the image's).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pycocotools import mask as mask_utils
 
 from dtwinseg.perception.fast_decoder import fast_decoder_for
 from dtwinseg.perception.mask_ops import (
@@ -62,6 +64,7 @@ from dtwinseg.perception.mask_ops import (
     part_level,
 )
 from dtwinseg.perception.rle import encode_rles_torch
+from dtwinseg.perception.roi import RoiUpsampler, crop_rle_counts
 from dtwinseg.twin import Granularity
 
 __all__ = ["ProposalConfig", "ProposalGenerator", "Proposals", "resolve_batching"]
@@ -103,6 +106,9 @@ class ProposalConfig:
             from its free memory (up to 1,024).
         upsample_chunk: masks upsampled to full size per step (chunk x H x W floats); "auto": CPU 32,
             GPU from its free memory.
+        roi_upsample: full-size post-processing of each mask over its own region only (same masks,
+            ``dtwinseg.perception.roi``) instead of whole images in batches; "auto": on CPU (a per-mask
+            loop), batched on a GPU.
         fast_decoder: run SAM's mask decoder through FastMaskDecoder (same weights and mathematics,
             shared image-token work done once; outputs equal up to float rounding).
         skip_rejected: with the fast decoder, prompts whose masks all have predicted IoU <= theta skip
@@ -128,6 +134,7 @@ class ProposalConfig:
     points_per_batch: int | str = AUTO
     decoder_chunk: int | str = AUTO
     upsample_chunk: int | str = AUTO
+    roi_upsample: bool | str = AUTO
     fast_decoder: bool = True
     skip_rejected: bool = True
     encoder_precision: str = "fp32"
@@ -143,6 +150,8 @@ class ProposalConfig:
             v = getattr(self, name)
             if v != AUTO and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be 'auto' or an integer >= 1, got {v!r}")
+        if self.roi_upsample != AUTO and not isinstance(self.roi_upsample, bool):
+            raise ValueError(f"roi_upsample must be 'auto', true or false, got {self.roi_upsample!r}")
         if self.points_per_side < 1:
             raise ValueError("points_per_side must be >= 1")
         if not 0.0 < self.containment_max_area <= 1.0:
@@ -172,7 +181,9 @@ def resolve_batching(config: ProposalConfig, device: torch.device | str, n_promp
         auto = {"points_per_batch": max(n_prompts, 64), "decoder_chunk": decoder, "upsample_chunk": upsample}
     else:
         auto = dict(CPU_BATCHING)
-    return {k: auto[k] if getattr(config, k) == AUTO else int(getattr(config, k)) for k in auto}
+    out = {k: auto[k] if getattr(config, k) == AUTO else int(getattr(config, k)) for k in auto}
+    out["roi_upsample"] = device.type == "cpu" if config.roi_upsample == AUTO else bool(config.roi_upsample)
+    return out
 
 
 @dataclass
@@ -310,6 +321,8 @@ class ProposalGenerator:
         centroids and RLEs. Returns (keep mask K, their Proposals without scores / points, stability K)."""
         from segment_anything.utils.amg import calculate_stability_score
 
+        if self.batching["roi_upsample"] and logits.device.type == "cpu":
+            return self._full_size_pass_roi(logits, stability_filter)
         cfg, thr = self.config, self.model.mask_threshold
         chunk = self.batching["upsample_chunk"]
         keeps, stabs, rles, boxes, cents = [], [], [], [], []
@@ -334,6 +347,55 @@ class ProposalGenerator:
                           stability=np.zeros(n, np.float32), points=np.zeros((n, 2), np.float32), height=h,
                           width=w, centroids=torch.cat(cents).float().cpu().numpy())
         return torch.cat(keeps), props, torch.cat(stabs)
+
+    def _full_size_pass_roi(self, logits: torch.Tensor, stability_filter: bool
+                            ) -> tuple[torch.Tensor, Proposals | None, torch.Tensor]:
+        """``_full_size_pass`` with each mask upsampled over its own region (``roi.RoiUpsampler``): the same
+        stability, boxes, centroids and RLEs without full-size tensors."""
+        cfg, thr, off = self.config, self.model.mask_threshold, self.config.stability_score_offset
+        h, w = self.predictor.original_size
+        roi = RoiUpsampler(logits.shape[-1], self.model.image_encoder.img_size, self.predictor.input_size, (h, w))
+        lowest = min(thr - off, thr + off, thr)
+        filtering = stability_filter and cfg.stability_score_thresh > 0
+        keeps, stabs, counts, boxes, cents = [], [], [], [], []
+        for k in range(len(logits)):
+            got = roi.crop(logits[k], lowest)
+            if got is None:
+                v, y0, x0 = logits.new_zeros(0, 0), 0, 0
+            else:
+                v, y0, x0 = got
+            inter, union = int((v > thr + off).sum()), int((v > thr - off).sum())
+            # float32 division as SAM's (int / int tensors); 0 / 0 -> nan, which the filter never keeps
+            stab = float(np.float32(inter) / np.float32(union)) if union else float("nan")
+            keep = stab >= cfg.stability_score_thresh if filtering else True
+            keeps.append(keep)
+            stabs.append(stab)
+            if not keep:
+                continue
+            m = v > thr
+            rows, cols = m.any(1), m.any(0)
+            if rows.any():
+                ys, xs = torch.nonzero(rows)[:, 0], torch.nonzero(cols)[:, 0]
+                boxes.append([x0 + int(xs[0]), y0 + int(ys[0]), x0 + int(xs[-1]), y0 + int(ys[-1])])
+                col_n, row_n = m.sum(0, dtype=torch.int64).double(), m.sum(1, dtype=torch.int64).double()
+                area = float(col_n.sum())
+                cents.append([x0 + float((col_n * torch.arange(len(col_n), dtype=torch.float64)).sum()) / area,
+                              y0 + float((row_n * torch.arange(len(row_n), dtype=torch.float64)).sum()) / area])
+            else:
+                boxes.append([0, 0, 0, 0])
+                cents.append([0.0, 0.0])
+            counts.append(crop_rle_counts(m.numpy(), y0, x0, h, w))
+        keep_t = torch.tensor(keeps, dtype=torch.bool)
+        stab_t = torch.tensor(stabs, dtype=torch.float32)
+        if not counts:
+            return keep_t, Proposals.empty(h, w), stab_t
+        compressed = mask_utils.frPyObjects([{"size": [h, w], "counts": c.tolist()} for c in counts], h, w)
+        n = len(counts)
+        props = Proposals(rles=[{"size": [h, w], "counts": r["counts"].decode("ascii")} for r in compressed],
+                          boxes=np.asarray(boxes, np.float32), predicted_iou=np.zeros(n, np.float32),
+                          stability=np.zeros(n, np.float32), points=np.zeros((n, 2), np.float32), height=h,
+                          width=w, centroids=np.asarray(cents, np.float32))
+        return keep_t, props, stab_t
 
     def _candidates(self, grid: np.ndarray) -> _Candidates:
         """Steps 2-4 over the whole grid: decode in batches, theta, stability; no NMS."""
