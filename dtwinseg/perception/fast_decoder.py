@@ -161,23 +161,24 @@ def _image_to_token(attn: Any, keys: Tensor, pe: Tensor, k_tokens: Tensor, v_tok
     n = keys.shape[1]
     h, dh = _heads(attn)
     kh = attn.k_proj(k_tokens).view(b, t, h, dh) / math.sqrt(dh)
-    k_folded = torch.einsum("bthd,hdc->bcht", kh, attn.q_proj.weight.view(h, dh, c)).reshape(b, c, h * t)
-    bias = torch.einsum("bthd,hd->bht", kh, attn.q_proj.bias.view(h, dh)).reshape(b, 1, h * t)
+    k_folded = torch.einsum("bthd,hdc->bhtc", kh, attn.q_proj.weight.view(h, dh, c)).reshape(b, h * t, c)
+    bias = torch.einsum("bthd,hd->bht", kh, attn.q_proj.bias.view(h, dh)).reshape(b, h * t, 1)
     shared = keys[0] + pe[0] if keys.shape[0] == 1 else pe[0]  # per-prompt keys: only the pe term is shared
-    term = (shared @ k_folded.permute(1, 0, 2).reshape(c, b * h * t)).view(n, b, h * t).transpose(0, 1) + bias
-    scores = term if keys.shape[0] == 1 else torch.baddbmm(term, keys, k_folded)
-    # softmax over the T tokens of each head (rows of 7): by hand, torch's kernel is slow on short rows
-    s = scores.view(b, n, h, t)
-    s = (s - s.amax(-1, keepdim=True)).exp_()
-    probs = s.div_(s.sum(-1, keepdim=True))
+    # scores laid out (B, h * t, N): each head's softmax over its t tokens (rows of 7) then reduces across
+    # rows of N contiguous values, which vectorises (a reduction along rows of 7 does not)
+    term = torch.addmm(bias.reshape(b * h * t, 1), k_folded.reshape(b * h * t, c), shared.T).view(b, h * t, n)
+    scores = term if keys.shape[0] == 1 else torch.baddbmm(term, k_folded, keys.transpose(1, 2))
+    s = scores.view(b, h, t, n)
+    s = (s - s.amax(2, keepdim=True)).exp_()
+    probs = s.div_(s.sum(2, keepdim=True)).view(b, h * t, n).transpose(1, 2)  # B x N x (h * t), a view
     vh = attn.v_proj(v_tokens).view(b, t, h, dh)
     v_out = torch.einsum("bthd,chd->bhtc", vh, attn.out_proj.weight.view(c, h, dh)).reshape(b, h * t, c)
     # every head's probabilities sum to 1, so bias / h on each of the h * t value rows adds the bias once
     v_out = v_out + attn.out_proj.bias / h
     if keys.shape[0] == 1 or torch.is_autocast_enabled(keys.device.type):  # autocast: no in-place dtype mix
-        return torch.baddbmm(keys.expand(b, n, c), probs.reshape(b, n, h * t), v_out)
+        return torch.baddbmm(keys.expand(b, n, c), probs, v_out)
     # per-prompt keys are this decoder's own intermediate, not used after the residual: accumulate in place
-    return keys.baddbmm_(probs.reshape(b, n, h * t), v_out)
+    return keys.baddbmm_(probs, v_out)
 
 
 def _upscale_and_project(upscaling: nn.Sequential, keys: Tensor, hyper: Tensor, hw: torch.Size) -> Tensor:
