@@ -272,7 +272,8 @@ def test_vlm_failure_is_recorded_and_two_pass_semantics(tmp_path, planted_sam, m
 
 
 def test_cache_key_ignores_operational_fields_but_not_thresholds():
-    a = PerceptionConfig.from_dict({"source": "sam", "device": "cuda:0", "proposals": {"points_per_batch": 64},
+    a = PerceptionConfig.from_dict({"source": "sam", "device": "cuda:0",
+                                    "proposals": {"points_per_batch": 64, "roi_upsample": False},
                                     "vlm": {"backend": "openai", "model": "gpt-4o", "max_concurrency": 2}})
     b = PerceptionConfig.from_dict({"source": "sam", "device": "cpu", "proposals": {"points_per_batch": 512},
                                     "vlm": {"backend": "openai", "model": "gpt-4o", "max_concurrency": 64}})

@@ -40,7 +40,7 @@ SOURCES = ("sam", "oracle")
 # config fields that change how fast twins are built, never what they contain
 _NEUTRAL = {
     "": ("device",),
-    "proposals": ("points_per_batch", "upsample_chunk", "decoder_chunk"),
+    "proposals": ("points_per_batch", "upsample_chunk", "decoder_chunk", "roi_upsample"),
     "vlm": ("max_concurrency", "max_retries", "timeout_s", "backoff_s", "backoff_max_s", "batch_size", "device"),
 }
 RANDOM_CHECKPOINT = "random"
