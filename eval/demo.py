@@ -54,8 +54,13 @@ class DemoRow:
     learning_rate: float | None = None
     format: dict | None = None
     freeze: list | None = None
+    prefix_lm: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.prefix_lm, bool):
+            raise DataError(None, "prefix_lm", "must be true or false")
+        if self.prefix_lm and self.target != "object":
+            raise DataError(None, "prefix_lm", "reads per-object prompts both ways: target: object only")
         if self.format is not None and not isinstance(self.format, dict):
             raise DataError(None, "format", "must be a mapping of compact format options")
         if self.freeze is not None and not all(isinstance(x, str) and x for x in self.freeze):
@@ -97,7 +102,9 @@ class DemoConfig:
         how the row is evaluated, ReasoningConfig.decoding, default generate; max_steps, batch_size and
         learning_rate override the shared values for this row, and so does freeze (parameter name parts and
         layer ranges, e.g. ``[embeddings, encoder.layer.0-1]``); format: the row's own compact options over
-        the shared ``format``, e.g. ``{facts: true}``; rows with the same options share one SFT dataset).
+        the shared ``format``, e.g. ``{facts: true}``; rows with the same options share one SFT dataset;
+        prefix_lm: true (target: object rows) trains with prefix-LM attention, dtwinseg/prefix_lm.py: the
+        prompt read both ways, as the base was pretrained).
         main: the headline row, or "auto": the trained row with the best val gIoU (the test split never
         chooses).
     format: compact format options shared by the trained rows (target set per row).
@@ -328,7 +335,8 @@ def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted
                      "warmup_steps": max(1, steps // 20), "weight_decay": 0.0,
                      "gradient_checkpointing": False, "logging_steps": max(1, steps // 10),
                      "save_strategy": "no", "report_to": [], "seed": seed, "dataloader_num_workers": 0,
-                     "use_token_kinds": True, **w, "padding_free": cfg.padding_free, "disable_tqdm": False},
+                     "use_token_kinds": True, **w, "padding_free": cfg.padding_free, "disable_tqdm": False,
+                     **({"prefix_lm": True} if row.get("prefix_lm") else {})},
         "merge": {"enabled": False},
         "launch": {"num_processes": 1},
     }
@@ -489,7 +497,8 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
                        "trained": {"target": spec["target"], "weighted": bool(spec["weighted"]),
                                    "steps": int(spec.get("max_steps", cfg.max_steps)),
                                    "batch_size": int(spec.get("batch_size", cfg.batch_size)), "decoding": decoding,
-                                   "format": format_options(cfg, spec)}}
+                                   "format": format_options(cfg, spec),
+                                   **({"prefix_lm": True} if spec.get("prefix_lm") else {})}}
     answer_yaml = write_row_config(out, "baselines", reasoning_dict(rel(base), format_options(cfg, "answer"), cfg))
     for kind in cfg.baselines:
         ck = f"baseline:{kind}" + (f":{rel(base)}" if kind == "constrained" else "")

@@ -164,7 +164,9 @@ def test_demo_recipe_loads_with_presets_and_refuses_unknown_keys(tmp_path: Path)
                        ("{target: object, weighted: true, decoding: verdicts, format: {facts: maybe}}",
                         "rows.a.format.facts"),
                        ("{target: path, weighted: true, format: {target: answer}}", "rows.a.format.target"),
-                       ("{target: path, weighted: true, freeze: [3]}", "rows.a.freeze")):
+                       ("{target: path, weighted: true, freeze: [3]}", "rows.a.freeze"),
+                       ("{target: path, weighted: true, prefix_lm: true}", "rows.a.prefix_lm"),
+                       ("{target: object, weighted: true, decoding: verdicts, prefix_lm: maybe}", "rows.a.prefix_lm")):
         bad.write_text(f"rows: {{a: {row}}}\nmain: auto\n")
         with pytest.raises(DataError) as err:
             DemoConfig.load(bad)
@@ -302,6 +304,9 @@ def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> No
         assert project_path(row["reasoning_config"]).is_file()
     assert summary["oracle"]["giou"] > 0.97  # oracle twins: the bound is (near) perfect
     assert summary["rows"]["scorer"]["trained"]["decoding"] == "verdicts"
+    assert summary["rows"]["scorer"]["trained"]["prefix_lm"] is True  # and its checkpoint says so to eval
+    ck_config = json.loads((project_path(summary["rows"]["scorer"]["checkpoint"]) / "config.json").read_text())
+    assert ck_config["dtwinseg_prefix_lm"] is True and "prefix_lm" not in summary["rows"]["answer-only"]["trained"]
     assert summary["rows"]["scorer"]["parse"]["ok"] == summary["test"]["n"]  # forced verdicts always parse
     for name in ("scorer", "sftdt", "answer-only"):  # trained rows: a model folder next to its recipe
         assert (project_path(summary["rows"][name]["checkpoint"]) / "config.json").is_file()

@@ -170,3 +170,42 @@ def test_token_budget_sampler_ranks_and_epochs():
     assert list(again) == shards[0]  # deterministic per (seed, epoch)
     again.set_epoch(1)
     assert list(again) != shards[0]
+
+
+def test_prefix_lm_reads_each_prompt_both_ways(tmp_path, tok, ds):
+    """prefix_lm: in a packed batch each example's first completion token is predicted from its prompt read
+    bidirectionally (as the prompt alone through dtwinseg.prefix_lm.bidirectional), never from its own
+    completion; the model's config records it; without padding_free it is refused."""
+    from dtwinseg.prefix_lm import bidirectional, is_prefix_lm, prefix_lengths
+
+    model = tiny_bert_lm(len(tok), seed=3)
+    with torch.no_grad():  # large enough weights that causal and bidirectional reads differ clearly
+        for p in model.parameters():
+            p.mul_(20.0) if p.dim() > 1 else None
+    model.eval()
+    trainer = SFTDTTrainer(model, args(tmp_path, padding_free=True, prefix_lm=True), train_dataset=ds,
+                           processing_class=tok)
+    assert is_prefix_lm(model) and model.config.is_decoder  # marked; the causal default is unchanged
+    exs = [ds[i] for i in range(3)]
+    batch = trainer._prepare_inputs(dict(trainer.data_collator(exs)))
+    prefixes = prefix_lengths(batch["labels"], batch["cu_seq_lens_q"])
+    assert prefixes == [next(k for k, v in enumerate(e["labels"]) if v != -100) for e in exs]
+    with torch.no_grad():
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights")}
+        packed = model(**inputs, prefix_lens=prefixes, use_cache=False).logits[0]
+        plain = model(**inputs, use_cache=False).logits[0]
+        start = 0
+        for e, p in zip(exs, prefixes, strict=True):
+            prompt = torch.tensor(e["input_ids"][:p])[None]
+            with bidirectional(model):
+                alone = model(input_ids=prompt).logits[0, -1]
+            causal = model(input_ids=prompt).logits[0, -1]
+            assert torch.allclose(packed[start + p - 1], alone, atol=1e-4)
+            assert not torch.allclose(alone, causal, atol=1e-2)  # the prefix read is not the causal one
+            assert torch.allclose(plain[start + p - 1], causal, atol=1e-4)  # no prefix_lens: causal as before
+            start += len(e["input_ids"])
+    loss = trainer.compute_loss(model, dict(batch))
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="padding_free"):
+        SFTDTTrainer(tiny_bert_lm(len(tok)), args(tmp_path / "b", prefix_lm=True), train_dataset=ds,
+                     processing_class=tok)

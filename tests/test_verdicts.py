@@ -150,3 +150,37 @@ def test_continuations_on_a_shared_cache_equal_unpadded_forwards(which, request)
     assert _cached_tails(model, "cpu", 0, groups[:3]) is not None  # the cached path really ran
     for g, w in zip(got, want, strict=True):
         assert g == pytest.approx(w, abs=1e-4)
+
+
+def test_a_prefix_lm_checkpoint_reads_each_prompt_both_ways(tiny_bert: Path, tmp_path: Path) -> None:
+    """A checkpoint whose config records prefix-LM training (dtwinseg.prefix_lm) is scored on its prompts
+    read bidirectionally, in padded batches, as each prompt alone; the same weights unmarked score causally."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dtwinseg.prefix_lm import PREFIX_LM_ATTR, bidirectional
+    from dtwinseg.reasoning.verdicts import continuation_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_bert)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(20.0) if p.dim() > 1 else None
+    setattr(model.config, PREFIX_LM_ATTR, True)
+    folder = tmp_path / "prefix"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(folder)
+    marked = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    assert getattr(marked.config, PREFIX_LM_ATTR) is True  # survives save / load
+    groups = [([5, 9, 14, 3, 8, 21], [[30], [31]]), ([11, 4], [[6], [7]])]
+    got = continuation_logprobs(marked, "cpu", 0, groups)
+    for (prefix, conts), scores in zip(groups, got, strict=True):
+        with torch.inference_mode(), bidirectional(marked):
+            logp = torch.log_softmax(marked(input_ids=torch.tensor([prefix])).logits[0, -1], -1)
+        assert scores == pytest.approx([float(logp[c[0]]) for c in conts], abs=1e-4)
+    assert marked.config.is_decoder  # restored after the read
+    setattr(marked.config, PREFIX_LM_ATTR, False)
+    causal = continuation_logprobs(marked, "cpu", 0, groups)
+    assert abs(causal[0][0] - got[0][0]) > 1e-3
+    setattr(marked.config, PREFIX_LM_ATTR, True)
+    with pytest.raises(ValueError, match="single-token"):
+        continuation_logprobs(marked, "cpu", 0, [([5, 9], [[30, 31], [30, 32]])])

@@ -74,19 +74,38 @@ def _sdpa() -> Callable:
     return sdpa_attention_forward
 
 
+def _prefix_mask(n: int, prefix: int, device: torch.device) -> torch.Tensor:
+    """n x n attention mask of a prefix-LM example: causal, and the first ``prefix`` tokens see each other."""
+    mask = torch.ones(n, n, dtype=torch.bool, device=device).tril_()
+    mask[:prefix, :prefix] = True
+    return mask
+
+
 def _segment_loop(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  cu: list[int], dropout: float, scaling: float | None) -> torch.Tensor:
-    """Causal SDPA per example of a packed row: (1, H, L, D) -> (1, L, H, D)."""
+                  cu: list[int], dropout: float, scaling: float | None,
+                  prefixes: Sequence[int] | None = None) -> torch.Tensor:
+    """Causal SDPA per example of a packed row: (1, H, L, D) -> (1, L, H, D). With ``prefixes`` (prefix-LM,
+    dtwinseg/prefix_lm.py) the first prefixes[i] tokens of example i attend to each other both ways."""
     groups = int(getattr(module, "num_key_value_groups", 1))
     sizes = [e - s for s, e in zip(cu[:-1], cu[1:], strict=True)]
     if sum(sizes) != query.shape[2]:
         raise ValueError(f"packed boundaries cover {sum(sizes)} tokens, the row has {query.shape[2]}")
     # One split per tensor (its backward is one concatenation); slicing each example out instead costs a
     # full-row zero-fill and add per example in the backward pass (quadratic in the examples per row).
-    outs = [torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
-                                                             is_causal=True, enable_gqa=groups > 1)
-            for q, k, v, n in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2),
-                                  sizes, strict=True) if n > 0]
+    if prefixes is not None and len(prefixes) != len(sizes):
+        raise ValueError(f"{len(prefixes)} prefix lengths for {len(sizes)} packed examples")
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    outs = []
+    for i, (q, k, v, n) in enumerate(zip(query.split(sizes, dim=2), key.split(sizes, dim=2),
+                                         value.split(sizes, dim=2), sizes, strict=True)):
+        if n == 0:
+            continue
+        p = int(prefixes[i]) if prefixes is not None else 0
+        if p > 1:
+            outs.append(sdpa(q, k, v, attn_mask=_prefix_mask(n, p, q.device), dropout_p=dropout, scale=scaling,
+                             enable_gqa=groups > 1))
+        else:
+            outs.append(sdpa(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=groups > 1))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
 
 
@@ -145,12 +164,14 @@ def _make_attention(prefer_varlen: bool) -> Callable:
         CALLS["packed" if cu is not None else "plain"] += 1
         if cu is None:  # an ordinary (padded or single) batch
             return _sdpa()(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-        if prefer_varlen and dropout == 0.0:
+        prefixes = kwargs.get("prefix_lens")
+        if prefer_varlen and dropout == 0.0 and prefixes is None:
             longest = kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max())
             out = _varlen(module, query, key, value, cu, int(longest), scaling)
             if out is not None:
                 return out, None
-        return _segment_loop(module, query, key, value, [int(x) for x in cu.tolist()], dropout, scaling), None
+        return _segment_loop(module, query, key, value, [int(x) for x in cu.tolist()], dropout, scaling,
+                             prefixes), None
 
     return attention
 

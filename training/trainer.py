@@ -31,7 +31,15 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from dtwinseg.formats.base import DEFAULT_LOSS_WEIGHTS, LossWeights
-from training.packing import TokenBudgetSampler, check_packed_attention, pack_examples, use_packed_attention
+from dtwinseg.prefix_lm import mark_prefix_lm, prefix_lengths
+from training.packing import (
+    SEGMENT_ATTENTION,
+    VARLEN_ATTENTION,
+    TokenBudgetSampler,
+    check_packed_attention,
+    pack_examples,
+    use_packed_attention,
+)
 
 
 @dataclass
@@ -63,6 +71,11 @@ class SFTDTConfig(SFTConfig):
         "restart per example, cu_seq_lens mark the boundaries) and attention never crosses an example "
         "(training/packing.py); same loss and gradients as padding, no compute on pad tokens. Unlike TRL's "
         "padding_free it keeps the per-token weights.")})
+    prefix_lm: bool = field(default=False, metadata={"help": (
+        "Prefix-LM attention (dtwinseg/prefix_lm.py): each example's prompt tokens attend to each other both "
+        "ways, its completion causally; for bases pretrained bidirectionally (BERT, MiniLM). Needs "
+        "padding_free; the checkpoint's config records it, and verdict decoding then reads prompts "
+        "bidirectionally.")})
     padding_free_attention: str = field(default="auto", metadata={"help": (
         "Attention for padding_free batches: auto (keep flash_attention_* / flex_attention, else segments), "
         "segments (causal SDPA per example, CPU and GPU), varlen (torch's varlen flash kernel on CUDA in "
@@ -211,9 +224,16 @@ class SFTDTTrainer(SFTTrainer):
             args.padding_free = padding_free
         self.padding_free = padding_free
         self.attention_implementation = None
+        if args.prefix_lm and not padding_free:
+            raise ValueError("prefix_lm needs padding_free: true (the packed attention applies the prefix mask)")
         if padding_free:
             self.attention_implementation = use_packed_attention(self.model, args.padding_free_attention)
             self._check_packing(processing_class)
+        if args.prefix_lm:
+            if self.attention_implementation not in (SEGMENT_ATTENTION, VARLEN_ATTENTION):
+                raise ValueError(f"prefix_lm needs dtwinseg's packed attention, the model uses "
+                                 f"{self.attention_implementation!r} (padding_free_attention: segments)")
+            mark_prefix_lm(_unwrapped(self.model))
         self.loss_is_scaled_for_ga = True  # normalised by the step's total weight already
         self.model_accepts_loss_kwargs = False
         self._use_fused = fused_head_supported(self.model) if args.fused_lm_head is None else args.fused_lm_head
@@ -292,6 +312,10 @@ class SFTDTTrainer(SFTTrainer):
         if weights is None:
             raise KeyError("batch has no 'loss_weights': use the SFTDT dataset (build-sft) and its collator")
         inputs["use_cache"] = False
+        if self.args.prefix_lm:
+            if inputs.get("cu_seq_lens_q") is None:
+                raise ValueError("prefix_lm: the batch is not a packed row (padding_free collator)")
+            inputs["prefix_lens"] = prefix_lengths(inputs["labels"], inputs["cu_seq_lens_q"])
         if self._use_fused and not _has_unpartitioned_zero3_head(model):
             outputs = model(**inputs, fused_lm_head=True)
             log_probs, is_top1, mask = outputs.log_probs, outputs.is_top1, outputs.label_mask

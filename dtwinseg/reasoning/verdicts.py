@@ -32,6 +32,7 @@ from typing import Any
 
 from dtwinseg.io import DataError
 from dtwinseg.parsing import ParseResult
+from dtwinseg.prefix_lm import bidirectional, is_prefix_lm
 from dtwinseg.reasoning.backends import LLMBackend, TransformersBackend
 from dtwinseg.reasoning.config import ReasoningConfig
 from dtwinseg.reasoning.reasoner import (
@@ -74,6 +75,10 @@ def continuation_logprobs(model: Any, device: Any, pad_id: int,
     if isinstance(limit, int) and limit > 0 and longest > limit:
         raise ValueError(f"{longest} tokens: more than the model's {limit} positions")
     multi = [g for g, (_, conts) in enumerate(groups) if any(len(c) > 1 for c in conts)]
+    # a prefix-LM model reads a prompt both ways: exact for sequences that are the prefix alone
+    prefix_lm = is_prefix_lm(model)
+    if prefix_lm and multi:
+        raise ValueError("a prefix-LM model scores single-token continuations only (its verdict words)")
     out: list[list[float] | None] = [None] * len(groups)
     if multi:
         cached = _cached_tails(model, device, pad_id, [groups[g] for g in multi])
@@ -96,7 +101,7 @@ def continuation_logprobs(model: Any, device: Any, pad_id: int,
         for c in ([[0]] if single else conts):
             starts.append(len(prefix) - 1)
             counts.append(len(c))
-    with torch.inference_mode(), _logits_at(model, starts, counts) as at:
+    with torch.inference_mode(), _logits_at(model, starts, counts) as at, bidirectional(model, prefix_lm):
         logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
         logits = at(logits)  # row r, column k: the logits at position starts[r] + k
     for g, first, single in plan:
@@ -292,6 +297,9 @@ class VerdictReasoner:
             decide(r, k, scores[r, k])
         # A path: each verdict after the model's own earlier ones.
         sequential = [r for r, p in enumerate(paths) if p.prompts is None]
+        if sequential and is_prefix_lm(self.backend._ensure_loaded()[0]):
+            raise DataError(None, "format.options.target", "a prefix-LM checkpoint judges per-object prompts "
+                            "(target: object); a path's earlier verdicts were trained as causal completion")
         for step in range(max((len(paths[r].steps) for r in sequential), default=0)):
             rows = [r for r in sequential if step < len(paths[r].steps)]
             candidates = [[str(texts[r]) + paths_text[r] + paths[r].steps[step][1] + c for c in paths[r].choices]
