@@ -19,6 +19,7 @@ What is overridden, and why:
 Throughput options (training/packing.py): ``padding_free`` packs each micro-batch into one row with
 per-example position ids and boundaries (attention kept per example, no compute on padding; loss and
 gradients equal the padded batch's), ``max_tokens_per_batch`` forms micro-batches by a token budget.
+``prefix_lm`` (padding-free rows only, dtwinseg/prefix_lm.py): each example's prompt attends both ways.
 """
 
 from __future__ import annotations
