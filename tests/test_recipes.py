@@ -92,7 +92,7 @@ def test_dry_run_of_the_demo_recipe_checks_every_trained_row():
     rows = row_training_recipes(DemoConfig.load(demo), Path("runs/demo"))
     assert set(rows) == {"scorer"}
     scorer = load(rows["scorer"][0]).training  # the row's own steps and batch win over the shared ones
-    assert scorer["max_steps"] == 300 and scorer["per_device_train_batch_size"] == 32
+    assert scorer["max_steps"] == 270 and scorer["per_device_train_batch_size"] == 32
     ablations = row_training_recipes(DemoConfig.load(demo, "ablations"), Path("runs/demo"))
     assert set(ablations) == {"scorer", "scorer-unweighted", "scorer-causal", "scorer-no-facts", "sftdt",
                               "sftdt-unweighted", "answer-only"}
