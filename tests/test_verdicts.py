@@ -184,3 +184,21 @@ def test_a_prefix_lm_checkpoint_reads_each_prompt_both_ways(tiny_bert: Path, tmp
     setattr(marked.config, PREFIX_LM_ATTR, True)
     with pytest.raises(ValueError, match="single-token"):
         continuation_logprobs(marked, "cpu", 0, [([5, 9], [[30, 31], [30, 32]])])
+
+
+def test_a_prefix_lm_checkpoint_refuses_whole_scene_paths(tiny_bert: Path, tmp_path: Path) -> None:
+    """A path's earlier verdicts were trained as causal completion: a prefix-LM checkpoint says so in one
+    error naming the field instead of reading them both ways."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dtwinseg.prefix_lm import mark_prefix_lm
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_bert))
+    mark_prefix_lm(model)
+    folder = tmp_path / "prefix"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(folder)
+    reasoner = build_reasoner(_cfg(folder))
+    with pytest.raises(DataError, match="prefix-LM") as err:
+        reasoner.reason([(make_twin(1, n=3), "the red cup")])
+    assert err.value.field == "format.options.target"
