@@ -50,7 +50,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as mask_utils
 
 from dtwinseg.perception.fast_decoder import fast_decoder_for
 from dtwinseg.perception.mask_ops import (
@@ -63,7 +62,7 @@ from dtwinseg.perception.mask_ops import (
     masks_to_boxes,
     part_level,
 )
-from dtwinseg.perception.rle import encode_rles_torch
+from dtwinseg.perception.rle import encode_rles_torch, rles_from_runs
 from dtwinseg.perception.roi import RoiUpsampler, crop_rle_counts
 from dtwinseg.twin import Granularity
 
@@ -373,28 +372,22 @@ class ProposalGenerator:
             if not keep:
                 continue
             m = v > thr
-            rows, cols = m.any(1), m.any(0)
-            if rows.any():
-                ys, xs = torch.nonzero(rows)[:, 0], torch.nonzero(cols)[:, 0]
-                boxes.append([x0 + int(xs[0]), y0 + int(ys[0]), x0 + int(xs[-1]), y0 + int(ys[-1])])
-                col_n, row_n = m.sum(0, dtype=torch.int64).double(), m.sum(1, dtype=torch.int64).double()
-                area = float(col_n.sum())
-                cents.append([x0 + float((col_n * torch.arange(len(col_n), dtype=torch.float64)).sum()) / area,
-                              y0 + float((row_n * torch.arange(len(row_n), dtype=torch.float64)).sum()) / area])
-            else:
-                boxes.append([0, 0, 0, 0])
-                cents.append([0.0, 0.0])
+            if m.any():  # the crop's box and centroid, shifted to image pixels
+                boxes.append(masks_to_boxes(m[None])[0] + torch.tensor([x0, y0, x0, y0]))
+                cents.append(mask_centroids(m[None])[0] + torch.tensor([x0, y0], dtype=torch.float64))
+            else:  # an empty mask: zero box and centroid, as the dense path gives
+                boxes.append(torch.zeros(4))
+                cents.append(torch.zeros(2, dtype=torch.float64))
             counts.append(crop_rle_counts(m.numpy(), y0, x0, h, w))
         keep_t = torch.tensor(keeps, dtype=torch.bool)
         stab_t = torch.tensor(stabs, dtype=torch.float32)
         if not counts:
             return keep_t, Proposals.empty(h, w), stab_t
-        compressed = mask_utils.frPyObjects([{"size": [h, w], "counts": c.tolist()} for c in counts], h, w)
         n = len(counts)
-        props = Proposals(rles=[{"size": [h, w], "counts": r["counts"].decode("ascii")} for r in compressed],
-                          boxes=np.asarray(boxes, np.float32), predicted_iou=np.zeros(n, np.float32),
-                          stability=np.zeros(n, np.float32), points=np.zeros((n, 2), np.float32), height=h,
-                          width=w, centroids=np.asarray(cents, np.float32))
+        props = Proposals(rles=rles_from_runs(counts, h, w), boxes=torch.stack(boxes).numpy().astype(np.float32),
+                          predicted_iou=np.zeros(n, np.float32), stability=np.zeros(n, np.float32),
+                          points=np.zeros((n, 2), np.float32), height=h, width=w,
+                          centroids=torch.stack(cents).float().numpy())
         return keep_t, props, stab_t
 
     def _candidates(self, grid: np.ndarray) -> _Candidates:

@@ -75,8 +75,13 @@ def encode_rles_torch(masks: torch.Tensor, host_nonzero: bool | None = None) -> 
     """N x H x W masks (any device, bool / 0-1) -> N COCO RLEs with ``counts`` as str, identical to
     ``pycocotools.mask.encode`` of the same masks (as ``dtwinseg.twin.encode_rles`` returns them)."""
     n, h, w = masks.shape if masks.ndim == 3 else (0, 0, 0)
-    runs = rle_runs(masks, host_nonzero)
+    return rles_from_runs(rle_runs(masks, host_nonzero), h, w)
+
+
+def rles_from_runs(runs: list[np.ndarray], height: int, width: int) -> list[dict]:
+    """COCO run lengths of H x W masks -> RLEs with ``counts`` as str (pycocotools' compressed form)."""
     if not runs:
         return []
-    compressed = mask_utils.frPyObjects([{"size": [h, w], "counts": r.tolist()} for r in runs], h, w)
-    return [{"size": [h, w], "counts": r["counts"].decode("ascii")} for r in compressed]
+    compressed = mask_utils.frPyObjects([{"size": [height, width], "counts": r.tolist()} for r in runs],
+                                        height, width)
+    return [{"size": [height, width], "counts": r["counts"].decode("ascii")} for r in compressed]
