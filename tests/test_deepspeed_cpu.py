@@ -51,6 +51,8 @@ if t.is_world_process_zero():
                "world": t.args.world_size, "dist_world": torch.distributed.get_world_size(),
                "train_batch": engine.train_batch_size(), "probe": probe.tolist(),
                "logits": logits.tolist(), "log": t.state.log_history}, open(out + "/result.json", "w"))
+from training.run import shutdown_distributed
+shutdown_distributed()  # as training.run does: no gloo thread left to abort the exit
 """
 
 

