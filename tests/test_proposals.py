@@ -214,6 +214,32 @@ def test_fast_decoder_equals_sam_mask_decoder(sam_and_features, multimask):
     assert torch.allclose(masks, ref_masks, atol=1e-4 * scale) and torch.allclose(iou, ref_iou, atol=1e-5)
 
 
+def test_fast_decoder_upscaling_same_with_and_without_scratch_buffers(sam_and_features):
+    """The CPU path reuses scratch buffers across chunks; the allocating path (GPUs, autocast) gives the same
+    numbers, and both equal the module's own transposed convolutions followed by the hypernetwork product."""
+    from dtwinseg.perception.fast_decoder import _upscale_and_project, _Workspace
+
+    sam, _, _ = sam_and_features
+    up = sam.mask_decoder.output_upscaling
+    g = torch.Generator().manual_seed(3)
+    keys, hyper = torch.randn(3, 64 * 64, 256, generator=g), torch.randn(3, 2, 32, generator=g)
+    ws, plain = _Workspace(keys), _Workspace(keys)
+    plain.enabled = False
+    with torch.no_grad():
+        first = _upscale_and_project(up, keys, hyper, (64, 64), ws)
+        again = _upscale_and_project(up, keys[:2], hyper[:2], (64, 64), ws)  # smaller chunk, same buffers
+        allocating = _upscale_and_project(up, keys, hyper, (64, 64), plain)
+        feats = up(keys.transpose(1, 2).reshape(3, 256, 64, 64))  # B x 32 x 256 x 256
+        ref = torch.einsum("bmc,bchw->bmhw", hyper, feats)
+    assert ws.buffers and not plain.buffers
+    assert torch.equal(first, allocating) and torch.equal(again, first[:2])
+    assert first.shape == (3, 2, 256, 256) and torch.allclose(first, ref, atol=1e-4 * ref.abs().max())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _Workspace(keys).enabled
+        low = _upscale_and_project(up, keys, hyper, (64, 64))
+    assert torch.allclose(low.float(), ref, atol=0.05 * ref.abs().max())
+
+
 def test_fast_decoder_early_rejection_only_drops_masks_below_theta(sam_and_features):
     from dtwinseg.perception.fast_decoder import FastMaskDecoder
 

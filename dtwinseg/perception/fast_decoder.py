@@ -15,8 +15,10 @@ prompts share one image embedding:
   predicted-IoU filter skip the upscaling and get constant -1e4 logits; exact for a caller that discards
   masks with predicted IoU <= theta anyway.
 - The output upscaling (two stride-2 2x2 transposed convolutions + LayerNorm2d + GELU) runs as per-pixel
-  GEMMs in token-major layout; only the returned mask tokens (3 of 4 in multimask mode) are projected and
-  permuted to image layout.
+  GEMMs in token-major layout, one kernel-tap row pair at a time, so the hypernetwork product (only the
+  returned mask tokens, 3 of 4 in multimask mode) comes out as whole output rows; GELUs run in place.
+- On CPU the large per-chunk intermediates live in scratch buffers reused by every chunk of a call
+  (``_Workspace``): a fresh ~30-70 MB tensor per chunk costs page faults comparable to the work on it.
 - ``keys + pe`` is never materialised per prompt once the keys differ per prompt: its attention scores are
   ``keys . q + pe . q`` with the pe term one shared GEMM; the image-to-token attention adds its residual
   inside the same ``baddbmm`` (the output bias folded into the value rows), and its softmax over the few
@@ -79,16 +81,17 @@ class FastMaskDecoder(nn.Module):
         sel = slice(1, None) if multimask_output else slice(0, 1)
         masks, ious = [], []
         self.last_skipped = 0
+        ws = _Workspace(src)  # scratch shared by this call's chunks, freed on return
         for start in range(0, sparse_prompt_embeddings.shape[0], self.chunk):
             chunk = sparse_prompt_embeddings[start:start + self.chunk]
-            m, i = self._predict(src, pos, chunk, image_embeddings.shape[-2:], sel, (start, start + len(chunk)))
+            m, i = self._predict(src, pos, chunk, image_embeddings.shape[-2:], sel, (start, start + len(chunk)), ws)
             masks.append(m)
             ious.append(i)
         mask, iou = torch.cat(masks), torch.cat(ious)
         return mask, iou[:, sel]
 
     def _predict(self, src: Tensor, pos: Tensor, sparse: Tensor, hw: torch.Size, sel: slice,
-                 span: tuple[int, int]) -> tuple[Tensor, Tensor]:
+                 span: tuple[int, int], ws: _Workspace | None = None) -> tuple[Tensor, Tensor]:
         d = self.decoder
         tr = d.transformer
         b = sparse.shape[0]
@@ -96,7 +99,7 @@ class FastMaskDecoder(nn.Module):
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)  # B x T x C
         queries, keys = tokens, src
         for layer in tr.layers:
-            queries, keys = _block(layer, queries, keys, tokens, pos)
+            queries, keys = _block(layer, queries, keys, tokens, pos, ws)
         attn_out = _token_to_image(tr.final_attn_token_to_image, queries + tokens, keys, pos)
         queries = tr.norm_final_attn(queries + attn_out)
         iou_pred = d.iou_prediction_head(queries[:, 0])
@@ -104,17 +107,18 @@ class FastMaskDecoder(nn.Module):
         wanted = range(d.num_mask_tokens)[sel]  # the mask tokens returned: no work on the others
         hyper = torch.stack([d.output_hypernetworks_mlps[i](mask_tokens[:, i]) for i in wanted], 1)
         if self.skip_iou_below is None:
-            return _upscale_and_project(d.output_upscaling, keys, hyper, hw), iou_pred
+            return _upscale_and_project(d.output_upscaling, keys, hyper, hw, ws), iou_pred
         gate = self.gate_ious(*span) if self.gate_ious is not None else iou_pred[:, sel]
         keep = (gate > self.skip_iou_below).any(dim=1)
         masks = keys.new_full((b, hyper.shape[1], 4 * hw[0], 4 * hw[1]), -1e4)
         if keep.any():
-            masks[keep] = _upscale_and_project(d.output_upscaling, keys[keep], hyper[keep], hw)
+            masks[keep] = _upscale_and_project(d.output_upscaling, keys[keep], hyper[keep], hw, ws)
         self.last_skipped += int((~keep).sum())
         return masks, iou_pred
 
 
-def _block(layer: Any, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
+def _block(layer: Any, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor,
+           ws: _Workspace | None = None) -> tuple[Tensor, Tensor]:
     """TwoWayAttentionBlock.forward with the folded cross-attentions (keys: 1 or B x N x C). Both
     cross-attentions see keys + key_pe; it is never materialised per prompt (the pe term is shared)."""
     if layer.skip_first_layer_pe:
@@ -125,7 +129,7 @@ def _block(layer: Any, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: 
     queries = layer.norm1(queries)
     queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys, key_pe))
     queries = layer.norm3(queries + layer.mlp(queries))
-    keys = layer.norm4(_image_to_token(layer.cross_attn_image_to_token, keys, key_pe, queries + query_pe, queries))
+    keys = layer.norm4(_image_to_token(layer.cross_attn_image_to_token, keys, key_pe, queries + query_pe, queries, ws))
     return queries, keys
 
 
@@ -154,7 +158,8 @@ def _token_to_image(attn: Any, q: Tensor, keys: Tensor, pe: Tensor) -> Tensor:
     return attn.out_proj(v.reshape(b, t, h * dh))
 
 
-def _image_to_token(attn: Any, keys: Tensor, pe: Tensor, k_tokens: Tensor, v_tokens: Tensor) -> Tensor:
+def _image_to_token(attn: Any, keys: Tensor, pe: Tensor, k_tokens: Tensor, v_tokens: Tensor,
+                    ws: _Workspace | None = None) -> Tensor:
     """keys + Attention(q=keys + pe, k=k_tokens, v=v_tokens) (the block's residual included): keys 1|B x
     N x C image tokens, pe 1 x N x C, tokens B x T x C -> B x N x C."""
     b, t, c = k_tokens.shape
@@ -176,25 +181,71 @@ def _image_to_token(attn: Any, keys: Tensor, pe: Tensor, k_tokens: Tensor, v_tok
     # every head's probabilities sum to 1, so bias / h on each of the h * t value rows adds the bias once
     v_out = v_out + attn.out_proj.bias / h
     if keys.shape[0] == 1 or torch.is_autocast_enabled(keys.device.type):  # autocast: no in-place dtype mix
-        return torch.baddbmm(keys.expand(b, n, c), probs, v_out)
+        out = ws.get("image_to_token", (b, n, c), keys) if ws is not None else None
+        return torch.baddbmm(keys.expand(b, n, c), probs, v_out, out=out)
     # per-prompt keys are this decoder's own intermediate, not used after the residual: accumulate in place
     return keys.baddbmm_(probs, v_out)
 
 
-def _upscale_and_project(upscaling: nn.Sequential, keys: Tensor, hyper: Tensor, hw: torch.Size) -> Tensor:
+class _Workspace:
+    """Scratch tensors reused across the prompt chunks of one forward call (CPU, no autocast only).
+
+    On CPU each fresh multi-MB tensor is a new mapping whose pages are faulted in and zeroed on first
+    write; for the upscaling's ~30 MB intermediates that costs as much as the GELU and LayerNorm on them.
+    Reusing the same buffers for every chunk pays that once per call. Disabled (every op allocates as
+    usual) on GPUs, where the caching allocator already reuses memory, and under autocast, which does not
+    take ``out=`` arguments.
+    """
+
+    def __init__(self, like: Tensor):
+        self.enabled = like.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+        self.buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
+        if not self.enabled:
+            return None
+        numel = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype:
+            buf = self.buffers[name] = like.new_empty(numel)
+        return buf[:numel].view(shape)
+
+
+def _upscale_and_project(upscaling: nn.Sequential, keys: Tensor, hyper: Tensor, hw: torch.Size,
+                         ws: _Workspace | None = None) -> Tensor:
     """output_upscaling (convT 2x2/2, LayerNorm2d, act, convT 2x2/2, act) on B x N x C tokens as per-pixel
-    GEMMs, then the hypernetwork product: -> B x M x 4h x 4w mask logits."""
+    GEMMs, then the hypernetwork product: -> B x M x 4h x 4w mask logits.
+
+    Output row 4y + 2 i1 + i2 and column 4x + 2 j1 + j2 come from low-res pixel (y, x) and the two
+    convolutions' kernel taps (i1, j1), (i2, j2). Each (i1, i2) pair is computed on its own: the first GEMM
+    takes the columns of tap row i1 (rows (y, x), columns (j1, C1) = rows (y, 2x + j1)), the second the
+    columns of tap row i2 (columns (j2, C2)), so the hypernetwork product comes out as whole output rows
+    4y + 2 i1 + i2 (B x M x h x 4w) and lands with one strided copy of 4w-float runs, instead of an 8-D
+    permutation of 2-float runs.
+    """
     ct1, ln, act1, ct2, act2 = upscaling
+    ws = ws or _Workspace(keys)
     b, n, c = keys.shape
     h, w = hw
     c1, c2 = ct1.out_channels, ct2.out_channels
-    w1 = ct1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # (C_in, [i, j, C_out])
-    y = torch.addmm(ct1.bias.repeat(4), keys.reshape(b * n, c), w1).view(b * n * 4, c1)
-    y = act1(F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps))
-    w2 = ct2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-    y = act2(torch.addmm(ct2.bias.repeat(4), y, w2)).view(b, n * 16, c2)
     m = hyper.shape[1]
-    masks = torch.bmm(y, hyper.transpose(1, 2))  # B x (N * 16) x M
-    # (y, x, i1, j1, i2, j2) -> (4y + 2 i1 + i2, 4x + 2 j1 + j2)
-    masks = masks.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
-    return masks.reshape(b, m, 4 * h, 4 * w)
+    def act(f: nn.Module, t: Tensor) -> Tensor:  # in place for SAM's GELU: no second 30 MB tensor
+        return torch.ops.aten.gelu_(t, approximate=f.approximate) if isinstance(f, nn.GELU) else f(t)
+
+    out = None  # B x M x h x 2 x 2 x 4w: rows (y, i1, i2) = 4y + 2 i1 + i2; dtype of the products (autocast)
+    x = keys.reshape(b * n, c)
+    for i1 in range(2):
+        w1 = ct1.weight[:, :, i1].permute(0, 2, 1).reshape(c, 2 * c1)  # (C_in, [j1, C1])
+        y = torch.addmm(ct1.bias.repeat(2), x, w1, out=ws.get("y1", (b * n, 2 * c1), x)).view(b * n * 2, c1)
+        y = F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps)
+        y = act(act1, y)
+        for i2 in range(2):
+            w2 = ct2.weight[:, :, i2].permute(0, 2, 1).reshape(c1, 2 * c2)  # (C1, [j2, C2])
+            z = torch.addmm(ct2.bias.repeat(2), y, w2, out=ws.get("y2", (b * n * 2, 2 * c2), y))
+            z = act(act2, z)
+            # rows (y, x, j1, j2) = (y, 4x + 2 j1 + j2): B x M x (h * 4w), whole output rows
+            rows = torch.bmm(hyper, z.view(b, n * 4, c2).transpose(1, 2), out=ws.get("mk", (b, m, n * 4), z))
+            if out is None:
+                out = rows.new_empty((b, m, h, 2, 2, 4 * w))
+            out[:, :, :, i1, i2] = rows.view(b, m, h, 4 * w)
+    return out.view(b, m, 4 * h, 4 * w)
