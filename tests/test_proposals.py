@@ -212,6 +212,11 @@ def test_fast_decoder_equals_sam_mask_decoder(sam_and_features, multimask):
     assert masks.shape == ref_masks.shape == (5, 3 if multimask else 1, 256, 256)
     scale = ref_masks.abs().max()
     assert torch.allclose(masks, ref_masks, atol=1e-4 * scale) and torch.allclose(iou, ref_iou, atol=1e-5)
+    # decoder_precision bf16: the same under autocast (no scratch buffers, no in-place dtype mix)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low, low_iou = FastMaskDecoder(sam.mask_decoder, chunk=2)(**kw)
+    assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), ref_masks, atol=0.05 * scale)
+    assert torch.allclose(low_iou.float(), ref_iou, atol=0.05)
 
 
 def test_fast_decoder_upscaling_same_with_and_without_scratch_buffers(sam_and_features):

@@ -100,7 +100,7 @@ class FastMaskDecoder(nn.Module):
         queries, keys = tokens, src
         for layer in tr.layers:
             queries, keys = _block(layer, queries, keys, tokens, pos, ws)
-        attn_out = _token_to_image(tr.final_attn_token_to_image, queries + tokens, keys, pos)
+        attn_out = _token_to_image(tr.final_attn_token_to_image, queries + tokens, keys, pos, ws)
         queries = tr.norm_final_attn(queries + attn_out)
         iou_pred = d.iou_prediction_head(queries[:, 0])
         mask_tokens = queries[:, 1:1 + d.num_mask_tokens]
@@ -127,29 +127,40 @@ def _block(layer: Any, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: 
         q = queries + query_pe
         queries = queries + layer.self_attn(q=q, k=q, v=queries)
     queries = layer.norm1(queries)
-    queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys, key_pe))
+    queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys, key_pe,
+                                                    ws))
     queries = layer.norm3(queries + layer.mlp(queries))
     keys = layer.norm4(_image_to_token(layer.cross_attn_image_to_token, keys, key_pe, queries + query_pe, queries, ws))
     return queries, keys
+
+
+def _baddbmm_onto(acc: Tensor, b1: Tensor, b2: Tensor) -> Tensor:
+    """acc + b1 @ b2, accumulated into ``acc`` (this decoder's own intermediate) unless autocast may mix dtypes."""
+    if torch.is_autocast_enabled(acc.device.type):
+        return torch.baddbmm(acc, b1, b2)
+    return acc.baddbmm_(b1, b2)
 
 
 def _heads(attn: Any) -> tuple[int, int]:
     return attn.num_heads, attn.internal_dim // attn.num_heads
 
 
-def _token_to_image(attn: Any, q: Tensor, keys: Tensor, pe: Tensor) -> Tensor:
+def _token_to_image(attn: Any, q: Tensor, keys: Tensor, pe: Tensor, ws: _Workspace | None = None) -> Tensor:
     """Attention(q=q, k=keys + pe, v=keys): q B x T x C, keys 1|B x N x C, pe 1 x N x C -> B x T x C."""
     b, t, c = q.shape
+    n = keys.shape[1]
     h, dh = _heads(attn)
+    ws = ws or _Workspace(keys, enabled=False)
     qh = attn.q_proj(q).view(b, t, h, dh)
     q_folded = torch.einsum("bthd,hdc->bhtc", qh, attn.k_proj.weight.view(h, dh, c)).reshape(b, h * t, c)
     q_folded = q_folded / math.sqrt(dh)
+    scores = ws.get("scores", (b * h * t, n), keys)
     if keys.shape[0] == 1:
-        scores = (q_folded.reshape(b * h * t, c) @ (keys[0] + pe[0]).T).view(b, h * t, -1)
-    else:  # (keys + pe) k = keys k + pe k: the pe term is one shared GEMM
-        pe_term = (q_folded.reshape(b * h * t, c) @ pe[0].T).view(b, h * t, -1)
-        scores = torch.baddbmm(pe_term, q_folded, keys.transpose(1, 2))
-    probs = torch.softmax(scores, dim=-1)
+        scores = torch.mm(q_folded.reshape(b * h * t, c), (keys[0] + pe[0]).T, out=scores).view(b, h * t, n)
+    else:  # (keys + pe) k = keys k + pe k: the pe term is one shared GEMM, the rest accumulates onto it
+        scores = torch.mm(q_folded.reshape(b * h * t, c), pe[0].T, out=scores).view(b, h * t, n)
+        scores = _baddbmm_onto(scores, q_folded, keys.transpose(1, 2))
+    probs = torch.softmax(scores, dim=-1, out=ws.get("probs", (b, h * t, n), scores))
     if keys.shape[0] == 1:
         pooled = (probs.reshape(b * h * t, -1) @ keys[0]).view(b, h, t, c)
     else:
@@ -171,18 +182,19 @@ def _image_to_token(attn: Any, keys: Tensor, pe: Tensor, k_tokens: Tensor, v_tok
     shared = keys[0] + pe[0] if keys.shape[0] == 1 else pe[0]  # per-prompt keys: only the pe term is shared
     # scores laid out (B, h * t, N): each head's softmax over its t tokens (rows of 7) then reduces across
     # rows of N contiguous values, which vectorises (a reduction along rows of 7 does not)
-    term = torch.addmm(bias.reshape(b * h * t, 1), k_folded.reshape(b * h * t, c), shared.T).view(b, h * t, n)
-    scores = term if keys.shape[0] == 1 else torch.baddbmm(term, k_folded, keys.transpose(1, 2))
+    ws = ws or _Workspace(keys, enabled=False)
+    term = torch.addmm(bias.reshape(b * h * t, 1), k_folded.reshape(b * h * t, c), shared.T,
+                       out=ws.get("scores", (b * h * t, n), keys)).view(b, h * t, n)
+    scores = term if keys.shape[0] == 1 else _baddbmm_onto(term, k_folded, keys.transpose(1, 2))
     s = scores.view(b, h, t, n)
-    s = (s - s.amax(2, keepdim=True)).exp_()
+    s = s.sub_(s.amax(2, keepdim=True)).exp_()  # scores are this decoder's own intermediate
     probs = s.div_(s.sum(2, keepdim=True)).view(b, h * t, n).transpose(1, 2)  # B x N x (h * t), a view
     vh = attn.v_proj(v_tokens).view(b, t, h, dh)
     v_out = torch.einsum("bthd,chd->bhtc", vh, attn.out_proj.weight.view(c, h, dh)).reshape(b, h * t, c)
     # every head's probabilities sum to 1, so bias / h on each of the h * t value rows adds the bias once
     v_out = v_out + attn.out_proj.bias / h
     if keys.shape[0] == 1 or torch.is_autocast_enabled(keys.device.type):  # autocast: no in-place dtype mix
-        out = ws.get("image_to_token", (b, n, c), keys) if ws is not None else None
-        return torch.baddbmm(keys.expand(b, n, c), probs, v_out, out=out)
+        return torch.baddbmm(keys.expand(b, n, c), probs, v_out, out=ws.get("image_to_token", (b, n, c), keys))
     # per-prompt keys are this decoder's own intermediate, not used after the residual: accumulate in place
     return keys.baddbmm_(probs, v_out)
 
@@ -197,8 +209,8 @@ class _Workspace:
     take ``out=`` arguments.
     """
 
-    def __init__(self, like: Tensor):
-        self.enabled = like.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+    def __init__(self, like: Tensor, enabled: bool = True):
+        self.enabled = enabled and like.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
         self.buffers: dict[str, Tensor] = {}
 
     def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
