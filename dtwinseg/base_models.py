@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from dtwinseg.io import DataError, atomic_write_json
 
@@ -35,6 +36,17 @@ class BaseModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def model_configs(model: Any) -> list[Any]:
+    """Every transformers config under a model's wrappers (PEFT, DDP, DeepSpeed), each once, outermost first."""
+    seen, out = set(), []
+    for mod in model.modules() if hasattr(model, "modules") else []:
+        cfg = getattr(mod, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation") and id(cfg) not in seen:
+            seen.add(id(cfg))
+            out.append(cfg)
+    return out
 
 
 def packaged_minilm_path() -> Path:

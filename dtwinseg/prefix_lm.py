@@ -21,27 +21,19 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from dtwinseg.base_models import model_configs
+
 PREFIX_LM_ATTR = "dtwinseg_prefix_lm"
-
-
-def _configs(model: Any) -> list[Any]:
-    seen, out = set(), []
-    for mod in model.modules() if hasattr(model, "modules") else []:
-        cfg = getattr(mod, "config", None)
-        if cfg is not None and hasattr(cfg, "is_decoder") and id(cfg) not in seen:
-            seen.add(id(cfg))
-            out.append(cfg)
-    return out
 
 
 def is_prefix_lm(model: Any) -> bool:
     """True for a model trained with prefix-LM attention (its config carries ``dtwinseg_prefix_lm``)."""
-    return any(bool(getattr(cfg, PREFIX_LM_ATTR, False)) for cfg in _configs(model))
+    return any(bool(getattr(cfg, PREFIX_LM_ATTR, False)) for cfg in model_configs(model))
 
 
 def mark_prefix_lm(model: Any) -> None:
     """Record on every config of the model that it is trained with prefix-LM attention."""
-    for cfg in _configs(model):
+    for cfg in model_configs(model):
         setattr(cfg, PREFIX_LM_ATTR, True)
 
 
@@ -66,7 +58,7 @@ def bidirectional(model: Any, enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    configs = _configs(model)
+    configs = model_configs(model)
     causal = [m for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)]
     saved = ([c.is_decoder for c in configs], [m.is_causal for m in causal])
     try:

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from transformers.trainer_pt_utils import BatchRebalanceSampler
 
+from dtwinseg.base_models import model_configs
+
 SEGMENT_ATTENTION = "sftdt_segments"
 VARLEN_ATTENTION = "sftdt_varlen"
 KEPT_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
@@ -196,17 +198,6 @@ def register_attention() -> None:
     AttentionMaskInterface.register(VARLEN_ATTENTION, _mask)
 
 
-def _configs(model: torch.nn.Module) -> list[Any]:
-    """Every transformers config under the model's wrappers (PEFT, DDP)."""
-    seen, out = set(), []
-    for mod in model.modules():
-        cfg = getattr(mod, "config", None)
-        if cfg is not None and hasattr(cfg, "_attn_implementation") and id(cfg) not in seen:
-            seen.add(id(cfg))
-            out.append(cfg)
-    return out
-
-
 def use_packed_attention(model: torch.nn.Module, mode: str = "auto") -> str:
     """Make the model's attention respect packed boundaries; returns the implementation in use.
 
@@ -216,7 +207,7 @@ def use_packed_attention(model: torch.nn.Module, mode: str = "auto") -> str:
     """
     if mode not in ("auto", "segments", "varlen", "model"):
         raise ValueError(f"padding_free_attention must be auto, segments, varlen or model, got {mode!r}")
-    configs = _configs(model)
+    configs = model_configs(model)
     if not configs:
         raise ValueError("padding_free needs a transformers model (no config with an attention implementation)")
     current = configs[0]._attn_implementation
@@ -257,7 +248,7 @@ def check_packed_attention(model: torch.nn.Module, vocab_size: int) -> float | N
     finally:
         model.train(was_training)
     name = type(model).__name__
-    ours = _configs(model)[0]._attn_implementation in (SEGMENT_ATTENTION, VARLEN_ATTENTION)
+    ours = model_configs(model)[0]._attn_implementation in (SEGMENT_ATTENTION, VARLEN_ATTENTION)
     if ours and (seen["plain"] or not seen["packed"]):
         raise ValueError(f"padding_free: {name} does not pass the packed boundaries to every attention layer "
                          f"({seen['plain']} of {seen['plain'] + seen['packed']} calls without): set padding_free: false")
