@@ -145,6 +145,12 @@ def load_yaml(path: str | os.PathLike) -> dict:
             data = yaml.load(f, Loader=YAML12Loader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise DataError(path, None, "file not found") from None
+    except IsADirectoryError:
+        raise DataError(path, None, "is a folder, expected a YAML file") from None
+    except PermissionError:
+        raise DataError(path, None, "not readable (permission denied)") from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, None, f"not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         raise DataError(path, None, f"invalid YAML: {' '.join(str(e).split())}") from None
     if data is None:

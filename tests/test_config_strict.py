@@ -97,6 +97,17 @@ def test_every_config_file_is_read_with_yaml_1_2_scalars(tmp_path):
         ReasoningConfig.from_yaml(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match=r"missing\.yaml: file not found"):
         load_config_yaml(tmp_path / "missing.yaml")
+    # faulty files are one line naming the file, whichever command reads them
+    (tmp_path / "bin.yaml").write_bytes(b"model: \xff\xfe\n")
+    (tmp_path / "dir.yaml").mkdir()
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
+    for name, match in (("bin", "not UTF-8 text"), ("dir", "is a folder"), ("list", "expected a mapping"),
+                        ("bad", "invalid YAML")):
+        with pytest.raises(DataError, match=rf"{name}\.yaml: {match}"):
+            load_yaml(tmp_path / f"{name}.yaml")
+        with pytest.raises(DataError, match=rf"{name}\.yaml: {match}"):
+            ReasoningConfig.from_yaml(tmp_path / f"{name}.yaml")
 
 
 def test_configs_share_one_strict_from_dict_from_yaml_to_dict(tmp_path):
