@@ -119,7 +119,12 @@ def build_sft(
                                      ("w_completion", w_completion)) if v is not None}  # else the config's
         cfg = SFTDatasetConfig(max_length=max_length or None, on_overflow=on_overflow, strategy=strategy or fmt_name,
                                format=fmt, **weights)
-        recs = load_records(records)
+        bad_lines: list[dict] = []
+        recs = load_records(records, bad_lines)
+        if not recs:
+            raise DataError(records, bad_lines[0]["field"] if bad_lines else None,
+                            (bad_lines[0]["error"] + f" (and {len(bad_lines) - 1} more bad lines)") if bad_lines
+                            else "no records")
         tok = load_tokenizer(tokenizer)
         ds, stats = build_sft_dataset(recs, tok, cfg, progress=draws(progress), total=len(recs))
     except (DataError, ValueError, FileNotFoundError, OSError) as e:
@@ -128,14 +133,21 @@ def build_sft(
         from datasets.utils.logging import disable_progress_bar
 
         disable_progress_bar()
+    for f in bad_lines[:10]:
+        typer.echo(f"skipped {records}: field '{f['field']}': {f['error']}", err=True)
+    for f in stats["failures"][:10]:
+        typer.echo(f"failed {f['id']}: {f['error']}", err=True)
+    if not len(ds):  # nothing to train on: no dataset folder is written
+        typer.secho(f"error: no example was built from {records} ({stats['failed']} failed, "
+                    f"{stats.get('dropped_too_long', 0)} too long; see above)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
     save_dataset(ds, out, {"records": str(records), "tokenizer": tokenizer, "config": cfg.to_dict(),
-                           "stats": stats}, cfg)
+                           "stats": {**stats, "bad_lines": len(bad_lines)}}, cfg)
     if push_to_hub:
         ds.push_to_hub(push_to_hub, private=True)
     stats.pop("dropped_ids")
-    for f in stats.pop("failures")[:10]:
-        typer.echo(f"failed {f['id']}: {f['error']}", err=True)
-    typer.echo(json.dumps({"out": str(out), **stats}, indent=2))
+    stats.pop("failures")
+    typer.echo(json.dumps({"out": str(out), "bad_lines": len(bad_lines), **stats}, indent=2))
 
 
 def train(

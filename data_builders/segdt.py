@@ -127,32 +127,53 @@ def record_from_dict(d: Any, *, base_dir: str | os.PathLike = ".",
     )
 
 
-def iter_records(path: str | os.PathLike) -> Iterator[SegDTRecord]:
-    """Yield validated records of a Seg-DT JSONL file; errors name the file, the line and the field."""
+def iter_records(path: str | os.PathLike, errors: list[dict] | None = None) -> Iterator[SegDTRecord]:
+    """Yield validated records of a Seg-DT JSONL file; errors name the file, the line and the field.
+
+    ``errors=None``: the first bad line raises. With a list, each bad line (not UTF-8, invalid JSON, an
+    invalid record, a repeated id) is appended as ``{"line": N, "field": "line N: <field>", "error": <message>}``
+    and skipped, so one bad sample does not stop a long build.
+    """
     path = Path(path)
     memo: dict[str, DTCache] = {}
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
             try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"line {n}", f"invalid JSON ({e.msg})") from None
-            try:
-                rec = record_from_dict(d, base_dir=path.parent, cache_memo=memo)
+                rec = _record_line(path, n, raw, memo, seen)
             except DataError as e:
-                raise DataError(path, f"line {n}: {e.field}" if e.field else f"line {n}", e.message) from None
-            if rec.id in seen:
-                raise DataError(path, f"line {n}: id", f"duplicate sample id {rec.id!r}")
-            seen.add(rec.id)
-            yield rec
+                if errors is None:
+                    raise
+                errors.append({"line": n, "field": e.field, "error": e.message})
+                continue
+            if rec is not None:
+                yield rec
 
 
-def load_records(path: str | os.PathLike) -> list[SegDTRecord]:
-    """All validated records of a Seg-DT JSONL file."""
-    return list(iter_records(path))
+def _record_line(path: Path, n: int, raw: bytes, memo: dict[str, DTCache], seen: set[str]) -> SegDTRecord | None:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"line {n}", f"not UTF-8 text (byte {e.start})") from None
+    if not line.strip():
+        return None
+    try:
+        d = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"line {n}", f"invalid JSON ({e.msg})") from None
+    try:
+        rec = record_from_dict(d, base_dir=path.parent, cache_memo=memo)
+    except DataError as e:
+        raise DataError(path, f"line {n}: {e.field}" if e.field else f"line {n}", e.message) from None
+    if rec.id in seen:
+        raise DataError(path, f"line {n}: id", f"duplicate sample id {rec.id!r}")
+    seen.add(rec.id)
+    return rec
+
+
+def load_records(path: str | os.PathLike, errors: list[dict] | None = None) -> list[SegDTRecord]:
+    """All validated records of a Seg-DT JSONL file (bad lines raise, or are collected in ``errors``)."""
+    return list(iter_records(path, errors))
 
 
 def write_records(path: str | os.PathLike, records: list[SegDTRecord], *, inline_twin: bool = False) -> Path:

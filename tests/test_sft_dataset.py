@@ -97,6 +97,21 @@ def test_build_sft_cli(tmp_path):
     res = CliRunner().invoke(app, ["build-sft", str(bad), "--tokenizer", str(tmp_path / "tok"),
                                    "--out", str(tmp_path / "ds2")])
     assert res.exit_code != 0 and "bad.jsonl" in res.output and "line 1" in res.output
+    # one bad line does not stop the build: it is skipped, named and counted
+    good = (tmp_path / "r.jsonl").read_text().splitlines()
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes("\n".join([good[0], "not json", good[1], "[]", good[0]]).encode() + b"\n\xff\xfe\n")
+    res = CliRunner().invoke(app, ["build-sft", str(mixed), "--tokenizer", str(tmp_path / "tok"),
+                                   "--out", str(tmp_path / "ds3"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert len(load_from_disk(str(tmp_path / "ds3"))) == 2
+    assert "field 'line 2': invalid JSON" in res.output and "field 'line 4': expected a JSON object" in res.output
+    assert "field 'line 5: id': duplicate sample id" in res.output and "field 'line 6': not UTF-8" in res.output
+    assert json.loads((tmp_path / "ds3" / "build.json").read_text())["stats"]["bad_lines"] == 4
+    # nothing buildable (every example longer than the limit and dropped): exit 1, no dataset folder
+    res = CliRunner().invoke(app, ["build-sft", str(tmp_path / "r.jsonl"), "--tokenizer", str(tmp_path / "tok"),
+                                   "--out", str(tmp_path / "ds4"), "--max-length", "8", "--on-overflow", "drop"])
+    assert res.exit_code == 1 and "no example was built" in res.output and not (tmp_path / "ds4").exists()
 
 
 def test_score_format_rows_and_unusable_records_are_counted(tokenizer):
