@@ -219,6 +219,28 @@ def test_fast_decoder_equals_sam_mask_decoder(sam_and_features, multimask):
     assert torch.allclose(low_iou.float(), ref_iou, atol=0.05)
 
 
+def test_fast_decoder_same_with_and_without_scratch_buffers(sam_and_features, monkeypatch):
+    """The whole decoder on the allocating path (what a GPU runs: no scratch buffers, scores accumulated in
+    place) equals the CPU path bit for bit."""
+    from dtwinseg.perception import fast_decoder
+
+    sam, _, feats = sam_and_features
+    pts = torch.rand(5, 1, 2) * 1000
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(points=(pts, torch.ones(5, 1, dtype=torch.int)), boxes=None, masks=None)
+        kw = dict(image_embeddings=feats, image_pe=sam.prompt_encoder.get_dense_pe(),
+                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+        masks, iou = fast_decoder.FastMaskDecoder(sam.mask_decoder, chunk=2)(**kw)
+
+        class Allocating(fast_decoder._Workspace):
+            def __init__(self, like, enabled=True):
+                super().__init__(like, enabled=False)
+
+        monkeypatch.setattr(fast_decoder, "_Workspace", Allocating)
+        plain_masks, plain_iou = fast_decoder.FastMaskDecoder(sam.mask_decoder, chunk=2)(**kw)
+    assert torch.equal(masks, plain_masks) and torch.equal(iou, plain_iou)
+
+
 def test_fast_decoder_upscaling_same_with_and_without_scratch_buffers(sam_and_features):
     """The CPU path reuses scratch buffers across chunks; the allocating path (GPUs, autocast) gives the same
     numbers, and both equal the module's own transposed convolutions followed by the hypernetwork product."""
