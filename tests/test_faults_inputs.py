@@ -176,6 +176,7 @@ def test_eval_exits_non_zero_when_every_sample_failed_and_always_summarises(benc
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     assert f"[api] {N} samples: 0 answered, {N - 1} errors, 1 missing twins" in res.output
     assert "every sample failed for api" in res.output
+    assert "[api] first error: " in res.output and "500" in res.output
     with ChatServer(default=(200, "Answer: [0]")) as srv:
         rcfg.write_text(f"base_url: {srv.url}\nmax_retries: 0\napi_key_env: NO_SUCH_KEY_VAR\n")
         res = _run_cli(["eval", spec, "--dt-cache", str(cache), "-c", "api=openai:m", "--reasoning-config",

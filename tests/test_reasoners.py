@@ -116,6 +116,28 @@ def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path):
     assert [o.text for o in from_disk] != [o.text for o in base]
 
 
+def test_broken_checkpoint_is_loaded_once_and_named(tiny, tmp_path, monkeypatch):
+    """A checkpoint folder with truncated weights: one error naming the folder, and later batches fail at
+    once with the same error instead of loading the model again for every sample."""
+    import shutil
+
+    from dtwinseg.reasoning import backends
+
+    folder, _, _ = tiny
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    calls = []
+    real = backends.load_causal_lm
+    monkeypatch.setattr(backends, "load_causal_lm", lambda *a, **k: calls.append(a) or real(*a, **k))
+    backend = TransformersBackend(ReasoningConfig(model=str(broken), max_new_tokens=4))
+    for _ in range(3):
+        with pytest.raises(DataError, match=r"broken: cannot load the model: \w+"):
+            backend.generate([[{"role": "user", "content": "hi"}]])
+    assert len(calls) == 1
+
+
 def test_failing_sample_is_isolated_and_counted(tiny, monkeypatch):
     _, model, tok = tiny
     cfg = ReasoningConfig(max_new_tokens=4, batch_size=4)

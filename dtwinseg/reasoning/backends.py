@@ -141,14 +141,27 @@ class TransformersBackend:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self._model, self._tokenizer = model, tokenizer
+        self._load_error: Exception | None = None
 
     def _ensure_loaded(self) -> tuple[Any, Any]:
         if self._model is None:
             if not self.cfg.model:
                 raise ValueError("reasoning config: 'model' is empty (a local folder or Hub id is needed)")
-            self._model, self._tokenizer = load_causal_lm(
-                self.cfg.model, adapter=self.cfg.adapter, dtype=resolve_dtype(self.cfg.dtype, self.device),
-                device=self.device, model_kwargs=self.cfg.model_kwargs)
+            if self._load_error is not None:  # a broken checkpoint is tried once, not once per sample
+                raise self._load_error
+            try:
+                self._model, self._tokenizer = load_causal_lm(
+                    self.cfg.model, adapter=self.cfg.adapter, dtype=resolve_dtype(self.cfg.dtype, self.device),
+                    device=self.device, model_kwargs=self.cfg.model_kwargs)
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001 - corrupt config / weights, missing files, bad adapter
+                from dtwinseg.io import DataError
+
+                what = f"{self.cfg.model} (adapter {self.cfg.adapter})" if self.cfg.adapter else self.cfg.model
+                msg = " ".join(f"{type(e).__name__}: {e}".split())[:400]
+                self._load_error = DataError(what, None, f"cannot load the model: {msg}")
+                raise self._load_error from None
         tok = self._tokenizer
         tok.padding_side = "left"
         if tok.pad_token is None:
