@@ -9,9 +9,9 @@ import typer
 
 def synth(
     out: Path = typer.Option(..., "--out", help="Output folder; gets train/, val/, test/ in ReasonSeg format."),
-    n_train: int = typer.Option(700, "--n-train", help="Samples in the train split."),
-    n_val: int = typer.Option(70, "--n-val", help="Samples in the val split."),
-    n_test: int = typer.Option(140, "--n-test", help="Samples in the test split."),
+    n_train: int = typer.Option(700, "--n-train", min=0, help="Samples in the train split (0: none)."),
+    n_val: int = typer.Option(70, "--n-val", min=0, help="Samples in the val split (0: none)."),
+    n_test: int = typer.Option(140, "--n-test", min=0, help="Samples in the test split (0: none)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed writes byte-identical folders."),
     config: Path | None = typer.Option(None, "--config", help="YAML with SynthConfig fields (image size, "
                                        "objects per scene, ...); defaults documented in data_builders/synthetic/config.py."),
@@ -22,11 +22,14 @@ def synth(
     """Generate synthetic reasoning-segmentation scenes: images, ReasonSeg JSON with dimension and
     granularity tags, and instance masks for the oracle perception source."""
     from data_builders.synthetic import SynthConfig, write_dataset
-    from dtwinseg.io import load_yaml
+    from dtwinseg.io import DataError
 
-    cfg = SynthConfig(**load_yaml(config)) if config else SynthConfig()
+    cfg = SynthConfig.from_yaml(config) if config else SynthConfig()  # strict: file + field in one line
     sizes = {k: v for k, v in (("train", n_train), ("val", n_val), ("test", n_test)) if v > 0}
-    counts = write_dataset(out, sizes, seed=seed, cfg=cfg, progress=progress, jobs=jobs)
+    try:
+        counts = write_dataset(out, sizes, seed=seed, cfg=cfg, progress=progress, jobs=jobs)
+    except DataError as e:  # settings no scene can satisfy: name the file they came from
+        raise e if e.path else DataError(config or "<synth defaults>", e.field, e.message) from None
     for split, c in counts.items():
         dims = ", ".join(f"{d} {n}" for d, n in sorted(c["dimensions"].items()))
         typer.echo(f"{split}: {c['n']} samples ({dims})")

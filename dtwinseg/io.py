@@ -28,6 +28,9 @@ class DataError(ValueError):
             where += f": field '{field}'"
         super().__init__(f"{where}: {message}")
 
+    def __reduce__(self) -> tuple:  # picklable (raised in worker processes), subclasses included
+        return type(self), (self.path, self.field, self.message)
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.

@@ -172,7 +172,11 @@ class DemoConfig:
                 raise DataError(path, f"presets.{preset}", "no such preset")
             convert_fields(cls, extra, str(path), f"presets.{preset}")  # strict: did-you-mean, typed
             data = {**data, **extra}
-        return build_dataclass(cls, data, path)  # strict (dtwinseg.config): did-you-mean, typed values
+        cfg = build_dataclass(cls, data, path)  # strict (dtwinseg.config): did-you-mean, typed values
+        from data_builders.synthetic import SynthConfig
+
+        build_dataclass(SynthConfig, cfg.synth, path, "synth")  # the scene knobs too, before anything runs
+        return cfg
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -257,7 +261,7 @@ def write_scenes(cfg: DemoConfig, data: Path, out: Path, splits: dict[str, int],
     from data_builders.synthetic import SynthConfig, write_dataset
 
     synth_yaml = out / "synth.yaml"
-    scfg = SynthConfig(**cfg.synth)
+    scfg = SynthConfig.from_dict(cfg.synth)
     atomic_write_text(synth_yaml, yaml.safe_dump(scfg.to_dict(), sort_keys=False))
     made = data / "synthetic.json"
     if made.is_file():
@@ -582,7 +586,7 @@ def check_seed(summary: dict, seed: int, out: Path, *, n_test: int | None = None
     cfg = DemoConfig(**{k: v for k, v in summary["config"].items() if k != "presets"})
     n = n_test if n_test is not None else cfg.n_test
     data = out / "data"
-    write_dataset(data, {"test": n}, seed=seed, cfg=SynthConfig(**load_yaml(project_path(summary["synth_config"]))),
+    write_dataset(data, {"test": n}, seed=seed, cfg=SynthConfig.from_yaml(project_path(summary["synth_config"])),
                   progress=progress)
     spec = f"synthetic:{data}:test"
     cache = build_twins(spec, project_path(summary["perception_config"]), out / "dt", progress)

@@ -153,6 +153,9 @@ def test_demo_recipe_loads_with_presets_and_refuses_unknown_keys(tmp_path: Path)
     bad.write_text("rows: {a: {target: path, weighted: true}}\nmain: b\n")
     with pytest.raises(DataError, match="main"):
         DemoConfig.load(bad)
+    bad.write_text("synth: {max_objets: 6}\n")  # the scene knobs are checked at load too
+    with pytest.raises(DataError, match=r"demo\.yaml: field 'synth\.max_objets': unknown key; did you mean"):
+        DemoConfig.load(bad)
     for row, field in (("{target: object, weighted: true}", "rows.a.decoding"),
                        ("{target: answer, weighted: true, decoding: verdicts}", "rows.a.decoding"),
                        ("{target: path, weighted: true, max_steps: 0}", "rows.a.max_steps"),

@@ -204,3 +204,41 @@ def test_synth_cli_writes_reasonseg_folder(tmp_path: Path) -> None:
         assert len(list((tmp_path / split).glob("*.jpg"))) == n
         assert len(list((tmp_path / split).glob("*.instances.json"))) == n
     assert json.loads((tmp_path / "synthetic.json").read_text())["seed"] == 2
+
+
+@pytest.mark.parametrize(("yaml_text", "match"), [
+    ("n_objects: 3\n", r"s\.yaml: field 'n_objects': unknown key; did you mean"),
+    ("size: big\n", r"s\.yaml: field 'size': expected an integer"),
+    ("size: 40\n", r"s\.yaml: field 'size': must be >= 96"),
+    ("min_objects: 5\nmax_objects: 2\n", r"field 'max_objects': must be >= min_objects"),
+    ("category_pool: [4, 2]\n", r"field 'category_pool': expected \[min, max\]"),
+    ("p_sentence: 1.5\n", r"field 'p_sentence': a probability in \[0, 1\]"),
+    # settings no scene can satisfy: one line naming the file, in a worker process too, nothing written
+    ("size: 96\nmin_objects: 30\nmax_objects: 40\nmax_tries: 2\n", r"s\.yaml: field 'max_tries': could not generate"),
+])
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_synth_cli_refuses_bad_settings_in_one_line(tmp_path: Path, yaml_text: str, match: str, jobs: str) -> None:
+    import re
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    (tmp_path / "s.yaml").write_text(yaml_text)
+    res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "out"), "--config", str(tmp_path / "s.yaml"),
+                                   "--n-train", "0", "--n-val", "0", "--n-test", "3", "--jobs", jobs, "--no-progress"])
+    assert res.exit_code == 2 and re.search(match, " ".join(res.output.split())), res.output
+    assert "Traceback" not in res.output and not (tmp_path / "out").exists()
+
+
+def test_data_error_survives_pickling() -> None:
+    """Errors raised in worker processes come back whole (file, field, message), subclasses included."""
+    import pickle
+
+    from dtwinseg.config import ConfigError
+    from dtwinseg.io import DataError
+
+    for cls in (DataError, ConfigError):
+        e = pickle.loads(pickle.dumps(cls("f.yaml", "size", "must be >= 96")))
+        assert type(e) is cls and (e.path, e.field, e.message) == ("f.yaml", "size", "must be >= 96")
+        assert str(e) == "f.yaml: field 'size': must be >= 96"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from dtwinseg.config import StrictConfig
+from dtwinseg.io import DataError
+
 DIMENSIONS = ("recognition", "function", "spatial", "geometric", "multi_step", "group", "part")
 SPLITS = ("train", "val", "test")
 
@@ -56,7 +59,7 @@ PLURALS = {"cup": "cups", "chair": "chairs", "sun": "suns", "umbrella": "umbrell
 
 
 @dataclass
-class SynthConfig:
+class SynthConfig(StrictConfig):
     """Knobs of the scene generator.
 
     size: image side in pixels (square images).
@@ -87,6 +90,32 @@ class SynthConfig:
     margin_ratio: float = 1.25
     jpeg_quality: int = 95
     max_tries: int = 200
+
+    def __post_init__(self) -> None:
+        self.category_pool, self.colour_pool = tuple(self.category_pool), tuple(self.colour_pool)
+        ints = {"size": 96, "min_objects": 1, "jpeg_quality": 1, "max_tries": 1}  # 96: room for the largest object
+        for name, lowest in ints.items():
+            if getattr(self, name) < lowest:
+                raise DataError(None, name, f"must be >= {lowest}, got {getattr(self, name)}")
+        if self.max_objects < self.min_objects:
+            raise DataError(None, "max_objects", f"must be >= min_objects ({self.min_objects}), "
+                                                 f"got {self.max_objects}")
+        if self.jpeg_quality > 100:
+            raise DataError(None, "jpeg_quality", f"must be <= 100, got {self.jpeg_quality}")
+        for name, top in (("category_pool", len(SHAPES) + len(ICONS) + len(COMPOSITES)),
+                          ("colour_pool", len(COLOURS))):
+            pool = getattr(self, name)
+            if len(pool) != 2 or not 1 <= pool[0] <= pool[1] <= top:
+                raise DataError(None, name, f"expected [min, max] with 1 <= min <= max <= {top}, got {list(pool)}")
+        for name in ("p_composite", "p_icon", "p_sentence"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise DataError(None, name, f"a probability in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.min_visible <= 1.0:
+            raise DataError(None, "min_visible", f"must be in (0, 1], got {self.min_visible}")
+        if self.margin_px < 0 or self.margin_ratio < 1.0:
+            name = "margin_px" if self.margin_px < 0 else "margin_ratio"
+            raise DataError(None, name, f"must be {'>= 0' if name == 'margin_px' else '>= 1'}, "
+                                        f"got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,7 +15,7 @@ from data_builders.synthetic.config import DIMENSIONS, SynthConfig
 from data_builders.synthetic.geometry import mask_polygons
 from data_builders.synthetic.queries import PROGRAMS, REQUIRE, Query
 from data_builders.synthetic.rendering import Scene, render_scene
-from dtwinseg.io import atomic_write_bytes, atomic_write_json
+from dtwinseg.io import DataError, atomic_write_bytes, atomic_write_json
 
 
 @dataclass
@@ -77,7 +77,9 @@ def generate_sample(seed: int, split: str, index: int, cfg: SynthConfig | None =
             if q is None or not q.targets:
                 continue
             return SynthSample(f"{split}_{index:05d}", scene, q, bool(rng.random() < cfg.p_sentence))
-    raise RuntimeError(f"could not generate sample {split}/{index} (seed {seed}) for {order}")
+    raise DataError(None, "max_tries", f"could not generate sample {split}/{index} (seed {seed}) for any of "
+                                       f"{order} in {cfg.max_tries} tries each: raise max_tries, lower "
+                                       "min_objects / max_objects, or enlarge size")
 
 
 def write_sample(folder: str | os.PathLike, sample: SynthSample, jpeg_quality: int = 95) -> None:
