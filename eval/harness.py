@@ -252,6 +252,33 @@ def evaluate(dataset_spec: str, dt_cache: str | os.PathLike, checkpoints: Sequen
     return evaluate_shard(dataset_spec, dt_cache, checkpoints, out, opts, log).metrics
 
 
+def _run_info(path: Path) -> dict:
+    """run.json, checked: a damaged one is one line naming the file and field, not a KeyError."""
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise DataError(path, None, "not a dtwinseg eval run file (expected a JSON object)")
+    cks = info.get("checkpoints")
+    if not isinstance(cks, dict) or not all(isinstance(v, dict) for v in cks.values()):
+        raise DataError(path, "checkpoints", "missing or malformed: rerun `dtwinseg eval` into this folder")
+    if not isinstance(info.get("dataset"), str):
+        raise DataError(path, "dataset", "missing or malformed: rerun `dtwinseg eval` into this folder")
+    shards = info.get("shards", 1)
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise DataError(path, "shards", f"expected a positive integer, got {shards!r}")
+    return {**info, "shards": shards}
+
+
+def _shard_state(path: Path) -> dict:
+    """One shard's state file, checked by merging it alone (a damaged file names itself)."""
+    state = read_json(path)
+    try:
+        merge_states([state])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(path, None, f"malformed shard state ({type(e).__name__}: {e}); rerun `dtwinseg eval` "
+                                    "for this shard") from None
+    return state
+
+
 def merge_run(out: str | os.PathLike, opts: EvalOptions | None = None, log: Callable[[str], None] = print,
               require_all: bool = True) -> dict | None:
     """Merge the shard states of every checkpoint of a run into metrics.json and write the report.
@@ -263,8 +290,8 @@ def merge_run(out: str | os.PathLike, opts: EvalOptions | None = None, log: Call
     info_path = out / "run.json"
     if not info_path.exists():
         raise DataError(info_path, None, "not an eval run folder (no run.json)")
-    info = read_json(info_path)
-    n = int(info.get("shards", 1))
+    info = _run_info(info_path)
+    n = info["shards"]
     per_ck: dict[str, dict] = {}
     for label, desc in info["checkpoints"].items():
         check_merge_identities(out, label, n)
@@ -275,7 +302,7 @@ def merge_run(out: str | os.PathLike, opts: EvalOptions | None = None, log: Call
                 log(f"waiting for {len(missing)} shard(s) of {label}; run `dtwinseg eval-merge {out}` later")
                 return None
             paths = [p for p in paths if p.exists()]
-        state = merge_states([read_json(p) for p in paths])
+        state = merge_states([_shard_state(p) for p in paths])
         per_ck[label] = {**{k: v for k, v in desc.items() if k != "reasoning"}, **metrics_from_state(state)}
     metrics = {"dataset": info["dataset"], "split": info.get("split"), "dt_cache": info.get("dt_cache"),
                "n_samples": info.get("n_samples"), "checkpoints": per_ck, "time": time.time()}

@@ -214,6 +214,17 @@ def test_two_process_sharded_run_equals_one_process(bench, tmp_path):
     res = CliRunner().invoke(app, ["eval-merge", str(tmp_path / "sharded"), "--worst", "0"])
     assert res.exit_code == 0, res.output
     assert _strip(json.loads((tmp_path / "sharded" / "metrics.json").read_text())) == _strip(single)
+    # a damaged state or run file is one line naming it (and the field), not a traceback
+    state = tmp_path / "sharded" / "api" / "state.shard-1-of-2.json"
+    good_state, good_info = state.read_text(), (tmp_path / "sharded" / "run.json").read_text()
+    for path, text, match in ((state, '{"shard": [1, 2], "pred": 5}', "state.shard-1-of-2.json: malformed shard"),
+                              (tmp_path / "sharded" / "run.json", "{}", "run.json: field 'checkpoints': missing"),
+                              (tmp_path / "sharded" / "run.json", "[]", "run.json: not a dtwinseg eval run file")):
+        path.write_text(text)
+        res = CliRunner().invoke(app, ["eval-merge", str(tmp_path / "sharded"), "--worst", "0"])
+        assert res.exit_code == 2 and match in " ".join(res.output.split()), res.output
+        state.write_text(good_state)
+        (tmp_path / "sharded" / "run.json").write_text(good_info)
 
     res = CliRunner().invoke(app, ["compare", str(tmp_path / "sharded"), str(tmp_path / "single"),
                                    "--out", str(tmp_path / "cmp")])
