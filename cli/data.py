@@ -21,9 +21,10 @@ def stats(
     dataset_spec: str = typer.Argument(..., metavar="DATASET_SPEC",
                                        help="NAME:ROOT:SPLIT with NAME one of reasonseg, synthetic, llmseg40k, "
                                             "refcoco, refcoco+, refcocog; e.g. reasonseg:/data/ReasonSeg:test."),
-    strict: bool = typer.Option(True, "--strict/--no-strict",
+    strict: bool = typer.Option(True, "--strict/--no-strict", " /--lenient",
                                 help="--strict (default) stops at the first malformed file with its name and "
-                                     "field; --no-strict skips such files and lists them with the reason."),
+                                     "field; --no-strict (or --lenient) skips such files and lists them with the "
+                                     "reason."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on stderr)."),
 ) -> None:
@@ -43,7 +44,7 @@ def stats(
         ds = open_dataset(dataset_spec, strict=strict)
         summary = summarise(_with_progress(ds, progress and not as_json, err), ds)
     except (DataError, ValueError) as e:
-        hint = " (use --no-strict to skip malformed files and count them)" if strict and isinstance(e, DataError) \
+        hint = " (use --lenient to skip malformed files and count them)" if strict and isinstance(e, DataError) \
             else ""
         err.print(f"[red]error:[/red] {escape(' '.join(str(e).split()))}{hint}", markup=True, highlight=False,
                   soft_wrap=True)

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int | None = typer.Option(None, "--batch-size", help="Samples per generation batch "
                                               "(default: the reasoning config's)."),
         worst: int = typer.Option(4, "--worst", help="Worst-case overlays per checkpoint in the report."),
-        lenient: bool = typer.Option(False, "--lenient", help="Skip (and count) malformed dataset files "
+        lenient: bool = typer.Option(False, "--lenient/--strict", "--no-strict/ ", help="Skip (and count) malformed dataset files "
                                      "instead of stopping."),
         wandb: bool = typer.Option(False, "--wandb", help="Log the table to wandb (WANDB_MODE=offline works "
                                    "without network)."),

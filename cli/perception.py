@@ -28,8 +28,8 @@ def build_dt_command(
                             help="Override the config's VLM backend: none (proposals only, semantics filled "
                                  "later with --fill-semantics), openai, transformers."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N samples of the split."),
-    strict: bool = typer.Option(True, "--strict/--no-strict",
-                                help="--no-strict skips malformed annotation files (counted) instead of "
+    strict: bool = typer.Option(True, "--strict/--no-strict", " /--lenient",
+                                help="--no-strict (or --lenient) skips malformed annotation files (counted) instead of "
                                      "stopping at the first one."),
     fill_semantics: bool = typer.Option(False, "--fill-semantics",
                                         help="Second pass: read the twins a --vlm none run cached and write "
@@ -64,7 +64,9 @@ def build_dt_command(
                                  fill_semantics=fill_semantics, progress=progress,
                                  refill_fallbacks=refill_fallbacks)
     except (DataError, ValueError, FileNotFoundError) as e:
-        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        malformed_file = isinstance(e, DataError) and e.path and e.path != str(config) and Path(e.path).is_file()
+        hint = " (use --lenient to skip malformed annotation files and count them)" if strict and malformed_file else ""
+        err.print(f"[red]error:[/red] {escape(str(e))}{hint}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None  # bad input or config: the same exit code as every command
     typer.echo(json.dumps({"cache": str(cache.folder), **counts.to_dict()}, indent=2))
     if counts.failed:

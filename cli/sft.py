@@ -45,7 +45,7 @@ def build_segdt(
                                   "the ground truth [default: 0.5, or the teacher config's min_iou]."),
     use_program: bool = typer.Option(True, "--program/--no-program", help="Use the query program of "
                                      "synthetic samples (one step per hop); otherwise generic hops."),
-    strict: bool = typer.Option(False, "--strict/--lenient", help="Stop on a malformed dataset file "
+    strict: bool = typer.Option(False, "--strict/--lenient", " /--no-strict", help="Stop on a malformed dataset file "
                                 "instead of skipping and counting it."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:

@@ -49,11 +49,12 @@ def test_stats_strict_error_and_lenient_skips(tmp_path: Path):
     (root / "ReasonSeg" / "test" / "b.json").write_text('{"text": ["x"], "is_sent')  # truncated
     res = CliRunner().invoke(app, ["data", "stats", f"reasonseg:{root}:test"])
     assert res.exit_code == 2
-    assert "b.json" in res.output and "invalid JSON" in res.output and "--no-strict" in res.output
-    res = CliRunner().invoke(app, ["data", "stats", f"reasonseg:{root}:test", "--no-strict", "--json"])
-    assert res.exit_code == 0, res.output
-    s = json.loads(res.stdout)
-    assert s["samples"] == 3 and s["skipped"] == 1
+    assert "b.json" in res.output and "invalid JSON" in res.output and "--lenient" in res.output
+    for flag in ("--no-strict", "--lenient"):  # one name for it across data stats, build-dt, build-segdt, eval
+        res = CliRunner().invoke(app, ["data", "stats", f"reasonseg:{root}:test", flag, "--json"])
+        assert res.exit_code == 0, res.output
+        s = json.loads(res.stdout)
+        assert s["samples"] == 3 and s["skipped"] == 1
     assert s["skipped_files"][0]["file"].endswith("b.json") and "invalid JSON" in s["skipped_files"][0]["reason"]
     # a field name with brackets reaches the terminal intact (not eaten as rich markup)
     (root / "ReasonSeg" / "test" / "b.json").write_text(json.dumps({"text": ["x"], "is_sentence": True,
@@ -74,4 +75,4 @@ def test_stats_tables_and_bad_spec(tmp_path: Path):
 def test_help_from_a_subprocess():
     out = subprocess.run([sys.executable, "-m", "cli", "data", "stats", "--help"],
                          capture_output=True, text=True, timeout=60, check=True).stdout
-    assert "DATASET_SPEC" in out and "--no-strict" in out and "--json" in out
+    assert "DATASET_SPEC" in out and "--no-strict" in out and "--lenient" in out and "--json" in out

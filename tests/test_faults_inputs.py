@@ -226,3 +226,17 @@ def test_build_dt_exits_non_zero_when_every_sample_failed_and_always_summarises(
     good = write_reasonseg(tmp_path / "good", 2)
     res = _run_cli(["build-dt", f"reasonseg:{good}:val"] + args[2:])
     assert res.exit_code == 0 and "build-dt: 2 samples: 2 built" in res.output, res.output
+
+
+def test_build_dt_malformed_annotation_names_the_lenient_flag_which_skips_it(tmp_path):
+    from test_build_dt import oracle_config, write_reasonseg
+
+    root = write_reasonseg(tmp_path / "data", 3)
+    annotation = sorted((root / "val").glob("*.json"))[1]
+    annotation.write_text('{"text": 5, "shapes": []}')
+    args = ["build-dt", f"reasonseg:{root}:val", "-c", str(oracle_config(tmp_path)), "-o", str(tmp_path / "dt"),
+            "--no-progress"]
+    line = _one_line_error(_run_cli(args))
+    assert annotation.name in line and "field 'text'" in line and "use --lenient" in line
+    res = _run_cli(args + ["--lenient"])
+    assert res.exit_code == 0 and "2 built" in res.output and "1 input files skipped" in res.output, res.output
