@@ -77,6 +77,12 @@ def build_segdt(
     except (DataError, ValueError, FileNotFoundError) as e:
         _fail(e)
     typer.echo(json.dumps(counts, indent=2))
+    if not counts["written"]:
+        causes = ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in counts
+                           if k not in ("samples", "written", "accepted") and isinstance(counts[k], int) and counts[k])
+        typer.secho(f"error: no record written from {counts['samples']} samples ({causes or 'no samples'}); "
+                    f"{out} not written", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 def build_sft(

@@ -309,7 +309,8 @@ def build_segdt(dataset_spec: str, dt_cache: str | os.PathLike, out: str | os.Pa
         path_kinds[kind] = path_kinds.get(kind, 0) + 1
         n_steps = str(len(rec.path.steps))
         steps[n_steps] = steps.get(n_steps, 0) + 1
-    write_jsonl(out, lines)
+    if lines:  # nothing usable: no (empty) records file replaces a previous one; the CLI exits 1
+        write_jsonl(out, lines)
     counts["skipped_files"] = len(getattr(dataset, "skipped", []) or [])
     return {**counts, "mean_match_iou": float(np.mean(ious)) if ious else None, "path_kinds": path_kinds,
             "steps": dict(sorted(steps.items())), "failures": failures, "config": cfg.to_dict()}

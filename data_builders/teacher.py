@@ -250,6 +250,7 @@ def build_segdt_teacher(dataset_spec: str, dt_cache: str | os.PathLike, out: str
             flush()
     if pending:
         flush()
-    write_jsonl(out, lines)
+    if lines:  # nothing usable: no (empty) records file replaces a previous one; the CLI exits 1
+        write_jsonl(out, lines)
     counts["written"] = len(lines)
     return {**counts, "rejected": rejected, "teacher_stats": dict(client.stats), "config": cfg.to_dict()}

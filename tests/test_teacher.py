@@ -150,3 +150,11 @@ def test_cli_build_segdt_teacher(data, monkeypatch, tmp_path):
                                    "--no-progress"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output[res.output.index("{"):])["path_kinds"] == {"program": 4}
+    # nothing usable (no cached twin for any sample): exit 1, and no empty records file is written
+    from data_builders.synthetic import write_dataset
+
+    write_dataset(tmp_path / "other", {"val": 2}, seed=5, progress=False)
+    res = CliRunner().invoke(app, ["build-segdt", f"synthetic:{tmp_path / 'other'}:val", "--dt-cache", str(cache),
+                                   "--out", str(tmp_path / "none.jsonl"), "--no-progress"])
+    assert res.exit_code == 1 and "no record written from 2 samples (2 missing twin)" in res.output, res.output
+    assert not (tmp_path / "none.jsonl").exists()
