@@ -260,3 +260,6 @@ def test_tiny_recipe_through_cli_with_wandb_offline(tmp_path, monkeypatch):
     assert runs and any(runs[0].rglob("*.wandb"))
     res = runner.invoke(app, ["train", recipe, "data.train=missing"])
     assert res.exit_code != 0
+    (tmp_path / "empty").mkdir()  # a folder, but not a build-sft dataset: one line before any weight loads
+    res = runner.invoke(app, ["train", recipe, "data.train=empty"])
+    assert res.exit_code != 0 and "field 'data.train': not a dataset written by dtwinseg build-sft" in res.output

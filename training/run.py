@@ -168,6 +168,18 @@ def copy_format(r: Recipe, folder: str | os.PathLike) -> Path | None:
     return save_format(folder, *load_format(src))
 
 
+def _load_dataset(load_from_disk: Any, folder: str | os.PathLike, field: str) -> Any:
+    try:
+        ds = load_from_disk(str(folder))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise DataError(folder, field, f"not a dataset written by dtwinseg build-sft ({' '.join(str(e).split())})"
+                        ) from None
+    missing = {"input_ids", "labels"} - set(getattr(ds, "column_names", None) or [])
+    if missing:
+        raise DataError(folder, field, f"not a dataset written by dtwinseg build-sft (no {sorted(missing)} columns)")
+    return ds
+
+
 def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list[str] | None = None,
                       *, merge: bool = True) -> Path:
     """Train (LoRA or full) with the weighted SFTDT loss; save the adapter/model + tokenizer; return output_dir.
@@ -184,6 +196,9 @@ def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list
         folder = getattr(r.data, name)
         if folder and not Path(folder).is_dir():
             raise DataError(folder, f"data.{name}", "not found: a folder written by dtwinseg build-sft")
+    # the data first: a folder that is not a build-sft dataset is one line before any weight loads
+    train_ds = _load_dataset(load_from_disk, r.data.train, "data.train")
+    eval_ds = _load_dataset(load_from_disk, r.data.eval, "data.eval") if r.data.eval else None
     _configure_wandb(r)
     args = build_training_args(r)
     _, resume = training_kwargs(r)
@@ -193,8 +208,6 @@ def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list
         freeze_parameters(model, list(r.model.freeze))
     if r.model.config and r.lora.use_lora:
         save_random_base(model, tokenizer, Path(args.output_dir) / "base")
-    train_ds = load_from_disk(str(r.data.train))
-    eval_ds = load_from_disk(str(r.data.eval)) if r.data.eval else None
     trainer = SFTDTTrainer(model, args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                            peft_config=lora_config(r))
     trainer.train(resume_from_checkpoint=resume)
