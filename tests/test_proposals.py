@@ -197,16 +197,22 @@ def test_batching_auto_from_the_device(monkeypatch):
         ProposalConfig(roi_upsample="yes")
 
 
+def _decoder_kwargs(sam, feats, n: int, multimask: bool) -> dict:
+    """MaskDecoder keyword arguments for ``n`` random single-point prompts on ``feats``."""
+    pts = torch.rand(n, 1, 2) * 1000
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(points=(pts, torch.ones(n, 1, dtype=torch.int)), boxes=None, masks=None)
+    return dict(image_embeddings=feats, image_pe=sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+
+
 @pytest.mark.parametrize("multimask", [True, False])
 def test_fast_decoder_equals_sam_mask_decoder(sam_and_features, multimask):
     from dtwinseg.perception.fast_decoder import FastMaskDecoder
 
     sam, _, feats = sam_and_features
-    pts = torch.rand(5, 1, 2) * 1000
+    kw = _decoder_kwargs(sam, feats, 5, multimask)
     with torch.no_grad():
-        sparse, dense = sam.prompt_encoder(points=(pts, torch.ones(5, 1, dtype=torch.int)), boxes=None, masks=None)
-        kw = dict(image_embeddings=feats, image_pe=sam.prompt_encoder.get_dense_pe(),
-                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
         ref_masks, ref_iou = sam.mask_decoder(**kw)
         masks, iou = FastMaskDecoder(sam.mask_decoder, chunk=2)(**kw)
     assert masks.shape == ref_masks.shape == (5, 3 if multimask else 1, 256, 256)
@@ -225,11 +231,8 @@ def test_fast_decoder_same_with_and_without_scratch_buffers(sam_and_features, mo
     from dtwinseg.perception import fast_decoder
 
     sam, _, feats = sam_and_features
-    pts = torch.rand(5, 1, 2) * 1000
+    kw = _decoder_kwargs(sam, feats, 5, True)
     with torch.no_grad():
-        sparse, dense = sam.prompt_encoder(points=(pts, torch.ones(5, 1, dtype=torch.int)), boxes=None, masks=None)
-        kw = dict(image_embeddings=feats, image_pe=sam.prompt_encoder.get_dense_pe(),
-                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
         masks, iou = fast_decoder.FastMaskDecoder(sam.mask_decoder, chunk=2)(**kw)
 
         class Allocating(fast_decoder._Workspace):
@@ -271,11 +274,8 @@ def test_fast_decoder_early_rejection_only_drops_masks_below_theta(sam_and_featu
     from dtwinseg.perception.fast_decoder import FastMaskDecoder
 
     sam, _, feats = sam_and_features
-    pts = torch.rand(6, 1, 2) * 1000
+    kw = _decoder_kwargs(sam, feats, 6, True)
     with torch.no_grad():
-        sparse, dense = sam.prompt_encoder(points=(pts, torch.ones(6, 1, dtype=torch.int)), boxes=None, masks=None)
-        kw = dict(image_embeddings=feats, image_pe=sam.prompt_encoder.get_dense_pe(),
-                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
         fast = FastMaskDecoder(sam.mask_decoder, chunk=4)
         ref_masks, ref_iou = fast(**kw)
         theta = float(ref_iou.max(1).values.median())
