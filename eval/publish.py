@@ -144,7 +144,13 @@ def build_card(model_dir: Path, repo_id: str, *, metrics: dict | None = None, ch
 
     kind = model_kind(model_dir)
     acfg = read_json(model_dir / "adapter_config.json") if kind == "adapter" else {}
+    if not isinstance(acfg, dict):
+        raise DataError(model_dir / "adapter_config.json", None, "expected a JSON object (a peft adapter config)")
     recorded = acfg.get("base_model_name_or_path") if kind == "adapter" else _recipe_base(model_dir)
+    if recorded is not None and not isinstance(recorded, str):
+        raise DataError(model_dir / ("adapter_config.json" if kind == "adapter" else "recipe.yaml"),
+                        "base_model_name_or_path" if kind == "adapter" else "model.name_or_path",
+                        f"expected a model path or Hub id, got {recorded!r}")
     base, base_note = hub_base_model(recorded, base_model)
     model_name = repo_id.split("/")[-1]
     results, ck_label, ck = None, None, None

@@ -171,3 +171,12 @@ def test_publish_errors_are_one_line(tmp_path):
     res = CliRunner().invoke(app, ["publish", str(tmp_path / "empty"), "--repo-id", "me/x", "--dry-run"])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "adapter_config.json" in res.output
     assert list((tmp_path).iterdir()) == [tmp_path / "empty"]  # nothing staged
+    # a damaged adapter config names the file and field; nothing is staged
+    (tmp_path / "empty" / "adapter_config.json").write_text('{"base_model_name_or_path": 5}')
+    (tmp_path / "empty" / "adapter_model.safetensors").write_bytes(b"0")
+    for text, match in (('{"base_model_name_or_path": 5}', "field 'base_model_name_or_path': expected a model path"),
+                        ("[1]", "expected a JSON object")):
+        (tmp_path / "empty" / "adapter_config.json").write_text(text)
+        res = CliRunner().invoke(app, ["publish", str(tmp_path / "empty"), "--repo-id", "me/x", "--dry-run"])
+        assert res.exit_code == 2 and "adapter_config.json" in res.output and match in res.output, res.output
+        assert "Traceback" not in res.output and list(tmp_path.iterdir()) == [tmp_path / "empty"]
