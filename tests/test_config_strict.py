@@ -22,6 +22,8 @@ from eval.table4 import load_manifest
     ({"batch_size": "many"}, r"field 'batch_size': expected an integer"),
     ({"format": {"tokens_per_object": 0}}, r"r\.yaml: field 'format\.tokens_per_object': must be >= 1"),
     ({"strategy": "nope"}, r"r\.yaml: field 'strategy': 'nope' is not a reasoning format"),
+    ({"temperature": -2}, r"r\.yaml: field 'temperature': must be >= 0"),
+    ({"top_p": 0}, r"r\.yaml: field 'top_p': must be in \(0, 1\]"),
 ])
 def test_reasoning_config_is_strict_and_names_file_and_field(data, match):
     with pytest.raises(DataError, match=match):

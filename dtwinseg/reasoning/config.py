@@ -131,6 +131,10 @@ class ReasoningConfig(EndpointFields, StrictConfig):
         for name in ("max_new_tokens_cap", "batch_size", "concurrency"):
             if int(getattr(self, name)) < 1:
                 raise DataError(path, name, "must be >= 1")
+        if not self.temperature >= 0:  # also refuses NaN
+            raise DataError(path, "temperature", f"must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise DataError(path, "top_p", f"must be in (0, 1], got {self.top_p}")
         self.check_endpoint(path)
 
     # --- (de)serialisation (to_dict: dtwinseg.config.StrictConfig) ---------------------------------
