@@ -167,6 +167,14 @@ def test_cli_reports_config_errors(tmp_path):
     bad.write_text("source: oracle\nthreshold: 3\n")
     res = CliRunner().invoke(app, ["build-dt", f"reasonseg:{root}:val", "-c", str(bad), "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and "threshold" in res.output and "bad.yaml" in res.output
+    # out-of-range values are refused at load, naming the field, even where this source ignores them
+    for text, match in (("proposals: {pred_iou_thresh: 2}", "pred_iou_thresh must be in [0, 1]"),
+                        ("proposals: {stability_score_thresh: .nan}", "stability_score_thresh must be in [0, 1]"),
+                        ("vlm: {backend: none, temperature: -1}", "field 'vlm.temperature': must be >= 0"),
+                        ("vlm: {backend: none, batch_size: 0}", "field 'vlm.batch_size': must be >= 1")):
+        bad.write_text(f"source: oracle\n{text}\n")
+        res = CliRunner().invoke(app, ["build-dt", f"reasonseg:{root}:val", "-c", str(bad), "-o", str(tmp_path / "o")])
+        assert res.exit_code == 2 and "bad.yaml" in res.output and match in " ".join(res.output.split()), res.output
     res = CliRunner().invoke(app, ["build-dt", f"reasonseg:{root}:val", "-c", str(oracle_config(tmp_path)),
                                    "-o", str(tmp_path / "o"), "--fill-semantics"])
     assert res.exit_code == 2 and "needs a VLM" in res.output

@@ -155,6 +155,11 @@ class ProposalConfig:
             raise ValueError("points_per_side must be >= 1")
         if not 0.0 < self.containment_max_area <= 1.0:
             raise ValueError(f"containment_max_area must be in (0, 1], got {self.containment_max_area}")
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "part_iou_tau", "containment_tau"):
+            if not 0.0 <= getattr(self, name) <= 1.0:  # NaN too
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.stability_score_offset >= 0.0:
+            raise ValueError(f"stability_score_offset must be >= 0, got {self.stability_score_offset}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ProposalConfig:

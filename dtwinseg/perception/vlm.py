@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from dtwinseg.config import StrictConfig
+from dtwinseg.io import DataError
 from dtwinseg.openai_chat import (
     RETRY_STATUS,
     ChatClientConfig,
@@ -98,6 +99,12 @@ class VLMConfig(EndpointFields, StrictConfig):
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"vlm backend must be one of {BACKENDS}, got {self.backend!r}")
+        for name, lowest in (("max_concurrency", 1), ("max_new_tokens", 1), ("batch_size", 1), ("image_max_side", 32)):
+            if getattr(self, name) < lowest:
+                raise DataError(None, name, f"must be >= {lowest}, got {getattr(self, name)}")
+        for name in ("temperature", "backoff_max_s"):
+            if not getattr(self, name) >= 0:  # NaN too
+                raise DataError(None, name, f"must be >= 0, got {getattr(self, name)}")
         self.check_endpoint()
 
 
