@@ -97,8 +97,15 @@ class TeacherConfig(EndpointFields, StrictConfig):
             raise DataError(None, "on_reject", f"must be one of {ON_REJECT}, got {self.on_reject!r}")
         if not 0.0 <= float(self.min_iou) <= 1.0:
             raise DataError(None, "min_iou", f"must be in [0, 1], got {self.min_iou!r}")
-        if int(self.chunk) < 1 or int(self.concurrency) < 1:
-            raise DataError(None, "chunk/concurrency", "must be >= 1")
+        for name in ("chunk", "concurrency", "max_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise DataError(None, name, f"must be >= 1, got {getattr(self, name)}")
+        if int(self.max_retries) < 0:
+            raise DataError(None, "max_retries", f"must be >= 0, got {self.max_retries}")
+        if not self.timeout_s > 0:
+            raise DataError(None, "timeout_s", f"must be > 0, got {self.timeout_s}")
+        if not self.temperature >= 0:  # NaN too
+            raise DataError(None, "temperature", f"must be >= 0, got {self.temperature}")
         self.check_endpoint()
 
     def spatial_config(self) -> SpatialConfig:

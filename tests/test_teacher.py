@@ -119,6 +119,11 @@ def test_config_refuses_keys_and_bad_values(tmp_path):
         TeacherConfig.from_dict({"api_key": "sk-x"})
     with pytest.raises(DataError, match="hint"):
         TeacherConfig.from_dict({"hint": "sometimes"})
+    for bad, field in (({"temperature": -1}, "temperature"), ({"timeout_s": 0}, "timeout_s"),
+                       ({"max_retries": -1}, "max_retries"), ({"max_tokens": 0}, "max_tokens"),
+                       ({"chunk": 0}, "chunk")):
+        with pytest.raises(DataError, match=rf"field '{field}': must be"):
+            TeacherConfig.from_dict(bad)
     p = tmp_path / "t.yaml"
     p.write_text("model: m\nbogus: 1\n")
     with pytest.raises(DataError, match="bogus"):
