@@ -266,7 +266,7 @@ def test_fast_decoder_upscaling_same_with_and_without_scratch_buffers(sam_and_fe
     assert first.shape == (3, 2, 256, 256) and torch.allclose(first, ref, atol=1e-4 * ref.abs().max())
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert not _Workspace(keys).enabled
-        low = _upscale_and_project(up, keys, hyper, (64, 64))
+        low = _upscale_and_project(up, keys, hyper, (64, 64), _Workspace(keys))
     assert torch.allclose(low.float(), ref, atol=0.05 * ref.abs().max())
 
 

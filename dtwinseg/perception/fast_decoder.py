@@ -91,7 +91,7 @@ class FastMaskDecoder(nn.Module):
         return mask, iou[:, sel]
 
     def _predict(self, src: Tensor, pos: Tensor, sparse: Tensor, hw: torch.Size, sel: slice,
-                 span: tuple[int, int], ws: _Workspace | None = None) -> tuple[Tensor, Tensor]:
+                 span: tuple[int, int], ws: _Workspace) -> tuple[Tensor, Tensor]:
         d = self.decoder
         tr = d.transformer
         b = sparse.shape[0]
@@ -118,7 +118,7 @@ class FastMaskDecoder(nn.Module):
 
 
 def _block(layer: Any, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor,
-           ws: _Workspace | None = None) -> tuple[Tensor, Tensor]:
+           ws: _Workspace) -> tuple[Tensor, Tensor]:
     """TwoWayAttentionBlock.forward with the folded cross-attentions (keys: 1 or B x N x C). Both
     cross-attentions see keys + key_pe; it is never materialised per prompt (the pe term is shared)."""
     if layer.skip_first_layer_pe:
@@ -145,12 +145,11 @@ def _heads(attn: Any) -> tuple[int, int]:
     return attn.num_heads, attn.internal_dim // attn.num_heads
 
 
-def _token_to_image(attn: Any, q: Tensor, keys: Tensor, pe: Tensor, ws: _Workspace | None = None) -> Tensor:
+def _token_to_image(attn: Any, q: Tensor, keys: Tensor, pe: Tensor, ws: _Workspace) -> Tensor:
     """Attention(q=q, k=keys + pe, v=keys): q B x T x C, keys 1|B x N x C, pe 1 x N x C -> B x T x C."""
     b, t, c = q.shape
     n = keys.shape[1]
     h, dh = _heads(attn)
-    ws = ws or _Workspace(keys, enabled=False)
     qh = attn.q_proj(q).view(b, t, h, dh)
     q_folded = torch.einsum("bthd,hdc->bhtc", qh, attn.k_proj.weight.view(h, dh, c)).reshape(b, h * t, c)
     q_folded = q_folded / math.sqrt(dh)
@@ -170,7 +169,7 @@ def _token_to_image(attn: Any, q: Tensor, keys: Tensor, pe: Tensor, ws: _Workspa
 
 
 def _image_to_token(attn: Any, keys: Tensor, pe: Tensor, k_tokens: Tensor, v_tokens: Tensor,
-                    ws: _Workspace | None = None) -> Tensor:
+                    ws: _Workspace) -> Tensor:
     """keys + Attention(q=keys + pe, k=k_tokens, v=v_tokens) (the block's residual included): keys 1|B x
     N x C image tokens, pe 1 x N x C, tokens B x T x C -> B x N x C."""
     b, t, c = k_tokens.shape
@@ -182,7 +181,6 @@ def _image_to_token(attn: Any, keys: Tensor, pe: Tensor, k_tokens: Tensor, v_tok
     shared = keys[0] + pe[0] if keys.shape[0] == 1 else pe[0]  # per-prompt keys: only the pe term is shared
     # scores laid out (B, h * t, N): each head's softmax over its t tokens (rows of 7) then reduces across
     # rows of N contiguous values, which vectorises (a reduction along rows of 7 does not)
-    ws = ws or _Workspace(keys, enabled=False)
     term = torch.addmm(bias.reshape(b * h * t, 1), k_folded.reshape(b * h * t, c), shared.T,
                        out=ws.get("scores", (b * h * t, n), keys)).view(b, h * t, n)
     scores = term if keys.shape[0] == 1 else _baddbmm_onto(term, k_folded, keys.transpose(1, 2))
@@ -193,10 +191,10 @@ def _image_to_token(attn: Any, keys: Tensor, pe: Tensor, k_tokens: Tensor, v_tok
     v_out = torch.einsum("bthd,chd->bhtc", vh, attn.out_proj.weight.view(c, h, dh)).reshape(b, h * t, c)
     # every head's probabilities sum to 1, so bias / h on each of the h * t value rows adds the bias once
     v_out = v_out + attn.out_proj.bias / h
-    if keys.shape[0] == 1 or torch.is_autocast_enabled(keys.device.type):  # autocast: no in-place dtype mix
+    if keys.shape[0] == 1:  # shared keys: the residual starts from a broadcast copy
         return torch.baddbmm(keys.expand(b, n, c), probs, v_out, out=ws.get("image_to_token", (b, n, c), keys))
-    # per-prompt keys are this decoder's own intermediate, not used after the residual: accumulate in place
-    return keys.baddbmm_(probs, v_out)
+    # per-prompt keys are this decoder's own intermediate, not used after the residual
+    return _baddbmm_onto(keys, probs, v_out)
 
 
 class _Workspace:
@@ -223,8 +221,13 @@ class _Workspace:
         return buf[:numel].view(shape)
 
 
+def _act(f: nn.Module, t: Tensor) -> Tensor:
+    """``f(t)``, in place for SAM's GELU (no second ~30 MB tensor)."""
+    return torch.ops.aten.gelu_(t, approximate=f.approximate) if isinstance(f, nn.GELU) else f(t)
+
+
 def _upscale_and_project(upscaling: nn.Sequential, keys: Tensor, hyper: Tensor, hw: torch.Size,
-                         ws: _Workspace | None = None) -> Tensor:
+                         ws: _Workspace) -> Tensor:
     """output_upscaling (convT 2x2/2, LayerNorm2d, act, convT 2x2/2, act) on B x N x C tokens as per-pixel
     GEMMs, then the hypernetwork product: -> B x M x 4h x 4w mask logits.
 
@@ -236,25 +239,21 @@ def _upscale_and_project(upscaling: nn.Sequential, keys: Tensor, hyper: Tensor, 
     permutation of 2-float runs.
     """
     ct1, ln, act1, ct2, act2 = upscaling
-    ws = ws or _Workspace(keys)
     b, n, c = keys.shape
     h, w = hw
     c1, c2 = ct1.out_channels, ct2.out_channels
     m = hyper.shape[1]
-    def act(f: nn.Module, t: Tensor) -> Tensor:  # in place for SAM's GELU: no second 30 MB tensor
-        return torch.ops.aten.gelu_(t, approximate=f.approximate) if isinstance(f, nn.GELU) else f(t)
-
     out = None  # B x M x h x 2 x 2 x 4w: rows (y, i1, i2) = 4y + 2 i1 + i2; dtype of the products (autocast)
     x = keys.reshape(b * n, c)
     for i1 in range(2):
         w1 = ct1.weight[:, :, i1].permute(0, 2, 1).reshape(c, 2 * c1)  # (C_in, [j1, C1])
         y = torch.addmm(ct1.bias.repeat(2), x, w1, out=ws.get("y1", (b * n, 2 * c1), x)).view(b * n * 2, c1)
         y = F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps)
-        y = act(act1, y)
+        y = _act(act1, y)
         for i2 in range(2):
             w2 = ct2.weight[:, :, i2].permute(0, 2, 1).reshape(c1, 2 * c2)  # (C1, [j2, C2])
             z = torch.addmm(ct2.bias.repeat(2), y, w2, out=ws.get("y2", (b * n * 2, 2 * c2), y))
-            z = act(act2, z)
+            z = _act(act2, z)
             # rows (y, x, j1, j2) = (y, 4x + 2 j1 + j2): B x M x (h * 4w), whole output rows
             rows = torch.bmm(hyper, z.view(b, n * 4, c2).transpose(1, 2), out=ws.get("mk", (b, m, n * 4), z))
             if out is None:
