@@ -168,7 +168,10 @@ def copy_format(r: Recipe, folder: str | os.PathLike) -> Path | None:
     return save_format(folder, *load_format(src))
 
 
-def _load_dataset(load_from_disk: Any, folder: str | os.PathLike, field: str) -> Any:
+def _load_dataset(folder: str | os.PathLike, field: str) -> Any:
+    """The build-sft dataset in ``folder``; anything else is a DataError naming the recipe field."""
+    from datasets import load_from_disk
+
     try:
         ds = load_from_disk(str(folder))
     except (FileNotFoundError, ValueError, OSError) as e:
@@ -187,8 +190,6 @@ def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list
     The resolved recipe is saved as ``output_dir/recipe.yaml``. With ``merge`` and ``merge.enabled`` in the
     recipe, the adapter is merged afterwards (main process only).
     """
-    from datasets import load_from_disk
-
     from training.trainer import SFTDTTrainer
 
     r = load_recipe(recipe, overrides)
@@ -197,8 +198,8 @@ def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list
         if folder and not Path(folder).is_dir():
             raise DataError(folder, f"data.{name}", "not found: a folder written by dtwinseg build-sft")
     # the data first: a folder that is not a build-sft dataset is one line before any weight loads
-    train_ds = _load_dataset(load_from_disk, r.data.train, "data.train")
-    eval_ds = _load_dataset(load_from_disk, r.data.eval, "data.eval") if r.data.eval else None
+    train_ds = _load_dataset(r.data.train, "data.train")
+    eval_ds = _load_dataset(r.data.eval, "data.eval") if r.data.eval else None
     _configure_wandb(r)
     args = build_training_args(r)
     _, resume = training_kwargs(r)
