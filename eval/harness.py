@@ -202,9 +202,9 @@ def run_checkpoint(ck: Checkpoint, dataset: Any, cache: DTCache, out: Path, opts
             n = len(batch)
             flush()
             bar.advance(n)
-    errors = [r["error"] for r in records if r.get("error")]
-    if errors:  # the cause of a broken setup in one line, not only in the predictions file
-        log(f"[{ck.label}] first error: {errors[0]}")
+    first_error = next((r["error"] for r in records if r.get("error")), None)
+    if first_error:  # the cause of a broken setup in one line, not only in the predictions file
+        log(f"[{ck.label}] first error: {first_error}")
     state = state_from_records(records)
     atomic_write_json(ck_dir / f"state{sfx}.json", {"shard": list(opts.shard), **state}, indent=None)
     return state

@@ -112,10 +112,10 @@ class SynthConfig(StrictConfig):
                 raise DataError(None, name, f"a probability in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.min_visible <= 1.0:
             raise DataError(None, "min_visible", f"must be in (0, 1], got {self.min_visible}")
-        if self.margin_px < 0 or self.margin_ratio < 1.0:
-            name = "margin_px" if self.margin_px < 0 else "margin_ratio"
-            raise DataError(None, name, f"must be {'>= 0' if name == 'margin_px' else '>= 1'}, "
-                                        f"got {getattr(self, name)}")
+        if self.margin_px < 0:
+            raise DataError(None, "margin_px", f"must be >= 0, got {self.margin_px}")
+        if self.margin_ratio < 1.0:
+            raise DataError(None, "margin_ratio", f"must be >= 1, got {self.margin_ratio}")
 
     def to_dict(self) -> dict:
         return asdict(self)
