@@ -30,16 +30,16 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" --timeout=600
 
 demo: setup
-	$(PY) -m cli demo --out runs/demo
+	$(PY) -m dtwinseg.cli demo --out runs/demo
 
 demo-long: setup
-	$(PY) -m cli demo --out runs/demo-long --long
+	$(PY) -m dtwinseg.cli demo --out runs/demo-long --long
 
 bench: setup
 	$(PY) benchmarks/run_all.py
 
 lint: setup
-	$(PY) -m ruff check dtwinseg data_builders training eval cli tests benchmarks
+	$(PY) -m ruff check dtwinseg data_builders training eval workflows cli tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -2,7 +2,7 @@
 
 Same model (random-weight SAM: vit_b on CPU, vit_h on a GPU), same image (768 x 1024), same thresholds
 (SAM's defaults). Realistic mask load: the decoder still runs for real, but its outputs are replaced by
-planted blob logits of a synthetic nested scene (dtwinseg/testing/planted_sam.py), so tens of masks
+planted blob logits of a synthetic nested scene (tests/planted_sam.py), so tens of masks
 survive the filters as on real photos. The planted scene's own work (making / copying its outputs) is
 timed by the plant hooks and subtracted from every pipeline (``planted_overhead_s`` reports it).
 
@@ -110,8 +110,8 @@ def main(device: str | None = None, quick: bool = False, out: str | None = None)
     from dtwinseg.perception.fast_decoder import FastMaskDecoder
     from dtwinseg.perception.proposals import ProposalConfig, ProposalGenerator
     from dtwinseg.perception.rle import encode_rles_torch
-    from dtwinseg.testing.planted_sam import fixed_encoder, make_scene, plant
     from dtwinseg.twin import encode_rles
+    from tests.planted_sam import fixed_encoder, make_scene, plant
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.startswith("cuda")

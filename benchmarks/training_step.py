@@ -31,12 +31,11 @@ def _setup(kind: str):
     import logging
 
     import torch
+    from dtwinseg.data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset, load_tokenizer
+    from dtwinseg.training import SFTDTConfig, SFTDTTrainer
     from sft_helpers import MINILM, records
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
-
-    from data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset, load_tokenizer
-    from training import SFTDTConfig, SFTDTTrainer
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     tok = load_tokenizer(MINILM)

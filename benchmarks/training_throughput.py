@@ -66,9 +66,8 @@ def object_counts(n: int, seed: int = 0, lo: int = 5, hi: int = 150) -> list[int
 
 def build_dataset(n: int, max_length: int = 4096, seed: int = 0) -> tuple[Any, Any, list[int]]:
     """(dataset, tokenizer, object counts) of ``n`` Seg-DT examples (BPE tokenizer trained here)."""
+    from dtwinseg.data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset
     from sft_helpers import bpe_tokenizer, records
-
-    from data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset
 
     tok = bpe_tokenizer(vocab_size=1200)
     counts = object_counts(n, seed)
@@ -112,9 +111,8 @@ def setup(kind: str, ds: Any, tok: Any, groups: list[list[int]], shape: dict, de
     """(trainer, model, collated micro-batches) of one variant."""
     import logging
 
+    from dtwinseg.training import SFTDTConfig, SFTDTTrainer
     from trl import SFTConfig, SFTTrainer
-
-    from training import SFTDTConfig, SFTDTTrainer
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     model = _model(shape.get("vocab_size", len(tok)), {k: v for k, v in shape.items() if k != "vocab_size"},

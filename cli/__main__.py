@@ -1,5 +1,5 @@
-"""``python -m cli ...`` runs the `dtwinseg` command (what the Makefile uses inside .venv)."""
+"""``python -m dtwinseg.cli ...`` runs the `dtwinseg` command (what the Makefile uses inside .venv)."""
 
-from cli.main import main
+from dtwinseg.cli.main import main
 
 main()

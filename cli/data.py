@@ -32,11 +32,11 @@ def stats(
 
     Reads every sample and draws / decodes every mask once, so a malformed file is found here.
     """
+    from dtwinseg.data_builders.registry import open_dataset
+    from dtwinseg.data_builders.stats import summarise
     from rich.console import Console
     from rich.markup import escape
 
-    from data_builders.registry import open_dataset
-    from data_builders.stats import summarise
     from dtwinseg.io import DataError
 
     err = Console(stderr=True)

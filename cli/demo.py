@@ -21,7 +21,8 @@ def synth(
 ) -> None:
     """Generate synthetic reasoning-segmentation scenes: images, ReasonSeg JSON with dimension and
     granularity tags, and instance masks for the oracle perception source."""
-    from data_builders.synthetic import SynthConfig, write_dataset
+    from dtwinseg.data_builders.synthetic import SynthConfig, write_dataset
+
     from dtwinseg.io import DataError
 
     cfg = SynthConfig.from_yaml(config) if config else SynthConfig()  # strict: file + field in one line
@@ -59,7 +60,7 @@ def demo(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from eval.demo import DemoConfig, demo_markdown, run_demo
+    from dtwinseg.workflows.demo import DemoConfig, demo_markdown, run_demo
 
     if sum((long, quick, preset is not None)) > 1:
         raise typer.BadParameter("--long, --quick and --preset exclude each other")

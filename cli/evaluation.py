@@ -49,9 +49,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evaluate checkpoints on cached twins: predictions JSONL, metrics.json (gIoU/cIoU per split and
         dimension, oracle bound, parse failures), report.md with plots and worst-case overlays."""
+        from dtwinseg.eval.checkpoints import parse_checkpoints
+        from dtwinseg.eval.harness import EvalOptions, evaluate_shard, parse_shard
+
         from dtwinseg.reasoning import ReasoningConfig
-        from eval.checkpoints import parse_checkpoints
-        from eval.harness import EvalOptions, evaluate_shard, parse_shard
 
         base = ReasoningConfig.from_yaml(reasoning_config) if reasoning_config else ReasoningConfig()
         if strategy:
@@ -62,7 +63,7 @@ def register(app: typer.Typer) -> None:
                            progress=progress)
         result = evaluate_shard(dataset, dt_cache, cks, out, opts, log=typer.echo)
         if result.metrics is not None:
-            from eval.report import metrics_table
+            from dtwinseg.eval.report import metrics_table
 
             typer.echo(metrics_table(result.metrics))
         if result.all_failed_labels:
@@ -78,8 +79,8 @@ def register(app: typer.Typer) -> None:
         worst: int = typer.Option(4, "--worst", help="Worst-case overlays per checkpoint."),
     ) -> None:
         """Merge the metric accumulators of a sharded run into metrics.json and write the report."""
-        from eval.harness import EvalOptions, merge_run
-        from eval.report import metrics_table
+        from dtwinseg.eval.harness import EvalOptions, merge_run
+        from dtwinseg.eval.report import metrics_table
 
         metrics = merge_run(run, opts=EvalOptions(worst_k=worst), log=typer.echo, require_all=not partial)
         if metrics is None:
@@ -94,7 +95,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """One table (markdown + PNG) across runs, checkpoints and splits, with the paper's published
         numbers as reference rows where dataset and split match."""
-        from eval.compare import compare, markdown
+        from dtwinseg.eval.compare import compare, markdown
 
         table = compare(runs, out or runs[0].parent)
         typer.echo(markdown(table))
@@ -123,7 +124,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Publish an adapter or a full fine-tune with a model card (base model, recipe without secrets, data,
         eval results) to the Hub. The token is read from HF_TOKEN (or the huggingface-hub login) and never printed."""
-        from eval.publish import PublishError, publish
+        from dtwinseg.eval.publish import PublishError, publish
 
         try:
             publish(adapter_dir, repo_id, private=private, dry_run=dry_run, metrics_path=metrics,

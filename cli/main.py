@@ -11,9 +11,8 @@ from typing import Any
 
 import click
 import typer
+from dtwinseg.cli import data, demo, evaluation, perception, reasoning, sft, table4
 from typer.core import TyperGroup
-
-from cli import data, demo, evaluation, perception, reasoning, sft, table4
 
 DEBUG_ENV = "DTWINSEG_DEBUG"
 

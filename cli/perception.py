@@ -44,10 +44,10 @@ def build_dt_command(
     Resumable (finished samples are skipped), shardable (--shard i/n), and a failing sample is recorded
     in OUT/<hash>/failures.jsonl while the run goes on. Counts go to stdout and the manifest.
     """
+    from dtwinseg.data_builders.build_dt import build_dt, parse_shard
     from rich.console import Console
     from rich.markup import escape
 
-    from data_builders.build_dt import build_dt, parse_shard
     from dtwinseg.io import DataError
     from dtwinseg.perception.builder import PerceptionConfig
 

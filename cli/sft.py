@@ -56,7 +56,7 @@ def build_segdt(
         _fail(ValueError(f"--paths must be programmatic or teacher, got {paths!r}"))
     try:
         if paths == "teacher":
-            from data_builders.teacher import TeacherConfig, build_segdt_teacher
+            from dtwinseg.data_builders.teacher import TeacherConfig, build_segdt_teacher
 
             if teacher_config is None:
                 raise ValueError("--paths teacher needs --teacher-config FILE.yaml")
@@ -67,8 +67,8 @@ def build_segdt(
             for r in counts.pop("rejected")[:10]:
                 typer.echo(f"rejected {r['id']}: {r['reason']}", err=True)
         else:
-            from data_builders.programmatic import ProgrammaticConfig
-            from data_builders.programmatic import build_segdt as run
+            from dtwinseg.data_builders.programmatic import ProgrammaticConfig
+            from dtwinseg.data_builders.programmatic import build_segdt as run
 
             cfg = ProgrammaticConfig(min_iou=0.5 if min_iou is None else min_iou, use_program=use_program)
             counts = run(dataset_spec, dt_cache, out, cfg, strict=strict, progress=draws(progress))
@@ -109,8 +109,14 @@ def build_sft(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Tokenise Seg-DT records with the model's chat template and per-token loss weights."""
-    from data_builders.segdt import load_records
-    from data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset, load_tokenizer, save_dataset
+    from dtwinseg.data_builders.segdt import load_records
+    from dtwinseg.data_builders.sft_dataset import (
+        SFTDatasetConfig,
+        build_sft_dataset,
+        load_tokenizer,
+        save_dataset,
+    )
+
     from dtwinseg.formats import FormatConfig
     from dtwinseg.io import DataError
 
@@ -176,7 +182,7 @@ def train(
     Process count, first match: --num-processes (total); the accelerate config's num_processes (total over
     its num_machines); the recipe's launch.num_processes (per machine) x num_machines; else 1.
     """
-    from training.launch import launch
+    from dtwinseg.training.launch import launch
 
     overrides = list(overrides or []) + ([] if progress else ["training.disable_tqdm=true"])
     try:
@@ -195,7 +201,7 @@ DEMO_OUT = Path("runs/demo")  # `dtwinseg demo`'s default --out
 
 
 def _is_demo_recipe(path: Path) -> bool:
-    """A demo recipe (recipes/demo.yaml: eval.demo.DemoConfig fields, trained ``rows``) rather than a
+    """A demo recipe (recipes/demo.yaml: dtwinseg.workflows.demo.DemoConfig fields, trained ``rows``) rather than a
     training recipe (a ``training`` section)."""
     from dtwinseg.config import load_config_yaml  # the reader (and ConfigError) of training recipes
 
@@ -214,9 +220,9 @@ def _check_demo_recipe(recipe: Path, overrides: list[str], dry_run: bool, accele
     if not dry_run:
         raise ConfigError(recipe, None, f"a demo recipe, not a training recipe: `dtwinseg demo --recipe {recipe}` "
                           "builds its data and trains its rows; add --dry-run to check their training recipes")
-    from eval.demo import DemoConfig, row_training_recipes
-    from training.launch import launch
-    from training.recipe import recipe_from_dict
+    from dtwinseg.training.launch import launch
+    from dtwinseg.training.recipe import recipe_from_dict
+    from dtwinseg.workflows.demo import DemoConfig, row_training_recipes
 
     cfg = DemoConfig.load(recipe)
     for label, (data, _) in row_training_recipes(cfg, DEMO_OUT).items():

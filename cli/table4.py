@@ -1,6 +1,6 @@
 """``dtwinseg table4``: the paper's Table 4 ablations, each row a config (recipes/ablations/table4.yaml).
 
-See eval/table4.py. Heavy imports stay inside the command body so ``dtwinseg --help`` is instant.
+See workflows/table4.py. Heavy imports stay inside the command body so ``dtwinseg --help`` is instant.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def table4(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Build and evaluate Table 4's rows and print the table (gIoU, cIoU, oracle bound, paper numbers)."""
-    from eval.table4 import DEFAULT_MANIFEST, run_table4
+    from dtwinseg.workflows.table4 import DEFAULT_MANIFEST, run_table4
 
     result = run_table4(dataset, out, manifest or DEFAULT_MANIFEST,
                         rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,

@@ -24,8 +24,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from data_builders.dt_cache import DTCache
-from data_builders.registry import open_dataset
+from dtwinseg.data_builders.dt_cache import DTCache
+from dtwinseg.data_builders.registry import open_dataset
+
 from dtwinseg.io import atomic_write_json
 from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder
 from dtwinseg.perception.prefetch import decode_rgb, prefetch

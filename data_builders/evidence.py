@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from dtwinseg.data_builders.synthetic.config import COLOURS, SIZE_RADIUS, TEXTURES
 
-from data_builders.synthetic.config import COLOURS, SIZE_RADIUS, TEXTURES
 from dtwinseg.spatial import PairwiseRelations, relation_phrase
 from dtwinseg.twin import DigitalTwin
 

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from data_builders.reader_utils import (
+from dtwinseg.data_builders.reader_utils import (
     ListDataset,
     check_rle,
     decode_rle_mask,
@@ -36,8 +35,9 @@ from data_builders.reader_utils import (
     read_json_fallback,
     read_png_mask,
 )
-from data_builders.registry import register_reader
-from data_builders.sample import Sample
+from dtwinseg.data_builders.registry import register_reader
+from dtwinseg.data_builders.sample import Sample
+
 from dtwinseg.io import DataError
 
 SPLIT_FILES = {"train": "train.json", "val": "validation.json", "validation": "validation.json", "test": "test.json"}

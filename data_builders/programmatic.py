@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dtwinseg.data_builders.evidence import Hop, ObjectFacts, generic_hops, object_facts, program_hops
+from dtwinseg.data_builders.segdt import SegDTRecord
 
-from data_builders.evidence import Hop, ObjectFacts, generic_hops, object_facts, program_hops
-from data_builders.segdt import SegDTRecord
 from dtwinseg.config import StrictConfig
 from dtwinseg.formats.score import overlap_scores
 from dtwinseg.formats.sftdt import Decision, PathStep, ReasoningPath, check_path
@@ -261,8 +261,9 @@ def build_segdt(dataset_spec: str, dt_cache: str | os.PathLike, out: str | os.Pa
     missing_twin, failed (+ the failures' ids and errors, the mean match IoU of the written records, how
     many paths came from a query program or from the generic hops, and how many have 1, 2, ... steps).
     """
-    from data_builders.dt_cache import DTCache
-    from data_builders.registry import open_dataset
+    from dtwinseg.data_builders.dt_cache import DTCache
+    from dtwinseg.data_builders.registry import open_dataset
+
     from dtwinseg.io import write_jsonl
 
     cfg = cfg or ProgrammaticConfig()

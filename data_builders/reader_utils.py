@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+from dtwinseg.data_builders.sample import Sample
 
-from data_builders.sample import Sample
 from dtwinseg.io import DataError
 
 R = TypeVar("R")

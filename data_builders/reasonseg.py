@@ -30,8 +30,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-from data_builders.reader_utils import (
+from dtwinseg.data_builders.reader_utils import (
     ListDataset,
     check_points,
     check_rle,
@@ -40,8 +39,9 @@ from data_builders.reader_utils import (
     read_json_fallback,
     require_dir,
 )
-from data_builders.registry import register_reader
-from data_builders.sample import Sample
+from dtwinseg.data_builders.registry import register_reader
+from dtwinseg.data_builders.sample import Sample
+
 from dtwinseg.io import DataError
 
 IGNORE_VALUE = 255

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dtwinseg.data_builders.reader_utils import ListDataset, get_field, read_json_fallback, require_dir
+from dtwinseg.data_builders.registry import register_reader
+from dtwinseg.data_builders.sample import Sample
 from pycocotools import mask as mask_utils
 
-from data_builders.reader_utils import ListDataset, get_field, read_json_fallback, require_dir
-from data_builders.registry import register_reader
-from data_builders.sample import Sample
 from dtwinseg.io import DataError
 
 SPLIT_BY = {"refcoco": ("unc",), "refcoco+": ("unc",), "refcocog": ("umd", "google")}

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from data_builders.sample import Sample
+from dtwinseg.data_builders.sample import Sample
+
 from dtwinseg.io import DataError
 
 
@@ -69,7 +70,7 @@ def _load_builtin_readers() -> None:
     # Importing the reader modules registers them.
     import importlib
 
-    for mod in ("data_builders.reasonseg", "data_builders.llmseg", "data_builders.refcoco", "data_builders.synthetic"):
+    for mod in ("dtwinseg.data_builders.reasonseg", "dtwinseg.data_builders.llmseg", "dtwinseg.data_builders.refcoco", "dtwinseg.data_builders.synthetic"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

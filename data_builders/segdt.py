@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_builders.dt_cache import DTCache
+from dtwinseg.data_builders.dt_cache import DTCache
+
 from dtwinseg.formats.sftdt import ReasoningPath, check_path
 from dtwinseg.io import DataError, write_jsonl
 from dtwinseg.twin import DigitalTwin

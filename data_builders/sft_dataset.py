@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dtwinseg.data_builders.segdt import SegDTRecord
 
-from data_builders.segdt import SegDTRecord
 from dtwinseg.base_models import resolve_model_path
 from dtwinseg.config import StrictConfig
 from dtwinseg.formats import (

@@ -9,9 +9,8 @@ from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
-
-from data_builders.registry import Dataset
-from data_builders.sample import Sample
+from dtwinseg.data_builders.registry import Dataset
+from dtwinseg.data_builders.sample import Sample
 
 
 def sample_facts(sample: Sample) -> dict:

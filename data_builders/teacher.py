@@ -27,9 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from dtwinseg.data_builders.programmatic import (
+    ProgrammaticConfig,
+    best_subset,
+    programmatic_record,
+    sample_program,
+)
+from dtwinseg.data_builders.segdt import SegDTRecord
 
-from data_builders.programmatic import ProgrammaticConfig, best_subset, programmatic_record, sample_program
-from data_builders.segdt import SegDTRecord
 from dtwinseg.config import StrictConfig, build_dataclass
 from dtwinseg.formats.sftdt import ReasoningPath, check_path, parse_path_output, sftdt_messages
 from dtwinseg.io import DataError
@@ -210,8 +215,9 @@ def build_segdt_teacher(dataset_spec: str, dt_cache: str | os.PathLike, out: str
     union cannot reach ``min_iou``, not sent),
     the rejected ids with their reason, and the config.
     """
-    from data_builders.dt_cache import DTCache
-    from data_builders.registry import open_dataset
+    from dtwinseg.data_builders.dt_cache import DTCache
+    from dtwinseg.data_builders.registry import open_dataset
+
     from dtwinseg.io import write_jsonl
 
     client = client or cfg.client()

@@ -67,7 +67,7 @@ def parse_checkpoint(spec: str, base: ReasoningConfig) -> Checkpoint:
     else:
         spec_body = spec
     if spec_body.startswith("baseline:"):  # untrained pickers (eval/baselines.py)
-        from eval.baselines import parse_baseline
+        from dtwinseg.eval.baselines import parse_baseline
 
         cfg, picker = parse_baseline(spec_body, base)
         return Checkpoint(label or spec_body.split(":")[1], spec, cfg, reasoner=picker)

@@ -129,7 +129,7 @@ def markdown(table: dict) -> str:
 
 def compare(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
     """Write compare.md, compare.json and compare.png under ``out``; return the table."""
-    from eval.report import bar_chart
+    from dtwinseg.eval.report import bar_chart
 
     out = Path(out)
     table = comparison(runs)
@@ -144,7 +144,7 @@ def compare(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
     return table
 
 
-# --- Table 4 layout (the paper's ablation table; rows run by eval/table4.py) --------------------------
+# --- Table 4 layout (the paper's ablation table; rows run by workflows/table4.py) --------------------------
 def table4_values(run: str | os.PathLike, label: str, group: str = "overall") -> dict:
     """gIoU, cIoU and oracle gIoU (percent) and n of one label's ``group`` in an eval run."""
     e = load_run(run)["checkpoints"][label]["groups"][group]

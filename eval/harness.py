@@ -32,17 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_builders.dt_cache import DTCache
-from data_builders.registry import open_dataset
-from data_builders.sample import Sample
-from dtwinseg.io import DataError, append_jsonl, atomic_write_json, check_label, read_json
-from dtwinseg.parsing import ParseResult
-from dtwinseg.reasoning import ReasoningOutput, build_reasoner
-from dtwinseg.runtime import ProgressBar, RunLock, iter_positions, parse_shard, shard_suffix
-from dtwinseg.runtime import shard_indices as _shard_positions
-from dtwinseg.twin import DigitalTwin
-from eval.checkpoints import Checkpoint
-from eval.records import (
+from dtwinseg.data_builders.dt_cache import DTCache
+from dtwinseg.data_builders.registry import open_dataset
+from dtwinseg.data_builders.sample import Sample
+from dtwinseg.eval.checkpoints import Checkpoint
+from dtwinseg.eval.records import (
     STATUSES,
     failed_count,
     input_error_record,
@@ -56,8 +50,15 @@ from eval.records import (
     summary_line,
     twin_problem,
 )
-from eval.report import write_report
-from eval.run_info import check_merge_identities, write_run_info
+from dtwinseg.eval.report import write_report
+from dtwinseg.eval.run_info import check_merge_identities, write_run_info
+
+from dtwinseg.io import DataError, append_jsonl, atomic_write_json, check_label, read_json
+from dtwinseg.parsing import ParseResult
+from dtwinseg.reasoning import ReasoningOutput, build_reasoner
+from dtwinseg.runtime import ProgressBar, RunLock, iter_positions, parse_shard, shard_suffix
+from dtwinseg.runtime import shard_indices as _shard_positions
+from dtwinseg.twin import DigitalTwin
 
 __all__ = ["EvalOptions", "ShardResult", "STATUSES", "evaluate", "evaluate_shard", "load_records", "merge_run",
            "parse_shard", "run_checkpoint", "shard_indices", "shard_suffix"]

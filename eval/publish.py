@@ -83,9 +83,8 @@ def pick_checkpoint(metrics: dict, adapter_dir: Path, label: str | None) -> tupl
 
 def eval_results(metrics: dict, ck: dict) -> list[Any]:
     """model-index entries: gIoU and cIoU (percent, 2 decimals) for every split group of the checkpoint."""
+    from dtwinseg.eval.compare import dataset_and_split
     from huggingface_hub import EvalResult
-
-    from eval.compare import dataset_and_split
 
     ds, split = dataset_and_split(metrics["dataset"])
     out = []
@@ -179,7 +178,7 @@ def build_card(model_dir: Path, repo_id: str, *, metrics: dict | None = None, ch
     body += ["## Data", "", dataset_note or (f"Evaluated on `{metrics['dataset']}`." if metrics else
                                              "Not recorded."), ""]
     if ck is not None:
-        from eval.report import pct
+        from dtwinseg.eval.report import pct
 
         body += ["## Evaluation", "", f"Checkpoint `{ck_label}` ({ck.get('strategy')} strategy), reference "
                  "gIoU / cIoU in percent; oracle = best greedy union of the twin's objects.", "",

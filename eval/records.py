@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dtwinseg.data_builders.programmatic import best_subset
+from dtwinseg.data_builders.sample import Sample
 
-from data_builders.programmatic import best_subset
-from data_builders.sample import Sample
 from dtwinseg.io import DataError, atomic_write_text, clip_middle
 from dtwinseg.metrics import GroupedIoU, per_mask_iou
 from dtwinseg.reasoning import ReasoningOutput

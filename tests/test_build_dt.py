@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from dtwinseg.data_builders.build_dt import build_dt, parse_shard, shard_indices
+from dtwinseg.data_builders.dt_cache import DTCache
 from PIL import Image
 from typer.testing import CliRunner
 
-from data_builders.build_dt import build_dt, parse_shard, shard_indices
-from data_builders.dt_cache import DTCache
 from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder, mask_views
 from dtwinseg.twin import encode_rle
 from tests.perception_helpers import ChatServer
@@ -69,7 +69,7 @@ def twin_dicts(cache):
 
 
 def test_cli_oracle_build_with_a_bad_image(tmp_path):
-    from cli.main import app
+    from dtwinseg.cli.main import app
 
     root = write_reasonseg(tmp_path / "ReasonSeg", 5, bad={3})
     res = CliRunner().invoke(app, ["build-dt", f"reasonseg:{root}:val", "--config", str(oracle_config(tmp_path)),
@@ -120,7 +120,7 @@ def test_resume_after_interrupted_run_matches_one_shot(tmp_path):
 def test_images_are_decoded_ahead_in_threads_and_cached_ones_not_at_all(tmp_path, monkeypatch):
     import threading
 
-    import data_builders.build_dt as bd
+    import dtwinseg.data_builders.build_dt as bd
 
     decoded: list[tuple[str, str]] = []
     real = bd.decode_rgb
@@ -160,7 +160,7 @@ def test_shards_cover_every_sample_exactly_once(tmp_path):
 
 
 def test_cli_reports_config_errors(tmp_path):
-    from cli.main import app
+    from dtwinseg.cli.main import app
 
     root = write_reasonseg(tmp_path / "ReasonSeg", 1)
     bad = tmp_path / "bad.yaml"
@@ -195,7 +195,7 @@ def test_mask_views_crop_and_outline():
 def planted_sam():
     from segment_anything import sam_model_registry
 
-    from dtwinseg.testing.planted_sam import BlobScene
+    from tests.planted_sam import BlobScene
 
     torch.manual_seed(0)
     sam = sam_model_registry["vit_b"](checkpoint=None).eval()
@@ -227,7 +227,7 @@ def answer(body):
 
 def run_planted(planted_sam, fn):
     from dtwinseg.perception.proposals import ProposalGenerator
-    from dtwinseg.testing.planted_sam import fixed_encoder, plant
+    from tests.planted_sam import fixed_encoder, plant
 
     sam, scene = planted_sam
     with fixed_encoder(sam, torch.zeros(1, 256, 64, 64)), plant(sam, scene, run_decoder=False):
@@ -292,8 +292,8 @@ def test_cache_key_ignores_operational_fields_but_not_thresholds():
 
 
 def test_readers_without_random_access_are_sharded_by_one_pass(tmp_path, monkeypatch):
-    from data_builders import build_dt as bd
-    from data_builders.registry import open_dataset
+    from dtwinseg.data_builders import build_dt as bd
+    from dtwinseg.data_builders.registry import open_dataset
 
     root = write_reasonseg(tmp_path / "ReasonSeg", 5)
 

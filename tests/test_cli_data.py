@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dtwinseg.cli.main import app
 from PIL import Image
 from typer.testing import CliRunner
-
-from cli.main import app
 
 
 def write(folder: Path, stem: str, text: str, is_sentence: bool, shapes: list, **tags) -> None:
@@ -73,6 +72,6 @@ def test_stats_tables_and_bad_spec(tmp_path: Path):
 
 
 def test_help_from_a_subprocess():
-    out = subprocess.run([sys.executable, "-m", "cli", "data", "stats", "--help"],
+    out = subprocess.run([sys.executable, "-m", "dtwinseg.cli", "data", "stats", "--help"],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert "DATASET_SPEC" in out and "--no-strict" in out and "--lenient" in out and "--json" in out

@@ -4,14 +4,14 @@ secret-named keys refused, errors naming the file and the dotted field."""
 from __future__ import annotations
 
 import pytest
+from dtwinseg.data_builders.teacher import TeacherConfig
+from dtwinseg.workflows.table4 import load_manifest
 
-from data_builders.teacher import TeacherConfig
 from dtwinseg.config import ConfigError
 from dtwinseg.formats import FormatConfig, build_format
 from dtwinseg.formats.compact import CompactOptions
 from dtwinseg.io import DataError
 from dtwinseg.reasoning.config import ReasoningConfig
-from eval.table4 import load_manifest
 
 
 @pytest.mark.parametrize(("data", "match"), [
@@ -113,8 +113,9 @@ def test_every_config_file_is_read_with_yaml_1_2_scalars(tmp_path):
 
 
 def test_configs_share_one_strict_from_dict_from_yaml_to_dict(tmp_path):
-    from data_builders.programmatic import ProgrammaticConfig
-    from data_builders.sft_dataset import SFTDatasetConfig
+    from dtwinseg.data_builders.programmatic import ProgrammaticConfig
+    from dtwinseg.data_builders.sft_dataset import SFTDatasetConfig
+
     from dtwinseg.config import StrictConfig
     from dtwinseg.perception.builder import PerceptionConfig
     from dtwinseg.perception.vlm import VLMConfig

@@ -23,8 +23,8 @@ SCRIPT = r"""
 import os, sys, json, torch
 sys.path.insert(0, sys.argv[1])
 from sft_helpers import bpe_tokenizer, records, tiny_llama
-from data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset
-from training import SFTDTConfig, SFTDTTrainer
+from dtwinseg.data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset
+from dtwinseg.training import SFTDTConfig, SFTDTTrainer
 from peft import LoraConfig
 out, stage, root = sys.argv[2], sys.argv[3], sys.argv[4]
 tok = bpe_tokenizer(vocab_size=1200)
@@ -51,8 +51,8 @@ if t.is_world_process_zero():
                "world": t.args.world_size, "dist_world": torch.distributed.get_world_size(),
                "train_batch": engine.train_batch_size(), "probe": probe.tolist(),
                "logits": logits.tolist(), "log": t.state.log_history}, open(out + "/result.json", "w"))
-from training.run import shutdown_distributed
-shutdown_distributed()  # as training.run does: no gloo thread left to abort the exit
+from dtwinseg.training.run import shutdown_distributed
+shutdown_distributed()  # as dtwinseg.training.run does: no gloo thread left to abort the exit
 """
 
 

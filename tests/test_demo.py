@@ -74,8 +74,9 @@ def test_reasoning_config_selects_the_compact_format_and_names_bad_options(tmp_p
 
 
 def test_embedding_largest_and_random_baselines_as_eval_checkpoints() -> None:
+    from dtwinseg.eval.checkpoints import parse_checkpoint
+
     from dtwinseg.reasoning import ReasoningConfig
-    from eval.checkpoints import parse_checkpoint
 
     twin = small_twin()
     base = ReasoningConfig(strategy="compact", model="")
@@ -95,11 +96,11 @@ def test_embedding_largest_and_random_baselines_as_eval_checkpoints() -> None:
 
 def test_constrained_baseline_scores_each_one_object_answer_like_an_unpadded_forward(tmp_path: Path) -> None:
     import torch
+    from dtwinseg.eval.checkpoints import parse_checkpoint
     from transformers import AutoTokenizer, BertConfig, BertLMHeadModel
 
     from dtwinseg.base_models import packaged_minilm_path
     from dtwinseg.reasoning import ReasoningConfig
-    from eval.checkpoints import parse_checkpoint
 
     tok = AutoTokenizer.from_pretrained(str(packaged_minilm_path()))
     torch.manual_seed(0)
@@ -125,7 +126,7 @@ def test_constrained_baseline_scores_each_one_object_answer_like_an_unpadded_for
 
 
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_samples() -> None:
-    from eval.demo import bootstrap_ci
+    from dtwinseg.workflows.demo import bootstrap_ci
 
     rng = np.random.default_rng(1)
     small, large = list(rng.random(40)), list(rng.random(400))
@@ -138,7 +139,7 @@ def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_samples() ->
 
 
 def test_demo_recipe_loads_with_presets_and_refuses_unknown_keys(tmp_path: Path) -> None:
-    from eval.demo import DemoConfig
+    from dtwinseg.workflows.demo import DemoConfig
 
     cfg = DemoConfig.load()
     assert cfg.n_test >= 280 and cfg.main == "auto" and cfg.rows["scorer"]["target"] == "object"
@@ -181,7 +182,7 @@ def test_demo_recipe_loads_with_presets_and_refuses_unknown_keys(tmp_path: Path)
 
 
 def test_rows_with_their_own_format_get_their_own_dataset(tmp_path: Path) -> None:
-    from eval.demo import DemoConfig, data_key, format_options, row_training_recipes
+    from dtwinseg.workflows.demo import DemoConfig, data_key, format_options, row_training_recipes
 
     cfg = DemoConfig(main="auto", rows={"plain": {"target": "object", "weighted": True, "decoding": "verdicts"},
                            "facts": {"target": "object", "weighted": True, "decoding": "verdicts",
@@ -203,7 +204,7 @@ def test_rows_with_their_own_format_get_their_own_dataset(tmp_path: Path) -> Non
 
 
 def test_main_row_is_chosen_on_val_never_on_test() -> None:
-    from eval.demo import choose_main
+    from dtwinseg.workflows.demo import choose_main
 
     rows = {"a": {"trained": {"target": "path"}, "val_giou": 0.4, "giou": 0.9},
             "b": {"trained": {"target": "object"}, "val_giou": 0.6, "giou": 0.1},
@@ -229,10 +230,10 @@ def test_prepare_minilm_causal_loads_as_causal_lm(tmp_path: Path) -> None:
 
 
 def test_freeze_parameters_by_name_parts_and_ranges() -> None:
+    from dtwinseg.training.run import freeze_parameters
     from transformers import BertConfig, BertLMHeadModel
 
     from dtwinseg.io import DataError
-    from training.run import freeze_parameters
 
     cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=32, is_decoder=True)
@@ -277,9 +278,8 @@ def test_batched_generation_equals_one_by_one_for_bert_decoder() -> None:
 
 
 def _cli(args: list[str]) -> str:
+    from dtwinseg.cli.main import app
     from typer.testing import CliRunner
-
-    from cli.main import app
 
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -288,7 +288,7 @@ def _cli(args: list[str]) -> str:
 
 @pytest.mark.slow
 def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> None:
-    from eval.demo import check_seed, project_path
+    from dtwinseg.workflows.demo import check_seed, project_path
 
     out = tmp_path / "demo"
     output = _cli(["demo", "--out", str(out), "--quick", "--no-progress"])

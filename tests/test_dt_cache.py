@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from dtwinseg.data_builders.dt_cache import DTCache, sample_key
 
-from data_builders.dt_cache import DTCache, sample_key
 from dtwinseg.twin import DigitalTwin
 
 

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from dtwinseg.data_builders.synthetic import SynthConfig
+from dtwinseg.data_builders.synthetic.config import PLURALS
+from dtwinseg.data_builders.synthetic.writer import write_dataset
 
-from data_builders.synthetic import SynthConfig
-from data_builders.synthetic.config import PLURALS
-from data_builders.synthetic.writer import write_dataset
 from dtwinseg.formats import FormatConfig, build_format
 from dtwinseg.formats.compact import CompactOptions, object_lines
 from dtwinseg.formats.facts import NUMBER_WORDS, kind_of, object_facts, plural, references

@@ -8,19 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dtwinseg.cli.main import app
+from dtwinseg.data_builders.build_dt import build_dt
+from dtwinseg.data_builders.dt_cache import DTCache
+from dtwinseg.data_builders.registry import open_dataset
+from dtwinseg.eval.checkpoints import Checkpoint
+from dtwinseg.eval.harness import EvalOptions, evaluate, evaluate_shard
 from PIL import Image
 from test_harness import N, OracleReasoner, build_bench
 from typer.testing import CliRunner
 
-from cli.main import app
-from data_builders.build_dt import build_dt
-from data_builders.dt_cache import DTCache
-from data_builders.registry import open_dataset
 from dtwinseg.io import DataError
 from dtwinseg.perception.builder import PerceptionConfig
 from dtwinseg.reasoning import ReasoningConfig
-from eval.checkpoints import Checkpoint
-from eval.harness import EvalOptions, evaluate, evaluate_shard
 from tests.perception_helpers import ChatServer
 
 QUIET = {"log": lambda s: None}
@@ -203,7 +203,8 @@ def test_a_reasoner_raising_on_one_sample_costs_that_sample_only(bench, tmp_path
 
 def test_empty_ground_truth_twin_union_shapes_are_checked():
     # sanity of the size check used above, independent of files
-    from eval.records import twin_problem
+    from dtwinseg.eval.records import twin_problem
+
     from tests.reasoning_helpers import make_twin
 
     twin = make_twin(0, size=32)

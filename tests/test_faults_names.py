@@ -8,16 +8,16 @@ import stat
 
 import numpy as np
 import pytest
+from dtwinseg.data_builders.dt_cache import DTCache, sample_key
+from dtwinseg.eval.checkpoints import Checkpoint, parse_checkpoint
+from dtwinseg.eval.harness import EvalOptions, evaluate
+from dtwinseg.eval.records import MAX_STORED_TEXT, load_records
 from test_harness import N, OracleReasoner, build_bench
 
-from data_builders.dt_cache import DTCache, sample_key
 from dtwinseg.io import DataError, atomic_write_json, bounded_name, check_label, clip_middle
 from dtwinseg.parsing import ParseResult
 from dtwinseg.reasoning import ReasoningConfig, ReasoningOutput
 from dtwinseg.twin import DigitalTwin
-from eval.checkpoints import Checkpoint, parse_checkpoint
-from eval.harness import EvalOptions, evaluate
-from eval.records import MAX_STORED_TEXT, load_records
 
 QUIET = {"log": lambda s: None}
 

@@ -13,17 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
+from dtwinseg.data_builders.build_dt import build_dt
+from dtwinseg.data_builders.dt_cache import vlm_fallbacks
+from dtwinseg.eval.checkpoints import Checkpoint
+from dtwinseg.eval.harness import EvalOptions, evaluate, evaluate_shard
+from dtwinseg.eval.records import load_records
 from test_harness import Interrupting, N, OracleReasoner, build_bench
 
-from data_builders.build_dt import build_dt
-from data_builders.dt_cache import vlm_fallbacks
 from dtwinseg.io import DataError
 from dtwinseg.perception.builder import PerceptionConfig
 from dtwinseg.reasoning import ReasoningConfig
 from dtwinseg.runtime import RunLock
-from eval.checkpoints import Checkpoint
-from eval.harness import EvalOptions, evaluate, evaluate_shard
-from eval.records import load_records
 
 QUIET = {"log": lambda s: None}
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +181,7 @@ def test_kill_9_of_an_eval_process_resumes_to_the_one_shot_result(bench, tmp_pat
         rcfg = tmp_path / "r.yaml"
         rcfg.write_text(f"base_url: {srv.url}\nmax_retries: 0\napi_key_env: NO_SUCH_KEY_VAR\nbatch_size: 1\n"
                         "concurrency: 1\n")
-        args = [sys.executable, "-m", "cli", "eval", spec, "--dt-cache", str(cache), "-c", "api=openai:m",
+        args = [sys.executable, "-m", "dtwinseg.cli", "eval", spec, "--dt-cache", str(cache), "-c", "api=openai:m",
                 "--reasoning-config", str(rcfg), "--worst", "0"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         run = tmp_path / "killed"
@@ -194,9 +194,8 @@ def test_kill_9_of_an_eval_process_resumes_to_the_one_shot_result(bench, tmp_pat
         proc.wait(timeout=10)
         assert (run / ".lock").exists() and not (run / "metrics.json").exists()
         assert 2 <= len(load_records(pred)) < N
+        from dtwinseg.cli.main import app
         from typer.testing import CliRunner
-
-        from cli.main import app
 
         resumed = CliRunner().invoke(app, args[3:] + ["--out", str(run)])  # in-process: same command
         assert resumed.exit_code == 0 and "resuming" in resumed.output, resumed.output

@@ -10,16 +10,16 @@ import os
 
 import numpy as np
 import pytest
-from reasoning_helpers import make_twin
-from sft_helpers import bpe_tokenizer, records
-
-from data_builders.sft_dataset import (
+from dtwinseg.data_builders.sft_dataset import (
     DECISION,
     SFTDatasetConfig,
     build_sft_dataset,
     encode_record,
     save_dataset,
 )
+from reasoning_helpers import make_twin
+from sft_helpers import bpe_tokenizer, records
+
 from dtwinseg.formats import (
     FormatConfig,
     Target,
@@ -223,12 +223,11 @@ def test_score_format_dataset_trains_and_its_answers_parse(tmp_path):
     """build-sft with the score format (targets from ground-truth overlap), a few SFTDTTrainer steps on a
     tiny Llama, then the reasoner reads the trained model's answers with the same format."""
     import torch
+    from dtwinseg.cli.main import app
+    from dtwinseg.data_builders.segdt import write_records
+    from dtwinseg.training import SFTDTConfig, SFTDTTrainer
     from sft_helpers import tiny_llama
     from typer.testing import CliRunner
-
-    from cli.main import app
-    from data_builders.segdt import write_records
-    from training import SFTDTConfig, SFTDTTrainer
 
     tok = bpe_tokenizer(vocab_size=600)
     tok.save_pretrained(tmp_path / "tok")
@@ -275,9 +274,15 @@ def test_score_format_dataset_trains_and_its_answers_parse(tmp_path):
 
 
 def test_metrics_count_truncated_answers_apart_from_repairs():
-    from data_builders.sample import Sample
-    from eval.records import failed_count, merge_states, metrics_from_state, sample_record, state_from_records
-    from eval.report import metrics_table
+    from dtwinseg.data_builders.sample import Sample
+    from dtwinseg.eval.records import (
+        failed_count,
+        merge_states,
+        metrics_from_state,
+        sample_record,
+        state_from_records,
+    )
+    from dtwinseg.eval.report import metrics_table
 
     twin = make_twin(3, n=3)
     gt = twin.masks()[1].astype(np.uint8)

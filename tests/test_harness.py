@@ -11,17 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dtwinseg.data_builders.dt_cache import DTCache
+from dtwinseg.data_builders.programmatic import best_subset
+from dtwinseg.data_builders.registry import open_dataset
+from dtwinseg.eval.checkpoints import Checkpoint, parse_checkpoint
+from dtwinseg.eval.harness import EvalOptions, evaluate, load_records, parse_shard
 from reasoning_helpers import SemanticChatServer, save_tiny_llama, write_reasonseg
 
-from data_builders.dt_cache import DTCache
-from data_builders.programmatic import best_subset
-from data_builders.registry import open_dataset
 from dtwinseg.metrics import compute_giou_ciou
 from dtwinseg.parsing import ParseResult
 from dtwinseg.reasoning import ReasoningConfig, ReasoningOutput
 from dtwinseg.twin import DigitalTwin
-from eval.checkpoints import Checkpoint, parse_checkpoint
-from eval.harness import EvalOptions, evaluate, load_records, parse_shard
 
 ROOT = Path(__file__).resolve().parent.parent
 H, W = 24, 32
@@ -183,14 +183,13 @@ def test_two_process_sharded_run_equals_one_process(bench, tmp_path):
                 "--reasoning-config", str(rcfg), "--worst", "1"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DTWINSEG_TEST_KEY": "sk-secret-xyz",
                "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "cli", "eval"] + args + ["--out", str(tmp_path / "sharded")]
+        cmd = [sys.executable, "-m", "dtwinseg.cli", "eval"] + args + ["--out", str(tmp_path / "sharded")]
         procs = [subprocess.Popen(cmd + ["--shard", f"{i}/2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for i in range(2)]
         logs = [p.communicate(timeout=300)[0] for p in procs]
         assert all(p.returncode == 0 for p in procs), logs
+        from dtwinseg.cli.main import app
         from typer.testing import CliRunner
-
-        from cli.main import app
 
         os.environ["DTWINSEG_TEST_KEY"] = "sk-secret-xyz"
         try:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dtwinseg.data_builders.llmseg import LLMSegDataset
+from dtwinseg.data_builders.registry import open_dataset
 from PIL import Image
 
-from data_builders.llmseg import LLMSegDataset
-from data_builders.registry import open_dataset
 from dtwinseg.io import DataError
 from dtwinseg.twin import encode_rle
 

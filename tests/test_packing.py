@@ -6,17 +6,16 @@ import os
 
 import pytest
 import torch
-from sft_helpers import bpe_tokenizer, records, tiny_bert_lm, tiny_llama
-
-from data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset
-from training import SFTDTConfig, SFTDTTrainer
-from training.packing import (
+from dtwinseg.data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset
+from dtwinseg.training import SFTDTConfig, SFTDTTrainer
+from dtwinseg.training.packing import (
     SEGMENT_ATTENTION,
     TokenBudgetSampler,
     boundaries_from_position_ids,
     budget_batches,
     pack_examples,
 )
+from sft_helpers import bpe_tokenizer, records, tiny_bert_lm, tiny_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

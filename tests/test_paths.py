@@ -145,8 +145,9 @@ def test_parse_non_text():
 def test_evidence_paths_of_every_synthetic_dimension_render_and_parse_back():
     """Programmatic paths with evidence (1-3 steps, one per hop) survive the SFTDT text format: rendered,
     parsed back, the same verdicts, reasons and answer."""
-    from data_builders.programmatic import path_with_kind
-    from data_builders.synthetic import generate_sample
+    from dtwinseg.data_builders.programmatic import path_with_kind
+    from dtwinseg.data_builders.synthetic import generate_sample
+
     from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder
 
     builder = TwinBuilder(PerceptionConfig(source="oracle"))

@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from dtwinseg.cli.main import app
+from dtwinseg.eval.publish import PublishError, publish
 from typer.testing import CliRunner
-
-from cli.main import app
-from eval.publish import PublishError, publish
 
 METRICS = {
     "dataset": "reasonseg:/data/ReasonSeg:test",

@@ -194,8 +194,7 @@ def test_score_ties_and_missing_objects():
 
 def test_sftdt_reads_the_rendered_path():
     import numpy as np
-
-    from data_builders.programmatic import programmatic_path
+    from dtwinseg.data_builders.programmatic import programmatic_path
 
     twin = make_twin(5, n=4)
     gt = twin.masks()[[1, 3]].any(0).astype(np.uint8)

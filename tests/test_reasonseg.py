@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dtwinseg.data_builders.reasonseg import ReasonSegDataset, reasonseg_subset
+from dtwinseg.data_builders.registry import open_dataset
 from PIL import Image
 
-from data_builders.reasonseg import ReasonSegDataset, reasonseg_subset
-from data_builders.registry import open_dataset
 from dtwinseg.io import DataError
 from dtwinseg.twin import encode_rle
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dtwinseg.cli.main import app
+from dtwinseg.training.launch import plan_processes
+from dtwinseg.training.recipe import load_recipe
 from sft_helpers import MINILM, records
 from typer.testing import CliRunner
 
-from cli.main import app
 from dtwinseg.config import ConfigError, convert, convert_text, is_secret_key, redact
-from training.launch import plan_processes
-from training.recipe import load_recipe
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,8 +83,8 @@ def test_dry_run_builds_every_recipe(name):
 def test_dry_run_of_the_demo_recipe_checks_every_trained_row():
     """recipes/demo.yaml is a demo recipe (no training section): --dry-run checks the training recipe of
     each trained row, exactly the one `dtwinseg demo` trains; without --dry-run one line says what to run."""
-    from eval.demo import DemoConfig, row_training_recipes
-    from training.recipe import load_recipe as load
+    from dtwinseg.training.recipe import load_recipe as load
+    from dtwinseg.workflows.demo import DemoConfig, row_training_recipes
 
     demo = ROOT / "recipes" / "demo.yaml"
     res = invoke("train", str(demo), "--dry-run", "training.learning_rate=1e-4")
@@ -103,7 +103,7 @@ def test_dry_run_of_the_demo_recipe_checks_every_trained_row():
     assert load(ablations["sftdt"][0]).training["max_steps"] == 140
     assert res.output.count("# SFTDTConfig: ok: learning_rate 0.0001") == len(rows)
     for label, (recipe, _) in rows.items():
-        assert f"in-process: python -m training.run runs/demo/recipes/{label}.yaml" in res.output
+        assert f"in-process: python -m dtwinseg.training.run runs/demo/recipes/{label}.yaml" in res.output
         assert load(recipe).training["output_dir"] == f"runs/demo/train-{label}"
     bad = invoke("train", str(demo), "--dry-run", "training.nonexistent=1")
     assert bad.exit_code == 2 and "training.nonexistent" in bad.output
@@ -115,12 +115,12 @@ def test_dry_run_of_the_demo_recipe_checks_every_trained_row():
 def test_dry_run_of_the_deepspeed_recipe_as_a_user_runs_it(tmp_path):
     """In a subprocess (DeepSpeed config objects are process-global), from another working directory."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "cli", "train", str(ROOT / "recipes" / "llama33_70b_sftdt.yaml"),
+    proc = subprocess.run([sys.executable, "-m", "dtwinseg.cli", "train", str(ROOT / "recipes" / "llama33_70b_sftdt.yaml"),
                            "--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert '"stage": 3' in out and '"train_batch_size": 64' in out  # 1 x 8 accumulation x 8 processes
-    assert "# LoraConfig: r 16" in out and "--num_processes 8" in out and "--module training.run" in out
+    assert "# LoraConfig: r 16" in out and "--num_processes 8" in out and "--module dtwinseg.training.run" in out
 
 
 def test_done_when_overrides():
@@ -209,7 +209,12 @@ def test_errors_are_one_line_unless_debug(tmp_path, monkeypatch):
 # --- every GPU recipe trains 2 steps on CPU ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory):
-    from data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset, load_tokenizer, save_dataset
+    from dtwinseg.data_builders.sft_dataset import (
+        SFTDatasetConfig,
+        build_sft_dataset,
+        load_tokenizer,
+        save_dataset,
+    )
 
     out = tmp_path_factory.mktemp("sft") / "data"
     ds, _ = build_sft_dataset(records(4, objects=3), load_tokenizer(MINILM), SFTDatasetConfig(max_length=512))
@@ -279,9 +284,10 @@ def test_compare_rows_are_unique_with_one_unit(tmp_path):
 
 # --- Hub ids ------------------------------------------------------------------------------------------------
 def test_hub_ids_offline_miss_is_one_line_and_local_paths_win(tmp_path, monkeypatch):
+    from dtwinseg.eval.checkpoints import parse_checkpoint
+
     from dtwinseg.base_models import is_hub_id
     from dtwinseg.reasoning import ReasoningConfig
-    from eval.checkpoints import parse_checkpoint
 
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dtwinseg.data_builders.refcoco import RefCOCODataset
+from dtwinseg.data_builders.registry import open_dataset
 from PIL import Image
 
-from data_builders.refcoco import RefCOCODataset
-from data_builders.registry import open_dataset
 from dtwinseg.io import DataError
 from dtwinseg.twin import decode_rle, encode_rle
 

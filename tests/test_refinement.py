@@ -142,7 +142,7 @@ def test_sam_only_ablation_config_means_no_refinement():
 # --- on a planted SAM -------------------------------------------------------------------------------
 
 def chain_scene(group_iou=0.97):
-    from dtwinseg.testing.planted_sam import BlobScene
+    from tests.planted_sam import BlobScene
 
     # input frame 1024 x 768 (image 256 x 192): a group > object > part chain and a separate blob
     return BlobScene(
@@ -162,7 +162,7 @@ def sam():
 
 
 def run_planted(sam, scene, level, **cfg):
-    from dtwinseg.testing.planted_sam import fixed_encoder, plant
+    from tests.planted_sam import fixed_encoder, plant
 
     gen = ProposalGenerator(sam, ProposalConfig(points_per_side=12, **cfg))
     image = np.zeros((192, 256, 3), np.uint8)
@@ -224,7 +224,7 @@ def test_theta_applies_to_reprompted_masks(sam):
 
 
 def test_reprompt_without_a_passing_mask_keeps_the_original(sam):
-    from dtwinseg.testing.planted_sam import fixed_encoder, plant
+    from tests.planted_sam import fixed_encoder, plant
 
     scene = chain_scene()
     gen = ProposalGenerator(sam, ProposalConfig(points_per_side=12))

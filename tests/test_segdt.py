@@ -8,19 +8,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from sft_helpers import rect_masks
-
-from data_builders.dt_cache import DTCache
-from data_builders.programmatic import (
+from dtwinseg.data_builders.dt_cache import DTCache
+from dtwinseg.data_builders.programmatic import (
     ProgrammaticConfig,
     best_subset,
     build_segdt,
     path_with_kind,
     programmatic_path,
 )
-from data_builders.registry import register_reader
-from data_builders.sample import Sample
-from data_builders.segdt import iter_records, load_records, record_from_dict, write_records
+from dtwinseg.data_builders.registry import register_reader
+from dtwinseg.data_builders.sample import Sample
+from dtwinseg.data_builders.segdt import iter_records, load_records, record_from_dict, write_records
+from sft_helpers import rect_masks
+
 from dtwinseg.formats.sftdt import check_path
 from dtwinseg.io import DataError
 from dtwinseg.twin import DigitalTwin
@@ -108,7 +108,8 @@ def test_paths_never_use_hidden_ground_truth_overlap():
 @pytest.fixture(scope="module")
 def synthetic_twins():
     """Two samples per dimension: (sample, oracle twin) with the query program and instances."""
-    from data_builders.synthetic import generate_sample
+    from dtwinseg.data_builders.synthetic import generate_sample
+
     from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder
 
     builder = TwinBuilder(PerceptionConfig(source="oracle"))
@@ -153,7 +154,7 @@ def test_program_paths_state_visible_evidence_with_one_step_per_hop(synthetic_tw
 
 
 def test_relation_evidence_quotes_the_true_centres(synthetic_twins):
-    from data_builders.evidence import object_facts
+    from dtwinseg.data_builders.evidence import object_facts
 
     checked = 0
     for s, inst, twin in synthetic_twins:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dtwinseg.cli.main import app
 from PIL import Image
 from reasoning_helpers import SemanticChatServer
 from typer.testing import CliRunner
 
-from cli.main import app
 from dtwinseg.pipeline import Segmenter
 from dtwinseg.reasoning import ReasoningConfig, build_reasoner
 from dtwinseg.twin import DigitalTwin

@@ -7,9 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from sft_helpers import bpe_tokenizer, minilm_tokenizer, records
-
-from data_builders.sft_dataset import (
+from dtwinseg.data_builders.sft_dataset import (
     ANSWER,
     COMPLETION,
     DECISION,
@@ -18,6 +16,7 @@ from data_builders.sft_dataset import (
     build_sft_dataset,
     encode_record,
 )
+from sft_helpers import bpe_tokenizer, minilm_tokenizer, records
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -75,10 +74,9 @@ def test_overlong_examples_truncate_the_twin_or_drop(tokenizer):
 
 
 def test_build_sft_cli(tmp_path):
+    from dtwinseg.cli.main import app
+    from dtwinseg.data_builders.segdt import write_records
     from typer.testing import CliRunner
-
-    from cli.main import app
-    from data_builders.segdt import write_records
 
     write_records(tmp_path / "r.jsonl", records(3), inline_twin=True)
     tok = bpe_tokenizer()
@@ -150,12 +148,12 @@ def test_loss_weights_have_one_home():
     """build-sft, the trainer, the demo and the CLI take their per-kind weights from dtwinseg.formats."""
     import dataclasses
 
+    from dtwinseg.cli.main import app
+    from dtwinseg.training.trainer import SFTDTConfig
+    from dtwinseg.workflows.demo import DemoConfig, training_recipe
     from typer.testing import CliRunner
 
-    from cli.main import app
     from dtwinseg.formats import DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS, LossWeights
-    from eval.demo import DemoConfig, training_recipe
-    from training.trainer import SFTDTConfig
 
     assert DEFAULT_LOSS_WEIGHTS.by_kind() == [0.0, 1.0, 2.0, 4.0]  # method.md sec. 3
     assert SFTDatasetConfig(max_length=None).loss_weights == DEFAULT_LOSS_WEIGHTS

@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from dtwinseg.data_builders.synthetic import DIMENSIONS, SynthConfig, generate_sample, write_dataset
 
-from data_builders.synthetic import DIMENSIONS, SynthConfig, generate_sample, write_dataset
 from dtwinseg.twin import decode_rle
 
 N_PER_SPLIT = 3 * len(DIMENSIONS)  # dimensions cycle, so this holds every dimension three times
@@ -193,9 +193,8 @@ def test_largest_is_really_largest_with_margin() -> None:
 
 
 def test_synth_cli_writes_reasonseg_folder(tmp_path: Path) -> None:
+    from dtwinseg.cli.main import app
     from typer.testing import CliRunner
-
-    from cli.main import app
 
     res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path), "--n-train", "2", "--n-val", "1",
                                    "--n-test", "1", "--seed", "2", "--no-progress"])
@@ -220,9 +219,8 @@ def test_synth_cli_writes_reasonseg_folder(tmp_path: Path) -> None:
 def test_synth_cli_refuses_bad_settings_in_one_line(tmp_path: Path, yaml_text: str, match: str, jobs: str) -> None:
     import re
 
+    from dtwinseg.cli.main import app
     from typer.testing import CliRunner
-
-    from cli.main import app
 
     (tmp_path / "s.yaml").write_text(yaml_text)
     res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "out"), "--config", str(tmp_path / "s.yaml"),

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dtwinseg.data_builders.synthetic import write_dataset
+from dtwinseg.workflows.table4 import DEFAULT_MANIFEST, load_manifest, run_table4
 from typer.testing import CliRunner
 
-from data_builders.synthetic import write_dataset
 from dtwinseg.perception.builder import PerceptionConfig
 from dtwinseg.reasoning import ReasoningConfig
-from eval.table4 import DEFAULT_MANIFEST, load_manifest, run_table4
 from tests.reasoning_helpers import SemanticChatServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def test_table4_runs_rows_on_synthetic_and_prints_the_layout(synth, tmp_path, mo
 
 
 def test_table4_cli(synth, tmp_path, monkeypatch):
-    from cli.main import app
+    from dtwinseg.cli.main import app
 
     root, spec = synth
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")

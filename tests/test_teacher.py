@@ -6,13 +6,13 @@ import json
 import re
 
 import pytest
+from dtwinseg.data_builders.build_dt import build_dt
+from dtwinseg.data_builders.registry import open_dataset
+from dtwinseg.data_builders.segdt import load_records
+from dtwinseg.data_builders.synthetic import write_dataset
+from dtwinseg.data_builders.teacher import TeacherConfig, build_segdt_teacher, verify
 from typer.testing import CliRunner
 
-from data_builders.build_dt import build_dt
-from data_builders.registry import open_dataset
-from data_builders.segdt import load_records
-from data_builders.synthetic import write_dataset
-from data_builders.teacher import TeacherConfig, build_segdt_teacher, verify
 from dtwinseg.io import DataError
 from dtwinseg.perception.builder import PerceptionConfig
 from tests.perception_helpers import ChatServer
@@ -135,7 +135,7 @@ def test_config_refuses_keys_and_bad_values(tmp_path):
 
 
 def test_cli_build_segdt_teacher(data, monkeypatch, tmp_path):
-    from cli.main import app
+    from dtwinseg.cli.main import app
 
     root, spec, cache, queries = data
     monkeypatch.setenv("DTWINSEG_TEACHER_API_KEY", KEY)
@@ -156,7 +156,7 @@ def test_cli_build_segdt_teacher(data, monkeypatch, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.output[res.output.index("{"):])["path_kinds"] == {"program": 4}
     # nothing usable (no cached twin for any sample): exit 1, and no empty records file is written
-    from data_builders.synthetic import write_dataset
+    from dtwinseg.data_builders.synthetic import write_dataset
 
     write_dataset(tmp_path / "other", {"val": 2}, seed=5, progress=False)
     res = CliRunner().invoke(app, ["build-segdt", f"synthetic:{tmp_path / 'other'}:val", "--dt-cache", str(cache),

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from dtwinseg.data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset
+from dtwinseg.training import SFTDTConfig, SFTDTTrainer
+from dtwinseg.training.trainer import fused_head_supported
 from sft_helpers import bpe_tokenizer, records, tiny_bert_lm, tiny_llama
-
-from data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset
-from training import SFTDTConfig, SFTDTTrainer
-from training.trainer import fused_head_supported
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -158,8 +157,8 @@ DDP_SCRIPT = r"""
 import os, sys, json, torch
 sys.path.insert(0, sys.argv[1])
 from sft_helpers import bpe_tokenizer, records, tiny_llama
-from data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset
-from training import SFTDTConfig, SFTDTTrainer
+from dtwinseg.data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset
+from dtwinseg.training import SFTDTConfig, SFTDTTrainer
 tok = bpe_tokenizer(vocab_size=1200)
 ds, _ = build_sft_dataset(records(8, objects=3), tok, SFTDatasetConfig(max_length=None))
 model = tiny_llama(len(tok), seed=1)
@@ -173,8 +172,8 @@ t.train()
 if t.is_world_process_zero():
     d = {k: (before[k] - v.detach()).tolist() for k, v in model.named_parameters()}
     json.dump({"loss": t.state.log_history[0]["loss"], "delta": d}, open(sys.argv[2] + "/result.json", "w"))
-from training.run import shutdown_distributed
-shutdown_distributed()  # as training.run does: no gloo thread left to abort the exit
+from dtwinseg.training.run import shutdown_distributed
+shutdown_distributed()  # as dtwinseg.training.run does: no gloo thread left to abort the exit
 """
 
 
@@ -204,12 +203,11 @@ def test_two_cpu_ranks_equal_one(tmp_path):
 
 @pytest.mark.slow
 def test_training_run_module_on_two_cpu_ranks_exits_cleanly(tmp_path):
-    """The module accelerate launches (python -m training.run), on 2 gloo ranks: it trains, saves once, and
+    """The module accelerate launches (python -m dtwinseg.training.run), on 2 gloo ranks: it trains, saves once, and
     the processes exit 0 (the process group is destroyed, so no gloo thread aborts the interpreter's exit)."""
+    from dtwinseg.cli.main import app
+    from dtwinseg.data_builders.segdt import write_records
     from typer.testing import CliRunner
-
-    from cli.main import app
-    from data_builders.segdt import write_records
 
     write_records(tmp_path / "r.jsonl", records(4, objects=3), inline_twin=True)
     res = CliRunner().invoke(app, ["build-sft", str(tmp_path / "r.jsonl"), "--tokenizer",
@@ -218,7 +216,7 @@ def test_training_run_module_on_two_cpu_ranks_exits_cleanly(tmp_path):
     assert res.exit_code == 0, res.output
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29633", "-m", "training.run", str(ROOT / "recipes" / "tiny_cpu.yaml"),
+                           "29633", "-m", "dtwinseg.training.run", str(ROOT / "recipes" / "tiny_cpu.yaml"),
                            f"data.train={tmp_path / 'sft'}", f"training.output_dir={tmp_path / 'out'}",
                            "training.max_steps=1", "training.use_cpu=true"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -229,10 +227,9 @@ def test_training_run_module_on_two_cpu_ranks_exits_cleanly(tmp_path):
 
 
 def test_tiny_recipe_through_cli_with_wandb_offline(tmp_path, monkeypatch):
+    from dtwinseg.cli.main import app
+    from dtwinseg.data_builders.segdt import write_records
     from typer.testing import CliRunner
-
-    from cli.main import app
-    from data_builders.segdt import write_records
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -249,7 +246,7 @@ def test_tiny_recipe_through_cli_with_wandb_offline(tmp_path, monkeypatch):
     assert res.exit_code == 0 and "in-process" in res.output
     res = runner.invoke(app, ["train", recipe, "--dry-run", "--num-processes", "2",
                               "--accelerate-config", str(ROOT / "accelerate_config.yaml"), "data.train=sft"])
-    assert res.exit_code == 0 and "--num_processes 2" in res.output and "--module training.run" in res.output
+    assert res.exit_code == 0 and "--num_processes 2" in res.output and "--module dtwinseg.training.run" in res.output
     res = runner.invoke(app, ["train", recipe, "data.train=sft", "training.output_dir=out", "training.max_steps=2",
                               "training.report_to=[wandb]", "lora.use_lora=true", "lora.r=4",
                               "lora.target_modules=[q_proj,v_proj]", "training.learning_rate=0.01"])

@@ -8,9 +8,9 @@ The process count follows ONE rule (:func:`plan_processes`), first match wins:
 3. the recipe's ``launch.num_processes``: processes on EACH machine, times the config's ``num_machines``;
 4. otherwise 1.
 
-One process in total: in-process :func:`training.run.train_from_recipe`. Otherwise::
+One process in total: in-process :func:`dtwinseg.training.run.train_from_recipe`. Otherwise::
 
-    accelerate launch --config_file <accelerate_config> --num_processes <total> --module training.run \
+    accelerate launch --config_file <accelerate_config> --num_processes <total> --module dtwinseg.training.run \
         RECIPE.yaml [overrides...] --no-merge
 
 (every machine runs that command with its own ``machine_rank`` in its accelerate config) and, once every
@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dtwinseg.training.recipe import Recipe, build_training_args, load_recipe, lora_config, project_file
 
 from dtwinseg.config import ConfigError, load_config_yaml, redact
-from training.recipe import Recipe, build_training_args, load_recipe, lora_config, project_file
 
 
 @dataclass
@@ -83,7 +83,7 @@ def launch_command(recipe: str | os.PathLike, overrides: list[str], accelerate_c
     if accelerate_config:
         cmd += ["--config_file", str(accelerate_config)]
     cmd += ["--num_processes", str(num_processes)]
-    return cmd + ["--module", "training.run", str(recipe), *overrides, "--no-merge"]
+    return cmd + ["--module", "dtwinseg.training.run", str(recipe), *overrides, "--no-merge"]
 
 
 def _accelerate_config(r: Recipe, cli_path: str | os.PathLike | None) -> tuple[Path | None, dict | None]:
@@ -151,7 +151,7 @@ def launch(recipe: Recipe | dict | str | os.PathLike, overrides: list[str] | Non
            accelerate_config: str | os.PathLike | None = None, num_processes: int | None = None,
            dry_run_only: bool = False, echo: Callable[[str], None] = print) -> Path | None:
     """Train a recipe; returns the output folder (None on a dry run). See the module docstring."""
-    from training.run import merge_adapter, train_from_recipe
+    from dtwinseg.training.run import merge_adapter, train_from_recipe
 
     overrides = list(overrides or [])
     r = load_recipe(recipe, overrides)
@@ -159,7 +159,7 @@ def launch(recipe: Recipe | dict | str | os.PathLike, overrides: list[str] | Non
     plan = plan_processes(r.launch.num_processes, acc_cfg, num_processes)
     shown = r.path or recipe  # a Recipe / dict built in memory shows the file it stands for
     if plan.total == 1:
-        command = f"in-process: python -m training.run {shlex.join([str(shown), *overrides])}"
+        command = f"in-process: python -m dtwinseg.training.run {shlex.join([str(shown), *overrides])}"
         cmd = None
     else:
         cmd = launch_command(shown, overrides, acc_path, plan.total)

@@ -45,7 +45,7 @@ class ModelSection:
     """name_or_path: Hub id, folder or ``package:<module>/<folder>``; or config: a model config dict (random
     init, vocab_size from the tokenizer; wins over name_or_path). tokenizer: default the model's. dtype of
     the weights. kwargs: extra from_pretrained / config arguments. freeze: parameter groups kept fixed
-    (full fine-tuning only; see training.run.freeze_parameters). init_seed: seed of a random init."""
+    (full fine-tuning only; see dtwinseg.training.run.freeze_parameters). init_seed: seed of a random init."""
 
     name_or_path: str | None = None
     config: dict | None = None
@@ -110,7 +110,7 @@ ALL_SECTIONS = ("model", "data", "lora", "training", "merge", "wandb", "launch")
 
 def training_field_types() -> dict[str, Any]:
     """{field: type} of SFTDTConfig, read from the dataclass, plus resume_from_checkpoint (bool or folder)."""
-    from training.trainer import SFTDTConfig
+    from dtwinseg.training.trainer import SFTDTConfig
 
     types_ = field_types(SFTDTConfig)
     types_["resume_from_checkpoint"] = bool | str | None
@@ -261,7 +261,7 @@ def build_training_args(r: Recipe, *, assume_gpu: bool = False) -> Any:
     of GPU recipes on a CPU machine); a rejected value is a ConfigError naming the training section."""
     from unittest import mock
 
-    from training.trainer import SFTDTConfig
+    from dtwinseg.training.trainer import SFTDTConfig
 
     kwargs, _ = training_kwargs(r)
     patch = mock.patch("transformers.training_args.is_torch_bf16_gpu_available", return_value=True) \

@@ -4,7 +4,7 @@ The recipe's sections and their types are in training/recipe.py (typed, strict: 
 typed values are one-line errors before any weight is loaded). Overrides are ``section.field=value``
 strings typed by the field they set (``training.learning_rate=1e-4``, ``lora.r=8``,
 ``training.save_strategy=no``, ``lora.target_modules=[q_proj,v_proj]``, ``model.config={...}``).
-Run as a module (what ``accelerate launch`` starts): ``python -m training.run RECIPE.yaml [key=value ...]``.
+Run as a module (what ``accelerate launch`` starts): ``python -m dtwinseg.training.run RECIPE.yaml [key=value ...]``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from dtwinseg.config import ConfigError, strip_secrets
-from dtwinseg.io import DataError, atomic_write_text
-from training.recipe import (
+from dtwinseg.training.recipe import (
     ModelSection,
     Recipe,
     build_training_args,
@@ -26,6 +23,9 @@ from training.recipe import (
     lora_config,
     training_kwargs,
 )
+
+from dtwinseg.config import ConfigError, strip_secrets
+from dtwinseg.io import DataError, atomic_write_text
 
 __all__ = ["build_model", "build_tokenizer", "freeze_parameters", "load_recipe", "lora_config", "merge_adapter",
            "save_recipe", "shutdown_distributed", "train_from_recipe"]
@@ -40,7 +40,7 @@ def _dtype(name: str | None) -> Any:
 
 def build_tokenizer(model: ModelSection) -> Any:
     """The recipe's tokenizer (default: the model's), with a pad token."""
-    from data_builders.sft_dataset import load_tokenizer
+    from dtwinseg.data_builders.sft_dataset import load_tokenizer
 
     source = model.tokenizer or model.name_or_path
     if not source:
@@ -190,7 +190,7 @@ def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list
     The resolved recipe is saved as ``output_dir/recipe.yaml``. With ``merge`` and ``merge.enabled`` in the
     recipe, the adapter is merged afterwards (main process only).
     """
-    from training.trainer import SFTDTTrainer
+    from dtwinseg.training.trainer import SFTDTTrainer
 
     r = load_recipe(recipe, overrides)
     for name in ("train", "eval"):
@@ -258,10 +258,10 @@ def shutdown_distributed() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m training.run RECIPE.yaml [key=value ...] [--no-merge]`` (what accelerate launches)."""
+    """``python -m dtwinseg.training.run RECIPE.yaml [key=value ...] [--no-merge]`` (what accelerate launches)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        raise SystemExit("usage: python -m training.run RECIPE.yaml [key=value ...] [--no-merge]")
+        raise SystemExit("usage: python -m dtwinseg.training.run RECIPE.yaml [key=value ...] [--no-merge]")
     merge = "--no-merge" not in argv
     argv = [a for a in argv if a != "--no-merge"]
     try:

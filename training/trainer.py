@@ -29,11 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from trl import SFTConfig, SFTTrainer
-
-from dtwinseg.formats.base import DEFAULT_LOSS_WEIGHTS, LossWeights
-from dtwinseg.prefix_lm import mark_prefix_lm, prefix_lengths
-from training.packing import (
+from dtwinseg.training.packing import (
     SEGMENT_ATTENTION,
     VARLEN_ATTENTION,
     TokenBudgetSampler,
@@ -41,6 +37,10 @@ from training.packing import (
     pack_examples,
     use_packed_attention,
 )
+from trl import SFTConfig, SFTTrainer
+
+from dtwinseg.formats.base import DEFAULT_LOSS_WEIGHTS, LossWeights
+from dtwinseg.prefix_lm import mark_prefix_lm, prefix_lengths
 
 
 @dataclass
@@ -92,7 +92,7 @@ class SFTDTConfig(SFTConfig):
         kwargs = dict(self.dataset_kwargs or {})
         kwargs.setdefault("skip_prepare_dataset", True)
         self.dataset_kwargs = kwargs
-        from training.cpu_deepspeed import configure_cpu_deepspeed_state, cpu_deepspeed_requested
+        from dtwinseg.training.cpu_deepspeed import configure_cpu_deepspeed_state, cpu_deepspeed_requested
 
         if cpu_deepspeed_requested(self.deepspeed):  # GPU-less DeepSpeed ranks: see training/cpu_deepspeed.py
             self.accelerator_config = configure_cpu_deepspeed_state(self.accelerator_config, self.use_cpu)

@@ -36,11 +36,11 @@ Modules: ``config`` (vocabulary, SynthConfig), ``geometry`` (unit polygons, poly
 ``writer`` (seeded samples, the ReasonSeg-format folder, the ``synthetic:`` reader).
 """
 
-from data_builders.synthetic.config import DIMENSIONS, SPLITS, SynthConfig
-from data_builders.synthetic.geometry import mask_polygons, rasterise_polygons
-from data_builders.synthetic.queries import PROGRAMS, Query
-from data_builders.synthetic.rendering import Scene, SceneObject, render_scene
-from data_builders.synthetic.writer import (
+from dtwinseg.data_builders.synthetic.config import DIMENSIONS, SPLITS, SynthConfig
+from dtwinseg.data_builders.synthetic.geometry import mask_polygons, rasterise_polygons
+from dtwinseg.data_builders.synthetic.queries import PROGRAMS, Query
+from dtwinseg.data_builders.synthetic.rendering import Scene, SceneObject, render_scene
+from dtwinseg.data_builders.synthetic.writer import (
     SynthSample,
     generate_sample,
     open_synthetic,

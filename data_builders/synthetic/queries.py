@@ -8,8 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
-from data_builders.synthetic.config import (
+from dtwinseg.data_builders.synthetic.config import (
     COMPOSITES,
     FUNCTIONS,
     PART_FUNCTIONS,
@@ -18,7 +17,7 @@ from data_builders.synthetic.config import (
     TEXTURES,
     SynthConfig,
 )
-from data_builders.synthetic.rendering import SceneObject, choose
+from dtwinseg.data_builders.synthetic.rendering import SceneObject, choose
 
 
 @dataclass

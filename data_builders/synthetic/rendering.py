@@ -7,8 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from data_builders.synthetic.config import (
+from dtwinseg.data_builders.synthetic.config import (
     COLOURS,
     COMPOSITES,
     ICONS,
@@ -18,7 +17,12 @@ from data_builders.synthetic.config import (
     TEXTURES,
     SynthConfig,
 )
-from data_builders.synthetic.geometry import polygon_roundtrip_iou, rasterise_polygons, shape_polygons
+from dtwinseg.data_builders.synthetic.geometry import (
+    polygon_roundtrip_iou,
+    rasterise_polygons,
+    shape_polygons,
+)
+
 from dtwinseg.twin import encode_rles
 
 

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from dtwinseg.data_builders.synthetic.config import DIMENSIONS, SynthConfig
+from dtwinseg.data_builders.synthetic.geometry import mask_polygons
+from dtwinseg.data_builders.synthetic.queries import PROGRAMS, REQUIRE, Query
+from dtwinseg.data_builders.synthetic.rendering import Scene, render_scene
 from PIL import Image
 
-from data_builders.synthetic.config import DIMENSIONS, SynthConfig
-from data_builders.synthetic.geometry import mask_polygons
-from data_builders.synthetic.queries import PROGRAMS, REQUIRE, Query
-from data_builders.synthetic.rendering import Scene, render_scene
 from dtwinseg.io import DataError, atomic_write_bytes, atomic_write_json
 
 
@@ -143,13 +143,13 @@ def write_dataset(out: str | os.PathLike, sizes: dict[str, int], seed: int = 0, 
 def open_synthetic(root: str, split: str, strict: bool = True):  # noqa: ANN201 - a registry Dataset
     """Reader for ``synthetic:ROOT:SPLIT``: the ReasonSeg reader, which also reads the dimension tags and
     the ``<stem>.instances.json`` sidecars written here."""
-    from data_builders.reasonseg import ReasonSegDataset
+    from dtwinseg.data_builders.reasonseg import ReasonSegDataset
 
     return ReasonSegDataset(root, split, strict=strict)
 
 
 def _register() -> None:
-    from data_builders.registry import _READERS, register_reader
+    from dtwinseg.data_builders.registry import _READERS, register_reader
 
     if "synthetic" not in _READERS:
         register_reader("synthetic")(open_synthetic)

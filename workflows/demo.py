@@ -173,7 +173,7 @@ class DemoConfig:
             convert_fields(cls, extra, str(path), f"presets.{preset}")  # strict: did-you-mean, typed
             data = {**data, **extra}
         cfg = build_dataclass(cls, data, path)  # strict (dtwinseg.config): did-you-mean, typed values
-        from data_builders.synthetic import SynthConfig
+        from dtwinseg.data_builders.synthetic import SynthConfig
 
         build_dataclass(SynthConfig, cfg.synth, path, "synth")  # the scene knobs too, before anything runs
         return cfg
@@ -257,8 +257,7 @@ def write_scenes(cfg: DemoConfig, data: Path, out: Path, splits: dict[str, int],
     import json
 
     import yaml
-
-    from data_builders.synthetic import SynthConfig, write_dataset
+    from dtwinseg.data_builders.synthetic import SynthConfig, write_dataset
 
     synth_yaml = out / "synth.yaml"
     scfg = SynthConfig.from_dict(cfg.synth)
@@ -275,7 +274,8 @@ def write_scenes(cfg: DemoConfig, data: Path, out: Path, splits: dict[str, int],
 
 def build_twins(spec: str, perception_yaml: Path, cache_root: Path, progress: bool = True) -> Any:
     """``dtwinseg build-dt`` of one split with the perception config (oracle: ground-truth instances)."""
-    from data_builders.build_dt import build_dt
+    from dtwinseg.data_builders.build_dt import build_dt
+
     from dtwinseg.perception.builder import PerceptionConfig
 
     cache, counts = build_dt(spec, PerceptionConfig.from_yaml(perception_yaml), cache_root, progress=progress)
@@ -286,9 +286,9 @@ def build_twins(spec: str, perception_yaml: Path, cache_root: Path, progress: bo
 
 def build_records(spec: str, cache: Any, out: Path) -> tuple[list, dict]:
     """Programmatic Seg-DT records for every training sample (its twin from the cache)."""
-    from data_builders.programmatic import ProgrammaticConfig, programmatic_record
-    from data_builders.registry import open_dataset
-    from data_builders.segdt import write_records
+    from dtwinseg.data_builders.programmatic import ProgrammaticConfig, programmatic_record
+    from dtwinseg.data_builders.registry import open_dataset
+    from dtwinseg.data_builders.segdt import write_records
 
     pcfg = ProgrammaticConfig()
     records, skipped = [], 0
@@ -311,7 +311,8 @@ def compact_dataset(records: list, tokenizer: Any, options: dict, out: Path, rec
     """``dtwinseg build-sft --reasoning-config <row yaml>``: the records tokenised in the compact format
     (decision spans: the verdicts of a path; answer span: the id list), saved with its format.json.
     Token kinds are saved too, so the weighted and unweighted runs share one dataset."""
-    from data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset, save_dataset
+    from dtwinseg.data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset, save_dataset
+
     from dtwinseg.formats import FormatConfig
 
     cfg = SFTDatasetConfig(max_length=512, strategy="compact", format=FormatConfig(options=options))
@@ -385,7 +386,7 @@ def train_all(out: Path, recipes: dict[str, dict], cfg: DemoConfig, log: Callabl
         atomic_write_text(path, text)
         pending.append((label, path, model))
     if cfg.jobs <= 0:  # in this process, one after the other (no process start-up: the quick preset)
-        from training.run import train_from_recipe
+        from dtwinseg.training.run import train_from_recipe
 
         for label, path, model in pending:
             t = time.time()
@@ -401,7 +402,7 @@ def train_all(out: Path, recipes: dict[str, dict], cfg: DemoConfig, log: Callabl
         while pending and len(running) < max(1, cfg.jobs):
             label, path, model = pending.pop(0)
             logf = open(out / f"train-{label}.log", "w")  # noqa: SIM115 - closed when the process ends
-            proc = subprocess.Popen([sys.executable, "-m", "cli", "train", str(path)], cwd=PROJECT_ROOT, env=env,
+            proc = subprocess.Popen([sys.executable, "-m", "dtwinseg.cli", "train", str(path)], cwd=PROJECT_ROOT, env=env,
                                     stdout=logf, stderr=subprocess.STDOUT)
             running.append((label, model, proc, logf, time.time()))
             log(f"[demo] training {label} (log: {out / f'train-{label}.log'})")
@@ -425,8 +426,9 @@ def train_all(out: Path, recipes: dict[str, dict], cfg: DemoConfig, log: Callabl
 def row_checkpoint(label: str, checkpoint: str, reasoning_yaml: Path) -> Any:
     """The eval Checkpoint of a row as ``dtwinseg eval -c LABEL=CHECKPOINT --reasoning-config YAML`` run
     from the project root builds it (relative paths are taken from the project root)."""
+    from dtwinseg.eval.checkpoints import parse_checkpoint
+
     from dtwinseg.reasoning import ReasoningConfig
-    from eval.checkpoints import parse_checkpoint
 
     if checkpoint.startswith("baseline:constrained:"):
         checkpoint = "baseline:constrained:" + str(project_path(checkpoint.split(":", 2)[2]))
@@ -454,7 +456,8 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig | None = None, *, progress:
 
 
 def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str], None]) -> dict:
-    from data_builders.sft_dataset import load_tokenizer
+    from dtwinseg.data_builders.sft_dataset import load_tokenizer
+
     from dtwinseg.base_models import prepare_base_model
 
     out.mkdir(parents=True, exist_ok=True)
@@ -547,8 +550,8 @@ def evaluate_rows(spec: str, cache_folder: Path, rows: dict[str, dict], out: Pat
                   progress: bool, log: Callable[[str], None]) -> dict:
     """Evaluate every row (checkpoint + reasoning config) with the harness; per row gIoU, cIoU, the
     bootstrap interval of gIoU and per-dimension gIoU, plus the oracle bound and the sample count."""
-    from eval.harness import EvalOptions, evaluate
-    from eval.records import load_records
+    from dtwinseg.eval.harness import EvalOptions, evaluate
+    from dtwinseg.eval.records import load_records
 
     cks = [row_checkpoint(label, r["checkpoint"], project_path(r["reasoning_config"])) for label, r in rows.items()]
     metrics = evaluate(spec, cache_folder, cks, out, EvalOptions(progress=progress, restart=True), log=log) or {}
@@ -581,7 +584,7 @@ def check_seed(summary: dict, seed: int, out: Path, *, n_test: int | None = None
                log: Callable[[str], None] = print) -> dict:
     """Reproduce every row of ``summary`` on a test split drawn with ``seed``, only from what summary.json
     names: synth config -> scenes, perception config -> twins, checkpoint + reasoning config -> eval."""
-    from data_builders.synthetic import SynthConfig, write_dataset
+    from dtwinseg.data_builders.synthetic import SynthConfig, write_dataset
 
     cfg = DemoConfig(**{k: v for k, v in summary["config"].items() if k != "presets"})
     n = n_test if n_test is not None else cfg.n_test

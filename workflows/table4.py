@@ -123,11 +123,12 @@ def run_row(row: Table4Row, manifest: Table4Manifest, dataset_spec: str, out: Pa
             checkpoint: str | None, reasoning_config: str | None, oracle_masks: bool, no_vlm: bool,
             limit: int | None, progress: bool, log: Callable[[str], None], oracle_only: bool = False) -> dict:
     """Build, evaluate and summarise one row (never raises on a row's own failure)."""
-    from data_builders.build_dt import build_dt
+    from dtwinseg.data_builders.build_dt import build_dt
+    from dtwinseg.eval.checkpoints import Checkpoint, parse_checkpoint
+    from dtwinseg.eval.compare import table4_values
+    from dtwinseg.eval.harness import EvalOptions, evaluate
+
     from dtwinseg.reasoning import ReasoningConfig
-    from eval.checkpoints import Checkpoint, parse_checkpoint
-    from eval.compare import table4_values
-    from eval.harness import EvalOptions, evaluate
 
     entry = {"id": row.id, "component": row.component, "configuration": row.configuration, "paper": row.paper,
              "giou": None, "ciou": None, "oracle_giou": None, "note": row.note}
@@ -179,7 +180,7 @@ def run_table4(dataset_spec: str, out: str | os.PathLike, manifest_path: str | o
     or ``openai:gpt-4o-mini``); the SFTDT rows keep their own configs. ``oracle_only`` runs no reasoner
     and reports only the oracle bound of the perception rows. Returns ``{"rows", "markdown"}``.
     """
-    from eval.compare import table4_markdown
+    from dtwinseg.eval.compare import table4_markdown
 
     manifest = load_manifest(manifest_path)
     base = DEFAULT_MANIFEST.parent.parent.parent
