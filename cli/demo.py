@@ -11,22 +11,36 @@ def synth(
     out: Path = typer.Option(..., "--out", help="Output folder; gets train/, val/, test/ in ReasonSeg format."),
     n_train: int = typer.Option(700, "--n-train", min=0, help="Samples in the train split (0: none)."),
     n_val: int = typer.Option(70, "--n-val", min=0, help="Samples in the val split (0: none)."),
-    n_test: int = typer.Option(140, "--n-test", min=0, help="Samples in the test split (0: none)."),
+    n_test: int = typer.Option(140, "--n-test", min=0, help="Samples in the test split (0: none); with the "
+                               "realistic profile worded and phrased as in no other split."),
+    n_test_seen: int = typer.Option(0, "--n-test-seen", min=0, help="Realistic profile: samples in the "
+                                    "seen-phrasing test split test_seen (the test scenes and targets, worded "
+                                    "and phrased as train; 0: none)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed writes byte-identical folders."),
     config: Path | None = typer.Option(None, "--config", help="YAML with SynthConfig fields (image size, "
                                        "objects per scene, ...); defaults documented in data_builders/synthetic/config.py."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Worker processes (the files are byte-identical for any "
                              "number)."),
+    profile: str | None = typer.Option(None, "--profile", help="basic (shapes and icons, 3-12 objects: quick "
+                                       "tests) or realistic (rooms, kitchens, tabletops, streets: 15-60 masks, "
+                                       "VLM-style wording, train / val / test worded and phrased apart); "
+                                       "overrides the config's profile (default basic)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Generate synthetic reasoning-segmentation scenes: images, ReasonSeg JSON with dimension and
-    granularity tags, and instance masks for the oracle perception source."""
+    granularity tags, and instance masks (with their VLM-style wording) for the oracle and simulated
+    perception sources."""
     from dtwinseg.data_builders.synthetic import SynthConfig, write_dataset
 
     from dtwinseg.io import DataError
 
     cfg = SynthConfig.from_yaml(config) if config else SynthConfig()  # strict: file + field in one line
-    sizes = {k: v for k, v in (("train", n_train), ("val", n_val), ("test", n_test)) if v > 0}
+    if profile is not None:
+        cfg = SynthConfig.from_dict({**cfg.to_dict(), "profile": profile}, path="--profile")
+    if n_test_seen and cfg.profile != "realistic":
+        raise DataError("--n-test-seen", None, "the seen-phrasing test split needs --profile realistic")
+    sizes = {k: v for k, v in (("train", n_train), ("val", n_val), ("test", n_test), ("test_seen", n_test_seen))
+             if v > 0}
     try:
         counts = write_dataset(out, sizes, seed=seed, cfg=cfg, progress=progress, jobs=jobs)
     except DataError as e:  # settings no scene can satisfy: name the file they came from

@@ -59,11 +59,13 @@ def test_same_seed_same_sample_other_seed_differs() -> None:
     assert not np.array_equal(a.scene.image, c.scene.image)
 
 
-def test_written_folder_is_deterministic_for_any_number_of_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", ["basic", "realistic"])
+def test_written_folder_is_deterministic_for_any_number_of_workers(tmp_path: Path, profile: str) -> None:
+    sizes = {"val": 3, "test": 2} | ({"test_seen": 2} if profile == "realistic" else {})
     for name, jobs in (("a", 1), ("b", 1), ("c", 2)):
-        write_dataset(tmp_path / name, {"val": 3, "test": 2}, seed=11, progress=False, jobs=jobs)
+        write_dataset(tmp_path / name, sizes, seed=11, cfg=SynthConfig(profile=profile), progress=False, jobs=jobs)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 1 + 5 * 3  # synthetic.json, and per sample the image, annotation and instances
+    assert len(files) == 1 + sum(sizes.values()) * 3  # synthetic.json, and per sample the image, annotation, instances
     for other in ("b", "c"):
         assert sorted(p.relative_to(tmp_path / other) for p in (tmp_path / other).rglob("*") if p.is_file()) == files
         for f in files:
@@ -240,3 +242,158 @@ def test_data_error_survives_pickling() -> None:
         e = pickle.loads(pickle.dumps(cls("f.yaml", "size", "must be >= 96")))
         assert type(e) is cls and (e.path, e.field, e.message) == ("f.yaml", "size", "must be >= 96")
         assert str(e) == "f.yaml: field 'size': must be >= 96"
+
+
+# --- the realistic profile ------------------------------------------------------------------------------------
+REALISTIC = SynthConfig(profile="realistic")
+
+
+@pytest.fixture(scope="module")
+def realistic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("realistic")
+    write_dataset(root, {"train": 7, "val": 7, "test": 7, "test_seen": 7}, seed=3, cfg=REALISTIC, progress=False,
+                  jobs=2)
+    return root
+
+
+def test_realistic_scenes_hold_regions_things_groups_and_parts(realistic_root: Path) -> None:
+    roles: set[str] = set()
+    for split in ("train", "val", "test", "test_seen"):
+        for ann, objects in load(realistic_root, split):
+            r = REALISTIC.realistic
+            assert r.min_masks <= len(objects) <= r.max_masks
+            n1 = sum(o["level"] == 1 for o in objects)
+            assert all(o["level"] == 1 for o in objects[:n1]) and all(o["level"] == 2 for o in objects[n1:])
+            for o in objects[n1:]:  # parts lie inside their owner's visible mask... mostly: the owner is their union
+                assert objects[o["parent"]]["role"] == "object"
+                owner = decode_rle(objects[o["parent"]]["rle"])
+                assert (decode_rle(o["rle"]) & ~owner).sum() == 0
+            for g in (o for o in objects if o["role"] == "group"):
+                union = np.logical_or.reduce([decode_rle(objects[m]["rle"]) for m in g["members"]])
+                assert np.array_equal(union, decode_rle(g["rle"])) and len(g["members"]) >= 2
+            roles |= {o["role"] for o in objects}
+            assert all(o["semantic"] and len(o["alt_semantics"]) == 2 for o in objects)
+            h, w = ann["imageHeight"], ann["imageWidth"]  # targets: polygons that rasterise back exactly
+            gt = reference_rasterise(ann, h, w) == 1
+            union = np.logical_or.reduce([decode_rle(objects[t]["rle"]) for t in ann["targets"]])
+            assert (gt & union).sum() / (gt | union).sum() >= 0.98, ann["text"]
+    assert roles == {"background", "object", "group", "part"}
+
+
+def _realistic_targets(ann: dict, objects: list[dict]) -> list[int]:
+    """The targets of a realistic program, recomputed from the written canonical attributes."""
+    prog = ann["program"]
+    things = [k for k, o in enumerate(objects) if o["role"] == "object" and o["area_px"] >= 40]
+    cat = prog.get("category")
+    same = [k for k in things if objects[k]["category"] == cat]
+
+    def value(k: int, which: str) -> float:
+        return _extreme_value(objects[k], which)
+
+    def side(k: int, a: int, rel: str) -> float:
+        (x, y), (ax, ay) = objects[k]["centroid"], objects[a]["centroid"]
+        return {"left of": ax - x, "right of": x - ax, "above": ay - y, "below": y - ay}[rel]
+
+    def nearest(group: list[int], a: int) -> int:
+        ax, ay = objects[a]["centroid"]
+        return min(group, key=lambda k: math.hypot(objects[k]["centroid"][0] - ax, objects[k]["centroid"][1] - ay))
+
+    kind = prog["kind"]
+    if kind == "reference":
+        o = objects[prog["object"]]
+        keys = prog["attributes"]
+        return [k for k in things if objects[k]["category"] == o["category"]
+                and all(objects[k].get(a) == o.get(a) for a in keys)]
+    if kind == "function":
+        return same
+    if kind == "relation":
+        return [k for k in same if k != prog["anchor"] and side(k, prog["anchor"], prog["relation"]) > 0]
+    if kind == "extreme":
+        return [max(same, key=lambda k: value(k, prog["which"]))]
+    if kind == "nearest":
+        return [nearest([k for k in same if k != prog["anchor"]], prog["anchor"])]
+    if kind in ("nearest_to_extreme", "relation_to_extreme"):
+        group2 = [k for k in things if objects[k]["category"] == prog["anchor_category"]]
+        anchor = max(group2, key=lambda k: value(k, prog["which"]))
+        if kind == "nearest_to_extreme":
+            return [nearest(same, anchor)]
+        return [k for k in same if side(k, anchor, prog["relation"]) > 0]
+    if kind == "count":
+        counts = {c: sum(objects[k]["category"] == c for k in things) for c in {objects[k]["category"] for k in things}}
+        assert [c for c, n in counts.items() if n == prog["count"]] == [cat]
+        return same
+    if kind == "group":
+        key = "colour" if "colour" in prog else "category"
+        return [k for k in things if objects[k][key] == prog[key]]
+    if kind == "part":
+        return [k for k, o in enumerate(objects) if o["role"] == "part" and o["parent"] == prog["owner"]
+                and o["category"] == prog["part"] and o["area_px"] >= 12]
+    raise AssertionError(f"unknown program {kind}")
+
+
+def test_realistic_queries_are_justified_and_test_seen_holds_the_test_scenes(realistic_root: Path) -> None:
+    dims = set()
+    for split in ("train", "val", "test", "test_seen"):
+        for ann, objects in load(realistic_root, split):
+            assert sorted(ann["targets"]) == sorted(_realistic_targets(ann, objects)), (ann["text"], ann["program"])
+            dims.add(ann["dimension"])
+    assert dims == set(DIMENSIONS)
+    for (a, oa), (b, ob) in zip(load(realistic_root, "test"), load(realistic_root, "test_seen"), strict=True):
+        assert (a["targets"], a["program"], a["dimension"]) == (b["targets"], b["program"], b["dimension"])
+        assert [o["rle"] for o in oa] == [o["rle"] for o in ob]
+    texts = [a["text"][0] for a, _ in load(realistic_root, "test")]
+    assert texts != [b["text"][0] for b, _ in load(realistic_root, "test_seen")]
+
+
+def _role_words() -> dict[str, set[str]]:
+    """Per role, the words of the lexicon and the query templates that no other role uses."""
+    from dtwinseg.data_builders.synthetic.realistic import lexicon, queries
+
+    tables = [lexicon.NOUNS, lexicon.PART_NOUNS, lexicon.COLOURS, lexicon.SIZES, lexicon.MATERIALS, lexicon.STATES,
+              lexicon.RELATIONS, lexicon.EXTREMES, {"nearest": lexicon.NEAREST, "context": lexicon.CONTEXT}]
+    words: dict[str, set[str]] = {r: set() for r in ("shared", "train", "val", "test")}
+    for table in tables:
+        for entry in table.values():
+            for role in words:
+                words[role] |= set(getattr(entry, role))
+    everyone = set().union(*words.values())
+    return {r: {w for w in words[r] if all(w not in words[o] for o in words if o != r)
+                and not any(w != v and re.search(rf"\b{re.escape(w)}\b", v) for v in everyone)}
+            for r in ("train", "val", "test")} | {"_templates": set(queries.SHORT)}
+
+
+def test_realistic_roles_word_and_phrase_apart(realistic_root: Path) -> None:
+    """Test twins and queries use no word only train uses, and train none only test uses (partly disjoint
+    vocabularies); the seen-phrasing test split is worded in train's words."""
+    own = _role_words()
+    assert len(own["train"]) > 40 and len(own["test"]) > 40
+
+    def texts(split: str) -> list[str]:
+        out = []
+        for ann, objects in load(realistic_root, split):
+            out += [ann["text"][0]] + [o["semantic"] for o in objects] + [a for o in objects for a in o["alt_semantics"]]
+        return [t.lower() for t in out]
+
+    def uses(split: str, role: str) -> set[str]:
+        return {w for t in texts(split) for w in own[role] if re.search(rf"\b{re.escape(w)}\b", t)}
+
+    assert not uses("test", "train") and not uses("train", "test") and not uses("val", "test")
+    assert not uses("test_seen", "test") and not uses("val", "train")
+    assert uses("test", "test") and uses("train", "train") and uses("test_seen", "train")
+
+
+def test_realistic_config_is_strict(tmp_path: Path) -> None:
+    from dtwinseg.cli.main import app
+    from typer.testing import CliRunner
+
+    from dtwinseg.io import DataError
+
+    with pytest.raises(DataError, match="profile"):
+        SynthConfig(profile="fancy")
+    with pytest.raises(DataError, match="max_masks"):
+        SynthConfig.from_dict({"profile": "realistic", "realistic": {"min_masks": 30, "max_masks": 20}})
+    with pytest.raises(DataError, match="realistic.min_maks"):
+        SynthConfig.from_dict({"realistic": {"min_maks": 3}})
+    res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--n-train", "1", "--n-test-seen", "1",
+                                   "--no-progress"])
+    assert res.exit_code == 2 and "--profile realistic" in res.output

@@ -43,6 +43,7 @@ from dtwinseg.data_builders.synthetic.rendering import Scene, SceneObject, rende
 from dtwinseg.data_builders.synthetic.writer import (
     SynthSample,
     generate_sample,
+    generate_samples,
     open_synthetic,
     sample_rng,
     write_dataset,
@@ -51,6 +52,6 @@ from dtwinseg.data_builders.synthetic.writer import (
 
 __all__ = [
     "DIMENSIONS", "PROGRAMS", "SPLITS", "Query", "Scene", "SceneObject", "SynthConfig", "SynthSample",
-    "generate_sample", "mask_polygons", "open_synthetic", "rasterise_polygons", "render_scene", "sample_rng",
+    "generate_sample", "generate_samples", "mask_polygons", "open_synthetic", "rasterise_polygons", "render_scene", "sample_rng",
     "write_dataset", "write_sample",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from dtwinseg.config import StrictConfig
 from dtwinseg.io import DataError
@@ -58,10 +58,53 @@ PLURALS = {"cup": "cups", "chair": "chairs", "sun": "suns", "umbrella": "umbrell
            "star": "stars", "hexagon": "hexagons"}
 
 
+PROFILES = ("basic", "realistic")
+
+
+@dataclass
+class RealisticConfig(StrictConfig):
+    """Knobs of the realistic profile (``SynthConfig.realistic``; data_builders/synthetic/realistic/).
+
+    min_masks, max_masks: ground-truth instances per scene (background regions, things, groups and parts);
+        scenes outside the range are drawn again.
+    p_wrong_colour: rate at which the wording model names a wrong colour (a VLM's mistake).
+    p_generic: rate of a generic description ("an object", "a piece") instead of a name.
+    p_other_noun: rate at which a description departs from the scene's preferred noun for its category.
+    p_context: rate of a location phrase ("on the table", "next to the sofa").
+    p_size, p_material: rates of the optional size and material words.
+    """
+
+    min_masks: int = 15
+    max_masks: int = 60
+    p_wrong_colour: float = 0.04
+    p_generic: float = 0.03
+    p_other_noun: float = 0.1
+    p_context: float = 0.3
+    p_size: float = 0.35
+    p_material: float = 0.4
+
+    SECTION = "realistic"
+
+    def __post_init__(self) -> None:
+        if self.min_masks < 1:
+            raise DataError(None, "realistic.min_masks", f"must be >= 1, got {self.min_masks}")
+        if self.max_masks < self.min_masks:
+            raise DataError(None, "realistic.max_masks", f"must be >= min_masks ({self.min_masks}), "
+                                                          f"got {self.max_masks}")
+        for name in ("p_wrong_colour", "p_generic", "p_other_noun", "p_context", "p_size", "p_material"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise DataError(None, f"realistic.{name}", f"a probability in [0, 1], got {getattr(self, name)}")
+
+
 @dataclass
 class SynthConfig(StrictConfig):
     """Knobs of the scene generator.
 
+    profile: "basic" (shapes and icons, 3-12 objects, canonical semantics: quick tests) or "realistic"
+        (rooms, kitchens, tabletops and streets with 15-60 instances: background regions, things, groups
+        and parts; semantics written by a wording model; train / val / test worded and phrased apart;
+        knobs in ``realistic``). min_objects, max_objects, category_pool, colour_pool, p_composite and
+        p_icon are the basic profile's.
     size: image side in pixels (square images).
     min_objects, max_objects: objects per scene (composites count once), drawn uniformly.
     category_pool: (min, max) distinct categories per scene; a small pool makes repeated categories, so
@@ -90,8 +133,14 @@ class SynthConfig(StrictConfig):
     margin_ratio: float = 1.25
     jpeg_quality: int = 95
     max_tries: int = 200
+    profile: str = "basic"
+    realistic: RealisticConfig = field(default_factory=RealisticConfig)
 
     def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise DataError(None, "profile", f"must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        if isinstance(self.realistic, dict):
+            self.realistic = RealisticConfig.from_dict(self.realistic)
         self.category_pool, self.colour_pool = tuple(self.category_pool), tuple(self.colour_pool)
         ints = {"size": 96, "min_objects": 1, "jpeg_quality": 1, "max_tries": 1}  # 96: room for the largest object
         for name, lowest in ints.items():

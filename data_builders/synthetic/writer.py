@@ -54,20 +54,56 @@ class SynthSample:
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
+def _split_code(split: str) -> int:
+    return _SPLIT_CODES.get(split, sum(map(ord, split)) + 3)
+
+
 def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """Independent generator per (seed, split, index): a sample does not depend on the split's size."""
-    code = _SPLIT_CODES.get(split, sum(map(ord, split)) + 3)
-    return np.random.default_rng([int(seed), code, int(index)])
+    return np.random.default_rng([int(seed), _split_code(split), int(index)])
 
 
 def generate_sample(seed: int, split: str, index: int, cfg: SynthConfig | None = None,
                     dimension: str | None = None) -> SynthSample:
-    """The ``index``-th sample of a split; dimensions cycle through DIMENSIONS unless given."""
+    """The ``index``-th sample of a split; dimensions cycle through DIMENSIONS unless given. The realistic
+    profile's ``test_seen`` split holds the scenes and targets of ``test``, worded and phrased as train."""
+    return generate_samples(seed, [split], index, cfg, dimension)[0]
+
+
+def scene_split(split: str, cfg: SynthConfig) -> str:
+    """The split whose scenes ``split`` holds (itself, but test for the realistic profile's test_seen)."""
+    if cfg.profile == "realistic":
+        from dtwinseg.data_builders.synthetic.realistic.sample import split_role
+
+        return split_role(split)[0]
+    return split
+
+
+def generate_samples(seed: int, splits: list[str], index: int, cfg: SynthConfig | None = None,
+                     dimension: str | None = None) -> list[SynthSample]:
+    """The ``index``-th sample of each of ``splits``, which must hold the same scenes (:func:`scene_split`):
+    the scene is drawn once and worded for each split."""
     cfg = cfg or SynthConfig()
-    rng = sample_rng(seed, split, index)
     dims = list(DIMENSIONS) if dimension is None else [dimension]
     first = DIMENSIONS[index % len(DIMENSIONS)] if dimension is None else dimension
     order = [first] + [d for d in dims if d != first]
+    if cfg.profile == "realistic":
+        from dtwinseg.data_builders.synthetic.realistic.sample import realistic_samples, split_role
+
+        scenes = {split_role(s)[0] for s in splits}
+        if len(scenes) != 1:
+            raise ValueError(f"splits {splits} do not hold the same scenes")
+        (shared,) = scenes
+        got = realistic_samples(sample_rng(seed, shared, index), seed, _split_code(shared), index,
+                                [split_role(s)[1] for s in splits], cfg, order)
+        if got is None:
+            _cannot(seed, splits[0], index, order, cfg)
+        return [SynthSample(f"{split}_{index:05d}", scene, query, is_sentence)  # type: ignore[arg-type]
+                for split, (scene, query, is_sentence) in zip(splits, got, strict=True)]
+    if len(splits) != 1:
+        raise ValueError("the basic profile draws one split's sample at a time")
+    split = splits[0]
+    rng = sample_rng(seed, split, index)
     for dim in order:  # the cycled dimension first; fall back to others only if it is impossible
         for _ in range(cfg.max_tries):
             scene = render_scene(rng, cfg, require=REQUIRE.get(dim))
@@ -76,10 +112,17 @@ def generate_sample(seed: int, split: str, index: int, cfg: SynthConfig | None =
             q = PROGRAMS[dim](rng, scene.objects, cfg)
             if q is None or not q.targets:
                 continue
-            return SynthSample(f"{split}_{index:05d}", scene, q, bool(rng.random() < cfg.p_sentence))
+            return [SynthSample(f"{split}_{index:05d}", scene, q, bool(rng.random() < cfg.p_sentence))]
+    _cannot(seed, split, index, order, cfg)
+    raise AssertionError("unreachable")
+
+
+def _cannot(seed: int, split: str, index: int, order: list[str], cfg: SynthConfig) -> None:
+    what = ("lower realistic.min_masks or raise realistic.max_masks" if cfg.profile == "realistic"
+            else "lower min_objects / max_objects")
     raise DataError(None, "max_tries", f"could not generate sample {split}/{index} (seed {seed}) for any of "
-                                       f"{order} in {cfg.max_tries} tries each: raise max_tries, lower "
-                                       "min_objects / max_objects, or enlarge size")
+                                       f"{order} in {cfg.max_tries} tries each: raise max_tries, {what}, or "
+                                       "enlarge size")
 
 
 def write_sample(folder: str | os.PathLike, sample: SynthSample, jpeg_quality: int = 95) -> None:
@@ -93,11 +136,12 @@ def write_sample(folder: str | os.PathLike, sample: SynthSample, jpeg_quality: i
     atomic_write_json(folder / f"{sample.name}.json", sample.annotation(), indent=None)
 
 
-def _write_one(out: str, split: str, i: int, seed: int, cfg: SynthConfig) -> str:
-    """Generate and write one sample (a worker's unit); returns its dimension."""
-    s = generate_sample(seed, split, i, cfg)
-    write_sample(Path(out) / split, s, cfg.jpeg_quality)
-    return s.query.dimension
+def _write_one(out: str, splits: list[str], i: int, seed: int, cfg: SynthConfig) -> list[str]:
+    """Generate and write the ``i``-th sample of splits that share scenes (a worker's unit); their dimensions."""
+    samples = generate_samples(seed, splits, i, cfg)
+    for split, s in zip(splits, samples, strict=True):
+        write_sample(Path(out) / split, s, cfg.jpeg_quality)
+    return [s.query.dimension for s in samples]
 
 
 def write_dataset(out: str | os.PathLike, sizes: dict[str, int], seed: int = 0, cfg: SynthConfig | None = None,
@@ -114,7 +158,12 @@ def write_dataset(out: str | os.PathLike, sizes: dict[str, int], seed: int = 0, 
     total = sum(sizes.values())
     from dtwinseg.runtime import ProgressBar
 
-    tasks = [(split, i) for split, n in sizes.items() for i in range(n)]
+    # splits holding the same scenes (the realistic test and test_seen) draw each scene once
+    groups: dict[tuple[str, int], list[str]] = {}
+    for split, n in sizes.items():
+        for i in range(n):
+            groups.setdefault((scene_split(split, cfg), i), []).append(split)
+    tasks = [(splits, i) for (_, i), splits in groups.items()]
     dims: dict[tuple[str, int], str] = {}
     with ProgressBar("synthetic scenes", total, progress) as bar:
         if jobs > 1 and len(tasks) > 1:
@@ -123,14 +172,17 @@ def write_dataset(out: str | os.PathLike, sizes: dict[str, int], seed: int = 0, 
 
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx) as pool:
-                futures = {pool.submit(_write_one, str(out), split, i, seed, cfg): (split, i) for split, i in tasks}
+                futures = {pool.submit(_write_one, str(out), splits, i, seed, cfg): (splits, i) for splits, i in tasks}
                 for fut in as_completed(futures):
-                    dims[futures[fut]] = fut.result()
-                    bar.advance()
+                    splits, i = futures[fut]
+                    for split, dim in zip(splits, fut.result(), strict=True):
+                        dims[(split, i)] = dim
+                    bar.advance(len(splits))
         else:
-            for split, i in tasks:
-                dims[(split, i)] = _write_one(str(out), split, i, seed, cfg)
-                bar.advance()
+            for splits, i in tasks:
+                for split, dim in zip(splits, _write_one(str(out), splits, i, seed, cfg), strict=True):
+                    dims[(split, i)] = dim
+                bar.advance(len(splits))
     for split, n in sizes.items():
         per_dim: dict[str, int] = {}
         for i in range(n):
