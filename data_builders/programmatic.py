@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from dtwinseg.data_builders.evidence import Hop, ObjectFacts, generic_hops, object_facts, program_hops
 from dtwinseg.data_builders.segdt import SegDTRecord
 
@@ -73,30 +72,42 @@ def best_subset(twin_masks: np.ndarray, gt_mask: np.ndarray,
         the mask that raises the IoU most is added until none raises it. An empty target gives ``([], 1.0)``
         (the empty prediction is exact).
     """
-    masks = torch.as_tensor(np.asarray(twin_masks, dtype=bool))
-    gt = torch.as_tensor(np.asarray(gt_mask))
+    masks = np.asarray(twin_masks, dtype=bool)
+    gt = np.asarray(gt_mask)
     if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(gt.shape):
         raise ValueError(f"masks {tuple(masks.shape)} and ground truth {tuple(gt.shape)} do not match (N x H x W, H x W)")
     id_list = list(range(len(masks))) if ids is None else [int(i) for i in ids]
     valid = gt != 255
     target = (gt == 1) & valid
-    n_target = int(target.sum())
+    n_target = int(np.count_nonzero(target))
     if n_target == 0:
         return [], 1.0
-    m = masks[:, valid]  # N x P over valid pixels only
-    t = target[valid]
-    covered = torch.zeros_like(t)
+    # Only masks that touch the target can raise the IoU (the others only add union), and only pixels
+    # inside the box of those masks and the target can change it: the greedy choice is the same over
+    # them, in the same order, at a fraction of the cost on twins of tens of masks.
+    touching = np.count_nonzero((masks & target).reshape(len(masks), -1), axis=1) > 0
+    if not touching.any():
+        return [], 0.0
+    id_list = [i for i, hit in zip(id_list, touching.tolist(), strict=True) if hit]
+    sub = masks[touching]
+    region = sub.any(0) | target
+    ys, xs = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+    box = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+    keep = valid[box]
+    m = sub[:, box[0], box[1]][:, keep]  # K x P over the valid pixels of the box
+    t = target[box][keep]
+    covered = np.zeros_like(t)
     inter, union = 0, n_target
     chosen: list[int] = []
     best_iou = 0.0
-    remaining = torch.ones(len(m), dtype=torch.bool)
-    while bool(remaining.any()):
+    remaining = np.ones(len(m), dtype=bool)
+    while remaining.any():
         new = m & ~covered  # pixels each mask would add
-        add_inter = (new & t).sum(1)
-        add_out = (new & ~t).sum(1)
-        ious = (inter + add_inter).double() / (union + add_out).double()
+        add_inter = np.count_nonzero(new & t, axis=1)
+        add_out = np.count_nonzero(new & ~t, axis=1)
+        ious = (inter + add_inter) / (union + add_out)
         ious[~remaining] = -1.0
-        k = int(torch.argmax(ious))
+        k = int(np.argmax(ious))
         if float(ious[k]) <= best_iou + 1e-12:
             break
         best_iou = float(ious[k])

@@ -9,6 +9,8 @@
    ``source: oracle`` takes ground-truth instances (``{"rle", "semantic", "level", "parent"}``): all of
    them at part level, only the level-1 (object) instances at object / group level, and all of them at
    every level with ``proposals.refine: false`` (everything mode keeps parts and wholes).
+   ``source: simulated`` turns every instance into SAM-like proposals with SAM's errors (boundary jitter,
+   misses, splits, merges, near-duplicates, spurious masks; ``simulation:``, dtwinseg/perception/simulated.py).
 3. semantics S_i = F_VLM(x_img, x_txt, m_i, {m_j}) (paper eq. 4): from the VLM when configured, with
    strategy ``direct`` / ``in_context`` / ``system``; else the instance ``semantic`` (oracle) or "" (filled
    by a later pass). The VLM sees a crop of m_i and the whole image. ``semantic_context: others`` (the
@@ -32,11 +34,12 @@ from dtwinseg.config import StrictConfig
 from dtwinseg.io import DataError, stable_hash
 from dtwinseg.perception.prompts import CONTEXTS, STRATEGIES
 from dtwinseg.perception.proposals import ProposalConfig, ProposalGenerator, Proposals
+from dtwinseg.perception.simulated import SimulationConfig, simulate
 from dtwinseg.perception.vlm import VLM, VLMConfig, assign_semantics, decide_granularity, make_vlm
 from dtwinseg.spatial import pairwise_relations, relation_phrase
 from dtwinseg.twin import DigitalTwin, Granularity, TwinObject, decode_rle, mask_bbox
 
-SOURCES = ("sam", "oracle")
+SOURCES = ("sam", "oracle", "simulated")
 # config fields that change how fast twins are built, never what they contain
 _NEUTRAL = {
     "": ("device",),
@@ -51,7 +54,8 @@ class PerceptionConfig(StrictConfig):
     """How twins are built. Loads from YAML (``PerceptionConfig.from_yaml``); holds no secrets.
 
     Attributes:
-        source: "sam" (SAM everything mode) | "oracle" (ground-truth instance masks of the sample).
+        source: "sam" (SAM everything mode) | "oracle" (ground-truth instance masks of the sample) |
+            "simulated" (the sample's instances through simulated SAM errors, ``simulation``).
         sam_model_type: segment-anything model type: vit_h (the paper) | vit_l | vit_b.
         sam_checkpoint: path of the SAM checkpoint (e.g. sam_vit_h_4b8939.pth); "random" builds random
             weights (tests and benchmarks only).
@@ -79,6 +83,7 @@ class PerceptionConfig(StrictConfig):
     crop_padding: float = 0.1
     semantic_context: str = "others"
     context_max_listed: int | None = 12
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -97,6 +102,8 @@ class PerceptionConfig(StrictConfig):
         d = self.to_dict()
         for k in _NEUTRAL[""]:
             d.pop(k, None)
+        if self.source != "simulated":  # caches of the other sources keep their keys
+            d.pop("simulation", None)
         for section in ("proposals", "vlm"):
             for k in _NEUTRAL[section]:
                 d[section].pop(k, None)
@@ -333,11 +340,15 @@ class TwinBuilder:
         if self.config.source == "sam":
             objects, prop_timings = self.sam_objects(img, level)
             timings.update(prop_timings)
+        elif self.config.source == "simulated":
+            if instances is None:
+                raise ValueError("source 'simulated' needs the sample's ground-truth instances (none given)")
+            objects = simulate(instances, h, w, self.config.simulation, level=level)
         else:
             objects = self.oracle_objects(instances, level, h, w, all_levels=not self.config.proposals.refine)
         t2 = time.perf_counter()
         timings["proposals_s"] = t2 - t1
-        semantic_source, fallbacks = ("oracle" if self.config.source == "oracle" else "none"), 0
+        semantic_source, fallbacks = ({"oracle": "oracle", "simulated": "simulated"}.get(self.config.source, "none"), 0)
         if self.vlm is not None and objects:
             masks = np.stack([o.mask() for o in objects])
             texts, fallbacks = self._semantics(img, query, masks, [o.id for o in objects])
