@@ -1,38 +1,51 @@
 """Scene facts: what one object's line must carry so that it can be judged without reading the rest of the twin.
 
 A per-object scorer (the compact format's ``target: object``) sees the query and one object. Queries that
-relate objects ("the cup left of the red circle"), compare them ("the largest cup", "the cup nearest to the
-largest circle") or count them ("the kind that appears exactly twice") cannot be decided from one object's
-own description. ``facts: true`` writes, after each object's line, the relations the paper's spatial text
-T_i = F_spatial(b_i, A_i, {R_ij}) holds about it (eq. 5, in words, kept to the relations that distinguish it)
-and the comparisons within its kind, all computed from the twin alone (masks, areas, semantics), never from
-the query::
+relate objects ("the mug left of the lamp"), compare them ("the largest mug", "the mug nearest to the
+biggest plate"), name a part ("the handle of the red mug") or count ("the kind there are three of") cannot
+be decided from one object's own description. ``facts: true`` writes after each object's line what the twin
+says about it relative to the others: the paper's spatial text T_i (eq. 5) in words, kept to what
+distinguishes the object. Everything comes from the masks and from the descriptions as a VLM writes them
+(any wording, any vocabulary), never from the query::
 
-    a small red cup, at 40 60, area 1.1, id 2; one of two cups; the smallest cup; the leftmost cup;
-    left of and above the blue circle, the largest circle; nearest to and below the square
+    a black office chair next to the table, id 4; one of two chairs; the largest chair; the leftmost chair;
+    left of and nearest to the desk; left of the lamp
+    the handle of the mug, id 9; part of the red mug; one of two handles; the rightmost handle
 
-- **kind**: the head noun of the description (the last word before the first "with", "of", "on", ...,
-  or a comma): "a large blue house with a red roof" -> "house", "the red roof of a house" -> "roof";
-- **count**: "the only cup" or "one of <n> cups" (number words up to twelve);
-- **superlatives** within the kind (when it has two or more members; ties write nothing): largest,
-  smallest, leftmost, rightmost, topmost, bottommost; over all objects: "the largest object" and
-  "the smallest object";
-- **relations** to other objects, only those that single the object out within its kind (a reference like
-  "the cup left of the red circle" only means something when another cup is not left of it): "left of" /
-  "right of" and "above" / "below" by mask centroid when some other member of its kind is on the other
-  side, and "nearest to" when it is the nearest of its kind to an object of another kind (ties write
-  nothing); then the other object's reference, the shortest name that fits it alone ("the circle", "the
-  blue circle", "the small blue circle": :func:`references`), and ", the largest <kind>" when that object
-  is the largest of its own kind. An object alone of its kind has no relations.
+How a description is read (:func:`noun_phrase`): its first clause (up to a comma, bracket or colon), cut
+before the first preposition, conjunction or relative word ("of", "on", "next", "with", "that", ...) and
+before a participle that follows a noun and takes a complement ("sleeping on", "holding a", "lying down",
+"parked by"; not before "of": "a painting of a ship");
+a possessive owner stays a modifier ("kitchen chair's seat": kind "seat"). Its **kind** is the last word
+left ("a tabby cat sleeping on the chair" -> "cat", "a black office chair next to the table" -> "chair",
+"the handle of a mug" -> "handle", "mug, red" -> "mug"), the words before it (articles and numbers left
+out) its modifiers. Only closed-class English words (prepositions, articles, ...) are listed; nouns,
+colours and sizes are never.
 
-Centroids are mask centroids, as the spatial text and the synthetic generator use. The cost is one mask
-decode per object and O(N^2 K) comparisons per twin (K: the largest kind); only objects that share their
-kind with others get relations, so the text stays short when kinds are distinct.
+The facts, in order:
+
+- **part of**: a mask lying (80%) inside a larger one (by 10%; not a near-duplicate of it, under half the
+  image; the smallest such) is "part of" it: SAM returns wholes and their parts alike, and this says which whole;
+- **count**: "the only mug" or "one of <n> mugs"; masks of one kind overlapping each other (IoU >= 0.7)
+  are one thing seen twice (SAM's near-duplicates) and count once;
+- **superlatives** within the kind, when it has two or more things: largest, smallest (areas 15% apart),
+  leftmost, rightmost, topmost, bottommost (centroids 3% of the image apart); near-ties write nothing;
+- **relations** of things (under 30% of the image, touching at most two of its borders: not a region such
+  as floor, wall or sky) to the ``max_anchors`` nearest other things (also not inside another mask, of
+  another kind; near-duplicates count once) that it stands in a relation to that singles it out within
+  its kind: "left of" /
+  "right of" / "above" / "below" by centroid when another thing of its kind is not, "nearest to" when it
+  is clearly (15%) the nearest of its kind. Parts get none (their whole has them).
+
+Other things are named by the shortest phrase that fits them alone (:func:`references`: the kind, then
+with one of its modifiers, then two, then all of them: "the chair", "the office chair"), followed by up
+to two of their superlatives when their kind has several things ("the desk, the largest desk").
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,61 +53,68 @@ from dtwinseg.twin import DigitalTwin
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
                 "eleven", "twelve")
-_HEAD_CUT = re.compile(r",|\b(?:with|of|on|in|at|near|under|over|and|that|which|holding|wearing)\b")
-_WORD = re.compile(r"[a-z][a-z-]*")
-COLOUR_WORDS = frozenset(("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
-                          "gray", "grey", "violet", "cyan", "magenta", "gold", "golden", "silver", "beige", "teal"))
-SIZE_WORDS = frozenset(("small", "medium", "large", "big", "tiny", "huge", "little", "giant"))
-# value to maximise for each superlative, from (centroid x, centroid y, area)
-_SUPERLATIVES = (
-    ("largest", lambda x, y, a: a),
-    ("smallest", lambda x, y, a: -a),
-    ("leftmost", lambda x, y, a: -x),
-    ("rightmost", lambda x, y, a: x),
-    ("topmost", lambda x, y, a: -y),
-    ("bottommost", lambda x, y, a: y),
+# closed-class English: words that end a noun phrase, and words that never name or modify a thing
+PREPOSITIONS = frozenset((
+    "of", "on", "in", "at", "near", "next", "beside", "besides", "by", "under", "over", "above", "below",
+    "behind", "with", "without", "from", "for", "against", "inside", "outside", "between", "to", "into",
+    "onto", "along", "across", "around", "upon", "atop", "beneath", "underneath", "among", "amid", "within",
+    "toward", "towards", "like", "as", "beyond", "through", "throughout", "via", "off", "belonging",
+))
+CLAUSE_WORDS = frozenset(("that", "which", "who", "whose", "where", "while", "and", "or", "but", "is", "are",
+                          "was", "were", "being", "has", "have", "can", "could", "seems", "appears"))
+PARTICLES = frozenset(("up", "down", "out", "away", "back", "together", "alone", "here", "there"))
+DETERMINERS = frozenset(("a", "an", "the", "this", "these", "those", "some", "any", "its", "his", "her",
+                         "their", "our", "my", "your", "each", "every", "several", "many", "few", "another",
+                         "other", "both", "all", "one", "two", "three", "four", "five", "six", "seven",
+                         "eight", "nine", "ten", "pair", "couple"))
+_CLAUSE_CUT = re.compile(r"[,;:()\[\]{}.!?]| - | – ")
+_TOKEN = re.compile(r"[a-z0-9][a-z0-9'-]*")
+_SUPERLATIVES = (  # value to maximise from (centroid x, centroid y, area), and the margin kind
+    ("largest", lambda x, y, a: a, "area"),
+    ("smallest", lambda x, y, a: -a, "area"),
+    ("leftmost", lambda x, y, a: -x, "pos"),
+    ("rightmost", lambda x, y, a: x, "pos"),
+    ("topmost", lambda x, y, a: -y, "pos"),
+    ("bottommost", lambda x, y, a: y, "pos"),
 )
 
 
-def _head_words(semantic: str) -> list[str]:
-    """The words of a description before its first preposition or comma."""
-    return _WORD.findall(_HEAD_CUT.split((semantic or "").lower(), maxsplit=1)[0])
+def _words(text: str) -> list[str]:
+    return [w.strip("'-") for w in _TOKEN.findall(text.lower().replace("\u2019", "'")) if w.strip("'-")]
+
+
+def noun_phrase(semantic: str) -> tuple[list[str], str]:
+    """(modifiers, kind) of a free-form description; see the module docstring. ``([], "object")`` when
+    nothing is left."""
+    text = (semantic or "").lower().replace("\u2019", "'")
+    for clause in _CLAUSE_CUT.split(text):
+        words = _words(clause)
+        phrase: list[str] = []
+        for k, w in enumerate(words):
+            if w in PREPOSITIONS or w in CLAUSE_WORDS:
+                break
+            nxt = words[k + 1] if k + 1 < len(words) else None
+            if (any(p not in DETERMINERS for p in phrase) and w.endswith(("ing", "ed")) and len(w) > 4
+                    and nxt is not None and nxt != "of"
+                    and (nxt in PREPOSITIONS or nxt in PARTICLES or nxt in CLAUSE_WORDS or nxt in DETERMINERS)):
+                break  # a participle with its complement: "sleeping on the sofa", "holding a cup", "curled up"
+            phrase.append(w)
+        content = [w for w in phrase if w not in DETERMINERS and not w.isdigit()]
+        if content:
+            return content[:-1], content[-1].removesuffix("'s")
+    return [], "object"
 
 
 def kind_of(semantic: str) -> str:
-    """The head noun of a description: the last word before the first preposition or comma ("object"
-    when there is none)."""
-    words = _head_words(semantic)
-    return words[-1] if words else "object"
-
-
-def references(twin: DigitalTwin) -> list[str]:
-    """Per object (twin order), the shortest phrase that names it and no other object of the twin, built the
-    way people refer (the incremental algorithm of referring-expression generation, Dale & Reiter 1995):
-    the kind alone ("the hexagon"), then with its colour ("the purple hexagon"), then with its size too
-    ("the small purple hexagon"), then with every modifier of its description; the first that no other
-    object fits (same kind, every chosen word among its modifiers) is used, words in the description's
-    order. When even the full name fits another object, the full name."""
-    words = [_head_words(o.semantic) for o in twin.objects]
-    words = [w[1:] if w and w[0] in ("a", "an", "the") else w for w in words]
-    kinds = [w[-1] if w else "object" for w in words]
-    mods = [w[:-1] for w in words]
-    out = []
-    for i, m in enumerate(mods):
-        chain = ([w for w in m if w in COLOUR_WORDS], [w for w in m if w in SIZE_WORDS],
-                 [w for w in m if w not in COLOUR_WORDS and w not in SIZE_WORDS])
-        chosen: set[str] = set()
-        for step in ((), *chain):
-            chosen |= set(step)
-            rivals = [j for j in range(len(mods)) if j != i and kinds[j] == kinds[i] and chosen <= set(mods[j])]
-            if not rivals:
-                break
-        out.append("the " + " ".join([w for w in m if w in chosen] + [kinds[i]]))
-    return out
+    """The kind (head noun) of a description: "a tabby cat sleeping on the chair" -> "cat"."""
+    return noun_phrase(semantic)[1]
 
 
 def plural(noun: str) -> str:
-    """A plain English plural, enough for count phrases ("cups", "boxes", "butterflies")."""
+    """A plain English plural, enough for count phrases ("cups", "boxes", "butterflies"); a word that
+    already looks plural ("legs", "leaves") stays as it is."""
+    if noun.endswith("s") and not noun.endswith(("ss", "us", "is")):
+        return noun
     if noun.endswith(("s", "x", "z", "ch", "sh")):
         return noun + "es"
     if noun.endswith("y") and len(noun) > 1 and noun[-2] not in "aeiou":
@@ -106,76 +126,202 @@ def _number(n: int) -> str:
     return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
 
 
-def _centroids(twin: DigitalTwin) -> np.ndarray:
-    out = np.zeros((len(twin.objects), 2))
-    for k, o in enumerate(twin.objects):
-        ys, xs = np.nonzero(o.mask())
-        if len(xs):
-            out[k] = xs.mean(), ys.mean()
+@dataclass
+class _Geometry:
+    """Per-object geometry of a twin: centroids, areas (pixels), boxes, and the pairwise overlaps of
+    objects whose boxes meet (exact, from the masks)."""
+
+    cen: np.ndarray  # N x 2 (x, y)
+    area: np.ndarray  # N
+    borders: np.ndarray  # N: how many image borders the mask touches (0-4)
+    inter: dict[tuple[int, int], int]  # (i, j) with i < j -> pixels in common
+    size: int  # image pixels
+    width: int
+
+    def overlap(self, i: int, j: int) -> int:
+        return self.inter.get((min(i, j), max(i, j)), 0)
+
+    def iou(self, i: int, j: int) -> float:
+        o = self.overlap(i, j)
+        u = self.area[i] + self.area[j] - o
+        return o / u if u > 0 else 0.0
+
+
+def _geometry(twin: DigitalTwin) -> _Geometry:
+    import cv2
+
+    n = len(twin.objects)
+    masks = [o.mask().astype(np.uint8) for o in twin.objects]
+    cen = np.zeros((n, 2))
+    area = np.zeros(n)
+    boxes = np.zeros((n, 4), dtype=int)
+    h, w = twin.height, twin.width
+    for k, (o, m) in enumerate(zip(twin.objects, masks, strict=True)):
+        mom = cv2.moments(m, binaryImage=True)
+        area[k] = mom["m00"]
+        if mom["m00"] > 0:
+            cen[k] = mom["m10"] / mom["m00"], mom["m01"] / mom["m00"]
+            x, y, bw, bh = cv2.boundingRect(m)
+            boxes[k] = x, y, x + bw, y + bh
         else:  # an empty mask: its box centre
-            out[k] = (o.bbox[0] + o.bbox[2]) / 2, (o.bbox[1] + o.bbox[3]) / 2
+            cen[k] = (o.bbox[0] + o.bbox[2]) / 2, (o.bbox[1] + o.bbox[3]) / 2
+    inter: dict[tuple[int, int], int] = {}
+    for i in range(n):
+        for j in range(i + 1, n):
+            x0, y0 = max(boxes[i, 0], boxes[j, 0]), max(boxes[i, 1], boxes[j, 1])
+            x1, y1 = min(boxes[i, 2], boxes[j, 2]), min(boxes[i, 3], boxes[j, 3])
+            if x0 < x1 and y0 < y1 and area[i] > 0 and area[j] > 0:
+                c = int(np.count_nonzero(masks[i][y0:y1, x0:x1] & masks[j][y0:y1, x0:x1]))
+                if c:
+                    inter[(i, j)] = c
+    borders = ((boxes[:, 0] <= 0).astype(int) + (boxes[:, 1] <= 0) + (boxes[:, 2] >= w) + (boxes[:, 3] >= h)) * (area > 0)
+    return _Geometry(cen, area, borders, inter, h * w, w)
+
+
+def _clusters(members: list[int], g: _Geometry, iou: float = 0.7) -> list[list[int]]:
+    """``members`` grouped into near-duplicates (single linkage on IoU), in order of first member."""
+    parent = {k: k for k in members}
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for a, i in enumerate(members):
+        for j in members[a + 1:]:
+            if g.iou(i, j) >= iou:
+                parent[root(j)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for k in members:
+        groups.setdefault(root(k), []).append(k)
+    return list(groups.values())
+
+
+def references(twin: DigitalTwin, kinds: list[str] | None = None, mods: list[list[str]] | None = None,
+               same: list[set[int]] | None = None) -> list[str]:
+    """Per object (twin order), the shortest phrase that names it and no other thing of the twin: the kind
+    alone ("the chair"), then with one of its modifiers ("the office chair"), then with two, then with all
+    of them (words in the description's order). ``same[i]``: objects that are the same thing as ``i``
+    (near-duplicates) and never rivals."""
+    if kinds is None or mods is None:
+        parsed = [noun_phrase(o.semantic) for o in twin.objects]
+        mods, kinds = [p[0] for p in parsed], [p[1] for p in parsed]
+    same = same or [{i} for i in range(len(kinds))]
+    out = []
+    for i, (m, kind) in enumerate(zip(mods, kinds, strict=True)):
+        rivals = [j for j in range(len(kinds)) if kinds[j] == kind and j not in same[i]]
+        name = None
+        if not rivals:
+            name = [kind]
+        else:
+            for size in (1, 2):
+                for start in range(len(m) - size + 1):
+                    words = m[start:start + size]
+                    if all(not set(words) <= set(mods[j]) for j in rivals):
+                        name = words + [kind]
+                        break
+                if name:
+                    break
+        out.append("the " + " ".join(name or (m + [kind])))
     return out
 
 
-def _argmax_unique(values: list[float]) -> int | None:
-    best = max(values)
-    hits = [k for k, v in enumerate(values) if v == best]
-    return hits[0] if len(hits) == 1 else None
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def object_facts(twin: DigitalTwin) -> dict[int, list[str]]:
-    """Per object id, its facts in order: count, superlatives, the relations that single it out in its kind."""
+def object_facts(twin: DigitalTwin, max_anchors: int = 4) -> dict[int, list[str]]:
+    """Per object id, its facts in order (see the module docstring): part of, count, superlatives, relations."""
     objs = twin.objects
-    if not objs:
+    n = len(objs)
+    if not n:
         return {}
-    cen = _centroids(twin)
-    areas = [float(o.area) for o in objs]
-    kinds = [kind_of(o.semantic) for o in objs]
+    g = _geometry(twin)
+    parsed = [noun_phrase(o.semantic) for o in objs]
+    mods, kinds = [p[0] for p in parsed], [p[1] for p in parsed]
     members: dict[str, list[int]] = {}
     for k, kind in enumerate(kinds):
         members.setdefault(kind, []).append(k)
-
-    sup: list[list[str]] = [[] for _ in objs]
+    cluster_of: dict[int, list[int]] = {}
+    clusters: dict[str, list[list[int]]] = {}
     for kind, ks in members.items():
-        if len(ks) < 2:
-            continue
-        for word, f in _SUPERLATIVES:
-            best = _argmax_unique([f(cen[k, 0], cen[k, 1], areas[k]) for k in ks])
-            if best is not None:
-                sup[ks[best]].append(f"the {word} {kind}")
-    overall: list[list[str]] = [[] for _ in objs]
-    if len(objs) >= 2:
-        for word, f in _SUPERLATIVES[:2]:
-            best = _argmax_unique([f(0, 0, a) for a in areas])
-            if best is not None:
-                overall[best].append(f"the {word} object")
+        clusters[kind] = _clusters(ks, g)
+        for c in clusters[kind]:
+            for k in c:
+                cluster_of[k] = c
+    same = [set(cluster_of[i]) for i in range(n)]
 
-    names = references(twin)
-    dist = np.hypot(cen[:, None, 0] - cen[None, :, 0], cen[:, None, 1] - cen[None, :, 1])
+    # part of: the smallest larger mask holding 80% of it (not a near-duplicate, not half the image)
+    owner: list[int | None] = [None] * n
+    for i in range(n):
+        best = None
+        for j in range(n):
+            if j in same[i] or g.area[j] < 1.1 * g.area[i] or g.area[j] > 0.5 * g.size or g.area[i] == 0:
+                continue
+            if g.overlap(i, j) >= 0.8 * g.area[i] and (best is None or g.area[j] < g.area[best]):
+                best = j
+        owner[i] = best
+
+    # superlatives within a kind, over its things (a near-duplicate cluster is one thing: its largest mask)
+    sup: list[list[str]] = [[] for _ in objs]
+    for kind, cs in clusters.items():
+        if len(cs) < 2:
+            continue
+        reps = [max(c, key=lambda k: g.area[k]) for c in cs]
+        for word, f, margin_kind in _SUPERLATIVES:
+            vals = [f(g.cen[k, 0], g.cen[k, 1], g.area[k]) for k in reps]
+            order = np.argsort(vals)[::-1]
+            best, second = vals[order[0]], vals[order[1]]
+            if margin_kind == "area":
+                clear = abs(best) >= 1.15 * abs(second) if word == "largest" else abs(second) >= 1.15 * abs(best)
+            else:
+                clear = best - second >= 0.03 * g.width
+            if clear:
+                for k in cs[int(order[0])]:
+                    sup[k].append(f"the {word} {kind}")
+
+    names = references(twin, kinds, mods, same)
+
+    def name(j: int) -> str:
+        extra = [s.split(" ")[1] for s in sup[j]][:2]
+        return names[j] + (f", the {_and(extra)} {kinds[j]}" if extra else "")
+
     facts: dict[int, list[str]] = {}
+    dist = np.hypot(g.cen[:, None, 0] - g.cen[None, :, 0], g.cen[:, None, 1] - g.cen[None, :, 1])
+    # anchors: things, not regions (a mask spanning the image from border to border is floor, wall or sky)
+    anchors_all = [j for j in range(n) if owner[j] is None and 0 < g.area[j] <= 0.3 * g.size and g.borders[j] < 3]
+    margin = 0.03 * g.width
     for i, o in enumerate(objs):
-        ks = members[kinds[i]]
-        out = [f"the only {kinds[i]}" if len(ks) == 1 else f"one of {_number(len(ks))} {plural(kinds[i])}"]
-        out += sup[i] + overall[i]
-        for j in range(len(objs)):
-            if j == i:
-                continue
-            others = [k for k in ks if k not in (i, j)]  # the rest of its kind, the other object left out
-            if not others:  # a relation to j cannot single this object out of its kind
-                continue
-            words = []
-            rivals = [k for k in ks if k != j]  # this object and the others (two or more)
-            near = _argmax_unique([-dist[k, j] for k in rivals])
-            if near is not None and rivals[near] == i and kinds[j] != kinds[i]:
-                words.append("nearest to")
-            for axis, (neg, pos) in enumerate((("left of", "right of"), ("above", "below"))):
-                d = np.sign(cen[j, axis] - cen[i, axis])  # > 0: this object is left of / above j
-                if d and any(np.sign(cen[j, axis] - cen[k, axis]) != d for k in others):
-                    words.append(neg if d > 0 else pos)
-            if not words:
-                continue
-            name = names[j] + (f", the largest {kinds[j]}" if f"the largest {kinds[j]}" in sup[j] else "")
-            rel = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-            out.append(f"{rel} {name}")
+        kind = kinds[i]
+        out = [f"part of {name(owner[i])}"] if owner[i] is not None else []
+        n_things = len(clusters[kind])
+        out.append(f"the only {kind}" if n_things == 1 else f"one of {_number(n_things)} {plural(kind)}")
+        out += sup[i]
+        rivals = [c for c in clusters[kind] if i not in c]
+        if owner[i] is None and rivals and g.area[i] <= 0.3 * g.size and g.borders[i] < 3:
+            rival_reps = [max(c, key=lambda k: g.area[k]) for c in rivals]
+            cands = sorted((dist[i, j], j) for j in anchors_all if kinds[j] != kind and j not in same[i])
+            written, seen = 0, set()
+            for _, j in cands:
+                if written >= max_anchors:
+                    break
+                if j in seen:
+                    continue
+                seen |= same[j]  # a near-duplicate of an anchor already considered is the same anchor
+                words = []
+                dr = min(dist[r, j] for r in rival_reps)
+                if 1.15 * dist[i, j] < dr:
+                    words.append("nearest to")
+                for axis, (neg, pos) in enumerate((("left of", "right of"), ("above", "below"))):
+                    d = g.cen[j, axis] - g.cen[i, axis]  # > 0: this object is left of / above j
+                    if abs(d) < margin:
+                        continue
+                    sign = 1 if d > 0 else -1
+                    if any(sign * (g.cen[j, axis] - g.cen[r, axis]) <= 0 for r in rival_reps):
+                        words.append(neg if d > 0 else pos)
+                if words:
+                    out.append(f"{_and(words)} {name(j)}")
+                    written += 1
         facts[o.id] = out
     return facts
