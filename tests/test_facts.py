@@ -96,8 +96,9 @@ def test_a_hand_written_kitchen_twin_gets_correct_and_informative_lines() -> Non
     assert facts[2] == ["the only fridge"] and facts[14] == ["the only fridge"]
     assert facts[8] == ["the only cat"] and facts[5] == ["the only table"]
     # the fridge's handles: parts of it, told apart by position, no relations of their own
-    assert facts[3] == ["part of the fridge", "one of three handles", "the topmost handle"]
-    assert facts[4] == ["part of the fridge", "one of three handles", "the largest handle", "the bottommost handle"]
+    assert facts[3] == ["part of the tall white fridge", "one of three handles", "the topmost handle"]
+    assert facts[4] == ["part of the tall white fridge", "one of three handles", "the largest handle",
+                        "the bottommost handle"]
     assert facts[11][:2] == ["part of the blue mug, the largest and leftmost mug", "one of three handles"]
     # the two chairs: each singled out by superlatives and by relations to the things near it
     black, red = facts[6], facts[7]
@@ -184,3 +185,14 @@ def test_prompt_code_holds_no_generator_vocabulary() -> None:
             s = re.sub(r"Table \d+", "", s)  # the paper's tables
             found = sorted(w for w in vocab if re.search(rf"\b{re.escape(w)}\b", s.lower()))
             assert not found, (path.name, s[:80], found)
+
+
+def test_a_participle_is_told_from_a_noun_by_the_twins_other_descriptions() -> None:
+    masks = np.stack([square(60, 60, 5, 5, 10), square(60, 60, 30, 5, 10), square(60, 60, 5, 30, 10)])
+    twin = DigitalTwin.from_masks("p", masks, semantics=["an ivory wooden painting next to the bottle",
+                                                         "the frame of a painting", "a tabby cat sleeping on it"])
+    alone = "an ivory wooden painting next to the bottle"
+    assert noun_phrase(alone) == (["ivory"], "wooden")  # alone, "painting next to" reads like "sleeping on"
+    assert noun_phrase(alone, {"painting"}) == (["ivory", "wooden"], "painting")
+    facts = object_facts(twin)
+    assert facts[0][0] == "the only painting" and facts[2] == ["the only cat"]

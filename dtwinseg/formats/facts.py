@@ -15,7 +15,8 @@ distinguishes the object. Everything comes from the masks and from the descripti
 How a description is read (:func:`noun_phrase`): its first clause (up to a comma, bracket or colon), cut
 before the first preposition, conjunction or relative word ("of", "on", "next", "with", "that", ...) and
 before a participle that follows a noun and takes a complement ("sleeping on", "holding a", "lying down",
-"parked by"; not before "of": "a painting of a ship");
+"parked by"; not before "of": "a painting of a ship", nor before a word the twin's other descriptions use
+as a noun: "a large painting on the wall" beside "the frame of a painting");
 a possessive owner stays a modifier ("kitchen chair's seat": kind "seat"). Its **kind** is the last word
 left ("a tabby cat sleeping on the chair" -> "cat", "a black office chair next to the table" -> "chair",
 "the handle of a mug" -> "handle", "mug, red" -> "mug"), the words before it (articles and numbers left
@@ -25,21 +26,22 @@ colours and sizes are never.
 The facts, in order:
 
 - **part of**: a mask lying (80%) inside a larger one (by 10%; not a near-duplicate of it, under half the
-  image; the smallest such) is "part of" it: SAM returns wholes and their parts alike, and this says which whole;
+  image, not a region spanning it; the smallest such) is "part of" it: SAM returns wholes and their parts alike, and this says which whole;
 - **count**: "the only mug" or "one of <n> mugs"; masks of one kind overlapping each other (IoU >= 0.7)
   are one thing seen twice (SAM's near-duplicates) and count once;
 - **superlatives** within the kind, when it has two or more things: largest, smallest (areas 15% apart),
   leftmost, rightmost, topmost, bottommost (centroids 3% of the image apart); near-ties write nothing;
 - **relations** of things (under 30% of the image, touching at most two of its borders: not a region such
-  as floor, wall or sky) to the ``max_anchors`` nearest other things (also not inside another mask, of
-  another kind; near-duplicates count once) that it stands in a relation to that singles it out within
-  its kind: "left of" /
+  as floor, wall or sky) to the ``max_anchors`` nearest other things (by the gap between their boxes; also
+  not inside another mask, of another kind, over 0.2% of the image; near-duplicates count once) that it
+  stands in a relation to that singles it out within its kind: "left of" /
   "right of" / "above" / "below" by centroid when another thing of its kind is not, "nearest to" when it
   is clearly (15%) the nearest of its kind. Parts get none (their whole has them).
 
 Other things are named by the shortest phrase that fits them alone (:func:`references`: the kind, then
-with one of its modifiers, then two, then all of them: "the chair", "the office chair"), followed by up
-to two of their superlatives when their kind has several things ("the desk, the largest desk").
+with one of its modifiers, then two, then all of them: "the chair", "the office chair"), a part's whole by
+its kind with all its modifiers (up to three: "part of the small red mug"), each followed by up to two of
+their superlatives when their kind has several things ("the desk, the largest desk").
 """
 
 from __future__ import annotations
@@ -83,26 +85,48 @@ def _words(text: str) -> list[str]:
     return [w.strip("'-") for w in _TOKEN.findall(text.lower().replace("\u2019", "'")) if w.strip("'-")]
 
 
-def noun_phrase(semantic: str) -> tuple[list[str], str]:
+def noun_phrase(semantic: str, nouns: frozenset[str] | set[str] = frozenset()) -> tuple[list[str], str]:
     """(modifiers, kind) of a free-form description; see the module docstring. ``([], "object")`` when
-    nothing is left."""
+    nothing is left. ``nouns``: words known to name things in this twin (:func:`known_nouns`); such a word
+    ending in -ing / -ed is read as the head ("a large painting on the wall"), not as a participle."""
+    return _parse(semantic, nouns)[:2]  # type: ignore[return-value]
+
+
+def _parse(semantic: str, nouns: frozenset[str] | set[str] = frozenset()) -> tuple[list[str], str, bool]:
+    """(modifiers, kind, whether a word was taken for a participle) of a description."""
     text = (semantic or "").lower().replace("\u2019", "'")
     for clause in _CLAUSE_CUT.split(text):
         words = _words(clause)
         phrase: list[str] = []
+        cut = False
         for k, w in enumerate(words):
             if w in PREPOSITIONS or w in CLAUSE_WORDS:
                 break
             nxt = words[k + 1] if k + 1 < len(words) else None
             if (any(p not in DETERMINERS for p in phrase) and w.endswith(("ing", "ed")) and len(w) > 4
-                    and nxt is not None and nxt != "of"
+                    and nxt is not None and nxt != "of" and w not in nouns
                     and (nxt in PREPOSITIONS or nxt in PARTICLES or nxt in CLAUSE_WORDS or nxt in DETERMINERS)):
-                break  # a participle with its complement: "sleeping on the sofa", "holding a cup", "curled up"
+                cut = True  # a participle with its complement: "sleeping on the sofa", "holding a cup", "curled up"
+                break
             phrase.append(w)
         content = [w for w in phrase if w not in DETERMINERS and not w.isdigit()]
         if content:
-            return content[:-1], content[-1].removesuffix("'s")
-    return [], "object"
+            return content[:-1], content[-1].removesuffix("'s"), cut
+    return [], "object", False
+
+
+def known_nouns(semantics: list[str]) -> set[str]:
+    """Words a twin's own descriptions use as nouns: heads read without guessing at a participle, owners
+    ("painting's frame", "the frame of a painting")."""
+    out: set[str] = set()
+    for text in semantics:
+        _, kind, cut = _parse(text)
+        if not cut:
+            out.add(kind)
+        words = _words((text or "").lower().replace("\u2019", "'"))
+        out |= {w.removesuffix("'s") for w in words if w.endswith("'s")}
+        out |= {words[k + 2] for k in range(len(words) - 2) if words[k] == "of" and words[k + 1] in DETERMINERS}
+    return out
 
 
 def kind_of(semantic: str) -> str:
@@ -134,6 +158,7 @@ class _Geometry:
     cen: np.ndarray  # N x 2 (x, y)
     area: np.ndarray  # N
     borders: np.ndarray  # N: how many image borders the mask touches (0-4)
+    boxes: np.ndarray  # N x 4: x0, y0, x1, y1 (exclusive)
     inter: dict[tuple[int, int], int]  # (i, j) with i < j -> pixels in common
     size: int  # image pixels
     width: int
@@ -175,7 +200,7 @@ def _geometry(twin: DigitalTwin) -> _Geometry:
                 if c:
                     inter[(i, j)] = c
     borders = ((boxes[:, 0] <= 0).astype(int) + (boxes[:, 1] <= 0) + (boxes[:, 2] >= w) + (boxes[:, 3] >= h)) * (area > 0)
-    return _Geometry(cen, area, borders, inter, h * w, w)
+    return _Geometry(cen, area, borders, boxes, inter, h * w, w)
 
 
 def _clusters(members: list[int], g: _Geometry, iou: float = 0.7) -> list[list[int]]:
@@ -231,14 +256,15 @@ def _and(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def object_facts(twin: DigitalTwin, max_anchors: int = 4) -> dict[int, list[str]]:
+def object_facts(twin: DigitalTwin, max_anchors: int = 5) -> dict[int, list[str]]:
     """Per object id, its facts in order (see the module docstring): part of, count, superlatives, relations."""
     objs = twin.objects
     n = len(objs)
     if not n:
         return {}
     g = _geometry(twin)
-    parsed = [noun_phrase(o.semantic) for o in objs]
+    nouns = known_nouns([o.semantic for o in objs])
+    parsed = [noun_phrase(o.semantic, nouns) for o in objs]
     mods, kinds = [p[0] for p in parsed], [p[1] for p in parsed]
     members: dict[str, list[int]] = {}
     for k, kind in enumerate(kinds):
@@ -257,7 +283,8 @@ def object_facts(twin: DigitalTwin, max_anchors: int = 4) -> dict[int, list[str]
     for i in range(n):
         best = None
         for j in range(n):
-            if j in same[i] or g.area[j] < 1.1 * g.area[i] or g.area[j] > 0.5 * g.size or g.area[i] == 0:
+            if (j in same[i] or g.area[j] < 1.1 * g.area[i] or g.area[j] > 0.5 * g.size or g.area[i] == 0
+                    or g.borders[j] >= 3):  # a region (floor, sky) is no whole of the things on it
                 continue
             if g.overlap(i, j) >= 0.8 * g.area[i] and (best is None or g.area[j] < g.area[best]):
                 best = j
@@ -283,27 +310,36 @@ def object_facts(twin: DigitalTwin, max_anchors: int = 4) -> dict[int, list[str]
 
     names = references(twin, kinds, mods, same)
 
-    def name(j: int) -> str:
+    def name(j: int, full: bool = False) -> str:
+        """How a line names another thing: its shortest unique name (``full``: with all its modifiers, up to
+        three, so a part's whole keeps the colour or size a query may name it by), then its superlatives."""
         extra = [s.split(" ")[1] for s in sup[j]][:2]
-        return names[j] + (f", the {_and(extra)} {kinds[j]}" if extra else "")
+        base = "the " + " ".join(mods[j][-3:] + [kinds[j]]) if full else names[j]
+        return base + (f", the {_and(extra)} {kinds[j]}" if extra else "")
 
     facts: dict[int, list[str]] = {}
     dist = np.hypot(g.cen[:, None, 0] - g.cen[None, :, 0], g.cen[:, None, 1] - g.cen[None, :, 1])
-    # anchors: things, not regions (a mask spanning the image from border to border is floor, wall or sky)
-    anchors_all = [j for j in range(n) if owner[j] is None and 0 < g.area[j] <= 0.3 * g.size and g.borders[j] < 3]
+    b = g.boxes.astype(float)  # how far apart two things are: the gap between their boxes (0 when they meet)
+    gap_x = np.maximum(0.0, np.maximum(b[:, None, 0] - b[None, :, 2], b[None, :, 0] - b[:, None, 2]))
+    gap_y = np.maximum(0.0, np.maximum(b[:, None, 1] - b[None, :, 3], b[None, :, 1] - b[:, None, 3]))
+    gap = np.hypot(gap_x, gap_y)
+    # anchors: things, not regions (a mask spanning the image from border to border is floor, wall or sky),
+    # nor specks (under 0.2% of the image)
+    anchors_all = [j for j in range(n) if owner[j] is None and 0.002 * g.size <= g.area[j] <= 0.3 * g.size
+                   and g.borders[j] < 3]
     margin = 0.03 * g.width
     for i, o in enumerate(objs):
         kind = kinds[i]
-        out = [f"part of {name(owner[i])}"] if owner[i] is not None else []
+        out = [f"part of {name(owner[i], full=True)}"] if owner[i] is not None else []
         n_things = len(clusters[kind])
         out.append(f"the only {kind}" if n_things == 1 else f"one of {_number(n_things)} {plural(kind)}")
         out += sup[i]
         rivals = [c for c in clusters[kind] if i not in c]
         if owner[i] is None and rivals and g.area[i] <= 0.3 * g.size and g.borders[i] < 3:
             rival_reps = [max(c, key=lambda k: g.area[k]) for c in rivals]
-            cands = sorted((dist[i, j], j) for j in anchors_all if kinds[j] != kind and j not in same[i])
+            cands = sorted((gap[i, j], dist[i, j], j) for j in anchors_all if kinds[j] != kind and j not in same[i])
             written, seen = 0, set()
-            for _, j in cands:
+            for _, _, j in cands:
                 if written >= max_anchors:
                     break
                 if j in seen:
