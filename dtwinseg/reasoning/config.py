@@ -52,6 +52,9 @@ class ReasoningConfig(EndpointFields, StrictConfig):
         decoding, dtwinseg/reasoning/verdicts.py: the reasoner writes the path's object lines from the twin
         and the model only chooses each object's verdict word; compact format with ``target: path`` or
         ``target: object`` (required there), transformers backend).
+    verdict_margin: forced verdicts: an object is judged "yes" when log p(yes) - log p(no) exceeds this
+        (default 0: yes likelier than no). A model trained with fewer "no" examples than it meets (negatives
+        subsampled) says yes too readily; a margin chosen on a validation split corrects that prior.
     do_sample / temperature / top_p: sampling; the default is greedy decoding (deterministic).
     batch_size: conversations per generate() call (transformers / vllm); left-padded.
     dtype: "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16" or "float16".
@@ -74,6 +77,7 @@ class ReasoningConfig(EndpointFields, StrictConfig):
     max_new_tokens: int | str = "auto"
     max_new_tokens_cap: int = 4096
     decoding: str = "generate"
+    verdict_margin: float = 0.0
     do_sample: bool = False
     temperature: float = 0.0
     top_p: float = 1.0
@@ -123,6 +127,8 @@ class ReasoningConfig(EndpointFields, StrictConfig):
         if self.decoding == "verdicts" and self.backend != "transformers":
             raise DataError(path, "decoding", f"'verdicts' scores the verdict words with a local model: backend "
                             f"transformers, got {self.backend!r}")
+        if not -50.0 <= self.verdict_margin <= 50.0:  # also refuses NaN
+            raise DataError(path, "verdict_margin", f"must be in [-50, 50], got {self.verdict_margin}")
         if self.chat_template not in ("auto", "template", "plain"):
             raise DataError(path, "chat_template", f"{self.chat_template!r} is not auto, template or plain")
         if self.max_new_tokens != "auto" and (isinstance(self.max_new_tokens, (bool, str))

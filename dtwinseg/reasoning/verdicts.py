@@ -14,9 +14,9 @@ the verdict words after it; the likelier word is appended and the next line foll
 sees the model's own earlier verdicts exactly as training saw the gold ones (teacher forcing at
 training time, the model's choices at inference). The per-object target (``target: object``) has one
 prompt per object: its verdicts are independent and scored all at once. The answer is the objects judged
-"yes"; when none
+"yes" (their margin log p(yes) - log p(no) above ``ReasoningConfig.verdict_margin``, 0 by default); when none
 is, the object whose "yes" is likeliest relative to "no" (an answer always names an object, like the
-training targets do). Each object's score is that log-probability margin, log p(yes) - log p(no).
+training targets do). Each object's score is that log-probability margin.
 
 Scoring is tokenizer-agnostic: every candidate is tokenized as the whole text (prompt + path so far +
 line + word), exactly as the training text, and its score is the summed log-probability of the tokens
@@ -119,8 +119,9 @@ def _logits_at(model: Any, starts: Sequence[int], counts: Sequence[int]) -> Iter
     """Compute the LM head only where logits are read: row r's positions starts[r] .. starts[r] + counts[r] - 1
     (the vocabulary projection dominates a small model's forward on short prompts: MiniLM's 30k x 384 head
     costs as much as its six layers). A forward pre-hook on the output embedding gathers those hidden states
-    (padded to the longest count by repeating the last); the yielded function maps the model's logits to
-    B x K x V either way (a model that skips its output-embedding module gets its full logits indexed)."""
+    (padded to the longest count by repeating the last), and computes them in fp32 when the model is in half
+    precision; the yielded function maps the model's logits to B x K x V either way (a model that skips its
+    output-embedding module gets its full logits indexed)."""
     import torch
 
     width = max(counts)
@@ -142,11 +143,20 @@ def _logits_at(model: Any, starts: Sequence[int], counts: Sequence[int]) -> Iter
         rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
         return logits[rows, index.to(logits.device)]
 
-    handle = head.register_forward_pre_hook(pre) if isinstance(head, torch.nn.Module) else None
+    def post(module: Any, args: tuple, output: Any) -> Any:
+        # a half-precision model's logits are coarse (bf16: steps of 1/16 at magnitude 10, so near verdicts
+        # tie); the few positions read are recomputed in fp32 from the same hidden states (cheap)
+        if not called or output.dtype == torch.float32 or not isinstance(module, torch.nn.Linear):
+            return output
+        bias = None if module.bias is None else module.bias.float()
+        return torch.nn.functional.linear(args[0].float(), module.weight.float(), bias)
+
+    handles = ([head.register_forward_pre_hook(pre), head.register_forward_hook(post)]
+               if isinstance(head, torch.nn.Module) else [])
     try:
         yield select
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
 
 
@@ -274,11 +284,12 @@ class VerdictReasoner:
                  for p, (twin, query) in zip(paths, items, strict=True)]
         paths_text = [""] * len(items)
         margins: list[dict[int, float]] = [{} for _ in items]
+        threshold = float(self.cfg.verdict_margin)
 
         def decide(r: int, step: int, sc: list[float]) -> None:
             obj, head = paths[r].steps[step]
             margins[r][obj] = sc[0] - max(sc[1:])
-            choice = 0 if margins[r][obj] > 0 else 1 + max(range(len(sc) - 1), key=lambda j: (sc[j + 1], -j))
+            choice = 0 if margins[r][obj] > threshold else 1 + max(range(len(sc) - 1), key=lambda j: (sc[j + 1], -j))
             paths_text[r] += head + paths[r].choices[choice] + paths[r].line_end
 
         # Independent objects (per-object prompts): every verdict of the batch at once, batch_size at a time,
@@ -308,7 +319,7 @@ class VerdictReasoner:
                 decide(r, step, sc)
         outs = []
         for r, p in enumerate(paths):
-            ids = sorted(i for i, m in margins[r].items() if m > 0)
+            ids = sorted(i for i, m in margins[r].items() if m > threshold)
             notes = []
             if not ids:
                 ids = [max(margins[r], key=lambda i: (margins[r][i], -i))]
