@@ -143,7 +143,9 @@ def test_demo_recipe_loads_with_presets_and_refuses_unknown_keys(tmp_path: Path)
 
     cfg = DemoConfig.load()
     assert cfg.n_test >= 280 and cfg.main == "auto" and cfg.rows["scorer"]["target"] == "object"
-    assert set(cfg.baselines) == {"random", "largest", "embedding", "constrained"}
+    assert cfg.synth["profile"] == "realistic" and 0 < cfg.n_test_seen <= cfg.n_test and cfg.labels == "inside_parts"
+    assert cfg.rows["scorer"]["verdict_margin"] == "auto" and cfg.bf16 and DemoConfig.load(preset="ablations").synth["profile"] == "basic"
+    assert set(cfg.baselines) == {"random", "largest", "lexical", "embedding", "constrained"}
     assert len(DemoConfig.load(preset="long").train_seeds) == 2
     quick = DemoConfig.load(preset="quick")
     assert quick.max_steps < cfg.max_steps and quick.n_test < cfg.n_test
@@ -175,6 +177,12 @@ def test_demo_recipe_loads_with_presets_and_refuses_unknown_keys(tmp_path: Path)
         with pytest.raises(DataError) as err:
             DemoConfig.load(bad)
         assert err.value.field == field, row
+    for text, field in (("labels: all\n", "labels"), ("eval_dtype: fp8\n", "eval_dtype"),
+                        ("n_test_seen: 3\nsynth: {profile: basic}\n", "n_test_seen")):
+        bad.write_text(text)
+        with pytest.raises(DataError) as err:
+            DemoConfig.load(bad)
+        assert err.value.field == field, text
     bad.write_text("format: {echo: maybe}\n")
     with pytest.raises(DataError) as err:
         DemoConfig.load(bad)
@@ -298,7 +306,7 @@ def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> No
     assert summary["main_chosen_by"] == "val_giou" and summary["rows"][summary["main"]]["val_giou"] == best_val
     assert f"| {summary['main']} (main) |" in output and "oracle bound" in output
     assert not re.search(r"\| [0-2]/2 \[", output)  # --no-progress hides the trainer's bar (2 steps)
-    expected = trained | {"random", "largest", "embedding", "constrained"}
+    expected = trained | {"random", "largest", "lexical", "embedding", "constrained"}
     assert set(summary["rows"]) == expected
     for row in summary["rows"].values():
         assert 0.0 <= row["giou"] <= 1.0 and 0.0 <= row["ciou"] <= 1.0
@@ -347,3 +355,123 @@ def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> No
     # and a split drawn with another seed runs every row from the same summary
     other = check_seed(summary, 7, tmp_path / "seed7", n_test=7, progress=False, log=lambda s: None)
     assert set(other["rows"]) == expected and other["n"] == 7
+
+
+def test_lexical_baseline_reads_the_rows_lines_facts_included() -> None:
+    """baseline:lexical scores the query's words and word pairs against exactly the text the trained row reads
+    (its compact lines with scene facts), weighs each by its rarity in the twin, and keeps every best object."""
+    import math
+
+    from dtwinseg.eval.baselines import LexicalPicker, ngrams, object_texts
+    from dtwinseg.eval.checkpoints import parse_checkpoint
+
+    from dtwinseg.formats.compact import object_lines
+    from dtwinseg.reasoning import ReasoningConfig
+
+    masks = np.zeros((4, 40, 60), dtype=bool)
+    masks[0, 2:8, 2:8] = True  # a small cup, left
+    masks[1, 5:25, 30:50] = True  # a big cup, right
+    masks[2, 30:38, 5:15] = True  # a red bowl
+    masks[3, 28:39, 40:58] = True  # a red box
+    twin = DigitalTwin.from_masks("l", masks, semantics=["a cup", "a cup", "a red bowl", "a red box"])
+    cfg = ReasoningConfig(strategy="compact", format={"options": {"target": "object", "facts": True,
+                                                                 "position": "none", "areas": False}})
+    ck = parse_checkpoint("lex=baseline:lexical", cfg)
+    texts = object_texts(cfg)(twin)
+    assert texts == object_lines(twin, CompactOptions(target="object", facts=True, position="none", areas=False))
+    assert "the largest cup" in texts[1]  # the facts are read too
+    out = ck.reasoner.reason([(twin, "the largest cup"), (twin, "all the red things"), (twin, "zebra")])
+    assert out[0].ids == [1]  # only the big cup's line has "largest" (and "largest cup")
+    assert out[1].ids == [2, 3]  # ties: every red thing
+    assert out[2].ids == [1]  # no word in common: the largest object
+    # the score is the summed in-twin IDF of the shared n-grams
+    picker = LexicalPicker(lambda t: {o.id: o.semantic for o in t.objects})
+    sc = picker.scores(twin, "red bowl")
+    idf = {"red": math.log(5 / 2.5), "bowl": math.log(5 / 1.5), "red bowl": math.log(5 / 1.5)}
+    assert sc[2] == pytest.approx(sum(idf.values())) and sc[3] == pytest.approx(idf["red"]) and sc[0] == 0.0
+    assert ngrams("The red, red bowl!") == {"the", "red", "bowl", "the red", "red red", "red bowl"}
+
+
+def test_judgement_compares_the_main_row_with_the_best_untrained_row_and_the_bound() -> None:
+    from dtwinseg.workflows.demo import judge, judgement_line
+
+    rows = {"scorer": {"trained": {"target": "object"}, "giou": 0.6, "dimensions": {"a": 0.8, "b": 0.2}},
+            "lexical": {"trained": None, "giou": 0.4}, "random": {"trained": None, "giou": 0.1}}
+    j = judge(rows, "scorer", {"giou": 0.8, "dimensions": {"a": 0.9, "b": 0.5}})
+    assert j["best_baseline"] == "lexical" and j["margin"] == pytest.approx(0.2)
+    assert j["of_oracle"] == pytest.approx(0.75)
+    assert j["dimensions_of_oracle"] == pytest.approx({"a": 0.8 / 0.9, "b": 0.4})
+    assert judgement_line(j) == ("scorer 60.0 vs best untrained lexical 40.0 (+20.0); 0.75 x oracle bound 80.0; "
+                                 "weakest dimension b 0.40 x its bound")
+
+
+@pytest.mark.slow
+def test_realistic_demo_reports_both_test_splits_against_the_bound(tmp_path: Path) -> None:
+    """A few-step run of the realistic default: simulated SAM twins (oracle bound < 1), the seen- and
+    unseen-phrasing test splits, the lexical and constrained rows reading the scorer's own prompts, the
+    per-object labels from the objects inside the ground truth, and a check on another seed."""
+    import yaml
+    from dtwinseg.data_builders.segdt import load_records
+    from dtwinseg.workflows.demo import MARGINS, DemoConfig, check_seed, run_demo
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
+    recipe.pop("presets")
+    recipe.update(n_train=6, n_val=3, n_test=3, n_test_seen=3, max_steps=2, batch_size=2, bootstrap=20, threads=1,
+                  eval_batch_size=32)
+    recipe["rows"]["scorer"].update(max_steps=2, batch_size=4)
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    summary = run_demo(tmp_path / "run", DemoConfig.load(path), progress=False, log=lambda s: None)
+    assert set(summary["rows"]) == {"scorer", "random", "largest", "lexical", "embedding", "constrained"}
+    from dtwinseg.io import load_yaml
+    from dtwinseg.workflows.demo import project_path
+
+    scorer_cfg, zero_shot = (load_yaml(project_path(summary["rows"][k]["reasoning_config"])) for k in ("scorer", "constrained"))
+    assert zero_shot["format"] == scorer_cfg["format"] and zero_shot["decoding"] == "verdicts"  # the row's own prompts
+    assert zero_shot["verdict_margin"] == 0.0 and scorer_cfg["verdict_margin"] in MARGINS  # chosen on val
+    assert summary["rows"]["lexical"]["checkpoint"] == "baseline:lexical"
+    assert 0.3 < summary["oracle"]["giou"] < 1.0 and set(summary["oracle"]["dimensions"])
+    assert summary["test_seen"]["n"] == 3 and summary["test_seen"]["oracle"]["giou"] == pytest.approx(
+        summary["oracle"]["giou"])  # the same scenes and masks, other words
+    for split in ("test", "test_seen"):
+        j = summary["judgement"][split]
+        assert j["main"] == "scorer" and j["best_baseline"] in summary["rows"] and "of_oracle" in j
+    assert all(0.0 <= r["seen"]["giou"] <= 1.0 for r in summary["rows"].values())
+    text = (tmp_path / "run" / "README.md").read_text()
+    assert "**Unseen-phrasing test split**" in text and "**Seen-phrasing test split**" in text
+    assert text.count("| oracle bound |") == 2 and text.count("Judgement (") == 2
+    records = load_records(tmp_path / "run" / "segdt.jsonl")
+    assert records and all("inside" in r.extra for r in records)
+    other = check_seed(summary, 9, tmp_path / "seed9", n_test=3, progress=False, log=lambda s: None)
+    assert other["n"] == 3 and "of_oracle" in other["judgement"] and other["oracle"]["giou"] < 1.0
+
+
+def test_verdict_margin_sets_how_sure_a_yes_must_be(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertLMHeadModel
+
+    from dtwinseg.base_models import packaged_minilm_path
+    from dtwinseg.reasoning import ReasoningConfig
+    from dtwinseg.reasoning.backends import TransformersBackend
+    from dtwinseg.reasoning.verdicts import VerdictReasoner
+
+    tok = AutoTokenizer.from_pretrained(str(packaged_minilm_path()))
+    torch.manual_seed(0)
+    model = BertLMHeadModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=64, is_decoder=True)).eval()
+    twin = small_twin()
+
+    def answer(margin: float) -> tuple[list[int], dict]:
+        cfg = ReasoningConfig(strategy="compact", decoding="verdicts", device="cpu", verdict_margin=margin,
+                              chat_template="plain", format={"options": {"target": "object"}})
+        out = VerdictReasoner(cfg, TransformersBackend(cfg, model=model, tokenizer=tok)).reason([(twin, "a star")])[0]
+        return out.ids, out.scores
+
+    everything, scores = answer(-50.0)
+    assert everything == [0, 1, 2]
+    assert answer(50.0)[0] == [max(scores, key=scores.get)]  # nothing that sure: the likeliest alone
+    middle = sorted(scores.values())[1]
+    assert answer(middle)[0] == [max(scores, key=scores.get)] and answer(middle - 1e-6)[0] == sorted(
+        i for i, v in scores.items() if v >= middle)
+    with pytest.raises(DataError, match="verdict_margin"):
+        ReasoningConfig(verdict_margin=float("nan"))

@@ -39,7 +39,8 @@ from dtwinseg.reasoning.config import DECODINGS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = PROJECT_ROOT / "recipes" / "demo.yaml"
-BASELINE_ROWS = ("random", "largest", "embedding", "constrained")
+BASELINE_ROWS = ("random", "largest", "lexical", "embedding", "constrained")
+LABELS = ("best_subset", "inside", "inside_parts")
 
 
 @dataclass
@@ -55,6 +56,8 @@ class DemoRow:
     format: dict | None = None
     freeze: list | None = None
     prefix_lm: bool = False
+    negatives: int | None = None
+    verdict_margin: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix_lm, bool):
@@ -76,6 +79,14 @@ class DemoRow:
             raise DataError(None, "decoding", "target: object is read with decoding: verdicts")
         if self.target == "answer" and self.decoding == "verdicts":
             raise DataError(None, "decoding", "'verdicts' needs target: path or object")
+        vm = self.verdict_margin
+        if vm is not None and not (vm == "auto" or (isinstance(vm, int | float) and not isinstance(vm, bool)
+                                                    and -50 <= vm <= 50)):
+            raise DataError(None, "verdict_margin", f"'auto' or a number in [-50, 50], got {vm!r}")
+        if vm is not None and self.decoding != "verdicts":
+            raise DataError(None, "verdict_margin", "applies to decoding: verdicts")
+        if self.negatives is not None and (self.target != "object" or self.negatives < 0):
+            raise DataError(None, "negatives", "a number >= 0 of 'no' objects kept per record, target: object only")
         for key in ("max_steps", "batch_size", "learning_rate"):
             value = getattr(self, key)
             if value is not None and value <= 0:
@@ -97,6 +108,13 @@ class DemoConfig:
 
     seed: seed of the scenes. train_seeds: one training run per seed and row (rows of seeds after the
     first are named ``<row>-seed<k>``). check_seeds: extra test splits drawn with these seeds.
+    n_test_seen: size of the seen-phrasing test split (``test_seen``, realistic profile): the test scenes,
+        masks and targets worded and phrased as in training, beside the unseen-phrasing ``test`` (0: none).
+    labels: what a per-object row learns to call "yes": "best_subset" (the objects of the Seg-DT record's
+        answer, the union that best matches the ground truth) or "inside" (the objects lying 80% inside the
+        ground truth but not inside another such object: the target whole, its pieces and near-duplicates,
+        not its parts; used when that union is within 0.05 IoU of the best subset; :func:`inside_ids`) or
+        "inside_parts" (the same with the target's parts).
     rows: trained rows, ``{name: {"target": "path"|"answer"|"object", "weighted": bool,
         "decoding": "generate"|"verdicts", "max_steps", "batch_size", "learning_rate", "format"}}`` (decoding:
         how the row is evaluated, ReasoningConfig.decoding, default generate; max_steps, batch_size and
@@ -104,7 +122,11 @@ class DemoConfig:
         layer ranges, e.g. ``[embeddings, encoder.layer.0-1]``); format: the row's own compact options over
         the shared ``format``, e.g. ``{facts: true}``; rows with the same options share one SFT dataset;
         prefix_lm: true (target: object rows) trains with prefix-LM attention, dtwinseg/prefix_lm.py: the
-        prompt read both ways, as the base was pretrained).
+        prompt read both ways, as the base was pretrained; negatives (target: object rows): keep each record's
+        "yes" objects and at most this many "no" ones, half the most confusable, :func:`chosen_negatives`;
+        verdict_margin (decoding: verdicts): the margin log p(yes) - log p(no) above which an object is
+        judged yes, a number or "auto": chosen on val among MARGINS after the val evaluation,
+        :func:`choose_margin`).
         main: the headline row, or "auto": the trained row with the best val gIoU (the test split never
         chooses).
     format: compact format options shared by the trained rows (target set per row).
@@ -113,6 +135,8 @@ class DemoConfig:
     threads: torch intra-op threads for the whole run (1: robust on a shared 2-core machine).
     jobs: trainings run at the same time (each ``dtwinseg train`` in its own process, ``threads`` threads;
         0: one after the other in this process).
+    eval_dtype: weights of the trained rows (and the zero-shot base) at evaluation: float32 or bfloat16
+        (bf16 matrix units make CPU evaluation about twice as fast; the demo's table says which was used).
     """
 
     seed: int = 0
@@ -120,6 +144,8 @@ class DemoConfig:
     n_train: int = 700
     n_val: int = 70
     n_test: int = 280
+    n_test_seen: int = 0
+    labels: str = "best_subset"
     check_seeds: list = field(default_factory=list)
     synth: dict = field(default_factory=lambda: {"max_objects": 6})
     perception_config: str = "recipes/perception/oracle.yaml"
@@ -140,6 +166,7 @@ class DemoConfig:
     threads: int = 1
     jobs: int = 3
     eval_batch_size: int = 16
+    eval_dtype: str = "float32"
     bootstrap: int = 1000
     presets: dict = field(default_factory=dict)
 
@@ -157,6 +184,15 @@ class DemoConfig:
             _check_options(format_options(self, self.rows[name]), f"rows.{name}.format")
         if self.main != "auto" and self.main not in self.rows:
             raise DataError(None, "main", f"{self.main!r} is not 'auto' or one of the rows ({', '.join(self.rows)})")
+        if self.eval_dtype not in ("float32", "bfloat16"):
+            raise DataError(None, "eval_dtype", f"must be float32 or bfloat16, got {self.eval_dtype!r}")
+        if self.labels not in LABELS:
+            raise DataError(None, "labels", f"must be one of {', '.join(LABELS)}, got {self.labels!r}")
+        if self.n_test_seen < 0:
+            raise DataError(None, "n_test_seen", f"must be >= 0, got {self.n_test_seen}")
+        if self.n_test_seen and self.synth.get("profile", "basic") != "realistic":
+            raise DataError(None, "n_test_seen", "the seen-phrasing test split needs synth.profile: realistic "
+                            "(the basic profile words every split alike)")
         unknown = sorted(set(self.baselines) - set(BASELINE_ROWS))
         if unknown:
             raise DataError(None, "baselines", f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINE_ROWS)}")
@@ -217,6 +253,15 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its finished children (all threads): what a stage costs
+    whatever else the machine runs (its wall time on a shared machine is not the demo's)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def bootstrap_ci(values: list[float], n_boot: int, seed: int = 0) -> list[float]:
     """95% percentile bootstrap interval of the mean of ``values`` (resampling samples)."""
     if not values:
@@ -239,6 +284,8 @@ def data_key(spec: dict) -> str:
     rows with the same options share one dataset: ``object``, ``object-facts``, ``path-echo-false``."""
     extra = spec.get("format") or {}
     parts = [spec["target"]] + [k if v is True else f"{k}-{str(v).lower()}" for k, v in sorted(extra.items())]
+    if spec.get("negatives") is not None:
+        parts.append(f"negatives-{spec['negatives']}")
     return "-".join(parts)
 
 
@@ -246,7 +293,7 @@ def reasoning_dict(model: str, options: dict, cfg: DemoConfig, decoding: str = "
     """The reasoning config of a row (what ``dtwinseg eval --reasoning-config`` reads); the generation
     budget is the format's own estimate for each twin (``max_new_tokens: auto``)."""
     return {"strategy": "compact", "backend": "transformers", "model": model, "device": "cpu",
-            "dtype": "float32", "batch_size": cfg.eval_batch_size, "max_new_tokens": "auto",
+            "dtype": cfg.eval_dtype, "batch_size": cfg.eval_batch_size, "max_new_tokens": "auto",
             "decoding": decoding, "format": {"options": options}}
 
 
@@ -272,6 +319,63 @@ def write_scenes(cfg: DemoConfig, data: Path, out: Path, splits: dict[str, int],
     return synth_yaml
 
 
+def _build_shard(spec: str, perception_yaml: str, cache_root: str, shard: tuple[int, int],
+                 records: bool, paths: bool = True, labels: str = "inside") -> tuple[int, list, int]:
+    """One worker's ``dtwinseg build-dt --shard``, then (``records``) the Seg-DT records of the same
+    samples: (failed twins, [(dataset position, record)], samples without a record)."""
+    from dtwinseg.data_builders.build_dt import build_dt
+
+    from dtwinseg.perception.builder import PerceptionConfig
+    from dtwinseg.runtime import shard_indices
+
+    cache, counts = build_dt(spec, PerceptionConfig.from_yaml(perception_yaml), cache_root, shard=shard,
+                             progress=False)
+    if not records:
+        return counts.failed, [], 0
+    from dtwinseg.data_builders.registry import open_dataset
+
+    positions = shard_indices(len(open_dataset(spec)), shard)
+    got, skipped = records_at(spec, cache, positions, paths, labels)
+    return counts.failed, got, skipped
+
+
+def build_all_twins(specs: dict[str, str], perception_yaml: Path, cache_root: Path, jobs: int,
+                    progress: bool = True, records_of: str | None = None,
+                    paths: bool = True, labels: str = "inside") -> tuple[dict[str, Any], list, int]:
+    """The twins of every split, and the programmatic Seg-DT records of split ``records_of``: ``jobs`` worker
+    processes, each building shards as ``dtwinseg build-dt --shard k/jobs`` does (a twin depends only on its
+    sample and the config, so the cache is the same as one process's; records come back in dataset order);
+    in this process when ``jobs`` <= 1. Returns (caches by split, records, samples without a record)."""
+    from dtwinseg.data_builders.dt_cache import DTCache
+
+    if jobs <= 1:
+        caches = {s: build_twins(spec, perception_yaml, cache_root, progress) for s, spec in specs.items()}
+        if records_of is None:
+            return caches, [], 0
+        from dtwinseg.data_builders.registry import open_dataset
+
+        got, skipped = records_at(specs[records_of], caches[records_of],
+                                  list(range(len(open_dataset(specs[records_of])))), paths, labels)
+        return caches, [r for _, r in got], skipped
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    tasks = [(spec, (k, jobs), name == records_of) for name, spec in specs.items() for k in range(jobs)]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = list(pool.map(_build_shard, *zip(*[(spec, str(perception_yaml), str(cache_root), shard, rec, paths,
+                                                    labels) for spec, shard, rec in tasks], strict=True)))
+    failed = sum(d[0] for d in done)
+    if failed:
+        raise RuntimeError(f"{failed} twins failed; see the failures.jsonl of the cache under {cache_root}")
+    records = [r for _, r in sorted((pr for d in done for pr in d[1]), key=lambda pr: pr[0])]
+    from dtwinseg.data_builders.build_dt import cache_config
+
+    from dtwinseg.perception.builder import PerceptionConfig
+
+    cache = DTCache.create(cache_root, cache_config(PerceptionConfig.from_yaml(perception_yaml)))
+    return {s: cache for s in specs}, records, sum(d[2] for d in done)  # one folder holds every split's twins
+
+
 def build_twins(spec: str, perception_yaml: Path, cache_root: Path, progress: bool = True) -> Any:
     """``dtwinseg build-dt`` of one split with the perception config (oracle: ground-truth instances)."""
     from dtwinseg.data_builders.build_dt import build_dt
@@ -285,39 +389,151 @@ def build_twins(spec: str, perception_yaml: Path, cache_root: Path, progress: bo
 
 
 def build_records(spec: str, cache: Any, out: Path) -> tuple[list, dict]:
-    """Programmatic Seg-DT records for every training sample (its twin from the cache)."""
-    from dtwinseg.data_builders.programmatic import ProgrammaticConfig, programmatic_record
+    """Programmatic Seg-DT records for every training sample (its twin from the cache), written to ``out``."""
     from dtwinseg.data_builders.registry import open_dataset
     from dtwinseg.data_builders.segdt import write_records
 
-    pcfg = ProgrammaticConfig()
-    records, skipped = [], 0
-    for s in open_dataset(spec):
-        twin = cache.get(s.id)
-        if twin is None:
-            skipped += 1
-            continue
-        rec = programmatic_record(s.id, s.image_path, s.query, twin, s.gt_mask, cfg=pcfg,
-                                  dimension=s.dimension, granularity=s.granularity)
-        if rec.match_iou is not None and rec.match_iou < pcfg.min_iou:
-            skipped += 1
-            continue
-        records.append(rec)
+    got, skipped = records_at(spec, cache, list(range(len(open_dataset(spec)))))
+    records = [r for _, r in got]
     write_records(out, records, inline_twin=True)
     return records, {"records": len(records), "skipped": skipped}
 
 
-def compact_dataset(records: list, tokenizer: Any, options: dict, out: Path, rec_stats: dict) -> tuple[Path, dict]:
+def records_at(spec: str, cache: Any, positions: list[int], paths: bool = True,
+               labels: str = "inside") -> tuple[list[tuple[int, Any]], int]:
+    """``dtwinseg build-segdt`` for the samples at ``positions`` of a split: [(position, record)] and how many
+    had no twin or a best union under ``min_iou``. Each record also holds its ``inside`` objects (and their
+    union's IoU, ``inside_iou``): :func:`inside_ids`. ``paths: False`` (every trained row judges one object
+    at a time and reads only the answer): a one-step path to the best union instead of the programmatic
+    reasoning path, which costs most of the time here."""
+    from dtwinseg.data_builders.programmatic import ProgrammaticConfig, programmatic_record
+    from dtwinseg.data_builders.registry import open_dataset
+
+    pcfg = ProgrammaticConfig()
+    dataset = open_dataset(spec)
+    records, skipped = [], 0
+    for k in positions:
+        s = dataset[k]
+        twin = cache.get(s.id)
+        if twin is None:
+            skipped += 1
+            continue
+        if paths:
+            rec = programmatic_record(s.id, s.image_path, s.query, twin, s.gt_mask, cfg=pcfg,
+                                      dimension=s.dimension, granularity=s.granularity)
+        else:
+            rec = answer_record(s, twin)
+        if rec.match_iou is not None and rec.match_iou < pcfg.min_iou:
+            skipped += 1
+            continue
+        rec.extra["inside"], rec.extra["inside_iou"] = inside_ids(twin, s.gt_mask, parts=labels == "inside_parts")
+        records.append((k, rec))
+    return records, skipped
+
+
+def answer_record(sample: Any, twin: Any) -> Any:
+    """A Seg-DT record whose path is one step keeping the best union of twin objects (``path_kind: answer``)."""
+    from dtwinseg.data_builders.programmatic import best_subset
+    from dtwinseg.data_builders.segdt import SegDTRecord
+
+    ids, iou = best_subset(twin.masks(), sample.gt_mask, twin.ids)
+    return SegDTRecord(id=sample.id, image=sample.image_path, query=sample.query, twin=twin, path=one_step_path(twin, ids),
+                       granularity=int(twin.granularity if sample.granularity is None else sample.granularity),
+                       dimension=sample.dimension, match_iou=iou, source="programmatic", extra={"path_kind": "answer"})
+
+
+def one_step_path(twin: Any, keep_ids: list[int], why: str = "the best union") -> Any:
+    """A one-step reasoning path that keeps ``keep_ids`` and drops every other object."""
+    from dtwinseg.formats.sftdt import Decision, PathStep, ReasoningPath
+
+    keep = set(keep_ids)
+    step = PathStep({o.id: Decision("keep" if o.id in keep else "drop", o.semantic,
+                                    f"in {why}" if o.id in keep else f"not in {why}") for o in twin.objects})
+    return ReasoningPath([step], sorted(keep))
+
+
+def inside_ids(twin: Any, gt_mask: np.ndarray, share: float = 0.8, parts: bool = False) -> tuple[list[int], float]:
+    """The twin objects a per-object verdict should call "yes": those lying (``share`` of their valid pixels)
+    inside the ground truth - the target, its pieces and near-duplicates, a blob on it - except the ones lying
+    inside another of them at least 10% larger (a part of the target whole: the whole answers for it, and
+    telling whose part a part is costs a model far more than telling what a whole is); and the IoU of their
+    union with the ground truth (``parts``: the parts of the target too). The best subset, a union chosen for
+    its IoU, calls a part "yes" in one scene and "no" in the next."""
+    valid = gt_mask != 255
+    target = (gt_mask == 1) & valid
+    inside: list[tuple[int, np.ndarray, int]] = []
+    for o in twin.objects:
+        m = o.mask() & valid
+        n = int(np.count_nonzero(m))
+        if n and np.count_nonzero(m & target) >= share * n:
+            inside.append((o.id, m, n))
+    keep, union = [], np.zeros_like(target)
+    for i, m, n in inside:
+        if not parts and any(n2 >= 1.1 * n and np.count_nonzero(m & m2) >= share * n for j, m2, n2 in inside if j != i):
+            continue
+        keep.append(i)
+        union |= m
+    total = np.count_nonzero(union | target)
+    return keep, round(float(np.count_nonzero(union & target) / total), 6) if total else 1.0
+
+
+def relabelled(records: list) -> list:
+    """The records with each answer replaced by its ``inside`` objects (a one-step path that keeps them),
+    where that union matches the ground truth nearly as well as the best subset (within 0.05 IoU); used for
+    per-object targets (``labels: inside``), whose examples read only the answer."""
+    from dataclasses import replace
+
+    out = []
+    for rec in records:
+        inside = rec.extra.get("inside")
+        if inside and sorted(inside) != sorted(rec.path.answer) and \
+                rec.extra.get("inside_iou", 0.0) >= (rec.match_iou or 0.0) - 0.05:
+            rec = replace(rec, path=one_step_path(rec.twin, inside, "the target"))
+        out.append(rec)
+    return out
+
+
+def compact_dataset(records: list, tokenizer: Any, options: dict, out: Path, rec_stats: dict,
+                    negatives: int | None = None, seed: int = 0) -> tuple[Path, dict]:
     """``dtwinseg build-sft --reasoning-config <row yaml>``: the records tokenised in the compact format
     (decision spans: the verdicts of a path; answer span: the id list), saved with its format.json.
-    Token kinds are saved too, so the weighted and unweighted runs share one dataset."""
+    Token kinds are saved too, so the weighted and unweighted runs share one dataset. ``negatives`` (the
+    per-object target): keep each record's "yes" objects and at most that many "no" objects
+    (:func:`chosen_negatives`)."""
     from dtwinseg.data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset, save_dataset
 
     from dtwinseg.formats import FormatConfig
 
     cfg = SFTDatasetConfig(max_length=512, strategy="compact", format=FormatConfig(options=options))
     ds, stats = build_sft_dataset(records, tokenizer, cfg)
+    if negatives is not None and options.get("target") == "object":
+        keep = set()
+        for rec in records:
+            chosen = set(rec.path.answer) | set(chosen_negatives(rec, negatives, seed))
+            keep |= {f"{rec.id}#{i}" for i in chosen}
+        ds = ds.select([k for k, row_id in enumerate(ds["id"]) if row_id in keep])
+        stats = {**stats, "examples": len(ds), "negatives_per_record": negatives}
     return save_dataset(ds, out, {"records": rec_stats, "dataset": stats}, cfg), stats
+
+
+def chosen_negatives(rec: Any, k: int, seed: int = 0) -> list[int]:
+    """Up to ``k`` "no" objects of a record: half of them the ones whose description shares the most words
+    with the query (the confusable ones: same kind, same colour), the rest drawn at random (seeded by the
+    record id)."""
+    import hashlib
+    import re
+
+    answer = set(rec.path.answer)
+    words = set(re.findall(r"[a-z]+", rec.query.lower()))
+    no = [o for o in rec.twin.objects if o.id not in answer]
+    if len(no) <= k:
+        return [o.id for o in no]
+    overlap = sorted(no, key=lambda o: (-len(words & set(re.findall(r"[a-z]+", o.semantic.lower()))), o.id))
+    hard = [o.id for o in overlap[: k // 2]]
+    rest = [o.id for o in no if o.id not in hard]
+    h = hashlib.sha256(f"{seed}\0{rec.id}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(h[:8], "big"))
+    return hard + [rest[int(i)] for i in rng.choice(len(rest), size=k - len(hard), replace=False)]
 
 
 def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted: bool, seed: int,
@@ -456,6 +672,7 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig | None = None, *, progress:
 
 
 def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str], None]) -> dict:
+    from dtwinseg.data_builders.segdt import write_records
     from dtwinseg.data_builders.sft_dataset import load_tokenizer
 
     from dtwinseg.base_models import prepare_base_model
@@ -463,32 +680,43 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     times: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    last_cpu = [cpu_seconds()]
 
     def stage(name: str, t: float) -> None:
         times[name] = round(time.time() - t, 1)
-        log(f"[demo] {name}: {times[name]:.1f} s")
+        now = cpu_seconds()
+        cpu[name], last_cpu[0] = round(now - last_cpu[0], 1), now
+        log(f"[demo] {name}: {times[name]:.1f} s ({cpu[name]:.1f} s of CPU)")
 
     t = time.time()
     data = out / "data"
-    synth_yaml = write_scenes(cfg, data, out, {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test},
-                              cfg.seed, progress)
+    sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
+    if cfg.n_test_seen:
+        sizes["test_seen"] = cfg.n_test_seen
+    synth_yaml = write_scenes(cfg, data, out, sizes, cfg.seed, progress)
     stage("synthetic scenes", t)
 
     t = time.time()
     perception = project_path(cfg.perception_config)
-    specs = {s: f"synthetic:{data}:{s}" for s in ("train", "val", "test")}
-    caches = {s: build_twins(spec, perception, out / "dt", progress) for s, spec in specs.items()}
-    stage("oracle twins", t)
+    specs = {s: f"synthetic:{data}:{s}" for s in sizes}
+    paths = any(spec["target"] == "path" for spec in cfg.rows.values())  # only path rows read the reasoning path
+    caches, records, skipped = build_all_twins(specs, perception, out / "dt", max(1, int(cfg.threads)), progress,
+                                               records_of="train", paths=paths, labels=cfg.labels)
+    write_records(out / "segdt.jsonl", records, inline_twin=True)
+    rec_stats = {"records": len(records), "skipped": skipped}
+    stage("twins + Seg-DT records", t)
 
     t = time.time()
-    records, rec_stats = build_records(specs["train"], caches["train"], out / "segdt.jsonl")
     base = prepare_base_model(out / "base")
     tok = load_tokenizer(str(base))
     sft: dict[str, Path] = {}
     for key, spec in sorted({data_key(spec): spec for spec in cfg.rows.values()}.items()):
-        sft[key], ds_stats = compact_dataset(records, tok, format_options(cfg, spec), out / f"sft-{key}", rec_stats)
+        recs = relabelled(records) if cfg.labels != "best_subset" and spec["target"] == "object" else records
+        sft[key], ds_stats = compact_dataset(recs, tok, format_options(cfg, spec), out / f"sft-{key}", rec_stats,
+                                             spec.get("negatives"))
         log(f"[demo] {key}: {ds_stats['examples']} examples, {ds_stats['mean_tokens']:.0f} tokens on average")
-    stage("Seg-DT records + SFT datasets", t)
+    stage("SFT datasets", t)
 
     t = time.time()
     runs = row_training_recipes(cfg, out, base, sft)
@@ -500,35 +728,55 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
     for label, (model, spec) in trained.items():
         decoding = spec.get("decoding", "generate")
         rdict = reasoning_dict(rel(model), format_options(cfg, spec), cfg, decoding)
+        if isinstance(spec.get("verdict_margin"), int | float):
+            rdict["verdict_margin"] = float(spec["verdict_margin"])
         rows[label] = {"checkpoint": rel(model), "reasoning_config": rel(write_row_config(out, label, rdict)),
                        "trained": {"target": spec["target"], "weighted": bool(spec["weighted"]),
                                    "steps": int(spec.get("max_steps", cfg.max_steps)),
                                    "batch_size": int(spec.get("batch_size", cfg.batch_size)), "decoding": decoding,
                                    "format": format_options(cfg, spec),
                                    **({"prefix_lm": True} if spec.get("prefix_lm") else {})}}
-    answer_yaml = write_row_config(out, "baselines", reasoning_dict(rel(base), format_options(cfg, "answer"), cfg))
-    for kind in cfg.baselines:
-        ck = f"baseline:{kind}" + (f":{rel(base)}" if kind == "constrained" else "")
-        rows[kind] = {"checkpoint": ck, "reasoning_config": rel(answer_yaml), "trained": None}
+    rows.update(baseline_rows(cfg, rows, out, base))
 
     t = time.time()
     val = evaluate_rows(specs["val"], caches["val"].folder, {k: v for k, v in rows.items() if k in trained},
                         out / "eval-val", cfg, progress, log)
+    for label, (_, spec) in trained.items():
+        if spec.get("verdict_margin") == "auto":
+            margin, val_giou = choose_margin(out / "eval-val" / label, caches["val"], specs["val"])
+            path = project_path(rows[label]["reasoning_config"])
+            atomic_write_text(path, yaml_dump({**load_yaml(path), "verdict_margin": margin}))
+            rows[label]["trained"]["verdict_margin"] = margin
+            val["rows"][label]["giou_margin0"], val["rows"][label]["giou"] = val["rows"][label]["giou"], val_giou
+            log(f"[demo] {label}: verdict margin {margin:+.1f} chosen on val (val gIoU {100 * val_giou:.1f})")
     stage("evaluation (val)", t)
     t = time.time()
     test = evaluate_rows(specs["test"], caches["test"].folder, rows, out / "eval", cfg, progress, log)
     stage("evaluation (test)", t)
+    seen = None
+    if "test_seen" in specs:
+        t = time.time()
+        seen = evaluate_rows(specs["test_seen"], caches["test_seen"].folder, rows, out / "eval-seen", cfg, progress, log)
+        stage("evaluation (seen-phrasing test)", t)
 
     for label, row in rows.items():
         row.update(test["rows"][label])
         if label in val["rows"]:
             row["val_giou"] = val["rows"][label]["giou"]
+        if seen is not None:
+            row["seen"] = {k: seen["rows"][label][k] for k in ("giou", "ciou", "giou_ci95", "dimensions")}
     main = cfg.main if cfg.main != "auto" else choose_main(rows)
     summary = {"synth_config": rel(synth_yaml), "perception_config": rel(perception), "main": main,
                "main_chosen_by": "recipe" if cfg.main != "auto" else "val_giou",
                "rows": rows, "oracle": test["oracle"], "test": {"seed": cfg.seed, "n": test["n"]},
                "val": {"seed": cfg.seed, "n": val["n"]}, "wall_time_s": 0.0, "stage_times_s": times,
+               "stage_cpu_s": cpu,
                "config": cfg.to_dict()}
+    if seen is not None:
+        summary["test_seen"] = {"seed": cfg.seed, "n": seen["n"], "oracle": seen["oracle"]}
+    summary["judgement"] = {"test": judge(rows, main, test["oracle"])}
+    if seen is not None:
+        summary["judgement"]["test_seen"] = judge({k: {**r, **r["seen"]} for k, r in rows.items()}, main, seen["oracle"])
     for seed in cfg.check_seeds:
         t = time.time()
         summary.setdefault("check_seeds", {})[str(seed)] = check_seed(summary, int(seed), out / f"check-seed{seed}",
@@ -538,6 +786,113 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "README.md", demo_markdown(summary, out))
     return summary
+
+
+MARGINS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+
+
+def choose_margin(eval_dir: Path, cache: Any, spec: str, margins: tuple[float, ...] = MARGINS) -> tuple[float, float]:
+    """(margin, mean gIoU) of the verdict margin with the best mean gIoU on a split (ties: the one nearest 0),
+    from the per-object margins an evaluation stored (``predictions.jsonl``) - the same answer rule as
+    forced verdict decoding (the objects above the margin, else the likeliest), no model run."""
+    import json
+
+    from dtwinseg.data_builders.registry import open_dataset
+
+    gts = {s.id: s.gt_mask for s in open_dataset(spec)}
+    per: list[tuple[dict[int, float], dict[int, np.ndarray], np.ndarray]] = []
+    for path in sorted(eval_dir.glob("predictions*.jsonl")):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            twin = cache.get(r.get("id"))
+            if r.get("kind") == "input_error" or not r.get("scores") or twin is None:
+                continue
+            gt = gts[r["id"]]
+            valid = gt != 255
+            per.append(({int(k): float(v) for k, v in r["scores"].items()},
+                        {o.id: o.mask() & valid for o in twin.objects}, (gt == 1) & valid))
+    if not per:
+        return 0.0, 0.0
+
+    def giou(margin: float) -> float:
+        total = 0.0
+        for scores, masks, target in per:
+            ids = [i for i, v in scores.items() if v > margin] or [max(scores, key=lambda i: (scores[i], -i))]
+            pred = np.logical_or.reduce([masks[i] for i in ids])
+            union = np.count_nonzero(pred | target)
+            total += np.count_nonzero(pred & target) / union if union else 1.0
+        return total / len(per)
+
+    scored = {m: giou(m) for m in margins}
+    best = max(scored, key=lambda m: (round(scored[m], 9), -abs(m)))
+    return best, scored[best]
+
+
+def yaml_dump(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def baseline_rows(cfg: DemoConfig, trained: dict[str, dict], out: Path, base: Path) -> dict[str, dict]:
+    """The untrained rows, each reading what the trained rows read where it can:
+
+    - ``lexical``: word / word-pair overlap with exactly the text of the first trained row (its reasoning
+      config: the compact lines, scene facts included); one more per other trained format
+      (``lexical-<row>``);
+    - ``constrained``: the untrained base itself; with a per-object trained row it reads that row's
+      prompts and chooses each verdict (forced yes / no), like the row; otherwise (answer / path rows)
+      the whole twin, decoding constrained to one-object answers (eval.baselines);
+    - ``random``, ``largest``, ``embedding`` (the descriptions only)."""
+    answer_yaml = None
+    rows: dict[str, dict] = {}
+    by_format: dict[str, str] = {}
+    for label, row in trained.items():
+        by_format.setdefault(json_key(row["trained"]["format"]), label)
+    object_row = next((r for r in trained.values() if r["trained"]["target"] == "object"), None)
+    for kind in cfg.baselines:
+        if kind == "lexical" and by_format:
+            for k, (_, label) in enumerate(by_format.items()):
+                name = "lexical" if k == 0 else f"lexical-{label}"
+                rows[name] = {"checkpoint": "baseline:lexical", "reasoning_config": trained[label]["reasoning_config"],
+                              "trained": None}
+            continue
+        if kind == "constrained" and object_row is not None:
+            rdict = {**load_yaml(project_path(object_row["reasoning_config"])), "model": rel(base), "verdict_margin": 0.0}
+            rows[kind] = {"checkpoint": rel(base), "reasoning_config": rel(write_row_config(out, kind, rdict)),
+                          "trained": None}
+            continue
+        if answer_yaml is None:
+            answer_yaml = write_row_config(out, "baselines", reasoning_dict(rel(base), format_options(cfg, "answer"), cfg))
+        ck = f"baseline:{kind}" + (f":{rel(base)}" if kind == "constrained" else "")
+        rows[kind] = {"checkpoint": ck, "reasoning_config": rel(answer_yaml), "trained": None}
+    return rows
+
+
+def json_key(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True)
+
+
+def judge(rows: dict[str, dict], main: str, oracle: dict | None) -> dict:
+    """The main row against the best untrained row on one split, and against the oracle bound (overall and
+    per dimension): ``{"main", "giou", "best_baseline", "baseline_giou", "margin", "oracle_giou",
+    "of_oracle", "dimensions_of_oracle": {d: ratio}}``."""
+    untrained = {k: r for k, r in rows.items() if not r.get("trained") and r.get("giou") is not None}
+    best = max(untrained, key=lambda k: untrained[k]["giou"]) if untrained else None
+    m = rows.get(main) or {}
+    out: dict[str, Any] = {"main": main, "giou": m.get("giou"), "best_baseline": best,
+                           "baseline_giou": untrained[best]["giou"] if best else None}
+    if out["giou"] is not None and best:
+        out["margin"] = out["giou"] - out["baseline_giou"]
+    if oracle and oracle.get("giou") and out["giou"] is not None:
+        out["oracle_giou"] = oracle["giou"]
+        out["of_oracle"] = out["giou"] / oracle["giou"]
+        dims = oracle.get("dimensions") or {}
+        out["dimensions_of_oracle"] = {d: (m.get("dimensions", {}).get(d) or 0.0) / v
+                                       for d, v in dims.items() if v}
+    return out
 
 
 def choose_main(rows: dict[str, dict]) -> str:
@@ -568,7 +923,8 @@ def evaluate_rows(spec: str, cache_folder: Path, rows: dict[str, dict], out: Pat
             "dimensions": {d: v.get("giou") for d, v in sorted(m.get("dimensions", {}).items())},
             "parse": m.get("parse", {})}
         if result["oracle"] is None and "oracle_giou" in overall:
-            result["oracle"] = {"giou": overall["oracle_giou"], "ciou": overall["oracle_ciou"]}
+            result["oracle"] = {"giou": overall["oracle_giou"], "ciou": overall["oracle_ciou"],
+                                "dimensions": {d: v.get("oracle_giou") for d, v in sorted(m.get("dimensions", {}).items())}}
     return result
 
 
@@ -596,38 +952,87 @@ def check_seed(summary: dict, seed: int, out: Path, *, n_test: int | None = None
     rows = {k: {"checkpoint": r["checkpoint"], "reasoning_config": r["reasoning_config"]}
             for k, r in summary["rows"].items()}
     res = evaluate_rows(spec, cache.folder, rows, out / "eval", cfg, progress, log)
-    return {"n": res["n"], "rows": {k: {"giou": v["giou"], "ciou": v["ciou"], "giou_ci95": v["giou_ci95"],
-                                        "dimensions": v["dimensions"]} for k, v in res["rows"].items()}}
+    out_rows = {k: {"giou": v["giou"], "ciou": v["ciou"], "giou_ci95": v["giou_ci95"], "dimensions": v["dimensions"]}
+                for k, v in res["rows"].items()}
+    trained = {k: {**v, "trained": summary["rows"][k].get("trained")} for k, v in out_rows.items()}
+    return {"n": res["n"], "rows": out_rows, "oracle": res["oracle"],
+            "judgement": judge(trained, summary["main"], res["oracle"])}
 
 
 # --- the table -------------------------------------------------------------------------------------
-def demo_markdown(summary: dict, out: Path) -> str:
-    """The comparison table (gIoU / cIoU x100 with the gIoU interval, per-dimension gIoU) as markdown."""
-    rows = summary["rows"]
-    dims = sorted({d for r in rows.values() for d in r.get("dimensions", {})})
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
 
-    def f(x: Any) -> str:
-        return "-" if x is None else f"{100 * x:.1f}"
 
-    lines = ["| row | gIoU | 95% CI | cIoU | val gIoU | " + " | ".join(dims) + " | parse failed | trained |",
-             "|---|---|---|---|---|" + "---|" * len(dims) + "---|---|"]
+def _split_table(rows: dict[str, dict], oracle: dict | None, main: str, dims: list[str], with_val: bool) -> list[str]:
+    """One split's table: gIoU / cIoU x100, the gIoU interval, per-dimension gIoU, the oracle bound row."""
+    lines = ["| row | gIoU | 95% CI | cIoU | " + ("val gIoU | " if with_val else "") + " | ".join(dims)
+             + " | parse failed | trained |",
+             "|---|---|---|---|" + ("---|" if with_val else "") + "---|" * len(dims) + "---|---|"]
     for name, r in rows.items():
         lo, hi = r.get("giou_ci95") or (None, None)
         parse = r.get("parse") or {}
         what = r.get("trained")
         what = "untrained" if not what else (f"{what['target']}, {'weighted' if what['weighted'] else 'unweighted'}"
                                              + (", forced verdicts" if what.get("decoding") == "verdicts" else ""))
-        mark = " (main)" if name == summary.get("main") else ""
-        lines.append(f"| {name}{mark} | {f(r.get('giou'))} | {f(lo)}-{f(hi)} | {f(r.get('ciou'))} | "
-                     f"{f(r.get('val_giou'))} | " + " | ".join(f(r.get('dimensions', {}).get(d)) for d in dims)
+        mark = " (main)" if name == main else ""
+        lines.append(f"| {name}{mark} | {_pct(r.get('giou'))} | {_pct(lo)}-{_pct(hi)} | {_pct(r.get('ciou'))} | "
+                     + (f"{_pct(r.get('val_giou'))} | " if with_val else "")
+                     + " | ".join(_pct(r.get("dimensions", {}).get(d)) for d in dims)
                      + f" | {parse.get('failed', 0)} | {what} |")
-    o = summary.get("oracle") or {}
-    lines.append(f"| oracle bound | {f(o.get('giou'))} | | {f(o.get('ciou'))} | |" + " |" * len(dims) + " | |")
+    o = oracle or {}
+    od = o.get("dimensions") or {}
+    lines.append(f"| oracle bound | {_pct(o.get('giou'))} | | {_pct(o.get('ciou'))} | " + ("| " if with_val else "")
+                 + " | ".join(_pct(od.get(d)) for d in dims) + " | | |")
+    return lines
+
+
+def judgement_line(j: dict) -> str:
+    """One line: the main row, the best untrained row, the margin, the fraction of the oracle bound (overall
+    and the weakest dimension)."""
+    if not j or j.get("giou") is None:
+        return ""
+    text = f"{j['main']} {_pct(j['giou'])}"
+    if j.get("best_baseline"):
+        text += f" vs best untrained {j['best_baseline']} {_pct(j['baseline_giou'])} ({100 * j['margin']:+.1f})"
+    if j.get("of_oracle") is not None:
+        text += f"; {j['of_oracle']:.2f} x oracle bound {_pct(j['oracle_giou'])}"
+        dims = j.get("dimensions_of_oracle") or {}
+        if dims:
+            worst = min(dims, key=dims.get)
+            text += f"; weakest dimension {worst} {dims[worst]:.2f} x its bound"
+    return text
+
+
+def demo_markdown(summary: dict, out: Path) -> str:
+    """The comparison tables (unseen-phrasing test split, and the seen-phrasing one when there is one):
+    gIoU / cIoU x100 with the gIoU interval, per-dimension gIoU, the oracle bound overall and per dimension,
+    and each split's judgement of the main row against the best untrained row and the bound."""
+    rows = summary["rows"]
+    dims = sorted({d for r in rows.values() for d in r.get("dimensions", {})})
+    main = summary.get("main", "")
+    test = summary.get("test", {})
+    seen = summary.get("test_seen")
+    title = "unseen-phrasing test split" if seen else "test split"
+    lines = [f"**{title[:1].upper() + title[1:]}** ({test.get('n')} scenes, seed {test.get('seed')}; per-dimension "
+             "columns are gIoU)", ""]
+    lines += _split_table(rows, summary.get("oracle"), main, dims, True)
+    judged = summary.get("judgement") or {}
+    lines += ["", f"Judgement ({title}): {judgement_line(judged.get('test', {}))}"]
+    if seen:
+        seen_rows = {k: {**r.get("seen", {}), "trained": r.get("trained"), "parse": {}} for k, r in rows.items()}
+        lines += ["", f"**Seen-phrasing test split** (the same {seen.get('n')} scenes, masks and targets, worded and "
+                  "phrased as in training)", ""]
+        lines += _split_table(seen_rows, seen.get("oracle"), main, dims, False)
+        lines += ["", f"Judgement (seen-phrasing test split): {judgement_line(judged.get('test_seen', {}))}"]
     lines.append("")
-    n = summary.get("test", {}).get("n")
-    lines.append(f"Test split: {n} scenes (seed {summary.get('test', {}).get('seed')}); per-dimension columns "
-                 f"are gIoU. Wall time {summary['wall_time_s']:.0f} s. Report: {out / 'eval'}")
+    conf = summary.get("config") or {}
+    lines.append(f"Wall time {summary['wall_time_s']:.0f} s ({sum((summary.get('stage_cpu_s') or {}).values()):.0f} s of "
+                 f"CPU). Models evaluated in {conf.get('eval_dtype', 'float32')}; training in "
+                 f"{'bf16 autocast' if conf.get('bf16') else 'fp32'}. Report: {out / 'eval'}")
     for seed, res in (summary.get("check_seeds") or {}).items():
-        cells = ", ".join(f"{k} {f(v['giou'])}" for k, v in res["rows"].items())
-        lines.append(f"Seed {seed} test split ({res['n']} scenes), gIoU: {cells}")
+        cells = ", ".join(f"{k} {_pct(v['giou'])}" for k, v in res["rows"].items())
+        oracle = (res.get("oracle") or {}).get("giou")
+        lines.append(f"Seed {seed} test split ({res['n']} scenes), gIoU: {cells}; oracle bound {_pct(oracle)}. "
+                     f"Judgement: {judgement_line(res.get('judgement') or {})}")
     return "\n".join(lines) + "\n"
