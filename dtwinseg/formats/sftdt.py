@@ -51,7 +51,7 @@ from dtwinseg.twin import DigitalTwin
 
 __all__ = [
     "SYSTEM_PROMPT", "USER_TEMPLATE", "VERDICTS", "Decision", "ParsedPath", "PathStep", "ReasoningPath",
-    "RenderedPath", "SFTDTFormat", "check_path", "parse_path_output", "render_path", "sftdt_messages",
+    "RenderedPath", "SFTDTFormat", "answer_line", "check_path", "parse_path_output", "render_path", "sftdt_messages",
 ]
 
 Verdict = Literal["keep", "drop"]
@@ -255,6 +255,13 @@ def render_path(
     return RenderedPath("".join(parts), decision_spans, [(start, start + len(answer_text))])
 
 
+def answer_line(ids: Sequence[int]) -> Completion:
+    """``Answer: [i, j]`` alone (answer span: the list), rendered exactly as a path's last line."""
+    lst = _dump(sorted(int(i) for i in ids))
+    text = f"Answer: {lst}"
+    return Completion(text, [], [(len(text) - len(lst), len(text))])
+
+
 def sftdt_messages(
     twin: DigitalTwin,
     query: str,
@@ -402,8 +409,11 @@ class SFTDTFormat:
                               user_template=c.user_template, indent=c.indent)
 
     def target(self, twin: DigitalTwin, target: Target) -> Completion:
+        """The rendered path with its spans; without a path (``target.path`` None), the bare answer line
+        ``Answer: [ids]``, the end every path has: what constrained decoding scores a zero-shot base on
+        (eval/baselines.py), never a training target (build-sft's records always carry a path)."""
         if target.path is None:
-            raise DataError(None, "path", "the sftdt format trains on a reasoning path; the record has none")
+            return answer_line(target.answer)
         r = render_path(twin, target.path, self.config.spatial, include_spatial=self.config.include_spatial)
         return Completion(r.text, r.decision_spans, r.answer_spans)
 
