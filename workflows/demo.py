@@ -430,10 +430,13 @@ def row_checkpoint(label: str, checkpoint: str, reasoning_yaml: Path) -> Any:
 
     from dtwinseg.reasoning import ReasoningConfig
 
+    def local(path: str) -> str:  # base:NAME / package:... specs resolve themselves
+        return path if path.startswith(("base:", "package:")) else str(project_path(path))
+
     if checkpoint.startswith("baseline:constrained:"):
-        checkpoint = "baseline:constrained:" + str(project_path(checkpoint.split(":", 2)[2]))
+        checkpoint = "baseline:constrained:" + local(checkpoint.split(":", 2)[2])
     elif not checkpoint.startswith("baseline:"):
-        checkpoint = str(project_path(checkpoint))
+        checkpoint = local(checkpoint)
     return parse_checkpoint(f"{label}={checkpoint}", ReasoningConfig.from_yaml(reasoning_yaml))
 
 
