@@ -4,7 +4,7 @@ the time to build it.
 **Size.** For N = 10, 50, 150, 300 synthetic masks at 1024 x 1024 (objects placed at random, a third of them
 parts nested inside another object, VLM-like semantic phrases), the tokens of JSON(D) in three layouts:
 
-- ``default``: ``SpatialConfig()``, the compact layout (tightest container + 4 nearest + 2 query landmarks
+- ``default``: ``SpatialConfig()``, the compact layout (the tightest container or nearest object + the next nearest + 2 query landmarks
   per object, numbers in percent), rendered for the query :data:`QUERY`;
 - ``capped``: the previous option for long twins, the paper layout with ``max_relations: 6``;
 - ``all_pairs``: the paper's eq. 5, every pair (``layout: paper, max_relations: all``),

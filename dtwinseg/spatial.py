@@ -9,10 +9,10 @@ Two layouts of JSON(D) (``SpatialConfig.layout``):
 - ``compact`` (the default): one string per object, ``{"<id>": "<S_i>; box x0 y0 x1 y1; area A; left of
   3 5; inside 2"}``, the box in integer percent of the image width / height, the area in percent with
   fewer decimals, the relations grouped by word. Per object it relates the object to its tightest
-  container and its nearest others (``max_relations``, 4) and to the query's landmarks (``landmarks``, 2:
+  container and its nearest others (``max_relations``, 2 in all) and to the query's landmarks (``landmarks``, 2:
   the objects whose description shares the most words with the query, the largest of each set of shared
-  words: what a relational query compares against, found from the twin's text alone). ~40-50 tokens per
-  object, linear in N (benchmarks/prompt_size.py).
+  words: what a relational query compares against, found from the twin's text alone). ~50 tokens per
+  object (SmolLM2's tokenizer), linear in N (benchmarks/prompt_size.py).
 - ``paper``: eq. 5 as written, ``{"<id>": {"spatial": T_i, "semantic": S_i}}`` with T_i = ``box [x0, y0,
   x1, y1], area A% of the image; left of 3, next to and above 5``, boxes in pixels; with ``max_relations:
   all`` every pair is related (JSON(D) grows as N^2: 139k tokens at N = 150).
@@ -54,7 +54,7 @@ NEXT_TO = "next to"
 
 LAYOUTS = ("compact", "paper")
 NUMBERS = ("pixels", "percent", "centre")
-DEFAULT_MAX_RELATIONS = 4
+DEFAULT_MAX_RELATIONS = 2
 DEFAULT_LANDMARKS = 2
 
 
@@ -65,7 +65,7 @@ class SpatialConfig(StrictConfig):
     layout: "compact" (default: one string per object, numbers in percent, relations grouped by word) or
         "paper" (eq. 5 as written: ``{"spatial": T_i, "semantic": S_i}`` per object, boxes in pixels).
     max_relations: relations to nearby objects written per object: the tightest container first (compact
-        layout), then the nearest others (box gap, then centroid distance). Default 4. ``all`` (or null, -1)
+        layout), then the nearest others (box gap, then centroid distance). Default 2. ``all`` (or null, -1)
         relates every pair, as the paper's eq. 5 (``layout: paper, max_relations: all`` is the paper's
         JSON(D)); 0 writes none.
     landmarks: per object, also its relation to each of this many query landmarks (the objects whose
@@ -355,16 +355,16 @@ def related_ids(twin: DigitalTwin, cfg: SpatialConfig | None = None, query: str 
 
 # --- the text --------------------------------------------------------------------------------------------
 def _area_text(a: float, numbers: str) -> str:
-    """Area in % of the image: 0.1% steps (pixels); percent: whole numbers from 10, one decimal from 1,
-    two below; centre: whole numbers, one decimal below 1."""
+    """Area in % of the image: pixels: to 0.1% (the paper's); percent and centre: whole percent from 1%,
+    one significant digit below (0.4, 0.05)."""
     if numbers == "pixels":
         return f"{a:.1f}"
-    if numbers == "centre":
-        return str(int(round(a))) if a >= 1 else f"{a:.1f}".rstrip("0").rstrip(".") or "0"
-    if a >= 10:
+    if a >= 1:
         return str(int(round(a)))
-    text = f"{a:.1f}" if a >= 1 else f"{a:.2f}"
-    return text.rstrip("0").rstrip(".") or "0"
+    if a <= 0:
+        return "0"
+    text = np.format_float_positional(float(a), precision=1, unique=False, fractional=False, trim="-")
+    return text if text not in ("1", "1.") else "1"
 
 
 def _geometry(obj, twin: DigitalTwin, cfg: SpatialConfig) -> str:  # noqa: ANN001 - a TwinObject
