@@ -173,3 +173,23 @@ def test_eval_records_count_dropped_objects_and_the_oracle_sees_what_was_shown()
     assert metrics_from_state(state)["objects_dropped"] == 2
     assert "2 objects left out of prompts" in summary_line("m", state)
     assert cut.to_dict()["objects_dropped"] == 2 and "objects_dropped" not in shown.to_dict()
+
+
+def test_no_shipped_reasoning_config_truncates_a_50_object_answer():
+    """Every shipped reasoning config (and the pipelines' reasoning sections) sizes answers from the twin,
+    and the budget its format needs for a 50-object twin is within its cap."""
+    from pathlib import Path
+
+    from dtwinseg.reasoning import ReasoningConfig, make_strategy
+
+    root = Path(__file__).resolve().parent.parent / "recipes"
+    paths = sorted((root / "reasoning").rglob("*.yaml"))
+    paths += [(p.parent / line.split(":", 1)[1].strip()).resolve()
+              for p in sorted((root / "pipeline").glob("*.yaml"))
+              for line in p.read_text().splitlines() if line.startswith("reasoning:")]
+    assert len(paths) >= 10
+    twin = cluttered_twin(50)
+    for path in paths:
+        cfg = ReasoningConfig.from_yaml(path)
+        assert cfg.max_new_tokens == "auto", path
+        assert make_strategy(cfg).budget(twin) <= cfg.max_new_tokens_cap, path
