@@ -157,7 +157,8 @@ def build_sft(
                    "config (inference then fits prompts the same way)", err=True)
     if not len(ds):  # nothing to train on: no dataset folder is written
         typer.secho(f"error: no example was built from {records} ({stats['failed']} failed, "
-                    f"{stats.get('dropped_too_long', 0)} too long; see above)", fg=typer.colors.RED, err=True)
+                    f"{stats.get('dropped_too_long', 0)} too long, {stats.get('answer_dropped', 0)} whose answer did not fit "
+                    f"the {stats.get('context')}-token context; see above)", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
     save_dataset(ds, out, {"records": str(records), "tokenizer": tokenizer, "config": cfg.to_dict(),
                            "stats": {**stats, "bad_lines": len(bad_lines)}}, cfg)
