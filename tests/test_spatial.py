@@ -85,7 +85,7 @@ def test_compact_layout_one_line_per_object():
     d = json.loads(text)
     assert d["0"] == "a cup; box 0 0 11 18; area 2; surrounding 2; left of 1"  # 2.5%: whole percent (half to even)
     assert d["1"] == "a tree; box 76 0 100 18; area 5; right of 0 2"
-    assert d["2"] == "box 3 4 5 8; area 0.23; inside 0; left of 1"  # the container first; no semantic: no prefix
+    assert d["2"] == "box 3 4 5 8; area 0.2; inside 0; left of 1"  # the container first; no semantic: no prefix
     assert SpatialConfig().number_format == "percent" and PAPER.number_format == "pixels"
 
 
