@@ -53,6 +53,7 @@ from dtwinseg.workflows.demo import (
 from dtwinseg.config import build_dataclass, convert_fields
 from dtwinseg.formats.base import DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS, LossWeights
 from dtwinseg.io import DataError, atomic_write_json, atomic_write_text, load_yaml
+from dtwinseg.spatial import PAPER_SPATIAL
 
 PAPER_RECIPE = PROJECT_ROOT / "recipes" / "demo_paper.yaml"
 UNTRAINED = ("random", "largest", "embedding", "constrained", "lexical")
@@ -115,8 +116,8 @@ class PaperConfig:
     perception_config: str = "recipes/perception/oracle.yaml"
     base: str = "base:smollm2-135m-instruct"
     recipe: str = "recipes/smollm2_lora_cpu.yaml"
-    format: dict = field(default_factory=lambda: {"system_prompt": SHORT_SYSTEM_PROMPT})
-    answer_format: dict = field(default_factory=lambda: {"base_tokens": 16})
+    format: dict = field(default_factory=lambda: {"system_prompt": SHORT_SYSTEM_PROMPT, "spatial": dict(PAPER_SPATIAL)})
+    answer_format: dict = field(default_factory=lambda: {"base_tokens": 16, "spatial": dict(PAPER_SPATIAL)})
     rows: dict = field(default_factory=lambda: {"sftdt": {"target": "path", "weighted": True}})
     main: str = "auto"
     baselines: list = field(default_factory=lambda: ["random", "largest", "embedding", "constrained"])
