@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +143,13 @@ def quick_run(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     from typer.testing import CliRunner
 
     out = tmp_path_factory.mktemp("paper") / "demo-paper"
-    res = CliRunner().invoke(app, ["demo", "--preset", "paper", "--quick", "--out", str(out), "--no-progress"])
+    readme = (ROOT / "README.md").read_text().split("## The paper's method on a chat LLM", 1)[1]
+    make, quick = [ln.split("#")[0].strip() for ln in readme.split("\n\n", 2)[1].splitlines()]
+    assert make == "make demo-paper"  # and the Makefile target runs the preset into runs/demo-paper:
+    assert "dtwinseg.cli demo --preset paper --out runs/demo-paper" in (ROOT / "Makefile").read_text()
+    args = shlex.split(quick.replace("runs/demo-paper-quick", str(out)))
+    assert args[:2] == ["dtwinseg", "demo"]
+    res = CliRunner().invoke(app, args[1:] + ["--no-progress"])
     assert res.exit_code == 0, res.output
     return out, json.loads((out / "summary.json").read_text()), res.output
 
