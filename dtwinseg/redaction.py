@@ -6,9 +6,9 @@ shell, or with its whitespace collapsed by a one-line error message. :func:`secr
 :func:`redact_text` replaces every one (longest first, so an escaped form is never half-replaced).
 
 Which values are secret: the ones a caller passes (an API client passes its key), plus the **live secrets**
-of the environment (:func:`live_secrets`): variables named like a credential (``*_API_KEY``, ``*_TOKEN``,
-``*_SECRET``, ``*_PASSWORD``, ``HF_TOKEN``, ...) and every variable a config named as its key variable
-(:func:`register_secret_env`, called for each ``api_key_env``). Values shorter than
+of the environment (:func:`live_secrets`): variables named like a credential (``*_KEY`` such as
+``OPENAI_API_KEY``, ``*_TOKEN`` such as ``HF_TOKEN``, ``*_SECRET``, ``*_PASSWORD``, ...) and every variable a
+config named as its key variable (:func:`register_secret_env`, called for each ``api_key_env``). Values shorter than
 :data:`MIN_SECRET_CHARS` are not treated as secrets (``TOKEN=1`` would otherwise erase every ``1``).
 
 Users: every writer of :mod:`dtwinseg.io` (JSON, JSONL, YAML, text), :mod:`dtwinseg.openai_chat` (answers
@@ -31,8 +31,7 @@ MASK = "***"
 MIN_SECRET_CHARS = 8
 
 # Environment variable names that hold credentials (case-insensitive): ..._API_KEY, ..._TOKEN, ...
-_SECRET_ENV = re.compile(r"(?:^|_)(?:API_?KEY|APIKEY|TOKEN|SECRET|SECRET_KEY|PASSWORD|PASSWD|ACCESS_KEY|"
-                         r"PRIVATE_KEY|AUTH_TOKEN|ACCESS_TOKEN|CREDENTIALS?)$", re.IGNORECASE)
+_SECRET_ENV = re.compile(r"(?:^|_)(?:KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|PASS|CREDENTIALS?)$", re.IGNORECASE)
 _registered: set[str] = set()
 _lock = threading.Lock()
 

@@ -239,7 +239,18 @@ def staging_folder(model_dir: Path, stage_dir: Path | None) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{model_dir.name}-publish-", dir=model_dir.parent))
 
 
-MAX_SCANNED_BYTES = 256 << 20  # files larger than this (weights) are scanned in their first 256 MiB
+MAX_SCANNED_BYTES = 256 << 20  # a file is scanned up to this size; of a .safetensors file, its JSON header
+
+
+def _scanned_bytes(path: Path) -> bytes:
+    """What of a file to look for secrets in: a safetensors file's header (its text; the rest is tensor
+    data), else the file (up to MAX_SCANNED_BYTES)."""
+    with open(path, "rb") as f:
+        if path.suffix == ".safetensors":
+            head = f.read(8)
+            size = int.from_bytes(head, "little") if len(head) == 8 else 0
+            return f.read(min(size, MAX_SCANNED_BYTES))
+        return f.read(MAX_SCANNED_BYTES)
 
 
 def refuse_live_secrets(files: list[Path], texts: dict[str, str]) -> None:
@@ -252,9 +263,7 @@ def refuse_live_secrets(files: list[Path], texts: dict[str, str]) -> None:
             raise PublishError(f"{name} would hold the value of ${var} (a live secret of this environment); "
                                "remove it from the recipe / card text, nothing was staged")
     for path in files:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SCANNED_BYTES)
-        if (var := find_live_secret(data)) is not None:
+        if (var := find_live_secret(_scanned_bytes(path))) is not None:
             raise PublishError(f"{path} holds the value of ${var} (a live secret of this environment); remove "
                                "it from the file, nothing was staged")
 

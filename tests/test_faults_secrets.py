@@ -155,5 +155,9 @@ def test_publish_refuses_to_stage_a_file_holding_a_live_secret(tmp_path, monkeyp
     with pytest.raises(PublishError, match="tokenizer_config.json"):
         publish(model, "me/x", dry_run=True, stage_dir=tmp_path / "stage2", log=lambda s: None)
     (model / "tokenizer_config.json").unlink()
-    out = publish(model, "me/x", dry_run=True, stage_dir=tmp_path / "stage3", log=lambda s: None)
+    save_file({"w": torch.zeros(2)}, str(model / "model.safetensors"), metadata={"note": ODD_KEY})  # its header
+    with pytest.raises(PublishError, match="model.safetensors"):
+        publish(model, "me/x", dry_run=True, stage_dir=tmp_path / "stage3", log=lambda s: None)
+    save_file({"w": torch.zeros(2)}, str(model / "model.safetensors"))
+    out = publish(model, "me/x", dry_run=True, stage_dir=tmp_path / "stage4", log=lambda s: None)
     assert (out / "model.safetensors").is_file()
