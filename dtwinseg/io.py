@@ -114,6 +114,14 @@ def encode_text(text: str) -> bytes:
         return text.encode("utf-8", "backslashreplace")
 
 
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode, for a model's input (tokenizers refuse lone surrogates): a surrogate pair
+    split in two Python characters is joined, and each lone surrogate becomes U+FFFD."""
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
 def dumps_json(obj: Any, indent: int | None = None) -> str:
     """JSON text of ``obj`` (non-ASCII kept readable); what every JSON / JSONL writer here writes."""
     return json.dumps(obj, indent=indent, ensure_ascii=False)

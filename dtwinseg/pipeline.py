@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dtwinseg.io import DataError, atomic_write_bytes, encode_text, load_yaml, remove_stale_temps
+from dtwinseg.io import DataError, atomic_write_bytes, encode_text, load_yaml, remove_stale_temps, valid_text
 from dtwinseg.reasoning import Reasoner, ReasoningConfig, ReasoningOutput, build_reasoner
 from dtwinseg.twin import DigitalTwin
 
@@ -106,7 +106,9 @@ class Segmenter:
         return cls(perception, build_reasoner(reasoning))
 
     def segment_twin(self, twin: DigitalTwin, query: str) -> Segmentation:
-        out = self.reasoner.reason([(twin, query)])[0]
+        """Reason over ``twin`` for ``query`` (the model reads it as valid Unicode: :func:`dtwinseg.io.valid_text`;
+        the twin keeps the query as given)."""
+        out = self.reasoner.reason([(twin, valid_text(query))])[0]
         return Segmentation(twin, out, twin.union(out.ids))
 
     def segment(self, image: Any, query: str, image_id: str = "image") -> Segmentation:

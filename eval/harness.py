@@ -59,7 +59,15 @@ from dtwinseg.eval.run_info import (
     write_run_info,
 )
 
-from dtwinseg.io import DataError, append_jsonl, atomic_write_json, check_label, read_json, remove_stale_temps
+from dtwinseg.io import (
+    DataError,
+    append_jsonl,
+    atomic_write_json,
+    check_label,
+    read_json,
+    remove_stale_temps,
+    valid_text,
+)
 from dtwinseg.parsing import ParseResult
 from dtwinseg.reasoning import ReasoningOutput, build_reasoner
 from dtwinseg.runtime import ProgressBar, RunLock, iter_positions, parse_shard, shard_suffix
@@ -185,7 +193,7 @@ def run_checkpoint(ck: Checkpoint, dataset: Any, cache: DTCache, out: Path, opts
         if with_twin:
             if reasoner is None:
                 reasoner = ck.reasoner if ck.reasoner is not None else build_reasoner(ck.cfg)
-            outs = _reason(reasoner, [(t, s.query) for s, t in with_twin], ck.cfg.strategy)
+            outs = _reason(reasoner, [(t, valid_text(s.query)) for s, t in with_twin], ck.cfg.strategy)
         it = iter(outs)
         for k, s, t, bad, sha in batch:
             out = next(it) if t is not None and bad is None else None

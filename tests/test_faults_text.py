@@ -147,3 +147,21 @@ def test_a_damaged_predictions_file_is_one_line_naming_it(tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert f"error: {preds}: field 'line 3': not UTF-8 text" in res.output
+
+
+def test_a_local_model_reads_a_lone_surrogate_query_as_valid_text(tmp_path):
+    """Tokenizers refuse lone surrogates: the model reads U+FFFD in their place, the twin keeps the query."""
+    from tests.reasoning_helpers import save_tiny_llama
+
+    model = save_tiny_llama(tmp_path / "llm")
+    masks = np.zeros((2, 40, 60), bool)
+    masks[0, 5:20, 5:25] = True
+    masks[1, 20:35, 30:55] = True
+    DigitalTwin.from_masks("img", masks, semantics=["red cup", "blue chair"]).save(tmp_path / "twin_in.json")
+    Image.new("RGB", (60, 40)).save(tmp_path / "img.jpg")
+    (tmp_path / "p.yaml").write_text(f"reasoning:\n  strategy: select\n  backend: transformers\n  model: {model}\n"
+                                     "  device: cpu\n  max_new_tokens: 8\n")
+    res = CliRunner().invoke(app, ["segment", str(tmp_path / "img.jpg"), LONE, "--config", str(tmp_path / "p.yaml"),
+                                   "--twin", str(tmp_path / "twin_in.json"), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert DigitalTwin.load(tmp_path / "out" / "twin.json").query == LONE
