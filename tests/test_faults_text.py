@@ -150,7 +150,8 @@ def test_a_damaged_predictions_file_is_one_line_naming_it(tmp_path):
 
 
 def test_a_local_model_reads_a_lone_surrogate_query_as_valid_text(tmp_path):
-    """Tokenizers refuse lone surrogates: the model reads U+FFFD in their place, the twin keeps the query."""
+    """Tokenizers refuse lone surrogates (the generation used to fail): the model reads U+FFFD in their place,
+    the twin keeps the query."""
     from tests.reasoning_helpers import save_tiny_llama
 
     model = save_tiny_llama(tmp_path / "llm")
@@ -165,3 +166,4 @@ def test_a_local_model_reads_a_lone_surrogate_query_as_valid_text(tmp_path):
                                    "--twin", str(tmp_path / "twin_in.json"), "--out", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
     assert DigitalTwin.load(tmp_path / "out" / "twin.json").query == LONE
+    assert "generation failed" not in (tmp_path / "out" / "reasoning.txt").read_text()  # the model answered
