@@ -265,12 +265,13 @@ def build_segdt(dataset_spec: str, dt_cache: str | os.PathLike, out: str | os.Pa
     from dtwinseg.data_builders.dt_cache import DTCache
     from dtwinseg.data_builders.registry import open_dataset
 
-    from dtwinseg.io import write_jsonl
+    from dtwinseg.io import remove_stale_temps, write_jsonl
 
     cfg = cfg or ProgrammaticConfig()
     cache = DTCache.open(dt_cache)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent)  # a killed earlier run's temporary records file (only the tool's own)
     cache_ref = os.path.relpath(cache.folder.resolve(), out.parent.resolve())
     dataset = open_dataset(dataset_spec, strict=strict)
     counts = {"samples": 0, "written": 0, "below_min_iou": 0, "missing_twin": 0, "failed": 0}
