@@ -183,6 +183,9 @@ def train(
                                  "and the launch command, print them with the resolved recipe, and exit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the training progress bar "
                                   "(--no-progress = the override training.disable_tqdm=true)."),
+    restart: bool = typer.Option(False, "--restart", help="Start over at step 1 although output_dir holds "
+                                 "checkpoints (they are moved to output_dir/previous-<time>/); by default a "
+                                 "rerun resumes from the latest (= training.resume_from_checkpoint=false)."),
 ) -> None:
     """Fine-tune with the weighted SFTDT loss: in-process for one process, else via `accelerate launch`.
 
@@ -190,14 +193,19 @@ def train(
     its num_machines); the recipe's launch.num_processes (per machine) x num_machines; else 1.
     """
     from dtwinseg.training.launch import launch
+    from dtwinseg.training.trainer import TrainingStopped
 
     overrides = list(overrides or []) + ([] if progress else ["training.disable_tqdm=true"])
+    overrides += ["training.resume_from_checkpoint=false"] if restart else []
     try:
         if _is_demo_recipe(recipe):
             _check_demo_recipe(recipe, overrides, dry_run, accelerate_config, num_processes)
             return
         out = launch(recipe, overrides, accelerate_config=accelerate_config,
                      num_processes=num_processes, dry_run_only=dry_run, echo=typer.echo)
+    except TrainingStopped as e:  # SIGTERM / SIGINT: a checkpoint was saved; say how to resume
+        typer.echo(f"stopped: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
     except RuntimeError as e:
         _fail(e)
     if out is not None:
