@@ -569,7 +569,7 @@ def evaluate_rows(spec: str, cache_folder: Path, rows: dict[str, dict], out: Pat
             "giou": overall.get("giou"), "ciou": overall.get("ciou"),
             "giou_ci95": bootstrap_ci([float(r["iou"]) for r in recs], cfg.bootstrap),
             "dimensions": {d: v.get("giou") for d, v in sorted(m.get("dimensions", {}).items())},
-            "parse": m.get("parse", {})}
+            "parse": m.get("parse", {}), "truncated": m.get("truncated", 0)}
         if result["oracle"] is None and "oracle_giou" in overall:
             result["oracle"] = {"giou": overall["oracle_giou"], "ciou": overall["oracle_ciou"]}
     return result

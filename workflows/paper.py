@@ -431,7 +431,7 @@ def check_seed(summary: dict, seed: int, out: Path, cfg: PaperConfig, *, n_test:
             for k, r in summary["rows"].items() if k != "zero-shot"}
     res = evaluate_rows(spec, cache.folder, rows, out / "eval", cfg, progress, log)  # type: ignore[arg-type]
     got = {k: {"giou": v["giou"], "ciou": v["ciou"], "giou_ci95": v["giou_ci95"], "dimensions": v["dimensions"],
-               "parse": v["parse"]} for k, v in res["rows"].items()}
+               "parse": v["parse"], "truncated": v["truncated"]} for k, v in res["rows"].items()}
     zero = summary["rows"].get("zero-shot")
     if zero is not None:
         got = {"zero-shot": got["zero-shot-free" if zero["zero_shot_variant"] == "free" else "constrained"], **got}
@@ -471,7 +471,7 @@ def paper_markdown(summary: dict, out: Path) -> str:
         p = r.get("parse") or {}
         if r.get("trained") or name == "zero-shot-free":
             lines.append(f"- {name}: {p.get('ok', 0)} / {p.get('repaired', 0)} / {p.get('failed', 0)}, "
-                         f"truncated {p.get('truncated', 0)}")
+                         f"truncated {r.get('truncated', 0)}")
     diff = summary.get("weighted_minus_unweighted")
     if diff:
         for split, d in diff.items():
