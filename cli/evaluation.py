@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from dtwinseg.cli.options import progress_option, strict_option
 
 CHECKPOINT_HELP = (
     "What to evaluate; repeat for several. Forms: a peft adapter folder (base model from its "
@@ -34,8 +35,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int | None = typer.Option(None, "--batch-size", help="Samples per generation batch "
                                               "(default: the reasoning config's)."),
         worst: int = typer.Option(4, "--worst", help="Worst-case overlays per checkpoint in the report."),
-        lenient: bool = typer.Option(False, "--lenient/--strict", "--no-strict/ ", help="Skip (and count) malformed dataset files "
-                                     "instead of stopping."),
+        strict: bool = strict_option(True),
         wandb: bool = typer.Option(False, "--wandb", help="Log the table to wandb (WANDB_MODE=offline works "
                                    "without network)."),
         restart: bool = typer.Option(False, "--restart", help="Evaluate again from scratch the labels whose "
@@ -44,8 +44,8 @@ def register(app: typer.Typer) -> None:
         retry_failed: bool = typer.Option(True, "--retry-failed/--no-retry-failed", help="On resume, re-run "
                                           "samples that failed with an error (API outage, missing or corrupt "
                                           "twin, unreadable input)."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show one progress bar per "
-                                      "checkpoint (only local rank 0 draws under torchrun / accelerate)."),
+        progress: bool = progress_option("Show one progress bar per checkpoint (only local rank 0 draws under "
+                                         "torchrun / accelerate)."),
     ) -> None:
         """Evaluate checkpoints on cached twins: predictions JSONL, metrics.json (gIoU/cIoU per split and
         dimension, oracle bound, parse failures), report.md with plots and worst-case overlays."""
@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
             base = base.replace(strategy=strategy)
         cks = parse_checkpoints(list(checkpoint), base)
         opts = EvalOptions(limit=limit, shard=parse_shard(shard), batch_size=batch_size, worst_k=worst,
-                           strict=not lenient, wandb=wandb, restart=restart, retry_failed=retry_failed,
+                           strict=strict, wandb=wandb, restart=restart, retry_failed=retry_failed,
                            progress=progress)
         result = evaluate_shard(dataset, dt_cache, cks, out, opts, log=typer.echo)
         if result.metrics is not None:

@@ -26,6 +26,11 @@ class ErrorBoundary(TyperGroup):
     """The one place where bad input becomes one line: a DataError (ConfigError included: file, field, what
     is wrong) or a missing file prints ``error: ...`` on stderr and exits 2; the traceback only in debug."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from dtwinseg.cli.options import rewrite_deprecated
+
+        return super().parse_args(ctx, rewrite_deprecated(args, warn=lambda m: click.echo(m, err=True)))
+
     def invoke(self, ctx: click.Context) -> Any:
         from dtwinseg.io import DataError
 
@@ -47,6 +52,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals may hold API keys
     add_completion=False,
+    rich_markup_mode=None,  # help texts are plain text: [q_proj,v_proj] or [default: ...] stay as written
 )
 
 

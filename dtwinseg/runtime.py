@@ -224,3 +224,37 @@ def _alive(pid: int) -> bool:  # pragma: no cover - fallback path only
     except PermissionError:
         return True
     return True
+
+
+# --- third-party noise of a training run ---------------------------------------------------------
+# Deprecation warnings a user cannot act on (raised inside TRL / transformers / peft for arguments they set
+# themselves): message prefixes of FutureWarnings.
+KNOWN_FUTURE_WARNINGS = ("`gradient_checkpointing` is deprecated", "`gradient_checkpointing_kwargs` is deprecated",
+                         "`is_gradient_checkpointing` is deprecated")
+
+
+def known_warning_filters() -> list[str]:
+    """The filters of :data:`KNOWN_FUTURE_WARNINGS` in PYTHONWARNINGS syntax (for launched processes)."""
+    return [f"ignore:{p}:FutureWarning" for p in KNOWN_FUTURE_WARNINGS]
+
+
+def quiet_third_party() -> None:
+    """Silence the known third-party noise of a training run in this process: the FutureWarnings above,
+    DeepSpeed's "Setting accelerator to CPU" line on a machine without CUDA (DS_ACCELERATOR=cpu, which
+    DeepSpeed reads instead of probing; nothing else changes), and the "Running in WANDB offline mode" line
+    transformers prints when its integrations are first imported with WANDB_MODE=offline (wandb says so
+    itself when a run does log to it). Call it before anything imports transformers' trainer."""
+    import warnings
+
+    import torch
+
+    for prefix in KNOWN_FUTURE_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(prefix), category=FutureWarning)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    saved = os.environ.pop("WANDB_MODE", None)
+    try:  # the line is printed once, when this module is first imported
+        import transformers.integrations.integration_utils  # noqa: F401
+    finally:
+        if saved is not None:
+            os.environ["WANDB_MODE"] = saved
