@@ -26,8 +26,10 @@ counted as failed with its reason; the build goes on.
 A per-object format (the compact format's ``target: object``) writes one example per twin object instead
 (id ``<record id>#<object id>``); one over ``max_length`` is dropped and counted.
 
-Dataset columns: ``id`` (str), ``input_ids``, ``labels`` (int), ``loss_weights`` (float32),
-``token_kinds`` (int8; lets the trainer re-weight without re-tokenising), ``removed_objects`` (int).
+Dataset columns: ``id`` (str), ``messages`` (the conversation as ``[{"role", "content"}]``: the readable
+text the tokens encode, for people and Hub viewers; the trainer reads the tokens), ``input_ids``,
+``labels`` (int), ``loss_weights`` (float32), ``token_kinds`` (int8; lets the trainer re-weight without
+re-tokenising), ``removed_objects`` (int).
 """
 
 from __future__ import annotations
@@ -174,10 +176,26 @@ def record_target(record: SegDTRecord) -> Target:
 def encode_messages(tokenizer: Any, twin: DigitalTwin, query: str, target: Target | ReasoningPath,
                     cfg: SFTDatasetConfig, fmt: ReasoningFormat | None = None) -> tuple[list[int], np.ndarray]:
     """Token ids and kinds of one example (no length check): the format's prompt + its target."""
+    ids, kinds, _ = encode_example(tokenizer, twin, query, target, cfg, fmt)
+    return ids, kinds
+
+
+def encode_example(tokenizer: Any, twin: DigitalTwin, query: str, target: Target | ReasoningPath,
+                   cfg: SFTDatasetConfig, fmt: ReasoningFormat | None = None
+                   ) -> tuple[list[int], np.ndarray, list[dict]]:
+    """:func:`encode_messages` plus the conversation it encodes (prompt messages + the assistant target)."""
     fmt = fmt or cfg.reasoning_format()
     if isinstance(target, ReasoningPath):
         target = Target(answer=list(target.answer), path=target)
-    return tokenize_completion(tokenizer, fmt.messages(twin, query), fmt.target(twin, target))
+    messages, completion = fmt.messages(twin, query), fmt.target(twin, target)
+    ids, kinds = tokenize_completion(tokenizer, messages, completion)
+    return ids, kinds, conversation(messages, completion)
+
+
+def conversation(messages: list[dict], completion: Any) -> list[dict]:
+    """The ``messages`` column: the prompt's messages and the completion as the assistant turn."""
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages] + \
+        [{"role": "assistant", "content": completion.text}]
 
 
 def tokenize_completion(tokenizer: Any, messages: list[dict], completion: Any) -> tuple[list[int], np.ndarray]:
@@ -186,12 +204,13 @@ def tokenize_completion(tokenizer: Any, messages: list[dict], completion: Any) -
                                  completion.decision_spans, completion.answer_spans)
 
 
-def dataset_row(row_id: str, ids: list[int], kinds: np.ndarray, cfg: SFTDatasetConfig, removed: int = 0) -> dict:
+def dataset_row(row_id: str, ids: list[int], kinds: np.ndarray, cfg: SFTDatasetConfig, removed: int = 0,
+                messages: list[dict] | None = None) -> dict:
     """One dataset row: weights from the token kinds, labels -100 where the weight is 0."""
     weights = cfg.kind_weights[kinds.astype(np.int64)]
     labels = [t if w > 0 else -100 for t, w in zip(ids, weights, strict=True)]
-    return {"id": row_id, "input_ids": ids, "labels": labels, "loss_weights": weights.tolist(),
-            "token_kinds": kinds.tolist(), "removed_objects": removed}
+    return {"id": row_id, "messages": messages or [], "input_ids": ids, "labels": labels,
+            "loss_weights": weights.tolist(), "token_kinds": kinds.tolist(), "removed_objects": removed}
 
 
 def _without(twin: DigitalTwin, target: Target, remove: set[int]) -> tuple[DigitalTwin, Target]:
@@ -223,7 +242,7 @@ def encode_record(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig,
     DataError when the format cannot use the record (e.g. malformed ``object_scores``)."""
     fmt = fmt or cfg.reasoning_format()
     twin, target = record.twin, record_target(record)
-    ids, kinds = encode_messages(tokenizer, twin, record.query, target, cfg, fmt)
+    ids, kinds, messages = encode_example(tokenizer, twin, record.query, target, cfg, fmt)
     removed = 0
     if cfg.max_length is not None and len(ids) > cfg.max_length:
         if cfg.on_overflow == "drop":
@@ -233,15 +252,15 @@ def encode_record(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig,
         while lo <= hi:  # fewest removed objects that fit
             k = (lo + hi) // 2
             t2, p2 = _without(twin, target, set(removable[:k]))
-            cand = encode_messages(tokenizer, t2, record.query, p2, cfg, fmt)
+            cand = encode_example(tokenizer, t2, record.query, p2, cfg, fmt)
             if len(cand[0]) <= cfg.max_length:
                 best, hi = (k, cand), k - 1
             else:
                 lo = k + 1
         if best is None:
             return None
-        removed, (ids, kinds) = best
-    return dataset_row(record.id, ids, kinds, cfg, removed)
+        removed, (ids, kinds, messages) = best
+    return dataset_row(record.id, ids, kinds, cfg, removed, messages)
 
 
 def encode_object_rows(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig,
@@ -254,7 +273,7 @@ def encode_object_rows(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfi
         if cfg.max_length is not None and len(ids) > cfg.max_length:
             dropped += 1
             continue
-        rows.append(dataset_row(f"{record.id}#{obj}", ids, kinds, cfg))
+        rows.append(dataset_row(f"{record.id}#{obj}", ids, kinds, cfg, messages=conversation(messages, completion)))
     return rows, dropped
 
 
@@ -294,7 +313,9 @@ def build_sft_dataset(records: Iterable[SegDTRecord], tokenizer: Any, cfg: SFTDa
     lengths = [len(r["input_ids"]) for r in rows]
     stats["max_tokens"] = max(lengths, default=0)
     stats["mean_tokens"] = float(np.mean(lengths)) if lengths else 0.0
-    features = Features({"id": Value("string"), "input_ids": Sequence(Value("int32")),
+    features = Features({"id": Value("string"),
+                         "messages": [{"role": Value("string"), "content": Value("string")}],
+                         "input_ids": Sequence(Value("int32")),
                          "labels": Sequence(Value("int32")), "loss_weights": Sequence(Value("float32")),
                          "token_kinds": Sequence(Value("int8")), "removed_objects": Value("int32")})
     empty = {k: [] for k in features}
@@ -324,3 +345,57 @@ def save_dataset(ds: Any, out: str | os.PathLike, meta: dict, cfg: SFTDatasetCon
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+# --- the Hub: push a built dataset, train from a pushed one ---------------------------------------------
+HUB_FILES = ("format.json", "build.json")  # pushed next to the data: format.json is what inference checks
+
+
+def push_dataset(ds: Any, folder: str | os.PathLike, repo_id: str, *, private: bool, api: Any = None) -> None:
+    """Push a build-sft dataset to the Hub dataset repository ``repo_id`` (created ``private`` or public),
+    with its ``format.json`` and ``build.json``, so a recipe can train from ``data.train: repo_id`` and
+    inference can check the format. The token comes from HF_TOKEN or the login cache."""
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=os.environ.get("HF_TOKEN") or None)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    ds.push_to_hub(repo_id, private=private, token=getattr(api, "token", None))
+    for name in HUB_FILES:
+        path = Path(folder) / name
+        if path.is_file():
+            api.upload_file(path_or_fileobj=str(path), path_in_repo=name, repo_id=repo_id, repo_type="dataset",
+                            commit_message=f"dtwinseg build-sft: {name}")
+
+
+def dataset_folder(name: str | os.PathLike, field: str = "data.train") -> Path:
+    """The local folder of a training dataset: ``name`` itself when it is a folder, else a Hub dataset id
+    ``ORG/NAME`` downloaded (or found in the Hugging Face cache; HF_HUB_OFFLINE is respected). DataError
+    naming ``field`` when it is neither."""
+    from dtwinseg.base_models import is_hub_id
+
+    if Path(name).is_dir() or not is_hub_id(str(name)):
+        return Path(name)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name), repo_type="dataset"))
+    except Exception as e:  # noqa: BLE001 - offline and not cached, no such repository, gated, network
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        why = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if offline else
+               f"it cannot be downloaded: {' '.join(str(e).split())[:200]}")
+        raise DataError(name, field, f"not found: not a folder written by dtwinseg build-sft, nor a Hub dataset "
+                        f"id ({why})") from None
+
+
+def load_sft_dataset(folder: str | os.PathLike) -> Any:
+    """A build-sft dataset from its folder: ``save_to_disk``'s layout, or a Hub snapshot (parquet files)."""
+    from datasets import load_dataset, load_from_disk
+
+    folder = Path(folder)
+    if (folder / "dataset_info.json").is_file() or (folder / "state.json").is_file():
+        return load_from_disk(str(folder))
+    shards = sorted(str(p) for p in folder.glob("data/train-*.parquet"))  # Dataset.push_to_hub's layout
+    if shards:
+        return load_dataset("parquet", data_files={"train": shards}, split="train")
+    return load_dataset(str(folder), split="train")

@@ -105,7 +105,12 @@ def test_one_process_deepspeed_config_really_runs_deepspeed(tmp_path, sft_datase
 
 @pytest.fixture(scope="module")
 def sft_dataset(tmp_path_factory):
-    from dtwinseg.data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset, load_tokenizer, save_dataset
+    from dtwinseg.data_builders.sft_dataset import (
+        SFTDatasetConfig,
+        build_sft_dataset,
+        load_tokenizer,
+        save_dataset,
+    )
     from sft_helpers import MINILM, records
 
     out = tmp_path_factory.mktemp("sft") / "data"
