@@ -46,7 +46,7 @@ class Segmentation:
         """Write mask.png, overlay.png, twin.json and reasoning.txt under ``out`` (atomically)."""
         import io
 
-        from dtwinseg.visualize import mask_png, render_overlay
+        from dtwinseg.visualize import mask_png, render_overlay, segment_caption
 
         out = Path(out)
         files: dict[str, Path] = {}
@@ -58,7 +58,8 @@ class Segmentation:
 
         png("mask.png", mask_png(self.mask))
         base = image if image is not None else np.full((self.twin.height, self.twin.width, 3), 128, np.uint8)
-        png("overlay.png", render_overlay(base, self.twin, self.output.ids))
+        caption = segment_caption(self.twin.query or "", self.output.ids, self.output.parse.status)
+        png("overlay.png", render_overlay(base, self.twin, self.output.ids, caption=caption))
         files["twin.json"] = self.twin.save(out / "twin.json")
         p = self.output.parse
         lines = [f"query: {self.twin.query}", f"strategy: {self.output.strategy}", f"ids: {self.output.ids}",
