@@ -48,12 +48,19 @@ def register(app: typer.Typer) -> None:
                                          "torchrun / accelerate)."),
     ) -> None:
         """Evaluate checkpoints on cached twins: predictions JSONL, metrics.json (gIoU/cIoU per split and
-        dimension, oracle bound, parse failures), report.md with plots and worst-case overlays."""
+        dimension, oracle bound, parse failures), the same as a tidy metrics.csv, report.md with plots and
+        the worst-case overlays (query, ids, IoU)."""
         from dtwinseg.eval.checkpoints import parse_checkpoints
         from dtwinseg.eval.harness import EvalOptions, evaluate_shard, parse_shard
 
+        from dtwinseg.io import DataError
         from dtwinseg.reasoning import ReasoningConfig
 
+        if wandb:
+            import importlib.util
+
+            if importlib.util.find_spec("wandb") is None:
+                raise DataError(None, "--wandb", "wandb is not installed: pip install 'dtwinseg[wandb]'")
         base = ReasoningConfig.from_yaml(reasoning_config) if reasoning_config else ReasoningConfig()
         if strategy:
             base = base.replace(strategy=strategy)

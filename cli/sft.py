@@ -139,6 +139,10 @@ def build_sft(
         ds, stats = build_sft_dataset(recs, tok, cfg, progress=draws(progress), total=len(recs))
     except (DataError, ValueError, FileNotFoundError, OSError) as e:
         _fail(e)
+    if not draws(progress):  # --no-progress, or a rank other than local 0: no library bar either
+        from dtwinseg.cli.options import silence_progress_bars
+
+        silence_progress_bars()
     for f in bad_lines[:10]:
         typer.echo(f"skipped {records}: field '{f['field']}': {f['error']}", err=True)
     for f in stats["failures"][:10]:
@@ -179,7 +183,7 @@ TRAIN_OPTIONS = ("--config", "--accelerate-config", "--num-processes", "--accele
 
 def train(
     ctx: typer.Context,
-    recipe: Path = typer.Argument(None, show_default=False, help="Recipe YAML (see recipes/), or give it as "
+    recipe: str = typer.Argument(None, show_default=False, help="Recipe YAML (see recipes/), or give it as "
                                   "--config. Any words after it are overrides: section.field=value (typed by the "
                                   "field, e.g. training.learning_rate=1e-4 lora.r=8 "
                                   "lora.target_modules=[q_proj,v_proj]) or TRL-style flags of the training "
@@ -190,10 +194,10 @@ def train(
                                            "launch.accelerate_config)."),
     num_processes: int = typer.Option(None, "--num-processes", help="Total processes (GPUs) over all "
                                       "machines; wins over the accelerate config and the recipe."),
-    accelerate_arg: list[str] = typer.Option([], "--accelerate-arg", help="One argument passed to `accelerate "
-                                             "launch` as it is (repeat for more), e.g. "
-                                             "--accelerate-arg=--main_process_port=29501; implies a launch "
-                                             "through accelerate."),
+    accelerate_arg: list[str] = typer.Option([], "--accelerate-arg", metavar="ARG",
+                                             help="One argument passed to `accelerate launch` as it is (repeat "
+                                             "for more), e.g. --accelerate-arg=--main_process_port=29501; "
+                                             "implies a launch through accelerate."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Build SFTDTConfig, LoraConfig, the DeepSpeed config "
                                  "and the launch command, print them with the resolved recipe, and exit."),
     progress: bool = progress_option("Show the training progress bar (--no-progress also sets "
@@ -213,23 +217,23 @@ def train(
     from dtwinseg.training.launch import launch
     from dtwinseg.training.recipe import flag_overrides
 
-    words = list(ctx.args)
-    if config is not None:
-        if recipe is not None:
-            words.insert(0, str(recipe))  # `train --config R.yaml a.b=c`: the first word is an override
-        recipe = config
-    if recipe is None:
-        raise typer.BadParameter("give the recipe YAML: dtwinseg train RECIPE.yaml (or --config RECIPE.yaml)")
+    # click hands the first leftover word to RECIPE (an override or an unknown --flag included): put it back
+    words = ([recipe] if recipe is not None else []) + list(ctx.args)
+    if config is None:
+        if not words or words[0].startswith("-") or "=" in words[0]:
+            raise typer.BadParameter("give the recipe YAML first: dtwinseg train RECIPE.yaml [overrides or "
+                                     "--field value ...], or --config RECIPE.yaml anywhere")
+        config, words = Path(words[0]), words[1:]
     for word in words:
         own = word.partition("=")[0].replace("_", "-")
         if word.startswith("--") and own in TRAIN_OPTIONS:
             raise typer.BadParameter(f"{word.partition('=')[0]}: did you mean {own}?")
     overrides = flag_overrides(words) + ([] if progress else ["training.disable_tqdm=true"])
     try:
-        if _is_demo_recipe(recipe):
-            _check_demo_recipe(recipe, overrides, dry_run, accelerate_config, num_processes)
+        if _is_demo_recipe(config):
+            _check_demo_recipe(config, overrides, dry_run, accelerate_config, num_processes)
             return
-        out = launch(recipe, overrides, accelerate_config=accelerate_config, num_processes=num_processes,
+        out = launch(config, overrides, accelerate_config=accelerate_config, num_processes=num_processes,
                      accelerate_args=list(accelerate_arg), dry_run_only=dry_run, echo=typer.echo)
     except RuntimeError as e:
         _fail(e)

@@ -129,6 +129,12 @@ def test_trl_style_flags_set_training_fields():
     assert res.exit_code == 0, res.output
     assert ("in-process: python -m dtwinseg.training.run " + TINY +
             " lora.r=4 training.learning_rate=2e-4 training.bf16=false lora.alpha=8") in res.output
+    res = invoke("train", "--config", TINY, "--learning_rate", "3e-4", "--dry-run")  # TRL's own order
+    assert res.exit_code == 0 and "learning_rate: 0.0003" in res.output, res.output
+    res = invoke("train", "--learning_rate", "3e-4", "--config", TINY, "--dry-run")
+    assert res.exit_code == 0 and "learning_rate: 0.0003" in res.output, res.output
+    res = invoke("train", "--learning_rate", "3e-4", TINY, "--dry-run")  # without --config the recipe comes first
+    assert res.exit_code == 2 and "recipe YAML first" in res.output
     res = invoke("train", TINY, "--bf16", "--use_cpu", "--dry-run", "training.bf16=false")  # bool flags alone
     assert res.exit_code == 0 and "training.bf16=true training.use_cpu=true training.bf16=false" in res.output
 
@@ -165,6 +171,8 @@ def test_wandb_is_optional(monkeypatch):
     assert "training.report_to" in res.output and "pip install 'dtwinseg[wandb]'" in res.output
     res = invoke("train", TINY, "--dry-run")  # not asked for: no word about it
     assert res.exit_code == 0 and "wandb is not installed" not in res.output
+    res = invoke("eval", "synthetic:nowhere:test", "--dt-cache", "nowhere", "-c", "a=b", "--out", "nowhere", "--wandb")
+    assert res.exit_code == 2 and "'--wandb'" in res.output and "dtwinseg[wandb]" in res.output, res.output
 
 
 def test_dry_run_prints_no_third_party_noise(tmp_path):
