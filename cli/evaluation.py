@@ -50,6 +50,9 @@ def register(app: typer.Typer) -> None:
         """Evaluate checkpoints on cached twins: predictions JSONL, metrics.json (gIoU/cIoU per split and
         dimension, oracle bound, parse failures), the same as a tidy metrics.csv, report.md with plots and
         the worst-case overlays (query, ids, IoU)."""
+        from dtwinseg.runtime import quiet_third_party
+
+        quiet_third_party()  # the same known third-party noise as train (loading adapters warns too)
         from dtwinseg.eval.checkpoints import parse_checkpoints
         from dtwinseg.eval.harness import EvalOptions, evaluate_shard, parse_shard
 
