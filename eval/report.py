@@ -58,10 +58,8 @@ CSV_COLUMNS = ("checkpoint", "split", "group", "giou", "ciou", "oracle", "n")
 
 def metrics_rows(metrics: dict) -> list[dict]:
     """One row per checkpoint and group (overall, short, long, ...; then ``dimension:<tag>``): fractions, the
-    oracle bound's gIoU and the number of samples; ``split`` is the dataset spec's split."""
-    from dtwinseg.eval.compare import dataset_and_split
-
-    split = dataset_and_split(metrics["dataset"])[1]
+    oracle bound's gIoU and the number of samples; ``split`` is the dataset spec's split (NAME:ROOT:SPLIT)."""
+    split = str(metrics["dataset"]).rsplit(":", 1)[-1]
     rows = []
     for label, c in metrics["checkpoints"].items():
         groups = list(c["groups"].items()) + [(f"dimension:{d}", e) for d, e in sorted(c.get("dimensions", {}).items())]
