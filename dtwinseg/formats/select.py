@@ -8,7 +8,6 @@ The LLM reads JSON(D) (paper eq. 5) and the query, may think briefly, and ends w
 from __future__ import annotations
 
 from dtwinseg.formats.base import (
-    TWIN_INTRO,
     Completion,
     Decoded,
     FormatConfig,
@@ -17,16 +16,25 @@ from dtwinseg.formats.base import (
     check_options,
     linear_budget,
     register_format,
+    twin_intro,
 )
 from dtwinseg.parsing import parse_indices
 from dtwinseg.spatial import SpatialConfig, twin_json
 from dtwinseg.twin import DigitalTwin
 
-SYSTEM_PROMPT = TWIN_INTRO + (
+TASK = (
     "Given a query, decide which objects the query refers to. The answer may be several objects, or "
     "none. Think briefly if needed, then end with one line exactly of the form "
     "'Answer: [id, id, ...]' (use 'Answer: []' if no object matches)."
 )
+
+
+def system_prompt_for(spatial_cfg: SpatialConfig | None = None) -> str:
+    """The default system message: the twin's layout (dtwinseg.spatial.describe_twin), then the task."""
+    return twin_intro(spatial_cfg) + TASK
+
+
+SYSTEM_PROMPT = system_prompt_for()
 USER_TEMPLATE = "Digital Twin:\n{twin}\n\nQuery: {query}"
 BASE_TOKENS = 512  # the brief reasoning the prompt allows
 TOKENS_PER_ID = 4
@@ -36,8 +44,9 @@ def select_messages(twin: DigitalTwin, query: str, spatial_cfg: SpatialConfig | 
                     system_prompt: str | None = None, user_template: str | None = None,
                     indent: int | None = None) -> list[dict]:
     """Chat messages asking for the ids that satisfy ``query``."""
-    user = (user_template or USER_TEMPLATE).format(twin=twin_json(twin, spatial_cfg, indent=indent), query=query)
-    return chat(SYSTEM_PROMPT if system_prompt is None else system_prompt, user)
+    dump = twin_json(twin, spatial_cfg, indent=indent, query=query)
+    user = (user_template or USER_TEMPLATE).format(twin=dump, query=query)
+    return chat(system_prompt_for(spatial_cfg) if system_prompt is None else system_prompt, user)
 
 
 def answer_completion(ids: list[int]) -> Completion:

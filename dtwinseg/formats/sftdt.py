@@ -46,7 +46,7 @@ from dtwinseg.formats.base import (
 )
 from dtwinseg.io import DataError
 from dtwinseg.parsing import ParseResult, as_id, cap_text, parse_indices, validate_ids
-from dtwinseg.spatial import SpatialConfig, spatial_texts, twin_json
+from dtwinseg.spatial import SpatialConfig, describe_twin, spatial_texts, twin_json
 from dtwinseg.twin import DigitalTwin
 
 __all__ = [
@@ -57,15 +57,19 @@ __all__ = [
 Verdict = Literal["keep", "drop"]
 VERDICTS: tuple[str, ...] = ("keep", "drop")
 
-SYSTEM_PROMPT = (
-    "You segment images by reasoning over a Digital Twin: a JSON object mapping each object id to its "
-    "spatial description (box [x_min, y_min, x_max, y_max] in pixels, area in % of the image, relations to "
-    "nearby objects) and its semantic description. Given a query, narrow the objects down step by step. "
-    'Write each step on its own line as "Step j: " followed by a JSON object with, for every object still '
-    'in play, its updated "semantic", your "reasoning", and a "verdict" of "keep" or "drop". A dropped '
-    'object never comes back. End with the line "Answer: [ids]" listing the ids whose union is the answer '
-    "([] when nothing matches)."
-)
+def system_prompt_for(spatial_cfg: SpatialConfig | None = None) -> str:
+    """The default system message for a layout of JSON(D) (dtwinseg.spatial.describe_twin)."""
+    return (
+        "You segment images by reasoning over a Digital Twin: " + describe_twin(spatial_cfg) + " Given a "
+        "query, narrow the objects down step by step. "
+        'Write each step on its own line as "Step j: " followed by a JSON object with, for every object still '
+        'in play, its updated "semantic", your "reasoning", and a "verdict" of "keep" or "drop". A dropped '
+        'object never comes back. End with the line "Answer: [ids]" listing the ids whose union is the answer '
+        "([] when nothing matches)."
+    )
+
+
+SYSTEM_PROMPT = system_prompt_for()
 """Default system message of the SFTDT format (override with ``system_prompt=``)."""
 
 USER_TEMPLATE = "Query: {query}\nDigital Twin JSON(D):\n{twin}"
@@ -214,13 +218,14 @@ def render_path(
     spatial_cfg: SpatialConfig | None = None,
     *,
     include_spatial: bool = False,
+    query: str | None = None,
 ) -> RenderedPath:
     """Render D(1..K) and the answer as the assistant text, recording decision and answer spans.
 
     An empty semantic in a decision is filled with the twin's S_i. ``include_spatial`` adds each object's
-    T_i to every step (the paper's full ``JSON(D(j))``; longer).
+    T_i to every step (the paper's full ``JSON(D(j))``; longer), as D(0) writes it for ``query``.
     """
-    spatial = spatial_texts(twin, spatial_cfg) if include_spatial else {}
+    spatial = spatial_texts(twin, spatial_cfg, query) if include_spatial else {}
     semantics = {o.id: o.semantic for o in twin.objects}
     parts: list[str] = []
     decision_spans: list[tuple[int, int]] = []
@@ -271,12 +276,12 @@ def sftdt_messages(
     Returns ``[{"role": ..., "content": ...}, ...]`` ready for ``tokenizer.apply_chat_template``; an empty
     ``system_prompt`` leaves the system message out.
     """
-    dump = twin_json(twin, spatial_cfg, indent=indent)
+    dump = twin_json(twin, spatial_cfg, indent=indent, query=query)
     user = (user_template or USER_TEMPLATE).format(query=query, twin=dump, twin_json=dump)
-    system = system_prompt if system_prompt is not None else SYSTEM_PROMPT
+    system = system_prompt if system_prompt is not None else system_prompt_for(spatial_cfg)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
     if path is not None:
-        rendered = render_path(twin, path, spatial_cfg, include_spatial=include_spatial)
+        rendered = render_path(twin, path, spatial_cfg, include_spatial=include_spatial, query=query)
         messages.append({"role": "assistant", "content": rendered.text})
     return messages
 
@@ -397,6 +402,8 @@ class SFTDTFormat:
         self.options = check_options(self.name, self.config.options, {"reasoning_chars": REASONING_CHARS})
 
     def messages(self, twin: DigitalTwin, query: str) -> list[dict]:
+        """System + user (query + JSON(D(0))) for ``query``; fitted to a context by
+        dtwinseg.formats.base.fit_prompt."""
         c = self.config
         return sftdt_messages(twin, query, c.spatial, system_prompt=c.system_prompt,
                               user_template=c.user_template, indent=c.indent)
@@ -404,7 +411,8 @@ class SFTDTFormat:
     def target(self, twin: DigitalTwin, target: Target) -> Completion:
         if target.path is None:
             raise DataError(None, "path", "the sftdt format trains on a reasoning path; the record has none")
-        r = render_path(twin, target.path, self.config.spatial, include_spatial=self.config.include_spatial)
+        r = render_path(twin, target.path, self.config.spatial, include_spatial=self.config.include_spatial,
+                        query=target.query)
         return Completion(r.text, r.decision_spans, r.answer_spans)
 
     def parse(self, text: str, twin: DigitalTwin) -> Decoded:
@@ -418,7 +426,8 @@ class SFTDTFormat:
         if c.tokens_per_object is not None:
             return linear_budget(c, twin, c.tokens_per_object, BASE_TOKENS)
         per_object = int(self.options["reasoning_chars"]) + 50
-        n_rel = len(twin) - 1 if c.spatial.max_relations is None else min(len(twin) - 1, c.spatial.max_relations)
+        sp = c.spatial
+        n_rel = len(twin) - 1 if sp.max_relations is None else min(len(twin) - 1, sp.max_relations + sp.landmarks)
         spatial = (60 + 25 * max(n_rel, 0)) if c.include_spatial else 0
         chars = sum(per_object + len(o.semantic) + spatial for o in twin.objects)
         base = c.base_tokens if c.base_tokens is not None else BASE_TOKENS

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
 from dtwinseg import runtime
+from dtwinseg.formats.base import model_context_length
 from dtwinseg.openai_chat import ChatClientConfig, ChatCompletionsClient, ChatCompletionsError
 from dtwinseg.prompting import chat_prompt
 from dtwinseg.reasoning.config import ReasoningConfig
@@ -171,6 +172,16 @@ class TransformersBackend:
     def prompt_text(self, conversation: Conversation) -> str:
         _, tok = self._ensure_loaded()
         return chat_prompt(tok, conversation, self.cfg.chat_template)
+
+    def count_prompt_tokens(self, conversation: Conversation) -> int:
+        """Tokens of the prompt text the model sees (what prompts are fitted to its context by)."""
+        _, tok = self._ensure_loaded()
+        return len(tok(self.prompt_text(conversation), add_special_tokens=False)["input_ids"])
+
+    def context_length(self) -> int | None:
+        """The model's context (dtwinseg.formats.base.model_context_length: tokenizer, then config)."""
+        model, tok = self._ensure_loaded()
+        return model_context_length(tok, getattr(model, "config", None))
 
     def _gen_kwargs(self, tok: Any, budget: int) -> dict:
         eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id

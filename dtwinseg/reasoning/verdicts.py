@@ -37,6 +37,7 @@ from dtwinseg.reasoning.backends import LLMBackend, TransformersBackend
 from dtwinseg.reasoning.config import ReasoningConfig
 from dtwinseg.reasoning.reasoner import (
     LLMReasoner,
+    PromptFitter,
     Reasoner,
     ReasoningOutput,
     answer_empty_twins,
@@ -240,6 +241,7 @@ class VerdictReasoner:
                             f"(compact with format.options.target: path); {cfg.strategy!r} has none")
         self.strategy.verdict_path(DigitalTwin("", 1, 1), "")  # a format without verdicts to force says so now
         self.backend = backend if backend is not None else TransformersBackend(cfg)
+        self.fit = PromptFitter(self.strategy, self.backend)
 
     @property
     def format(self) -> Any:
@@ -269,9 +271,14 @@ class VerdictReasoner:
         return out  # type: ignore[return-value]
 
     def _reason_batch(self, items: Sequence[Item]) -> list[ReasoningOutput]:
-        paths = [self.strategy.verdict_path(twin, query) for twin, query in items]
-        texts = [None if p.prompts is not None else self.backend.prompt_text(self.strategy.messages(twin, query))
-                 for p, (twin, query) in zip(paths, items, strict=True)]
+        # A whole-scene path's prompt is fitted to the context as build-sft fitted it (objects it leaves out
+        # get no verdict); per-object prompts are each one object's own.
+        fitted = [None if getattr(self.strategy, "per_object", False) else self.fit(twin, query)
+                  for twin, query in items]
+        paths = [self.strategy.verdict_path(f.twin if f is not None else twin, query)
+                 for f, (twin, query) in zip(fitted, items, strict=True)]
+        texts = [None if p.prompts is not None or f is None else self.backend.prompt_text(f.messages)
+                 for p, f in zip(paths, fitted, strict=True)]
         paths_text = [""] * len(items)
         margins: list[dict[int, float]] = [{} for _ in items]
 
@@ -314,8 +321,9 @@ class VerdictReasoner:
                 ids = [max(margins[r], key=lambda i: (margins[r][i], -i))]
                 notes.append("no object judged yes; the likeliest yes")
             text = paths_text[r] + p.answer(ids)
+            dropped = list(fitted[r].dropped) if fitted[r] is not None else []  # type: ignore[union-attr]
             outs.append(ReasoningOutput(ids, ParseResult("ok", ids, notes, text), text, self.strategy.name,
-                                        scores=margins[r], finish_reason="stop"))
+                                        scores=margins[r], finish_reason="stop", dropped=dropped))
         return outs
 
 
