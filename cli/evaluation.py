@@ -15,6 +15,30 @@ CHECKPOINT_HELP = (
 )
 
 
+def reasoning_base(reasoning_config: Path | None, format_from: str | None):  # noqa: ANN201 - a ReasoningConfig
+    """The eval's ReasoningConfig: the YAML's (or the defaults), with ``format_from`` set from --format-from (a
+    Hub id that is no local path: its format.json, downloaded or from the cache)."""
+    from dtwinseg.base_models import is_hub_id
+    from dtwinseg.config import load_config_yaml
+    from dtwinseg.io import DataError
+    from dtwinseg.reasoning import ReasoningConfig
+
+    if format_from is None:
+        return ReasoningConfig.from_yaml(reasoning_config) if reasoning_config else ReasoningConfig()
+    if is_hub_id(format_from):
+        from huggingface_hub import hf_hub_download
+
+        try:
+            format_from = hf_hub_download(format_from, "format.json")
+        except Exception as e:  # noqa: BLE001 - offline and not cached, no such repository or file
+            raise DataError(format_from, "--format-from", f"no format.json to read from the Hub "
+                            f"({' '.join(str(e).split())[:200]})") from None
+    data = load_config_yaml(reasoning_config) if reasoning_config else {}
+    if isinstance(data.get("reasoning"), dict):
+        data = data["reasoning"]
+    return ReasoningConfig.from_dict({**data, "format_from": str(format_from)}, path=reasoning_config)
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
 
@@ -29,6 +53,10 @@ def register(app: typer.Typer) -> None:
                                             "sftdt, score, compact (any registered in dtwinseg.formats)."),
         reasoning_config: Path | None = typer.Option(None, "--reasoning-config", help="ReasoningConfig YAML "
                                                      "(generation settings, spatial config, API endpoint)."),
+        format_from: str | None = typer.Option(None, "--format-from", help="Read the reasoning format from "
+                                               "a format.json, a folder holding one (build-sft dataset, trained "
+                                               "model or adapter) or a Hub repository ORG/NAME that holds one (a "
+                                               "published model): the config's format_from."),
         shard: str | None = typer.Option(None, "--shard", help="I/N: evaluate every N-th sample starting at "
                                          "I. Default: RANK/WORLD_SIZE under torchrun / accelerate launch."),
         limit: int | None = typer.Option(None, "--limit", help="Only the first N samples of the dataset."),
@@ -57,14 +85,13 @@ def register(app: typer.Typer) -> None:
         from dtwinseg.eval.harness import EvalOptions, evaluate_shard, parse_shard
 
         from dtwinseg.io import DataError
-        from dtwinseg.reasoning import ReasoningConfig
 
         if wandb:
             import importlib.util
 
             if importlib.util.find_spec("wandb") is None:
                 raise DataError(None, "--wandb", "wandb is not installed: pip install 'dtwinseg[wandb]'")
-        base = ReasoningConfig.from_yaml(reasoning_config) if reasoning_config else ReasoningConfig()
+        base = reasoning_base(reasoning_config, format_from)
         if strategy:
             base = base.replace(strategy=strategy)
         cks = parse_checkpoints(list(checkpoint), base)

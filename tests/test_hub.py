@@ -106,18 +106,18 @@ def test_build_sft_warns_when_it_drops_records(tmp_path):
     recs = tmp_path / "records.jsonl"
     write_records(recs, records(4, objects=3), inline_twin=True)
     args = ["build-sft", str(recs), "--tokenizer", MINILM, "--out", str(tmp_path / "sft"), "--no-progress"]
-    res = CliRunner().invoke(app, args + ["--max-length", "0"])
-    assert res.exit_code == 0 and "warning" not in res.output
-    res = CliRunner().invoke(app, args + ["--max-length", "40"])  # the prompt alone is longer: every one dropped
-    assert res.exit_code == 1 and "no example was built" in res.output
-    from datasets import load_from_disk
-
-    lengths = sorted(len(r["input_ids"]) for r in load_from_disk(str(tmp_path / "sft")))
-    dropped = sum(n > lengths[1] for n in lengths)
-    assert dropped >= 1  # > 10% of 4 records
-    res = CliRunner().invoke(app, args + ["--max-length", str(lengths[1]), "--on-overflow", "drop"])
-    assert res.exit_code == 0 and f"warning: {dropped} of 4 records lost examples" in res.stderr, res.output
-    assert json.loads(res.stdout)["dropped_too_long"] == dropped
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and "warning" not in res.output and json.loads(res.stdout)["examples"] == 4
+    big = records(2, objects=7, seed=1)  # their answers do not fit MiniLM's 512-token context
+    for k, r in enumerate(big):
+        r.id = f"big{k}"
+    write_records(recs, records(2, objects=3) + big, inline_twin=True)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    stats = json.loads(res.stdout)
+    assert stats["examples"] == 2 and stats["answer_dropped"] == 2
+    assert ("warning: 2 of 4 records lost examples (0 too long, 2 whose answer did not fit the 512-token "
+            "context, 0 failed)") in " ".join(res.stderr.split())
 
 
 def test_publish_stages_format_json_and_a_loading_snippet(tmp_path):
@@ -137,7 +137,8 @@ def test_publish_stages_format_json_and_a_loading_snippet(tmp_path):
                                                                  "tokenizer.json"]
     card = ModelCard.load(tmp_path / "s" / "README.md")
     assert 'AutoPeftModelForCausalLM.from_pretrained("me/a")' in card.text
-    assert "`score`, recorded in `format.json`" in card.text and "--strategy score" in card.text
+    assert "`score`, recorded in `format.json`" in card.text
+    assert "--checkpoint me/a --format-from me/a --out" in card.text  # inference reads the trained format back
 
 
 @pytest.mark.slow
@@ -216,3 +217,21 @@ def test_train_from_a_hub_dataset_id(tmp_path, sft_data):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "model.safetensors").is_file() and load_format(out) == load_format(sft_data)
+
+
+def test_eval_reads_the_format_back_from_a_folder_or_a_hub_repo(sft_data, tmp_path, monkeypatch):
+    """The card's Use command: `--format-from ORG/NAME` reads the published format.json (here from a fake
+    download); a folder or a format.json works the same; the reasoning config's other settings stay."""
+    import huggingface_hub
+    from dtwinseg.cli.evaluation import reasoning_base
+
+    trained = load_format(sft_data)
+    got = reasoning_base(None, str(sft_data))
+    assert (got.strategy, got.format) == trained
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo, name, **kw: asked.append((repo, name)) or str(sft_data / name))
+    (tmp_path / "r.yaml").write_text("backend: transformers\nmax_new_tokens: 77\n")
+    got = reasoning_base(tmp_path / "r.yaml", "me/published")
+    assert asked == [("me/published", "format.json")]
+    assert (got.strategy, got.format) == trained and got.max_new_tokens == 77

@@ -120,10 +120,11 @@ def _trained_format(folder: Path) -> str | None:
     return data.get("format") if isinstance(data, dict) and isinstance(data.get("format"), str) else None
 
 
-def use_command(repo_id: str, strategy: str = "sftdt") -> str:
-    """The card's "Use" command: evaluate this model (a Hub id, or a local folder in its place)."""
-    return (f"dtwinseg eval DATASET_SPEC --dt-cache CACHE --checkpoint {repo_id} --strategy {strategy} "
-            "--out runs/eval")
+def use_command(repo_id: str, strategy: str = "sftdt", *, format_recorded: bool = False) -> str:
+    """The card's "Use" command: evaluate this model (a Hub id, or a local folder in its place); with a
+    format.json published beside it, the format is read back from it (--format-from), else named."""
+    fmt = f"--format-from {repo_id}" if format_recorded else f"--strategy {strategy}"
+    return f"dtwinseg eval DATASET_SPEC --dt-cache CACHE --checkpoint {repo_id} {fmt} --out runs/eval"
 
 
 def load_snippet(repo_id: str, kind: str) -> str:
@@ -182,7 +183,8 @@ def build_card(model_dir: Path, repo_id: str, *, eval_results: list[Any] | None 
     body += evaluation or []
     body += ["## Use", "", "With dtwinseg installed, on twins cached by `dtwinseg build-dt` (DATASET_SPEC such as "
              "`reasonseg:/data/ReasonSeg:test`, CACHE the cache folder):",
-             "", "```bash", use_command(repo_id, strategy or trained or "sftdt"), "```", "",
+             "", "```bash", use_command(repo_id, strategy or trained or "sftdt", format_recorded=bool(trained)),
+             "```", "",
              f"In Python, with {'peft' if kind == 'adapter' else 'transformers'}:", "",
              "```python", load_snippet(repo_id, kind), "```", ""]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)

@@ -223,7 +223,8 @@ def flag_overrides(args: list[str]) -> list[str]:
             close = difflib.get_close_matches(field_name, sorted(types_), n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join('--' + c if section == 'training' else f'--{section}.{c}' for c in close)}?" \
                 if close else ""
-            raise ConfigError(FLAGS, word.partition("=")[0], f"no such option (flags set {section} fields){hint}")
+            raise ConfigError(FLAGS, word.partition("=")[0], f"no such option (flags set {section} fields){hint}"
+                              f" (an `accelerate launch` flag goes through --accelerate-arg={word})")
         if not eq:
             is_bool = types_[field_name] in (bool, bool | None)
             if is_bool and (i >= len(args) or args[i].lower() not in _BOOL_WORDS):
