@@ -230,7 +230,7 @@ def _alive(pid: int) -> bool:  # pragma: no cover - fallback path only
 # Deprecation warnings a user cannot act on (raised inside TRL / transformers / peft for arguments they set
 # themselves): message prefixes of FutureWarnings.
 KNOWN_FUTURE_WARNINGS = ("`gradient_checkpointing` is deprecated", "`gradient_checkpointing_kwargs` is deprecated",
-                         "`is_gradient_checkpointing` is deprecated")
+                         "`is_gradient_checkpointing` is deprecated", "`gradient_checkpointing_enable` is deprecated")
 
 
 def known_warning_filters() -> list[str]:
