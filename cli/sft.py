@@ -187,7 +187,7 @@ def warn_dropped(stats: dict) -> None:
 
 
 TRAIN_OPTIONS = ("--config", "--accelerate-config", "--num-processes", "--accelerate-arg", "--dry-run", "--progress",
-                 "--no-progress", "--help")
+                 "--no-progress", "--restart", "--help")
 
 
 def train(
@@ -211,6 +211,9 @@ def train(
                                  "and the launch command, print them with the resolved recipe, and exit."),
     progress: bool = progress_option("Show the training progress bar (--no-progress also sets "
                                      "training.disable_tqdm=true)."),
+    restart: bool = typer.Option(False, "--restart", help="Start over at step 1 although output_dir holds "
+                                 "checkpoints (they are moved to output_dir/previous-<time>/); by default a "
+                                 "rerun resumes from the latest (= training.resume_from_checkpoint=false)."),
 ) -> None:
     """Fine-tune with the weighted SFTDT loss, in-process or through `accelerate launch`.
 
@@ -225,6 +228,7 @@ def train(
     quiet_third_party()  # before dtwinseg.training imports transformers' trainer
     from dtwinseg.training.launch import launch
     from dtwinseg.training.recipe import flag_overrides
+    from dtwinseg.training.trainer import TrainingStopped
 
     # click hands the first leftover word to RECIPE (an override or an unknown --flag included): put it back
     words = ([recipe] if recipe is not None else []) + list(ctx.args)
@@ -238,12 +242,16 @@ def train(
         if word.startswith("--") and own in TRAIN_OPTIONS:
             raise typer.BadParameter(f"{word.partition('=')[0]}: did you mean {own}?")
     overrides = flag_overrides(words) + ([] if progress else ["training.disable_tqdm=true"])
+    overrides += ["training.resume_from_checkpoint=false"] if restart else []
     try:
         if _is_demo_recipe(config):
             _check_demo_recipe(config, overrides, dry_run, accelerate_config, num_processes)
             return
         out = launch(config, overrides, accelerate_config=accelerate_config, num_processes=num_processes,
                      accelerate_args=list(accelerate_arg), dry_run_only=dry_run, echo=typer.echo)
+    except TrainingStopped as e:  # SIGTERM / SIGINT: a checkpoint was saved; say how to resume
+        typer.echo(f"stopped: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
     except RuntimeError as e:
         _fail(e)
     if out is not None:

@@ -8,7 +8,9 @@ card); this module adds the evaluation results of a ``metrics.json`` (the card's
 Evaluation table). Staging never deletes anything: it writes into a folder it creates itself
 (``--stage-dir DIR`` when DIR does not exist or is empty, else a fresh folder inside DIR; by default a fresh
 ``NAME-publish-*`` folder next to the model). The token comes from ``HF_TOKEN`` (or the huggingface-hub
-login) and is never printed or written.
+login) and is never printed or written. Staging refuses outright when any file it would stage (or the recipe
+or card it writes) holds the value of a live secret of the environment, in any form
+(dtwinseg.training.hub.refuse_live_secrets).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dtwinseg.training.hub import (  # noqa: F401 - re-exported: the publish API
     clean_recipe_text,
     hub_base_model,
     model_kind,
+    refuse_live_secrets,
     stage,
     staging_folder,
     upload,

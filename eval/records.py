@@ -44,7 +44,13 @@ def load_records(path: Path) -> list[dict]:
     so appending after it cannot glue two records together."""
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # damaged on disk (our writer only writes UTF-8): one line, no traceback
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(path, f"line {line}", "not UTF-8 text: a damaged predictions file (remove that line, or "
+                        "rerun with --restart)") from None
     lines = text.splitlines()
     records, good = [], []
     for n, line in enumerate(lines, 1):

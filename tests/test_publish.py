@@ -55,7 +55,7 @@ def test_dry_run_card_parses_and_matches_metrics(adapter, tmp_path, monkeypatch)
                                                       "adapter_model.safetensors", "recipe.yaml"]
     card = ModelCard.load(stage / "README.md")
     assert card.data.base_model is None  # a local path is not a valid Hub id
-    assert "local checkpoint" in card.text and "lr: 2e-5" in card.text
+    assert "local checkpoint" in card.text and "lr: 2.0e-05" in card.text  # read as training reads it: a float
     assert "hf_SHOULD_NOT_APPEAR" not in (stage / "README.md").read_text()
     results = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
     sft = METRICS["checkpoints"]["sft"]["groups"]  # picked by adapter path among two checkpoints

@@ -8,7 +8,10 @@ inference), ``recipe.yaml`` without any secret-named key, and ``README.md``, the
 (:func:`build_card`: metadata with the base model and, when given, ``model-index`` eval results; text with
 the LoRA settings, the recipe, a peft / transformers loading snippet and the ``dtwinseg eval`` command).
 Staging never deletes anything: it writes into a folder it creates itself (:func:`staging_folder`). The
-token comes from ``HF_TOKEN`` (or the huggingface-hub login) and is never printed or written.
+token comes from ``HF_TOKEN`` (or the huggingface-hub login) and is never printed or written. Staging
+refuses outright when any file it would stage (or the recipe or card it writes) holds the value of a live
+secret of the environment, in any form (:func:`refuse_live_secrets`): a key pasted into a recipe note never
+reaches the Hub.
 
 Base model: the adapter's ``base_model_name_or_path``. A *local path* there fails the Hub's metadata
 validation (``base_model`` must be a Hub id), so it is left out of the card metadata (and named in the
@@ -27,7 +30,16 @@ from typing import Any
 
 from dtwinseg.config import is_secret_key, strip_secrets
 from dtwinseg.formats import FORMAT_FILE
-from dtwinseg.io import DataError, atomic_write_text, read_json
+from dtwinseg.io import (
+    MAX_CONFIG_BYTES,
+    DataError,
+    YAMLBudgetError,
+    atomic_write_text,
+    dump_yaml,
+    parse_yaml,
+    read_json,
+)
+from dtwinseg.redaction import find_live_secret
 
 # Files of a model folder that belong on the Hub (weights, configs, tokenizer, the reasoning format);
 # recipe.yaml is staged cleaned, README.md is written.
@@ -77,35 +89,45 @@ def _recipe_file(folder: Path) -> Path | None:
     return None
 
 
-def clean_recipe_text(text: str) -> str:
-    """A recipe's YAML without any secret-named key (parsed and re-dumped; line-filtered if unparsable)."""
+def _parse_recipe(text: str) -> Any:
+    """A recipe's YAML through the one budgeted parser (an alias bomb is refused, never expanded); None
+    when it is not YAML."""
     import yaml
 
     try:
-        data = yaml.safe_load(text)
+        return parse_yaml(text)
+    except YAMLBudgetError as e:
+        raise PublishError(f"recipe.yaml refused: the YAML {e}") from None
     except yaml.YAMLError:
-        data = None
+        return None
+
+
+def clean_recipe_text(text: str) -> str:
+    """A recipe's YAML without any secret-named key (parsed and re-dumped; line-filtered if unparsable)."""
+    data = _parse_recipe(text)
     if isinstance(data, dict):
-        return yaml.safe_dump(strip_secrets(data), sort_keys=False, allow_unicode=True)
+        return dump_yaml(strip_secrets(data))
     kept = [ln for ln in text.splitlines() if not ((m := _KEY_LINE.match(ln)) and is_secret_key(m.group(1)))]
     return "\n".join(kept) + "\n"
+
+
+def _read_recipe(path: Path) -> str:
+    """A recipe file's text (any bytes decode; over the config size cap is refused, never parsed)."""
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise PublishError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes, not a recipe; nothing was staged")
+    return path.read_bytes().decode("utf-8", "replace")
 
 
 def recipe_text(folder: Path) -> str | None:
     """The cleaned recipe of a model folder (its recipe.yaml, or its parent's), or None."""
     path = _recipe_file(folder)
-    return clean_recipe_text(path.read_text(encoding="utf-8")) if path else None
+    return clean_recipe_text(_read_recipe(path)) if path else None
 
 
 def _recipe_base(folder: Path) -> str | None:
     """The base model a full fine-tune started from (its recipe's model.name_or_path), if recorded."""
-    import yaml
-
     path = _recipe_file(folder)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path else None
-    except yaml.YAMLError:
-        return None
+    data = _parse_recipe(_read_recipe(path)) if path else None
     model = data.get("model") if isinstance(data, dict) else None
     return model.get("name_or_path") if isinstance(model, dict) else None
 
@@ -209,10 +231,42 @@ def staging_folder(model_dir: Path, stage_dir: Path | None) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{model_dir.name}-publish-", dir=model_dir.parent))
 
 
+MAX_SCANNED_BYTES = 256 << 20  # a file is scanned up to this size; of a .safetensors file, its JSON header
+
+
+def _scanned_bytes(path: Path) -> bytes:
+    """What of a file to look for secrets in: a safetensors file's header (its text; the rest is tensor
+    data), else the file (up to MAX_SCANNED_BYTES)."""
+    with open(path, "rb") as f:
+        if path.suffix == ".safetensors":
+            head = f.read(8)
+            size = int.from_bytes(head, "little") if len(head) == 8 else 0
+            return f.read(min(size, MAX_SCANNED_BYTES))
+        return f.read(MAX_SCANNED_BYTES)
+
+
+def refuse_live_secrets(files: list[Path], texts: dict[str, str]) -> None:
+    """PublishError when a file about to be staged (or a text about to be written there: recipe, card)
+    holds the value of a live secret of the environment (HF_TOKEN, an API key variable, ...) in any form
+    (raw, escaped, URL-encoded, quoted: :func:`dtwinseg.redaction.find_live_secret`). Names the file and the
+    variable, never the value."""
+    for name, text in texts.items():
+        if (var := find_live_secret(text)) is not None:
+            raise PublishError(f"{name} would hold the value of ${var} (a live secret of this environment); "
+                               "remove it from the recipe / card text, nothing was staged")
+    for path in files:
+        if (var := find_live_secret(_scanned_bytes(path))) is not None:
+            raise PublishError(f"{path} holds the value of ${var} (a live secret of this environment); remove "
+                               "it from the file, nothing was staged")
+
+
 def stage(model_dir: Path, out: Path, card: Any) -> list[Path]:
     """Copy the publishable files of ``model_dir`` into ``out`` (a folder this run created), the recipe without
-    secrets, and README.md (the card); returns the files. Nothing is ever deleted."""
+    secrets, and README.md (the card); returns the files. Nothing is ever deleted. Refused before anything is
+    copied when a file or text holds a live secret (:func:`refuse_live_secrets`)."""
     kind = model_kind(model_dir)
+    refuse_live_secrets([p for p in sorted(model_dir.iterdir()) if p.is_file() and KEEP.match(p.name)],
+                        {"recipe.yaml": recipe_text(model_dir) or "", "README.md (the card)": str(card)})
     files = []
     for p in sorted(model_dir.iterdir()):
         if p.is_file() and KEEP.match(p.name) and not (out / p.name).exists():

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from dtwinseg.training.recipe import (
 )
 
 from dtwinseg.config import ConfigError, load_config_yaml, redact
-from dtwinseg.runtime import known_warning_filters, quiet_third_party
+from dtwinseg.runtime import known_warning_filters, quiet_third_party, run_forwarding_signals
 
 
 @dataclass
@@ -203,6 +202,22 @@ def dry_run(r: Recipe, plan: ProcessPlan, command: str, echo: Callable[[str], No
     echo(command)
 
 
+def ranks_failed(code: int, r: Recipe) -> RuntimeError:
+    """The error of a multi-process run that exited ``code``: for a signal (SIGTERM / SIGINT: the ranks
+    saved a checkpoint, see dtwinseg.training.run) a TrainingStopped saying how to resume."""
+    import signal
+
+    from dtwinseg.training.run import latest_checkpoint
+    from dtwinseg.training.trainer import TrainingStopped
+
+    signum = code - 128 if code > 128 else -code
+    last = latest_checkpoint(r.output_dir)
+    if signum in (signal.SIGTERM, signal.SIGINT) and last is not None:
+        step = int(last.name.rsplit("-", 1)[1])
+        return TrainingStopped(signum, step, int(r.training.get("max_steps") or -1), str(last))
+    return RuntimeError(f"accelerate launch failed with exit code {code}")
+
+
 def launch(recipe: Recipe | dict | str | os.PathLike, overrides: list[str] | None = None, *,
            accelerate_config: str | os.PathLike | None = None, num_processes: int | None = None,
            accelerate_args: list[str] | None = None, dry_run_only: bool = False,
@@ -234,8 +249,8 @@ def launch(recipe: Recipe | dict | str | os.PathLike, overrides: list[str] | Non
     if cmd is None:
         return train_from_recipe(r)
     echo(f"{plan.describe()}\n{command}")
-    proc = subprocess.run(cmd, env=child_env(r))
-    if proc.returncode != 0:
-        raise RuntimeError(f"accelerate launch failed with exit code {proc.returncode}")
+    code = run_forwarding_signals(cmd, env=child_env(r))  # a SIGTERM here reaches every rank
+    if code != 0:
+        raise ranks_failed(code, r)
     merge_adapter(r)
     return r.output_dir

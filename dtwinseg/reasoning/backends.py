@@ -286,6 +286,8 @@ class OpenAIBackend:
         ...", "malformed response (KeyError)"."""
         if e.kind in ("malformed", "no_content"):
             return GenerationFailure(f"malformed response ({e.cause})")
+        if e.kind == "config":  # the key variable is unusable: the detail names it, never the key
+            return GenerationFailure(e.detail)
         short = f"HTTP {e.status}" if e.kind == "http" else f"network error {e.cause}"
         return GenerationFailure(f"{short} after {self.cfg.max_retries} retries" if e.retried_out else short)
 
