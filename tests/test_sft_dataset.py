@@ -175,10 +175,10 @@ def test_progress_bar_is_drawn_by_local_rank_zero_only(capsys, monkeypatch):
     for rank, drawn in (("0", True), ("1", False)):
         monkeypatch.setenv("LOCAL_RANK", rank)
         build_sft_dataset(records(2), tok, SFTDatasetConfig(max_length=None), progress=True, total=2)
-        assert ("tokenising" in capsys.readouterr().out) is drawn
+        assert ("tokenising" in capsys.readouterr().err) is drawn  # bars draw on stderr
     monkeypatch.setenv("LOCAL_RANK", "0")
     build_sft_dataset(records(2), tok, SFTDatasetConfig(max_length=None), progress=False)
-    assert "tokenising" not in capsys.readouterr().out
+    assert "tokenising" not in capsys.readouterr().err
 
 
 def test_per_object_target_writes_one_verdict_example_per_object(tokenizer):
