@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dtwinseg.io import DataError
+from dtwinseg.io import DataError, pid_alive
 
 T = TypeVar("T")
 Shard = tuple[int, int]
@@ -203,7 +203,7 @@ class RunLock:
         except FileExistsError:
             holder = self.path.read_text(encoding="utf-8", errors="replace").strip()
             pid, _, host = holder.partition("@")
-            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
                 self.path.unlink(missing_ok=True)
                 return self._acquire_excl()
             raise LockError(self.path, None, f"{self.what} is being written by {holder}") from None
@@ -249,16 +249,6 @@ class FileLock:
 
 def _holder() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
-
-
-def _alive(pid: int) -> bool:  # pragma: no cover - fallback path only
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- child processes -----------------------------------------------------------------------------
