@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from dtwinseg.cli.options import progress_option
 
 
 def synth(
@@ -17,7 +18,7 @@ def synth(
                                        "objects per scene, ...); defaults documented in data_builders/synthetic/config.py."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Worker processes (the files are byte-identical for any "
                              "number)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = progress_option(),
 ) -> None:
     """Generate synthetic reasoning-segmentation scenes: images, ReasonSeg JSON with dimension and
     granularity tags, and instance masks for the oracle perception source."""
@@ -52,7 +53,7 @@ def demo(
     max_steps: int | None = typer.Option(None, "--max-steps", help="Override the optimizer steps per run."),
     check_seed: list[int] = typer.Option([], "--check-seed", help="Also evaluate every row on a test split "
                                          "drawn with this seed (repeatable)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    progress: bool = progress_option("Show progress bars."),
 ) -> None:
     """The whole pipeline on synthetic scenes: oracle twins -> Seg-DT -> compact SFT datasets -> SFTDT
     training (path weighted, path unweighted, answer-only) -> evaluation with the untrained baselines on

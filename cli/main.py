@@ -28,6 +28,11 @@ class ErrorBoundary(TyperGroup):
     full, read-only file system, permission, too many open files: any other OSError) prints one line naming
     the path and exits 1. The traceback only in debug; no line shows a live secret."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from dtwinseg.cli.options import rewrite_deprecated
+
+        return super().parse_args(ctx, rewrite_deprecated(args, warn=lambda m: click.echo(m, err=True)))
+
     def invoke(self, ctx: click.Context) -> Any:
         from dtwinseg.io import DataError, describe_os_error, escaped_surrogates
         from dtwinseg.redaction import redact_text
@@ -61,6 +66,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals may hold API keys
     add_completion=False,
+    rich_markup_mode=None,  # help texts are plain text: [q_proj,v_proj] or [default: ...] stay as written
 )
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import typer
+from dtwinseg.cli.options import progress_option, strict_option
 
 
 def build_dt_command(
@@ -28,13 +29,11 @@ def build_dt_command(
                             help="Override the config's VLM backend: none (proposals only, semantics filled "
                                  "later with --fill-semantics), openai, transformers."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N samples of the split."),
-    strict: bool = typer.Option(True, "--strict/--no-strict", " /--lenient",
-                                help="--no-strict (or --lenient) skips malformed annotation files (counted) instead of "
-                                     "stopping at the first one."),
+    strict: bool = strict_option(True, skipped="malformed annotation files"),
     fill_semantics: bool = typer.Option(False, "--fill-semantics",
                                         help="Second pass: read the twins a --vlm none run cached and write "
                                              "twins with VLM semantics (needs a VLM backend)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar with ETA."),
+    progress: bool = progress_option("Show the progress bar with ETA."),
     refill_fallbacks: bool = typer.Option(True, "--refill-fallbacks/--keep-fallbacks",
                                           help="Build again the cached twins whose VLM answers fell back "
                                                "(null content) so the VLM is asked again."),

@@ -31,8 +31,10 @@ goes on.
 A per-object format (the compact format's ``target: object``) writes one example per twin object instead
 (id ``<record id>#<object id>``); one over ``max_length`` is dropped and counted.
 
-Dataset columns: ``id`` (str), ``input_ids``, ``labels`` (int), ``loss_weights`` (float32),
-``token_kinds`` (int8; lets the trainer re-weight without re-tokenising), ``removed_objects`` (int).
+Dataset columns: ``id`` (str), ``messages`` (the conversation as ``[{"role", "content"}]``: the readable
+text the tokens encode, for people and Hub viewers; the trainer reads the tokens), ``input_ids``,
+``labels`` (int), ``loss_weights`` (float32), ``token_kinds`` (int8; lets the trainer re-weight without
+re-tokenising), ``removed_objects`` (int).
 """
 
 from __future__ import annotations
@@ -209,18 +211,25 @@ def record_target(record: SegDTRecord) -> Target:
     return Target(answer=list(record.path.answer), path=record.path, scores=scores, query=record.query)
 
 
+def conversation(messages: list[dict], completion: Any) -> list[dict]:
+    """The ``messages`` column: the prompt's messages and the completion as the assistant turn."""
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages] + \
+        [{"role": "assistant", "content": completion.text}]
+
+
 def tokenize_completion(tokenizer: Any, messages: list[dict], completion: Any) -> tuple[list[int], np.ndarray]:
     """Token ids and kinds of a prompt's messages followed by a format's Completion as the assistant turn."""
     return tokenize_conversation(tokenizer, messages + [{"role": "assistant", "content": completion.text}],
                                  completion.decision_spans, completion.answer_spans)
 
 
-def dataset_row(row_id: str, ids: list[int], kinds: np.ndarray, cfg: SFTDatasetConfig, removed: int = 0) -> dict:
+def dataset_row(row_id: str, ids: list[int], kinds: np.ndarray, cfg: SFTDatasetConfig, removed: int = 0,
+                messages: list[dict] | None = None) -> dict:
     """One dataset row: weights from the token kinds, labels -100 where the weight is 0."""
     weights = cfg.kind_weights[kinds.astype(np.int64)]
     labels = [t if w > 0 else -100 for t, w in zip(ids, weights, strict=True)]
-    return {"id": row_id, "input_ids": ids, "labels": labels, "loss_weights": weights.tolist(),
-            "token_kinds": kinds.tolist(), "removed_objects": removed}
+    return {"id": row_id, "messages": messages or [], "input_ids": ids, "labels": labels,
+            "loss_weights": weights.tolist(), "token_kinds": kinds.tolist(), "removed_objects": removed}
 
 
 class AnswerDropped(Exception):
@@ -251,11 +260,12 @@ def encode_record(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig,
     target = record_target(record)
     if fitted.dropped:
         target = _shown_target(target, set(fitted.twin.ids))
-    ids, kinds = tokenize_completion(tokenizer, fitted.messages, fitted.format.target(fitted.twin, target))
+    completion = fitted.format.target(fitted.twin, target)
+    ids, kinds = tokenize_completion(tokenizer, fitted.messages, completion)
     limit = context if cfg.max_length is None else cfg.max_length
     if limit and len(ids) > limit:
         return None
-    return dataset_row(record.id, ids, kinds, cfg, fitted.objects_dropped)
+    return dataset_row(record.id, ids, kinds, cfg, fitted.objects_dropped, conversation(fitted.messages, completion))
 
 
 def encode_object_rows(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig,
@@ -269,7 +279,7 @@ def encode_object_rows(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfi
         if limit and len(ids) > limit:
             dropped += 1
             continue
-        rows.append(dataset_row(f"{record.id}#{obj}", ids, kinds, cfg))
+        rows.append(dataset_row(f"{record.id}#{obj}", ids, kinds, cfg, messages=conversation(messages, completion)))
     return rows, dropped
 
 
@@ -320,7 +330,9 @@ def build_sft_dataset(records: Iterable[SegDTRecord], tokenizer: Any, cfg: SFTDa
     lengths = [len(r["input_ids"]) for r in rows]
     stats["max_tokens"] = max(lengths, default=0)
     stats["mean_tokens"] = float(np.mean(lengths)) if lengths else 0.0
-    features = Features({"id": Value("string"), "input_ids": Sequence(Value("int32")),
+    features = Features({"id": Value("string"),
+                         "messages": [{"role": Value("string"), "content": Value("string")}],
+                         "input_ids": Sequence(Value("int32")),
                          "labels": Sequence(Value("int32")), "loss_weights": Sequence(Value("float32")),
                          "token_kinds": Sequence(Value("int8")), "removed_objects": Value("int32")})
     empty = {k: [] for k in features}
@@ -350,3 +362,57 @@ def save_dataset(ds: Any, out: str | os.PathLike, meta: dict, cfg: SFTDatasetCon
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+# --- the Hub: push a built dataset, train from a pushed one ---------------------------------------------
+HUB_FILES = ("format.json", "build.json")  # pushed next to the data: format.json is what inference checks
+
+
+def push_dataset(ds: Any, folder: str | os.PathLike, repo_id: str, *, private: bool, api: Any = None) -> None:
+    """Push a build-sft dataset to the Hub dataset repository ``repo_id`` (created ``private`` or public),
+    with its ``format.json`` and ``build.json``, so a recipe can train from ``data.train: repo_id`` and
+    inference can check the format. The token comes from HF_TOKEN or the login cache."""
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=os.environ.get("HF_TOKEN") or None)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    ds.push_to_hub(repo_id, private=private, token=getattr(api, "token", None))
+    for name in HUB_FILES:
+        path = Path(folder) / name
+        if path.is_file():
+            api.upload_file(path_or_fileobj=str(path), path_in_repo=name, repo_id=repo_id, repo_type="dataset",
+                            commit_message=f"dtwinseg build-sft: {name}")
+
+
+def dataset_folder(name: str | os.PathLike, field: str = "data.train") -> Path:
+    """The local folder of a training dataset: ``name`` itself when it is a folder, else a Hub dataset id
+    ``ORG/NAME`` downloaded (or found in the Hugging Face cache; HF_HUB_OFFLINE is respected). DataError
+    naming ``field`` when it is neither."""
+    from dtwinseg.base_models import is_hub_id
+
+    if Path(name).is_dir() or not is_hub_id(str(name)):
+        return Path(name)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name), repo_type="dataset"))
+    except Exception as e:  # noqa: BLE001 - offline and not cached, no such repository, gated, network
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        why = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if offline else
+               f"it cannot be downloaded: {' '.join(str(e).split())[:200]}")
+        raise DataError(name, field, f"not found: not a folder written by dtwinseg build-sft, nor a Hub dataset "
+                        f"id ({why})") from None
+
+
+def load_sft_dataset(folder: str | os.PathLike) -> Any:
+    """A build-sft dataset from its folder: ``save_to_disk``'s layout, or a Hub snapshot (parquet files)."""
+    from datasets import load_dataset, load_from_disk
+
+    folder = Path(folder)
+    if (folder / "dataset_info.json").is_file() or (folder / "state.json").is_file():
+        return load_from_disk(str(folder))
+    shards = sorted(str(p) for p in folder.glob("data/train-*.parquet"))  # Dataset.push_to_hub's layout
+    if shards:
+        return load_dataset("parquet", data_files={"train": shards}, split="train")
+    return load_dataset(str(folder), split="train")

@@ -164,7 +164,7 @@ def remove_stale_temps(folder: str | os.PathLike, max_age_s: float = 86400.0) ->
         host, pid = m.group(1), int(m.group(2))
         try:
             if host == _host_tag():
-                if pid == os.getpid() or _pid_alive(pid):
+                if pid == os.getpid() or pid_alive(pid):
                     continue
             elif now - entry.stat(follow_symlinks=False).st_mtime < max_age_s:
                 continue
@@ -175,7 +175,8 @@ def remove_stale_temps(folder: str | os.PathLike, max_age_s: float = 86400.0) ->
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

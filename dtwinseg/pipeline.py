@@ -51,7 +51,8 @@ class Segmentation:
         its twin."""
         import io
 
-        from dtwinseg.visualize import mask_png, render_overlay
+        from dtwinseg.redaction import redact_text
+        from dtwinseg.visualize import mask_png, render_overlay, segment_caption
 
         def png(img: Any) -> bytes:
             buf = io.BytesIO()
@@ -67,9 +68,10 @@ class Segmentation:
             lines.append(f"error: {self.output.error}")
         lines += ["", "--- model output ---", self.output.text]
         base = image if image is not None else np.full((self.twin.height, self.twin.width, 3), 128, np.uint8)
+        caption = valid_text(redact_text(segment_caption(self.twin.query or "", self.output.ids, p.status)))
         contents = {"twin.json": encode_text(self.twin.to_json() + "\n"),
                     "reasoning.txt": encode_text("\n".join(lines) + "\n"),
-                    "overlay.png": png(render_overlay(base, self.twin, self.output.ids)),
+                    "overlay.png": png(render_overlay(base, self.twin, self.output.ids, caption=caption)),
                     "mask.png": png(mask_png(self.mask))}
         out = Path(out)
         remove_stale_temps(out)

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dtwinseg.io import DataError
+from dtwinseg.io import DataError, pid_alive
 
 T = TypeVar("T")
 Shard = tuple[int, int]
@@ -203,7 +203,7 @@ class RunLock:
         except FileExistsError:
             holder = self.path.read_text(encoding="utf-8", errors="replace").strip()
             pid, _, host = holder.partition("@")
-            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
                 self.path.unlink(missing_ok=True)
                 return self._acquire_excl()
             raise LockError(self.path, None, f"{self.what} is being written by {holder}") from None
@@ -251,16 +251,6 @@ def _holder() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
 
 
-def _alive(pid: int) -> bool:  # pragma: no cover - fallback path only
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # --- child processes -----------------------------------------------------------------------------
 def run_forwarding_signals(cmd: list[str], env: Mapping[str, str] | None = None) -> int:
     """Run ``cmd`` and wait for it; a SIGTERM this process receives meanwhile is passed on to the child
@@ -284,3 +274,37 @@ def run_forwarding_signals(cmd: list[str], env: Mapping[str, str] | None = None)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# --- third-party noise of a training run ---------------------------------------------------------
+# Deprecation warnings a user cannot act on (raised inside TRL / transformers / peft for arguments they set
+# themselves): message prefixes of FutureWarnings.
+KNOWN_FUTURE_WARNINGS = ("`gradient_checkpointing` is deprecated", "`gradient_checkpointing_kwargs` is deprecated",
+                         "`is_gradient_checkpointing` is deprecated", "`gradient_checkpointing_enable` is deprecated")
+
+
+def known_warning_filters() -> list[str]:
+    """The filters of :data:`KNOWN_FUTURE_WARNINGS` in PYTHONWARNINGS syntax (for launched processes)."""
+    return [f"ignore:{p}:FutureWarning" for p in KNOWN_FUTURE_WARNINGS]
+
+
+def quiet_third_party() -> None:
+    """Silence the known third-party noise of a training run in this process: the FutureWarnings above,
+    DeepSpeed's "Setting accelerator to CPU" line on a machine without CUDA (DS_ACCELERATOR=cpu, which
+    DeepSpeed reads instead of probing; nothing else changes), and the "Running in WANDB offline mode" line
+    transformers prints when its integrations are first imported with WANDB_MODE=offline (wandb says so
+    itself when a run does log to it). Call it before anything imports transformers' trainer."""
+    import warnings
+
+    import torch
+
+    for prefix in KNOWN_FUTURE_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(prefix), category=FutureWarning)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    saved = os.environ.pop("WANDB_MODE", None)
+    try:  # the line is printed once, when this module is first imported
+        import transformers.integrations.integration_utils  # noqa: F401
+    finally:
+        if saved is not None:
+            os.environ["WANDB_MODE"] = saved

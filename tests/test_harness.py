@@ -101,7 +101,8 @@ def test_ground_truth_best_reasoner_reaches_the_oracle_bound(bench, tmp_path):
     c = m["checkpoints"]["oracle"]
     assert set(c["groups"]) == {"overall", "short", "long"} and set(c["dimensions"]) == {"recognition", "spatial"}
     for e in list(c["groups"].values()) + list(c["dimensions"].values()):
-        assert e["giou"] == e["oracle_giou"] and e["ciou"] == e["oracle_ciou"]
+        assert e["giou"] == pytest.approx(e["oracle_giou"], abs=1e-12)
+        assert e["ciou"] == pytest.approx(e["oracle_ciou"], abs=1e-12)
     assert c["groups"]["overall"]["oracle_giou"] < 0.99  # the partial twin and the missing twin cost IoU
     assert c["missing_twins"] == 1 and c["parse"] == {"ok": N - 1, "repaired": 0, "failed": 1}
     # independent recomputation with the metric on dense masks
@@ -119,6 +120,17 @@ def test_ground_truth_best_reasoner_reaches_the_oracle_bound(bench, tmp_path):
     report = (out / "report.md").read_text()
     assert "| oracle | select |" in report and "## Per dimension" in report
     assert (out / "plots" / "overall.png").stat().st_size > 0 and len(list((out / "worst" / "oracle").glob("*.png"))) == 2
+    # the worst cases are embedded with their query, ids and IoU; metrics.csv is the same numbers, tidy
+    assert report.count("![oracle ") == 2 and report.count("](worst/oracle/") == 2 and "query `" in report
+    import csv
+
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert list(rows[0]) == ["checkpoint", "split", "group", "giou", "ciou", "oracle", "n"]
+    assert {r["group"] for r in rows} == {"overall", "short", "long", "dimension:recognition", "dimension:spatial"}
+    for r in rows:
+        e = c["groups"].get(r["group"]) or c["dimensions"][r["group"].split(":", 1)[1]]
+        assert float(r["giou"]) == pytest.approx(e["giou"], abs=1e-12) and int(r["n"]) == e["n"]
+        assert float(r["oracle"]) == pytest.approx(e["oracle_giou"], abs=1e-12) and r["checkpoint"] == "oracle"
 
 
 def test_resume_after_interruption_gives_identical_metrics(bench, tmp_path):

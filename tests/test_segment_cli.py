@@ -44,8 +44,16 @@ def test_segment_cli_writes_all_outputs(tmp_path, server):
     out = tmp_path / "out"
     mask = np.asarray(Image.open(out / "mask.png"))
     assert np.array_equal(mask > 0, twin.union([0, 2]))
-    overlay = np.asarray(Image.open(out / "overlay.png").convert("RGB")).astype(int)
-    assert overlay.shape == (80, 120, 3)
+    full = np.asarray(Image.open(out / "overlay.png").convert("RGB")).astype(int)
+    assert full.shape[1] == 120 and full.shape[0] > 80  # the image, then the caption band
+    overlay, band = full[:80], full[80:]
+    assert (band == 255).all(axis=2).mean() > 0.8  # a white band ...
+    inked = np.flatnonzero((band.max(axis=2) < 100).any(axis=1))  # ... with two lines of dark text
+    assert len(inked) and inked.max() - inked.min() >= 12
+    from dtwinseg.visualize import segment_caption
+
+    assert segment_caption("find every  red cup", [0, 2], "ok") == "query: find every red cup\nanswer: ids [0, 2]"
+    assert segment_caption("q", [], "failed").endswith("ids [] (parse failed)")
     reddish = (overlay[..., 0] > 100) & (overlay[..., 2] < 140)  # the base image is (30, 90, 160)
     assert reddish[twin.union([0, 2])].mean() > 0.5 and reddish[twin.union([1])].mean() < 0.2
     text = (out / "reasoning.txt").read_text()

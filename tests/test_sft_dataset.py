@@ -165,7 +165,9 @@ def test_loss_weights_have_one_home():
     assert LossWeights.of(type("T", (), trainer)) == DEFAULT_LOSS_WEIGHTS
     rows = [training_recipe(DemoConfig(), *["x"] * 3, weighted, 0)["training"] for weighted in (True, False)]
     assert [LossWeights.of(type("R", (), r)) for r in rows] == [DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS]
-    assert "default 2" in CliRunner().invoke(app, ["build-sft", "--help"], env={"COLUMNS": "200"}).output
+    help_text = " ".join(CliRunner().invoke(app, ["build-sft", "--help"], env={"COLUMNS": "200"}).output.split())
+    for f in dataclasses.fields(LossWeights):  # the CLI's options are generated from the dataclass
+        assert f"--w-{f.name} <float> Loss weight of {f.metadata['help']} [default: {f.default:g}," in help_text
 
 
 def test_progress_bar_is_drawn_by_local_rank_zero_only(capsys, monkeypatch):
@@ -173,10 +175,10 @@ def test_progress_bar_is_drawn_by_local_rank_zero_only(capsys, monkeypatch):
     for rank, drawn in (("0", True), ("1", False)):
         monkeypatch.setenv("LOCAL_RANK", rank)
         build_sft_dataset(records(2), tok, SFTDatasetConfig(max_length=None), progress=True, total=2)
-        assert ("tokenising" in capsys.readouterr().out) is drawn
+        assert ("tokenising" in capsys.readouterr().err) is drawn  # bars draw on stderr
     monkeypatch.setenv("LOCAL_RANK", "0")
     build_sft_dataset(records(2), tok, SFTDatasetConfig(max_length=None), progress=False)
-    assert "tokenising" not in capsys.readouterr().out
+    assert "tokenising" not in capsys.readouterr().err
 
 
 def test_per_object_target_writes_one_verdict_example_per_object(tokenizer):

@@ -229,20 +229,26 @@ def resume_point(args: Any, resume: bool | str | None) -> str | None:
 def copy_format(r: Recipe, folder: str | os.PathLike) -> Path | None:
     """Copy the training data's reasoning format (``format.json`` written by build-sft) next to the model,
     so inference with another format is refused (dtwinseg.reasoning.check_trained_format)."""
+    from dtwinseg.data_builders.sft_dataset import dataset_folder
+
     from dtwinseg.formats import FORMAT_FILE, load_format, save_format
 
-    src = Path(r.data.train) / FORMAT_FILE
+    src = dataset_folder(r.data.train) / FORMAT_FILE
     if not src.is_file():
         return None
     return save_format(folder, *load_format(src))
 
 
 def _load_dataset(folder: str | os.PathLike, field: str) -> Any:
-    """The build-sft dataset in ``folder``; anything else is a DataError naming the recipe field."""
-    from datasets import load_from_disk
+    """The build-sft dataset in ``folder`` (or pushed to the Hub dataset id ``folder``: build-sft
+    --push-to-hub); anything else is a DataError naming the recipe field."""
+    from dtwinseg.data_builders.sft_dataset import dataset_folder, load_sft_dataset
 
+    folder = dataset_folder(folder, field)
+    if not folder.is_dir():
+        raise DataError(folder, field, "not found: a folder written by dtwinseg build-sft")
     try:
-        ds = load_from_disk(str(folder))
+        ds = load_sft_dataset(folder)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise DataError(folder, field, f"not a dataset written by dtwinseg build-sft ({' '.join(str(e).split())})"
                         ) from None
@@ -262,11 +268,8 @@ def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list
     from dtwinseg.training.trainer import SFTDTTrainer
 
     r = load_recipe(recipe, overrides)
-    for name in ("train", "eval"):
-        folder = getattr(r.data, name)
-        if folder and not Path(folder).is_dir():
-            raise DataError(folder, f"data.{name}", "not found: a folder written by dtwinseg build-sft")
-    # the data first: a folder that is not a build-sft dataset is one line before any weight loads
+    # the data first: a folder (or Hub dataset id) that is not a build-sft dataset is one line before any
+    # weight loads
     train_ds = _load_dataset(r.data.train, "data.train")
     eval_ds = _load_dataset(r.data.eval, "data.eval") if r.data.eval else None
     _configure_wandb(r)
@@ -279,6 +282,7 @@ def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list
         freeze_parameters(model, list(r.model.freeze))
     if r.model.config and r.lora.use_lora:
         save_random_base(model, tokenizer, Path(args.output_dir) / "base")
+    push, args.push_to_hub = args.push_to_hub, False  # pushed once, complete, after saving (push_to_hub below)
     trainer = SFTDTTrainer(model, args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                            peft_config=lora_config(r))
     trainer.train(resume_from_checkpoint=resume)
@@ -288,11 +292,23 @@ def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list
         tokenizer.save_pretrained(str(out))
         save_recipe(r, out)
         copy_format(r, out)
+        if push:
+            push_to_hub(out, args)
     trainer.accelerator.wait_for_everyone()
     if merge and trainer.is_world_process_zero() and r.merge.enabled:
         del trainer, model
         merge_adapter(r)
     return out
+
+
+def push_to_hub(out: Path, args: Any, api: Any = None) -> str:
+    """``training.push_to_hub``: upload the finished folder (weights, tokenizer, recipe, format.json, our
+    card) once, as ``dtwinseg publish`` stages it (dtwinseg.training.hub), to ``training.hub_model_id``
+    (default: the output folder's name under the token's user), private when ``hub_private_repo``."""
+    from dtwinseg.training.hub import push_trained
+
+    repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
+    return push_trained(out, repo_id, private=bool(args.hub_private_repo), revision=args.hub_revision, api=api)
 
 
 def merge_adapter(recipe: Recipe | dict | str | os.PathLike, overrides: list[str] | None = None) -> Path | None:

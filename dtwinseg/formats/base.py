@@ -139,37 +139,8 @@ PROMPT, COMPLETION, DECISION, ANSWER = 0, 1, 2, 3
 """Token kinds: prompt, other completion text, decision spans, answer spans (``token_kinds`` column)."""
 
 
-@dataclass(frozen=True)
-class LossWeights:
-    """The SFTDT loss weight of each token kind; the one home of the defaults 0, 1, 2, 4 (method.md sec. 3).
-
-    Configs keep their flat fields (``w_prompt``, ``w_completion``, ``w_decision``, ``w_answer``: YAML keys
-    and HF TrainingArguments stay flat) and take their defaults from :data:`DEFAULT_LOSS_WEIGHTS`.
-    """
-
-    prompt: float = 0.0
-    completion: float = 1.0
-    decision: float = 2.0
-    answer: float = 4.0
-
-    @classmethod
-    def of(cls, config: Any) -> LossWeights:
-        """The weights of a config with flat ``w_*`` fields (a missing ``w_prompt`` is the default 0)."""
-        return cls(float(getattr(config, "w_prompt", DEFAULT_LOSS_WEIGHTS.prompt)), float(config.w_completion),
-                   float(config.w_decision), float(config.w_answer))
-
-    def by_kind(self) -> list[float]:
-        """``[prompt, completion, decision, answer]``: index with a token kind."""
-        return [self.prompt, self.completion, self.decision, self.answer]
-
-    def flat(self) -> dict[str, float]:
-        """``{"w_completion": ..., "w_decision": ..., "w_answer": ...}``: the trainer's flat fields."""
-        return {"w_completion": self.completion, "w_decision": self.decision, "w_answer": self.answer}
-
-
-DEFAULT_LOSS_WEIGHTS = LossWeights()
-UNWEIGHTED_LOSS = LossWeights(decision=1.0, answer=1.0)
-"""Every completion token weighs 1 (the unweighted ablation of Table 4)."""
+# LossWeights lives in its own light module (no torch: the CLI builds its --w-* options from it at startup)
+from dtwinseg.loss_weights import DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS, LossWeights  # noqa: E402, F401
 
 
 @dataclass
