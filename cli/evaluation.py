@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from dtwinseg.cli.options import progress_option, strict_option
+from dtwinseg.cli.options import format_option, progress_option, strict_option
 
 CHECKPOINT_HELP = (
     "What to evaluate; repeat for several. Forms: a peft adapter folder (base model from its "
@@ -49,8 +49,7 @@ def register(app: typer.Typer) -> None:
                                       "root with one config folder, or the config folder itself)."),
         checkpoint: list[str] = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
         out: Path = typer.Option(..., "--out", help="Run folder (runs/NAME); a rerun resumes it."),
-        strategy: str | None = typer.Option(None, "--strategy", help="Override the reasoning format: select, "
-                                            "sftdt, score, compact (any registered in dtwinseg.formats)."),
+        format_name: str | None = format_option(),
         reasoning_config: Path | None = typer.Option(None, "--reasoning-config", help="ReasoningConfig YAML "
                                                      "(generation settings, spatial config, API endpoint)."),
         format_from: str | None = typer.Option(None, "--format-from", help="Read the reasoning format from "
@@ -67,7 +66,7 @@ def register(app: typer.Typer) -> None:
         wandb: bool = typer.Option(False, "--wandb", help="Log the table to wandb (WANDB_MODE=offline works "
                                    "without network)."),
         restart: bool = typer.Option(False, "--restart", help="Evaluate again from scratch the labels whose "
-                                     "checkpoint (model, adapter, strategy, reasoning settings) changed since "
+                                     "checkpoint (model, adapter, format, reasoning settings) changed since "
                                      "they were evaluated in this --out (default: refuse)."),
         retry_failed: bool = typer.Option(True, "--retry-failed/--no-retry-failed", help="On resume, re-run "
                                           "samples that failed with an error (API outage, missing or corrupt "
@@ -92,8 +91,8 @@ def register(app: typer.Typer) -> None:
             if importlib.util.find_spec("wandb") is None:
                 raise DataError(None, "--wandb", "wandb is not installed: pip install 'dtwinseg[wandb]'")
         base = reasoning_base(reasoning_config, format_from)
-        if strategy:
-            base = base.replace(strategy=strategy)
+        if format_name:
+            base = base.replace(format_name=format_name)
         cks = parse_checkpoints(list(checkpoint), base)
         opts = EvalOptions(limit=limit, shard=parse_shard(shard), batch_size=batch_size, worst_k=worst,
                            strict=strict, wandb=wandb, restart=restart, retry_failed=retry_failed,

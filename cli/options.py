@@ -3,6 +3,8 @@
 - ``--strict/--lenient`` (:func:`strict_option`): stop at the first malformed input file, or skip and count
   it. The older spelling ``--no-strict`` still works as a hidden, deprecated alias of ``--lenient``
   (:func:`rewrite_deprecated`, applied by the app before parsing).
+- ``--format NAME`` (:func:`format_option`): the reasoning format (eval, segment, build-sft). ``--strategy``,
+  its older spelling, is a hidden, deprecated alias (rewritten the same way).
 - ``--progress/--no-progress`` (:func:`progress_option`): ``--no-progress`` silences every progress bar of
   the run, the libraries' included (transformers' "Loading weights" / "Writing model shards", datasets,
   huggingface_hub), also in processes the command starts.
@@ -25,21 +27,29 @@ from typing import Any
 import typer
 
 # Old spellings that keep working (hidden from --help): old -> current.
-DEPRECATED_FLAGS = {"--no-strict": "--lenient"}
+DEPRECATED_FLAGS = {"--no-strict": "--lenient", "--strategy": "--format"}
 
 
 def rewrite_deprecated(args: list[str], warn: Callable[[str], None] | None = None) -> list[str]:
-    """``args`` with each deprecated flag (before a ``--``) replaced by its current spelling; one note each."""
+    """``args`` with each deprecated flag (before a ``--``; also as ``--flag=value``) replaced by its current
+    spelling; one note each."""
     out, passthrough = [], False
     for a in args:
         if a == "--":
             passthrough = True
-        if not passthrough and a in DEPRECATED_FLAGS:
+        flag, eq, value = a.partition("=")
+        if not passthrough and flag in DEPRECATED_FLAGS:
             if warn is not None:
-                warn(f"note: {a} is deprecated; use {DEPRECATED_FLAGS[a]}")
-            a = DEPRECATED_FLAGS[a]
+                warn(f"note: {flag} is deprecated; use {DEPRECATED_FLAGS[flag]}")
+            a = DEPRECATED_FLAGS[flag] + eq + value
         out.append(a)
     return out
+
+
+def format_option(help: str = "Override the reasoning format") -> Any:
+    """``--format NAME``: a registered reasoning format (dtwinseg.formats), default None (the config's)."""
+    return typer.Option(None, "--format", help=f"{help}: select, sftdt, score, compact (any registered in "
+                                               "dtwinseg.formats).")
 
 
 def strict_option(default: bool, *, skipped: str = "malformed dataset files") -> Any:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import typer
-from dtwinseg.cli.options import loss_weight_options, progress_option, strict_option
+from dtwinseg.cli.options import format_option, loss_weight_options, progress_option, strict_option
 
 
 def draws(progress: bool) -> bool:
@@ -96,10 +96,10 @@ def build_sft(
                                    "longer ones are dropped and counted, never shortened. 0 = no limit."),
     on_overflow: str = typer.Option("drop", "--on-overflow", help="drop (truncate_twin: a deprecated alias)."),
     reasoning_config: Path = typer.Option(None, "--reasoning-config", help="Reasoning config YAML whose "
-                                          "strategy and format: (system prompt, spatial text, ...) the "
+                                          "format: (name, system prompt, spatial text, ...) the "
                                           "examples use; saved as <out>/format.json for eval's format_from:."),
-    strategy: str = typer.Option(None, "--strategy", "--format", help="Reasoning format of the targets: sftdt (paths, "
-                                 "default), score (Rea2Seg score tables), select, ... (overrides the config's)."),
+    format_name: str | None = format_option("Reasoning format of the targets, overriding the reasoning config's "
+                                            "(default sftdt: paths; score: Rea2Seg score tables)"),
     push_to_hub: str = typer.Option(None, "--push-to-hub", help="Also push the dataset (with its format.json) "
                                     "to this Hub dataset repo ORG/NAME (token from HF_TOKEN / the login cache, "
                                     "never printed)."),
@@ -127,8 +127,8 @@ def build_sft(
             from dtwinseg.reasoning import ReasoningConfig
 
             rcfg = ReasoningConfig.from_yaml(reasoning_config)
-            fmt_name, fmt = str(rcfg.strategy), rcfg.format
-        cfg = SFTDatasetConfig(max_length=max_length, on_overflow=on_overflow, strategy=strategy or fmt_name,
+            fmt_name, fmt = str(rcfg.format_name), rcfg.format
+        cfg = SFTDatasetConfig(max_length=max_length, on_overflow=on_overflow, format_name=format_name or fmt_name,
                                format=fmt, **(loss_weights or {}))  # weights not given: the config's
         bad_lines: list[dict] = []
         recs = load_records(records, bad_lines)

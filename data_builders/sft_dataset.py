@@ -1,7 +1,7 @@
 """Seg-DT records -> a tokenised SFTDT dataset with per-token loss weights (paper eq. 10).
 
-Each record becomes chat messages through a reasoning format (dtwinseg/formats/, ``strategy``: sftdt by
-default, score for the Rea2Seg scorer, ...): the format's prompt (system, user: query + JSON(D(0))) and
+Each record becomes chat messages through a reasoning format (dtwinseg/formats/, ``format_name``: sftdt
+by default, score for the Rea2Seg scorer, ...): the format's prompt (system, user: query + JSON(D(0))) and
 its target as the assistant message (the path + ``Answer: [...]``, or the score table). The conversation
 is rendered with the tokenizer's own chat template; a tokenizer without one uses the plain layout of
 :func:`dtwinseg.prompting.render_plain` followed by its EOS (or SEP) token. The format name and its
@@ -51,7 +51,7 @@ import numpy as np
 from dtwinseg.data_builders.segdt import SegDTRecord
 
 from dtwinseg.base_models import resolve_model_path
-from dtwinseg.config import StrictConfig
+from dtwinseg.config import StrictConfig, build_dataclass
 from dtwinseg.formats import (
     DEFAULT_LOSS_WEIGHTS,
     FormatConfig,
@@ -59,6 +59,7 @@ from dtwinseg.formats import (
     ReasoningFormat,
     Target,
     build_format,
+    read_format_spec,
     save_format,
 )
 from dtwinseg.formats.base import (
@@ -69,6 +70,7 @@ from dtwinseg.formats.base import (
     PROMPT,
     fit_prompt,
     model_context_length,
+    nest_format_name,
 )
 from dtwinseg.formats.sftdt import PathStep, ReasoningPath
 from dtwinseg.io import DataError, atomic_write_json
@@ -87,9 +89,11 @@ class SFTDatasetConfig(StrictConfig):
         for training alone made training prompts differ from inference prompts, see the module doc).
     w_prompt, w_completion, w_decision, w_answer: loss weight per token kind (defaults 0, 1, 2, 4:
         dtwinseg.formats.LossWeights, method.md sec. 3).
-    strategy: the reasoning format (dtwinseg.formats: "sftdt" paths, "score" tables, ...).
+    format_name: the reasoning format's name (dtwinseg.formats: "sftdt" paths, "score" tables, ...).
     format: its FormatConfig (system prompt, spatial text, include_spatial, reasoning, ...), saved with
-        the dataset as format.json; a dict is read strictly.
+        the dataset as format.json; a dict is read strictly. In a YAML file both are ``format: NAME`` or
+        ``format: {name: NAME, <FormatConfig fields>}`` (dtwinseg.formats.read_format_spec; ``strategy:``
+        read as the name's deprecated alias).
     """
 
     max_length: int | None = None
@@ -98,7 +102,7 @@ class SFTDatasetConfig(StrictConfig):
     w_completion: float = DEFAULT_LOSS_WEIGHTS.completion
     w_decision: float = DEFAULT_LOSS_WEIGHTS.decision
     w_answer: float = DEFAULT_LOSS_WEIGHTS.answer
-    strategy: str = "sftdt"
+    format_name: str = "sftdt"
     format: FormatConfig = field(default_factory=FormatConfig)
 
     def __post_init__(self) -> None:
@@ -109,7 +113,21 @@ class SFTDatasetConfig(StrictConfig):
             raise ValueError(f"max_length must be >= 0 (0: no limit), got {self.max_length}")
         if not isinstance(self.format, FormatConfig):
             self.format = FormatConfig.from_dict(self.format)
-        build_format(self.strategy, self.format)  # unknown name / options: DataError now, not mid-build
+        build_format(self.format_name, self.format)  # unknown name / options: DataError now, not mid-build
+
+    @classmethod
+    def from_dict(cls, d: Any, *, path: str | os.PathLike | None = None) -> SFTDatasetConfig:
+        """Strict (dtwinseg.config), the format named as ``format: NAME`` or ``format: {name: NAME, ...}``."""
+        if d is not None and not isinstance(d, dict):
+            raise DataError(path, None, f"expected a mapping, got {type(d).__name__}")
+        spec = read_format_spec(d or {}, path)
+        if spec.get("format") is None:
+            spec.pop("format", None)
+        return build_dataclass(cls, spec, path, cls.SECTION)
+
+    def to_dict(self) -> dict:
+        """Plain dict, the format as ``format: {name: NAME, <its options>}`` (what :meth:`from_dict` reads)."""
+        return nest_format_name(super().to_dict())
 
     @property
     def loss_weights(self) -> LossWeights:
@@ -124,7 +142,7 @@ class SFTDatasetConfig(StrictConfig):
         return self.format.spatial
 
     def reasoning_format(self) -> ReasoningFormat:
-        return build_format(self.strategy, self.format)
+        return build_format(self.format_name, self.format)
 
 
 
@@ -273,7 +291,7 @@ def encode_object_rows(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfi
     """Rows of a per-object format (``fmt.per_object``: one example per twin object, id ``<record>#<object>``)
     and how many were over ``max_length`` (dropped: the twin is not truncated for them)."""
     rows, dropped = [], 0
-    for obj, messages, completion in fmt.object_examples(record.twin, record.query, record_target(record)):  # type: ignore[attr-defined]
+    for obj, messages, completion in fmt.object_examples(record.twin, record.query, record_target(record)):
         ids, kinds = tokenize_completion(tokenizer, messages, completion)
         limit = cfg.max_length if cfg.max_length is not None else context
         if limit and len(ids) > limit:
@@ -295,7 +313,7 @@ def build_sft_dataset(records: Iterable[SegDTRecord], tokenizer: Any, cfg: SFTDa
     cfg = cfg or SFTDatasetConfig()
     fmt = cfg.reasoning_format()
     context = context or fmt.config.context_tokens or model_context_length(tokenizer) or DEFAULT_CONTEXT_TOKENS
-    per_object = bool(getattr(fmt, "per_object", False))
+    per_object = fmt.per_object
     rows: list[dict] = []
     stats: dict[str, Any] = {"records": 0, "examples": 0, "truncated_twin": 0, "objects_dropped": 0,
                              "answer_dropped": 0, "dropped_too_long": 0, "failed": 0, "context": int(context),
@@ -350,7 +368,7 @@ def save_dataset(ds: Any, out: str | os.PathLike, meta: dict, cfg: SFTDatasetCon
         ds.save_to_disk(str(tmp / "data"))
         atomic_write_json(tmp / "data" / "build.json", meta)
         if cfg is not None:
-            save_format(tmp / "data", cfg.strategy, cfg.format)
+            save_format(tmp / "data", cfg.format_name, cfg.format)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

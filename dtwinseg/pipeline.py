@@ -4,8 +4,8 @@ A pipeline YAML has two sections::
 
     perception:   # dtwinseg.perception.builder.PerceptionConfig (SAM checkpoint, VLM, thresholds)
       ...
-    reasoning:    # dtwinseg.reasoning.ReasoningConfig (strategy, backend, model / adapter, ...)
-      strategy: select
+    reasoning:    # dtwinseg.reasoning.ReasoningConfig (format, backend, model / adapter, ...)
+      format: select
       backend: openai
       model: gpt-4o
 
@@ -60,7 +60,7 @@ class Segmentation:
             return buf.getvalue()
 
         p = self.output.parse
-        lines = [f"query: {self.twin.query}", f"strategy: {self.output.strategy}", f"ids: {self.output.ids}",
+        lines = [f"query: {self.twin.query}", f"format: {self.output.format_name}", f"ids: {self.output.ids}",
                  f"parse: {p.status}" + (f" ({'; '.join(p.notes)})" if p.notes else "")]
         if self.output.scores is not None:
             lines.append(f"scores: {self.output.scores}")
@@ -92,7 +92,7 @@ class Segmenter:
         """Build from a pipeline YAML (sections ``perception`` and ``reasoning``, e.g. recipes/pipeline/).
 
         ``with_perception=False`` builds the reasoning stage only (for prebuilt twins); ``reasoning_overrides``
-        replaces fields of the reasoning section (e.g. ``{"strategy": "sftdt"}``)."""
+        replaces fields of the reasoning config (e.g. ``{"format_name": "sftdt"}``)."""
         data = load_yaml(path)
         data = {k: pipeline_section(v, path, k) if k in ("perception", "reasoning") else v for k, v in data.items()}
         if not isinstance(data.get("reasoning"), dict):

@@ -182,9 +182,9 @@ class ConstrainedPicker:
 def format_functions(cfg: ReasoningConfig) -> tuple[Callable, Callable]:
     """(messages, completion) of the reasoning config's format: its prompt, and its target text for ids."""
     from dtwinseg.formats import Target
-    from dtwinseg.reasoning import make_strategy
+    from dtwinseg.reasoning import make_format
 
-    fmt = make_strategy(cfg)
+    fmt = make_format(cfg)
     return fmt.messages, lambda twin, ids: fmt.target(twin, Target(sorted(int(i) for i in ids))).text
 
 

@@ -4,7 +4,7 @@ Layout of ``runs/NAME`` (``SFX`` is empty for one process, ``.shard-I-of-N`` und
 
     run.json                         dataset spec, DT cache, checkpoints, reasoning configs (no secrets)
     .lock{SFX}                       held (flock) while a process writes this shard; free after kill -9
-    <label>/identity{SFX}.json       model, adapter, backend, strategy, reasoning hash of these results
+    <label>/identity{SFX}.json       model, adapter, backend, format, reasoning hash of these results
     <label>/predictions{SFX}.jsonl   one record per sample (appended and flushed: a rerun resumes)
     <label>/state{SFX}.json          merged-able metric accumulators + parse and failure counts
     metrics.json                     all shards merged (written when every shard's state is present)
@@ -70,8 +70,7 @@ from dtwinseg.io import (
 )
 from dtwinseg.parsing import ParseResult
 from dtwinseg.reasoning import ReasoningOutput, build_reasoner
-from dtwinseg.runtime import ProgressBar, RunLock, iter_positions, parse_shard, shard_suffix
-from dtwinseg.runtime import shard_indices as _shard_positions
+from dtwinseg.runtime import ProgressBar, RunLock, iter_positions, parse_shard, shard_indices, shard_suffix
 from dtwinseg.twin import DigitalTwin
 
 __all__ = ["EvalOptions", "ShardResult", "STATUSES", "evaluate", "evaluate_shard", "load_records", "merge_run",
@@ -112,11 +111,6 @@ class ShardResult:
                 if s["n"] + s.get("input_errors", 0) > 0 and failed_count(s) == s["n"] + s.get("input_errors", 0)]
 
 
-def shard_indices(n_samples: int, opts: EvalOptions) -> list[int]:
-    """Dataset positions this shard evaluates: round-robin over the first ``limit`` samples."""
-    return _shard_positions(n_samples, opts.shard, opts.limit)
-
-
 # --- one checkpoint ----------------------------------------------------------------------------
 def _resume(pred_path: Path, retry_failed: bool, log: Callable[[str], None], label: str) -> list[dict]:
     """Records to keep from an earlier run of this shard (failed ones dropped when retrying them)."""
@@ -148,7 +142,7 @@ def _fetch_twin(cache: DTCache, sample: Sample) -> tuple[DigitalTwin | None, str
     return twin, None
 
 
-def _reason(reasoner: Any, items: list[tuple[DigitalTwin, str]], strategy: str) -> list[ReasoningOutput]:
+def _reason(reasoner: Any, items: list[tuple[DigitalTwin, str]], format_name: str) -> list[ReasoningOutput]:
     """``reasoner.reason(items)``; when the batch raises (not an interrupt), one item at a time, and an
     item that still raises becomes a failed output carrying the error."""
     try:
@@ -161,7 +155,7 @@ def _reason(reasoner: Any, items: list[tuple[DigitalTwin, str]], strategy: str) 
         try:
             outs.extend(reasoner.reason([item]))
         except Exception as e:  # noqa: BLE001
-            outs.append(ReasoningOutput([], ParseResult("failed", [], ["reasoner raised"]), "", strategy,
+            outs.append(ReasoningOutput([], ParseResult("failed", [], ["reasoner raised"]), "", format_name,
                                         error=f"{type(e).__name__}: {e}"[:500]))
     return outs
 
@@ -177,7 +171,7 @@ def run_checkpoint(ck: Checkpoint, dataset: Any, cache: DTCache, out: Path, opts
     records = _resume(pred_path, opts.retry_failed, log, ck.label)
     done_ids = {r["id"] for r in records}
     done_positions = {r["index"] for r in records if r.get("kind") == "input_error"}
-    indices = [k for k in shard_indices(len(dataset), opts) if k not in done_positions]
+    indices = [k for k in shard_indices(len(dataset), opts.shard, opts.limit) if k not in done_positions]
     reasoner = None
     batch: list[tuple[int, Sample, DigitalTwin | None, str | None, str | None]] = []
     bs = opts.batch_size or ck.cfg.batch_size
@@ -193,7 +187,7 @@ def run_checkpoint(ck: Checkpoint, dataset: Any, cache: DTCache, out: Path, opts
         if with_twin:
             if reasoner is None:
                 reasoner = ck.reasoner if ck.reasoner is not None else build_reasoner(ck.cfg)
-            outs = _reason(reasoner, [(t, valid_text(s.query)) for s, t in with_twin], ck.cfg.strategy)
+            outs = _reason(reasoner, [(t, valid_text(s.query)) for s, t in with_twin], ck.cfg.format_name)
         it = iter(outs)
         for k, s, t, bad, sha in batch:
             out = next(it) if t is not None and bad is None else None
@@ -248,7 +242,7 @@ def evaluate_shard(dataset_spec: str, dt_cache: str | os.PathLike, checkpoints: 
         for folder in (out, *(out / ck.label for ck in checkpoints)):
             remove_stale_temps(folder)  # left by a writer killed with -9 (only this tool's own temp files)
         write_run_info(out, dataset_spec, dt_cache, checkpoints, limit=opts.limit, shards=n,
-                       n_samples=len(_shard_positions(len(dataset), (0, 1), opts.limit)),
+                       n_samples=len(shard_indices(len(dataset), (0, 1), opts.limit)),
                        split=getattr(dataset, "split", None), skipped=getattr(dataset, "skipped", []),
                        restart=opts.restart, shard=opts.shard, twin_cache=twin_cache_id(cache))
         for ck in checkpoints:

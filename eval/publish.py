@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dtwinseg.eval.checkpoints import recorded_format
 from dtwinseg.training.hub import (  # noqa: F401 - re-exported: the publish API of earlier versions
     HUB_ID,
     KEEP,
@@ -74,22 +75,22 @@ def build_card(model_dir: Path, repo_id: str, *, metrics: dict | None = None, ch
                base_model: str | None = None, dataset_note: str | None = None, license: str = "apache-2.0") -> Any:
     """The ModelCard of dtwinseg.training.hub.build_card plus, with ``metrics``, the checkpoint's results
     (model-index and an Evaluation table)."""
-    results, evaluation, strategy = None, None, None
+    results, evaluation, format_name = None, None, None
     if metrics is not None:
         from dtwinseg.eval.report import pct
 
         model_kind(model_dir)  # a folder that is no model fails before the metrics are read
         ck_label, ck = pick_checkpoint(metrics, model_dir, checkpoint)
         results = eval_results(metrics, ck)
-        strategy = ck.get("strategy")
-        evaluation = ["## Evaluation", "", f"Checkpoint `{ck_label}` ({ck.get('strategy')} strategy), reference "
+        format_name = recorded_format(ck)
+        evaluation = ["## Evaluation", "", f"Checkpoint `{ck_label}` ({format_name} format), reference "
                       "gIoU / cIoU in percent; oracle = best greedy union of the twin's objects.", "",
                       "| split | gIoU | cIoU | oracle gIoU | n |", "| --- | --- | --- | --- | --- |"]
         evaluation += [f"| {g} | {pct(e['giou'])} | {pct(e['ciou'])} | {pct(e['oracle_giou'])} | {e['n']} |"
                        for g, e in ck["groups"].items()]
         evaluation += ["", f"Parse outcomes: {ck.get('parse')}.", ""]
         dataset_note = dataset_note or f"Evaluated on `{metrics['dataset']}`."
-    return build_model_card(model_dir, repo_id, eval_results=results, evaluation=evaluation, strategy=strategy,
+    return build_model_card(model_dir, repo_id, eval_results=results, evaluation=evaluation, format_name=format_name,
                             base_model=base_model, dataset_note=dataset_note, license=license)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from dtwinseg.eval.checkpoints import recorded_format
 from dtwinseg.eval.records import iter_run_records
 
 from dtwinseg.io import atomic_write_bytes, atomic_write_text
@@ -20,12 +21,12 @@ def metrics_table(metrics: dict) -> str:
     """Markdown: one row per checkpoint; gIoU / cIoU (oracle) per group; parse counts."""
     cks = metrics["checkpoints"]
     groups = list(dict.fromkeys(g for c in cks.values() for g in c["groups"]))
-    head = ["checkpoint", "strategy"] + [f"{g} gIoU / cIoU (oracle)" for g in groups] + \
+    head = ["checkpoint", "format"] + [f"{g} gIoU / cIoU (oracle)" for g in groups] + \
         ["parse ok / repaired / failed", "truncated", "objects dropped", "errors", "missing twins", "bad twins",
          "bad inputs"]
     rows = [head, ["---"] * len(head)]
     for label, c in cks.items():
-        row = [label, c.get("strategy", "")]
+        row = [label, recorded_format(c) or ""]
         for g in groups:
             e = c["groups"].get(g)
             row.append("-" if e is None else f"{pct(e['giou'])} / {pct(e['ciou'])} "

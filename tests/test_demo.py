@@ -62,15 +62,15 @@ def test_compact_path_target_marks_verdicts_and_answer_and_parses_back() -> None
 
 
 def test_reasoning_config_selects_the_compact_format_and_names_bad_options(tmp_path: Path) -> None:
-    from dtwinseg.reasoning import ReasoningConfig, make_strategy
+    from dtwinseg.reasoning import ReasoningConfig, make_format
 
     yaml_path = tmp_path / "r.yaml"
-    yaml_path.write_text("strategy: compact\nmodel: m\nformat:\n  options: {target: path, echo: false}\n")
-    fmt = make_strategy(ReasoningConfig.from_yaml(yaml_path))
+    yaml_path.write_text("model: m\nformat:\n  name: compact\n  options: {target: path, echo: false}\n")
+    fmt = make_format(ReasoningConfig.from_yaml(yaml_path))
     assert fmt.name == "compact" and fmt.target(small_twin(), Target([0])).text.startswith("id 0: yes\n")
-    yaml_path.write_text("strategy: compact\nformat:\n  options: {targt: path}\n")
+    yaml_path.write_text("format:\n  name: compact\n  options: {targt: path}\n")
     with pytest.raises(DataError, match="targt"):
-        make_strategy(ReasoningConfig.from_yaml(yaml_path))
+        make_format(ReasoningConfig.from_yaml(yaml_path))
 
 
 def test_embedding_largest_and_random_baselines_as_eval_checkpoints() -> None:
@@ -79,7 +79,7 @@ def test_embedding_largest_and_random_baselines_as_eval_checkpoints() -> None:
     from dtwinseg.reasoning import ReasoningConfig
 
     twin = small_twin()
-    base = ReasoningConfig(strategy="compact", model="")
+    base = ReasoningConfig(format_name="compact", model="")
     emb = parse_checkpoint("e=baseline:embedding", base)
     outs = emb.reasoner.reason([(twin, "the big blue square"), (twin, "the green star"), (twin, "a red circle")])
     assert [o.ids for o in outs] == [[1], [2], [0]] and all(o.parse.status == "ok" for o in outs)
@@ -108,7 +108,7 @@ def test_constrained_baseline_scores_each_one_object_answer_like_an_unpadded_for
                                        num_attention_heads=2, intermediate_size=64, is_decoder=True)).eval()
     model.save_pretrained(tmp_path / "tiny")
     tok.save_pretrained(tmp_path / "tiny")
-    cfg = ReasoningConfig(strategy="compact", device="cpu", dtype="float32", batch_size=2,
+    cfg = ReasoningConfig(format_name="compact", device="cpu", dtype="float32", batch_size=2,
                           format={"options": {"target": "path"}})
     ck = parse_checkpoint(f"zs=baseline:constrained:{tmp_path / 'tiny'}", cfg)
     twin = small_twin()

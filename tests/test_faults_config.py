@@ -61,7 +61,7 @@ def test_anchor_bomb_in_model_kwargs_is_refused_in_one_line(tmp_path):
 
 def test_anchor_bomb_in_a_reasoning_format_section_is_refused(tmp_path):
     p = tmp_path / "r.yaml"
-    p.write_text("strategy: compact\nformat:\n  options:\n    bombs:\n" + bomb(indent="      ")
+    p.write_text("format:\n  name: compact\n  options:\n    bombs:\n" + bomb(indent="      ")
                  + "\n    extra: *a9\n")
     with deadline(30), pytest.raises(DataError, match="expands to more than"):
         ReasoningConfig.from_yaml(p)

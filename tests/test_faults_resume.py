@@ -39,19 +39,19 @@ def bench(tmp_path):
     return build_bench(tmp_path)
 
 
-def ck(spec: str, model: str = "m1", strategy: str = "select", reasoner=None, **cfg) -> Checkpoint:
-    rc = ReasoningConfig(model=model, strategy=strategy, **cfg)
+def ck(spec: str, model: str = "m1", format_name: str = "select", reasoner=None, **cfg) -> Checkpoint:
+    rc = ReasoningConfig(model=model, format_name=format_name, **cfg)
     return Checkpoint("a", model, rc, reasoner=reasoner or OracleReasoner(spec))
 
 
-def test_rerun_with_another_model_or_strategy_refuses_unless_restart(bench, tmp_path):
+def test_rerun_with_another_model_or_format_refuses_unless_restart(bench, tmp_path):
     spec, cache = bench
     run = tmp_path / "run"
     first = evaluate(spec, cache, [ck(spec)], run, opts(), **QUIET)
     # operational settings (batch size, retries) do not change the identity: a plain resume
     again = evaluate(spec, cache, [ck(spec, batch_size=5, max_retries=1)], run, opts(), **QUIET)
     assert again["checkpoints"]["a"]["groups"] == first["checkpoints"]["a"]["groups"]
-    for other in (ck(spec, model="m2"), ck(spec, strategy="score"), ck(spec, max_new_tokens=7)):
+    for other in (ck(spec, model="m2"), ck(spec, format_name="score"), ck(spec, max_new_tokens=7)):
         with pytest.raises(DataError, match="--restart") as err:
             evaluate(spec, cache, [other], run, opts(), **QUIET)
         assert "'a' in this run was evaluated with" in str(err.value)

@@ -120,7 +120,7 @@ def test_segment_with_undecodable_query_bytes_writes_twin_and_mask(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "LC_ALL": "C.UTF-8"}
     with SemanticChatServer() as server:
         (tmp_path / "p.yaml").write_text(
-            f"reasoning:\n  strategy: select\n  backend: openai\n  model: fake\n  base_url: {server.url}\n")
+            f"reasoning:\n  format: select\n  backend: openai\n  model: fake\n  base_url: {server.url}\n")
         proc = subprocess.run([sys.executable, "-m", "dtwinseg.cli", "segment", str(tmp_path / "img.jpg"),
                                b"\xff\xfe find the red cup", "--config", str(tmp_path / "p.yaml"), "--twin",
                                str(tmp_path / "twin_in.json"), "--out", str(tmp_path / "out")],
@@ -160,7 +160,7 @@ def test_a_local_model_reads_a_lone_surrogate_query_as_valid_text(tmp_path):
     masks[1, 20:35, 30:55] = True
     DigitalTwin.from_masks("img", masks, semantics=["red cup", "blue chair"]).save(tmp_path / "twin_in.json")
     Image.new("RGB", (60, 40)).save(tmp_path / "img.jpg")
-    (tmp_path / "p.yaml").write_text(f"reasoning:\n  strategy: select\n  backend: transformers\n  model: {model}\n"
+    (tmp_path / "p.yaml").write_text(f"reasoning:\n  format: select\n  backend: transformers\n  model: {model}\n"
                                      "  device: cpu\n  max_new_tokens: 8\n")
     res = CliRunner().invoke(app, ["segment", str(tmp_path / "img.jpg"), LONE, "--config", str(tmp_path / "p.yaml"),
                                    "--twin", str(tmp_path / "twin_in.json"), "--out", str(tmp_path / "out")])

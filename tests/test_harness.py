@@ -170,9 +170,9 @@ def test_checkpoint_specs(tmp_path):
     ad = tmp_path / "sft" / "adapter"
     ad.mkdir(parents=True)
     (ad / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(folder)}))
-    base = ReasoningConfig(strategy="sftdt")
+    base = ReasoningConfig(format_name="sftdt")
     c = parse_checkpoint(str(ad), base)
-    assert (c.label, c.cfg.model, c.cfg.adapter, c.cfg.strategy) == ("sft-adapter", str(folder), str(ad), "sftdt")
+    assert (c.label, c.cfg.model, c.cfg.adapter, c.cfg.format_name) == ("sft-adapter", str(folder), str(ad), "sftdt")
     c = parse_checkpoint(f"base={folder}", base)
     assert (c.label, c.cfg.model, c.cfg.adapter) == ("base", str(folder), None)
     c = parse_checkpoint("openai:gpt-4o", base)
@@ -189,7 +189,7 @@ def test_two_process_sharded_run_equals_one_process(bench, tmp_path):
     model = save_tiny_llama(tmp_path / "tiny")
     with SemanticChatServer() as server:
         rcfg = tmp_path / "reasoning.yaml"
-        rcfg.write_text(f"strategy: select\nbase_url: {server.url}\napi_key_env: DTWINSEG_TEST_KEY\n"
+        rcfg.write_text(f"format: select\nbase_url: {server.url}\napi_key_env: DTWINSEG_TEST_KEY\n"
                         "max_new_tokens: 6\nbatch_size: 4\nmax_retries: 0\n")
         args = [spec, "--dt-cache", str(cache), "-c", "api=openai:fake-4o", "-c", f"tiny={model}",
                 "--reasoning-config", str(rcfg), "--worst", "1"]

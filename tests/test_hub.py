@@ -227,11 +227,11 @@ def test_eval_reads_the_format_back_from_a_folder_or_a_hub_repo(sft_data, tmp_pa
 
     trained = load_format(sft_data)
     got = reasoning_base(None, str(sft_data))
-    assert (got.strategy, got.format) == trained
+    assert (got.format_name, got.format) == trained
     asked = []
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
                         lambda repo, name, **kw: asked.append((repo, name)) or str(sft_data / name))
     (tmp_path / "r.yaml").write_text("backend: transformers\nmax_new_tokens: 77\n")
     got = reasoning_base(tmp_path / "r.yaml", "me/published")
     assert asked == [("me/published", "format.json")]
-    assert (got.strategy, got.format) == trained and got.max_new_tokens == 77
+    assert (got.format_name, got.format) == trained and got.max_new_tokens == 77

@@ -102,8 +102,8 @@ def tiny(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("fit") / "llama")
 
 
-@pytest.mark.parametrize("strategy", ["sftdt", "select"])
-def test_training_prompt_is_the_inference_prompt(tiny, strategy):
+@pytest.mark.parametrize("format_name", ["sftdt", "select"])
+def test_training_prompt_is_the_inference_prompt(tiny, format_name):
     """build-sft's prompt tokens for a record are exactly the tokens the reasoner sends for the same twin
     and query (5 objects: as configured; 50: leaner relations; 150: objects left out), and both report
     the same objects dropped."""
@@ -114,13 +114,13 @@ def test_training_prompt_is_the_inference_prompt(tiny, strategy):
     tok = AutoTokenizer.from_pretrained(tiny)
     recs = [record(5), record(50), record(150)]
     fc = FormatConfig()
-    cfg = SFTDatasetConfig(max_length=0, strategy=strategy, format=fc)
+    cfg = SFTDatasetConfig(max_length=0, format_name=format_name, format=fc)
     context = tokenizer_context(tok, str(tiny))
     assert context == 4096  # from the model's config (its tokenizer has no limit of its own)
     ds, stats = build_sft_dataset(recs, tok, cfg, context=context)
     assert stats["examples"] == 3 and stats["answer_dropped"] == 0
 
-    rcfg = ReasoningConfig(strategy=strategy, format=fc, model=str(tiny), max_new_tokens=4, device="cpu",
+    rcfg = ReasoningConfig(format_name=format_name, format=fc, model=str(tiny), max_new_tokens=4, device="cpu",
                            dtype="float32")
     backend = TransformersBackend(rcfg)
     sent: list[str] = []
@@ -146,7 +146,7 @@ def test_training_prompt_is_the_inference_prompt(tiny, strategy):
         dropped.append(fitted.objects_dropped)
     assert rungs[0] == 0 and dropped[0] == 0  # 5 objects: the configured rendering
     assert dropped[1] == 0 and rungs == sorted(rungs)  # 50: every object kept
-    if strategy == "sftdt":  # a long answer to reserve room for: the 50-object prompt is leaner
+    if format_name == "sftdt":  # a long answer to reserve room for: the 50-object prompt is leaner
         assert rungs[1] > 0
     assert dropped[2] > 0 and stats["objects_dropped"] == dropped[2]  # 150: past the context
     assert stats["truncated_twin"] == 1
@@ -180,7 +180,7 @@ def test_no_shipped_reasoning_config_truncates_a_50_object_answer():
     and the budget its format needs for a 50-object twin is within its cap."""
     from pathlib import Path
 
-    from dtwinseg.reasoning import ReasoningConfig, make_strategy
+    from dtwinseg.reasoning import ReasoningConfig, make_format
 
     root = Path(__file__).resolve().parent.parent / "recipes"
     paths = sorted((root / "reasoning").rglob("*.yaml"))
@@ -192,4 +192,4 @@ def test_no_shipped_reasoning_config_truncates_a_50_object_answer():
     for path in paths:
         cfg = ReasoningConfig.from_yaml(path)
         assert cfg.max_new_tokens == "auto", path
-        assert make_strategy(cfg).budget(twin) <= cfg.max_new_tokens_cap, path
+        assert make_format(cfg).budget(twin) <= cfg.max_new_tokens_cap, path

@@ -120,7 +120,7 @@ def test_score_format_rows_and_unusable_records_are_counted(tokenizer):
     use is counted as failed with its field, the others are built."""
     recs = records(3, objects=4)
     recs[1].extra["object_scores"] = {"0": 99}
-    cfg = SFTDatasetConfig(max_length=None, strategy="score")
+    cfg = SFTDatasetConfig(max_length=None, format_name="score")
     ds, stats = build_sft_dataset(recs, tokenizer, cfg, context=CONTEXT)
     assert len(ds) == 2 and stats["failed"] == 1 and stats["failures"][0]["id"] == recs[1].id
     assert "object_scores" in stats["failures"][0]["error"]
@@ -184,7 +184,7 @@ def test_progress_bar_is_drawn_by_local_rank_zero_only(capsys, monkeypatch):
 def test_per_object_target_writes_one_verdict_example_per_object(tokenizer):
     from dtwinseg.formats import FormatConfig
 
-    cfg = SFTDatasetConfig(max_length=None, strategy="compact", format=FormatConfig(options={"target": "object"}))
+    cfg = SFTDatasetConfig(max_length=None, format_name="compact", format=FormatConfig(options={"target": "object"}))
     recs = records(2)
     ds, stats = build_sft_dataset(recs, tokenizer, cfg)
     assert stats["records"] == 2 and stats["examples"] == len(ds) == sum(len(r.twin) for r in recs)
@@ -197,12 +197,12 @@ def test_per_object_target_writes_one_verdict_example_per_object(tokenizer):
         prompt = _decode(tokenizer, ids[kinds == PROMPT])
         assert "holddrinks" in prompt and f"object:{obj.semantic.replace(' ', '')}" in prompt
         assert sum(o.semantic.replace(" ", "") in prompt for o in recs[0].twin.objects) == 1  # no context
-    with_context = SFTDatasetConfig(max_length=None, strategy="compact",
+    with_context = SFTDatasetConfig(max_length=None, format_name="compact",
                                     format=FormatConfig(options={"target": "object", "context": True}))
     row = build_sft_dataset(recs[:1], tokenizer, with_context)[0][0]
     prompt = _decode(tokenizer, np.array(row["input_ids"])[np.array(row["token_kinds"]) == PROMPT])
     assert all(o.semantic.replace(" ", "") in prompt for o in recs[0].twin.objects)
-    short = SFTDatasetConfig(max_length=12, strategy="compact", format=FormatConfig(options={"target": "object"}))
+    short = SFTDatasetConfig(max_length=12, format_name="compact", format=FormatConfig(options={"target": "object"}))
     ds, stats = build_sft_dataset(recs, tokenizer, short)
     assert len(ds) == 0 and stats["dropped_too_long"] == 10 and stats["dropped_ids"] == ["r0", "r1"]
 
@@ -211,7 +211,7 @@ def test_per_object_training_prompt_is_the_prompt_the_reasoner_scores(tokenizer)
     from dtwinseg.formats import FormatConfig, build_format
     from dtwinseg.prompting import chat_prompt
 
-    cfg = SFTDatasetConfig(max_length=None, strategy="compact", format=FormatConfig(options={"target": "object"}))
+    cfg = SFTDatasetConfig(max_length=None, format_name="compact", format=FormatConfig(options={"target": "object"}))
     rec = records(1)[0]
     ds, _ = build_sft_dataset([rec], tokenizer, cfg)
     fmt = build_format("compact", cfg.format)

@@ -142,10 +142,10 @@ def _trained_format(folder: Path) -> str | None:
     return data.get("format") if isinstance(data, dict) and isinstance(data.get("format"), str) else None
 
 
-def use_command(repo_id: str, strategy: str = "sftdt", *, format_recorded: bool = False) -> str:
+def use_command(repo_id: str, format_name: str = "sftdt", *, format_recorded: bool = False) -> str:
     """The card's "Use" command: evaluate this model (a Hub id, or a local folder in its place); with a
     format.json published beside it, the format is read back from it (--format-from), else named."""
-    fmt = f"--format-from {repo_id}" if format_recorded else f"--strategy {strategy}"
+    fmt = f"--format-from {repo_id}" if format_recorded else f"--format {format_name}"
     return f"dtwinseg eval DATASET_SPEC --dt-cache CACHE --checkpoint {repo_id} {fmt} --out runs/eval"
 
 
@@ -161,7 +161,7 @@ def load_snippet(repo_id: str, kind: str) -> str:
 
 
 def build_card(model_dir: Path, repo_id: str, *, eval_results: list[Any] | None = None,
-               evaluation: list[str] | None = None, strategy: str | None = None, base_model: str | None = None,
+               evaluation: list[str] | None = None, format_name: str | None = None, base_model: str | None = None,
                dataset_note: str | None = None, license: str = "apache-2.0") -> Any:
     """The ModelCard (metadata + text) of a peft adapter or a full model folder. ``eval_results`` become the
     ``model-index``; ``evaluation`` is the markdown of an Evaluation section (both from dtwinseg publish)."""
@@ -205,7 +205,7 @@ def build_card(model_dir: Path, repo_id: str, *, eval_results: list[Any] | None 
     body += evaluation or []
     body += ["## Use", "", "With dtwinseg installed, on twins cached by `dtwinseg build-dt` (DATASET_SPEC such as "
              "`reasonseg:/data/ReasonSeg:test`, CACHE the cache folder):",
-             "", "```bash", use_command(repo_id, strategy or trained or "sftdt", format_recorded=bool(trained)),
+             "", "```bash", use_command(repo_id, format_name or trained or "sftdt", format_recorded=bool(trained)),
              "```", "",
              f"In Python, with {'peft' if kind == 'adapter' else 'transformers'}:", "",
              "```python", load_snippet(repo_id, kind), "```", ""]

@@ -245,9 +245,9 @@ def data_key(spec: dict) -> str:
 def reasoning_dict(model: str, options: dict, cfg: DemoConfig, decoding: str = "generate") -> dict:
     """The reasoning config of a row (what ``dtwinseg eval --reasoning-config`` reads); the generation
     budget is the format's own estimate for each twin (``max_new_tokens: auto``)."""
-    return {"strategy": "compact", "backend": "transformers", "model": model, "device": "cpu",
-            "dtype": "float32", "batch_size": cfg.eval_batch_size, "max_new_tokens": "auto",
-            "decoding": decoding, "format": {"options": options}}
+    return {"format": {"name": "compact", "options": options}, "backend": "transformers", "model": model,
+            "device": "cpu", "dtype": "float32", "batch_size": cfg.eval_batch_size, "max_new_tokens": "auto",
+            "decoding": decoding}
 
 
 # --- stages ----------------------------------------------------------------------------------------
@@ -315,7 +315,7 @@ def compact_dataset(records: list, tokenizer: Any, options: dict, out: Path, rec
 
     from dtwinseg.formats import FormatConfig
 
-    cfg = SFTDatasetConfig(max_length=512, strategy="compact", format=FormatConfig(options=options))
+    cfg = SFTDatasetConfig(max_length=512, format_name="compact", format=FormatConfig(options=options))
     ds, stats = build_sft_dataset(records, tokenizer, cfg)
     return save_dataset(ds, out, {"records": rec_stats, "dataset": stats}, cfg), stats
 

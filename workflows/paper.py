@@ -142,9 +142,9 @@ class PaperConfig:
     def __post_init__(self) -> None:
         from dtwinseg.formats import FormatConfig, build_format
 
-        for name, strategy in (("format", "sftdt"), ("answer_format", "select")):
+        for name, format_name in (("format", "sftdt"), ("answer_format", "select")):
             try:
-                build_format(strategy, FormatConfig.from_dict(getattr(self, name), where=name))
+                build_format(format_name, FormatConfig.from_dict(getattr(self, name), where=name))
             except DataError as e:
                 raise DataError(None, e.field if (e.field or "").startswith(name) else f"{name}.{e.field}",
                                 e.message) from None
@@ -188,7 +188,7 @@ class PaperConfig:
 
 # --- stages ----------------------------------------------------------------------------------------
 def row_format(cfg: PaperConfig, target: str) -> tuple[str, dict]:
-    """(strategy, format dict) of a row: sftdt with ``format`` for paths, select with ``answer_format``."""
+    """(format name, its options) of a row: sftdt with ``format`` for paths, select with ``answer_format``."""
     return ("sftdt", dict(cfg.format)) if target == "path" else ("select", dict(cfg.answer_format))
 
 
@@ -198,8 +198,8 @@ def build_sft(records: list, tokenizer: Any, cfg: PaperConfig, target: str, out:
     kinds kept (the weighted and unweighted rows share one dataset), format.json beside."""
     from dtwinseg.data_builders.sft_dataset import SFTDatasetConfig, build_sft_dataset, save_dataset
 
-    strategy, fmt = row_format(cfg, target)
-    scfg = SFTDatasetConfig(max_length=cfg.max_length, strategy=strategy, format=fmt)
+    format_name, fmt = row_format(cfg, target)
+    scfg = SFTDatasetConfig(max_length=cfg.max_length, format_name=format_name, format=fmt)
     ds, stats = build_sft_dataset(records, tokenizer, scfg)
     if not stats["examples"]:
         raise DataError(out, "records", f"no training example could be built ({stats['failed']} failed, "
@@ -228,12 +228,12 @@ def training_recipe(cfg: PaperConfig, data: Path, out: Path, row: dict, seed: in
     return recipe
 
 
-def reasoning_dict(cfg: PaperConfig, strategy: str, fmt: dict, model: str | None = None) -> dict:
+def reasoning_dict(cfg: PaperConfig, format_name: str, fmt: dict, model: str | None = None) -> dict:
     """A row's reasoning config (what ``dtwinseg eval --reasoning-config`` reads): transformers, batched
     greedy generation with a KV cache, the format's budget per twin (``auto``) under the cap."""
-    return {"strategy": strategy, "backend": "transformers", "model": model or cfg.base, "device": cfg.device,
-            "dtype": cfg.eval_dtype, "batch_size": cfg.eval_batch_size, "max_new_tokens": "auto",
-            "max_new_tokens_cap": cfg.max_new_tokens_cap, "format": fmt}
+    return {"format": {"name": format_name, **fmt}, "backend": "transformers", "model": model or cfg.base,
+            "device": cfg.device, "dtype": cfg.eval_dtype, "batch_size": cfg.eval_batch_size,
+            "max_new_tokens": "auto", "max_new_tokens_cap": cfg.max_new_tokens_cap}
 
 
 def paper_rows(cfg: PaperConfig, out: Path, models: dict[str, tuple[Path, dict]]) -> dict[str, dict]:
@@ -241,12 +241,12 @@ def paper_rows(cfg: PaperConfig, out: Path, models: dict[str, tuple[Path, dict]]
     to ``out/reasoning``). ``zero-shot-free`` is the base generating in the sftdt format."""
     rows: dict[str, dict] = {}
     for label, (model, spec) in models.items():
-        strategy, fmt = row_format(cfg, spec["target"])
-        path = write_row_config(out, label, reasoning_dict(cfg, strategy, fmt))
+        format_name, fmt = row_format(cfg, spec["target"])
+        path = write_row_config(out, label, reasoning_dict(cfg, format_name, fmt))
         rows[label] = {"checkpoint": rel(model), "reasoning_config": rel(path),
                        "trained": {"target": spec["target"], "weighted": bool(spec["weighted"]),
                                    "steps": int(spec.get("max_steps", cfg.max_steps)),
-                                   "batch_size": cfg.batch_size, "decoding": "generate", "format": strategy,
+                                   "batch_size": cfg.batch_size, "decoding": "generate", "format": format_name,
                                    "base": cfg.base, "lora": True}}
     base_yaml = write_row_config(out, "base", reasoning_dict(cfg, "sftdt", dict(cfg.format)))
     if cfg.zero_shot:

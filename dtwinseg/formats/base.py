@@ -7,16 +7,30 @@ generation budget the answer needs. ``build-sft`` (data_builders/sft_dataset.py)
 (dtwinseg/reasoning/) both get a format from :func:`build_format` and never build prompts or parse
 answers themselves, so training data and inference cannot drift apart.
 
-Contract of a format (:class:`ReasoningFormat`)::
+Contract of a format (:class:`ReasoningFormat`: everything its callers use; :class:`FormatBase` gives the
+defaults of the members only per-object formats need)::
 
     fmt = build_format("sftdt", FormatConfig(...))
     fmt.name                        # the registered name
     fmt.config                      # the FormatConfig it was built with
+    fmt.per_object                  # False: one prompt, one answer per scene (messages / target / parse);
+                                    #   True: one prompt and one verdict per object (object_examples /
+                                    #   verdict_path; the compact format's ``target: object``)
     fmt.messages(twin, query)       # -> [{"role": "system"?, ...}, {"role": "user", ...}]: the prompt
     fmt.target(twin, Target(...))   # -> Completion: assistant text + decision / answer character spans
+    fmt.object_examples(twin, query, Target(...))
+                                    # -> [(object id, prompt, Completion)]: a per-object format's training
+                                    #    examples (DataError for a whole-scene format)
     fmt.parse(text, twin)           # -> Decoded: ids (+ per-object scores); total: never raises,
                                     #    linear time in len(text) (caps applied before any regex)
     fmt.budget(twin)                # -> int: new tokens a complete answer needs for this twin
+    fmt.verdict_path(twin, query)   # -> VerdictPath: the skeleton forced verdict decoding fills in
+                                    #    (dtwinseg/reasoning/verdicts.py); DataError for a format without
+                                    #    per-object verdicts to force
+
+Each format's parser lives in its own module (``parse_indices`` in select.py, read by sftdt and compact
+too; ``parse_scores`` in score.py; ``parse_path_output`` in sftdt.py; ``parse_compact`` in compact.py) on
+the shared, format-independent helpers of :mod:`dtwinseg.parsing`.
 
 Every prompt that reaches a model, at training (build-sft) and at inference (the reasoners), comes from
 :func:`fit_prompt`: the format's messages for a twin, fitted to the prompt budget (the model's context
@@ -32,12 +46,17 @@ misses (DataError). Span kinds: decision spans get ``w_decision`` and answer spa
 SFTDT loss (method.md sec. 3); the token kinds and :class:`LossWeights` (defaults 0, 1, 2, 4) live here.
 
 Registry: :func:`register_format` (name, factory ``FormatConfig -> ReasoningFormat``),
-:func:`build_format`, :func:`available_formats`. The built-in formats (select, sftdt, score) register
-themselves when ``dtwinseg.formats`` is imported; other modules (the compact formats) do the same.
+:func:`build_format`, :func:`available_formats`. The built-in formats (select, sftdt, score, compact)
+register themselves when ``dtwinseg.formats`` is imported.
 
 :class:`FormatConfig` is the one config both sides share (issue 14 item 6): ``build-sft`` writes it into
 the dataset folder (``format.json``, :func:`save_format`), the reasoning config reads it back
 (``format_from:``) and :func:`check_same_format` refuses a mismatch in one line.
+
+Naming a format in a config (:func:`read_format_spec`, used by ReasoningConfig and SFTDatasetConfig):
+``format: NAME``, or ``format: {name: NAME, <FormatConfig fields>}``; in Python the name is the config's
+``format_name`` and its options ``format`` (a FormatConfig). ``strategy: NAME``, the name's old spelling,
+is still read, with a one-line deprecation note on stderr (once per process).
 """
 
 from __future__ import annotations
@@ -45,7 +64,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -180,20 +200,80 @@ class Decoded:
     scores: dict[int, float] | None = None
 
 
+def answer_text(ids: list[int]) -> tuple[str, tuple[int, int]]:
+    """``Answer: [i, j]`` and the character span of the id list in it."""
+    lst = "[" + ", ".join(str(int(i)) for i in sorted(ids)) + "]"
+    text = f"Answer: {lst}"
+    return text, (len(text) - len(lst), len(text))
+
+
+@dataclass
+class VerdictPath:
+    """The forced skeleton of a path: per object its id and the text before its verdict (``head``), the
+    verdict words (the first one means "this object is meant"), the text after each verdict, and the
+    answer line built from the chosen ids. ``prompts`` (a per-object format): each object is its own
+    conversation, judged independently; else every verdict follows the scene's prompt and the earlier
+    steps."""
+
+    steps: list[tuple[int, str]]
+    choices: tuple[str, ...] = ("yes", "no")
+    line_end: str = "\n"
+    prompts: list[list[dict]] | None = None
+
+    def answer(self, ids: list[int]) -> str:
+        return answer_text(ids)[0]
+
+
+ObjectExample = tuple[int, list[dict], Completion]
+"""One training example of a per-object format: (object id, its prompt, its verdict as a Completion)."""
+
+
 @runtime_checkable
 class ReasoningFormat(Protocol):
-    """One way of prompting for, training on and reading back an answer over a twin (module docstring)."""
+    """One way of prompting for, training on and reading back an answer over a twin: every member its
+    callers (build-sft, the reasoners, forced verdict decoding, the baselines) use (module docstring)."""
 
     name: str
     config: FormatConfig
+
+    @property
+    def per_object(self) -> bool: ...
 
     def messages(self, twin: DigitalTwin, query: str) -> list[dict]: ...
 
     def target(self, twin: DigitalTwin, target: Target) -> Completion: ...
 
+    def object_examples(self, twin: DigitalTwin, query: str, target: Target) -> list[ObjectExample]: ...
+
     def parse(self, text: str, twin: DigitalTwin) -> Decoded: ...
 
     def budget(self, twin: DigitalTwin) -> int: ...
+
+    def verdict_path(self, twin: DigitalTwin, query: str = "") -> VerdictPath: ...
+
+
+class FormatBase:
+    """Defaults of the :class:`ReasoningFormat` members that only per-object formats give meaning to. A
+    whole-scene format subclasses it and writes ``name``, ``config``, ``messages``, ``target``, ``parse``
+    and ``budget`` (left out here, so a format missing one is no ReasoningFormat)."""
+
+    name: str = ""
+    config: FormatConfig
+
+    @property
+    def per_object(self) -> bool:
+        """False: one prompt and one answer per scene."""
+        return False
+
+    def object_examples(self, twin: DigitalTwin, query: str, target: Target) -> list[ObjectExample]:
+        """A whole-scene format has no per-object examples (its training example is :meth:`target`)."""
+        raise DataError(None, "format.options.target", f"the {self.name} format writes one example per scene "
+                        "(its target), not one per object")
+
+    def verdict_path(self, twin: DigitalTwin, query: str = "") -> VerdictPath:
+        """A format without per-object verdicts has nothing for forced verdict decoding to fill in."""
+        raise DataError(None, "decoding", f"'verdicts' needs a format with a per-object verdict path "
+                        f"(compact with format.options.target: path or object); {self.name!r} has none")
 
 
 def chat(system: str | None, user: str) -> list[dict]:
@@ -239,9 +319,71 @@ def available_formats() -> tuple[str, ...]:
 def build_format(name: str, config: FormatConfig | dict | None = None) -> ReasoningFormat:
     """The format registered as ``name``, configured by ``config`` (DataError for an unknown name)."""
     if name not in _REGISTRY:
-        raise DataError(None, "strategy", f"{name!r} is not a reasoning format; known: "
+        raise DataError(None, "format.name", f"{name!r} is not a reasoning format; known: "
                         f"{', '.join(available_formats())}")
     return _REGISTRY[name](FormatConfig.from_dict(config))
+
+
+# --- naming a format in a config ---------------------------------------------------------------------------
+DEPRECATED_STRATEGY = ("note: 'strategy:' is deprecated; name the reasoning format with format: NAME "
+                       "(or format: {name: NAME, ...})")
+_NOTED: set[str] = set()
+
+
+def note_deprecated(message: str) -> None:
+    """Write a one-line deprecation note on stderr, at most once per process for each message."""
+    if message not in _NOTED:
+        _NOTED.add(message)
+        print(message, file=sys.stderr)
+
+
+def read_format_spec(d: Mapping[str, Any], path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A copy of a config mapping with its format named once: ``format_name`` (absent when not given) and
+    ``format`` holding only FormatConfig fields (absent or None when not given).
+
+    Read: ``format: NAME``; ``format: {name: NAME, <FormatConfig fields>}``; ``format_name: NAME`` (the
+    Python field); ``strategy: NAME`` (the deprecated alias: one note on stderr per process). A name that
+    is not registered, or two keys naming different formats, is a DataError naming the key as written."""
+    out = dict(d)
+    named: list[tuple[str, Any]] = []
+    if "strategy" in out:
+        note_deprecated(DEPRECATED_STRATEGY)
+        named.append(("strategy", out.pop("strategy")))
+    if "format_name" in out:
+        named.append(("format_name", out.pop("format_name")))
+    fmt = out.get("format")
+    if isinstance(fmt, str):
+        named.append(("format", out.pop("format")))
+    elif isinstance(fmt, Mapping) and "name" in fmt:
+        fmt = dict(fmt)
+        named.append(("format.name", fmt.pop("name")))
+        out["format"] = fmt
+    named = [(key, value) for key, value in named if value is not None]
+    for key, value in named:
+        if not isinstance(value, str):
+            raise ConfigError(path, key, f"expected a reasoning format's name, got {value!r}")
+        if value not in _REGISTRY:
+            raise DataError(path, key, f"{value!r} is not a reasoning format; known: "
+                            f"{', '.join(available_formats())}")
+        if value != named[0][1]:
+            raise ConfigError(path, key, f"names the format {value!r}, but {named[0][0]} names "
+                              f"{named[0][1]!r}; name it once (format: NAME or format.name)")
+    if named:
+        out["format_name"] = named[0][1]
+    return out
+
+
+def nest_format_name(d: dict[str, Any]) -> dict[str, Any]:
+    """The written form of a config dict (``to_dict``): ``format_name`` folded into ``format`` as its
+    ``name``, so what is saved reads back through :func:`read_format_spec` as written."""
+    out = {}
+    for key, value in d.items():
+        if key == "format_name":
+            continue
+        if key == "format":
+            value = {"name": d.get("format_name"), **(value or {})}
+        out[key] = value
+    return out
 
 
 # --- saved with a dataset, read back at inference ---------------------------------------------------------

@@ -18,7 +18,7 @@ verdict words; answer tokens (``w_answer``) are the final list ``[0]``. :func:`r
 character spans; ``data_builders.sft_dataset`` maps them to tokens through the tokenizer's offsets.
 
 :func:`parse_path_output` reads any model output back and never raises: the final indices come from the
-``Answer:`` line (through :func:`dtwinseg.parsing.parse_indices`); without one, from the kept ids of the
+``Answer:`` line (through :func:`dtwinseg.formats.select.parse_indices`); without one, from the kept ids of the
 last readable step (status "repaired"); with neither, from any id list in the text. The text is capped
 (head + tail, :func:`dtwinseg.parsing.cap_text`) before any regex, and every pattern is line-bounded, so
 parsing is linear in the answer's length.
@@ -38,14 +38,16 @@ from typing import Any, Literal
 from dtwinseg.formats.base import (
     Completion,
     Decoded,
+    FormatBase,
     FormatConfig,
     Target,
     check_options,
     linear_budget,
     register_format,
 )
+from dtwinseg.formats.select import parse_indices
 from dtwinseg.io import DataError
-from dtwinseg.parsing import ParseResult, as_id, cap_text, parse_indices, validate_ids
+from dtwinseg.parsing import ParseResult, as_id, cap_text, validate_ids
 from dtwinseg.spatial import SpatialConfig, describe_twin, spatial_texts, twin_json
 from dtwinseg.twin import DigitalTwin
 
@@ -342,7 +344,7 @@ def _parse_step_body(body: str) -> PathStep | None:
 def parse_path_output(text: object, valid_ids: Iterable[int] | None = None) -> ParsedPath:
     """Parse an SFTDT answer (steps + ``Answer:`` line). Never raises, whatever ``text`` is.
 
-    Status of ``.result``: as :func:`dtwinseg.parsing.parse_indices` on the Answer line; "repaired" when the
+    Status of ``.result``: as :func:`dtwinseg.formats.select.parse_indices` on the Answer line; "repaired" when the
     Answer line is missing and the last readable step's kept ids are used; "failed" when neither exists
     and no id list can be found in the text.
     """
@@ -396,7 +398,7 @@ REASONING_CHARS = 60
 """Characters of reasoning per object assumed by the generation budget (option ``reasoning_chars``)."""
 
 
-class SFTDTFormat:
+class SFTDTFormat(FormatBase):
     """The SFTDT reasoning path (paper sec. 3.3): prompt, target path with spans, parser, budget.
 
     Options (``FormatConfig.options``): ``reasoning_chars`` (budget estimate, default 60).

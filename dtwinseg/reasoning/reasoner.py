@@ -1,7 +1,7 @@
 """Reasoners: (twin, query) pairs -> object ids, through a reasoning format over an LLM backend.
 
-The format (dtwinseg/formats/, chosen by ``ReasoningConfig.strategy``) builds the messages, sizes the
-generation budget and parses the answer; the backend generates. The same format objects build the
+The format (dtwinseg/formats/, named by ``ReasoningConfig.format_name``; YAML ``format:``) builds the
+messages, sizes the generation budget and parses the answer; the backend generates. The same format objects build the
 SFTDT training data, so what a model was trained on is what it is asked at inference.
 
 Finish reasons: every output says why its generation ended, ``stop`` (the model ended it), ``length``
@@ -41,7 +41,7 @@ Item = tuple[DigitalTwin, str]
 FINISH_REASONS = ("stop", "length", "error", "empty")
 
 __all__ = ["FINISH_REASONS", "Decoded", "LLMReasoner", "PromptFitter", "Reasoner", "ReasoningOutput",
-           "check_trained_format", "make_strategy"]
+           "check_trained_format", "make_format"]
 
 
 @dataclass
@@ -51,7 +51,7 @@ class ReasoningOutput:
     ids: chosen object ids (sorted, unique, all present in the twin); the prediction is their union.
     parse: how the answer text was read (ok / repaired / failed, notes).
     text: the raw answer text ("" when no generation happened or it failed).
-    strategy: the reasoning format that produced it.
+    format_name: the name of the reasoning format that produced it.
     scores: per-object scores (score formats only; unscored objects count as 0).
     error: a generation error (e.g. an API failure after retries), else None.
     finish_reason: "stop", "length" (hit max_new_tokens: truncated), "error" or "empty" (no objects).
@@ -62,7 +62,7 @@ class ReasoningOutput:
     ids: list[int]
     parse: ParseResult
     text: str
-    strategy: str
+    format_name: str
     scores: dict[int, float] | None = None
     error: str | None = None
     finish_reason: str = "stop"
@@ -78,7 +78,7 @@ class ReasoningOutput:
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"ids": self.ids, "parse": self.parse.to_dict(), "text": self.text,
-                             "strategy": self.strategy, "finish_reason": self.finish_reason}
+                             "format": self.format_name, "finish_reason": self.finish_reason}
         if self.scores is not None:
             d["scores"] = {str(k): v for k, v in self.scores.items()}
         if self.error:
@@ -95,9 +95,9 @@ class Reasoner(Protocol):
     def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]: ...
 
 
-def make_strategy(cfg: ReasoningConfig) -> ReasoningFormat:
-    """The reasoning format ``cfg.strategy`` names, configured by ``cfg.format``."""
-    return build_format(str(cfg.strategy), cfg.format)
+def make_format(cfg: ReasoningConfig) -> ReasoningFormat:
+    """The reasoning format ``cfg.format_name`` names, configured by ``cfg.format``."""
+    return build_format(str(cfg.format_name), cfg.format)
 
 
 def check_trained_format(cfg: ReasoningConfig) -> None:
@@ -105,7 +105,7 @@ def check_trained_format(cfg: ReasoningConfig) -> None:
     the model (training copies the dataset's format.json there)."""
     for folder in (cfg.adapter, cfg.model):
         if folder and os.path.isdir(folder) and find_format_file(folder) is not None:
-            check_same_format(load_format(folder), (str(cfg.strategy), cfg.format), source=folder)
+            check_same_format(load_format(folder), (str(cfg.format_name), cfg.format), source=folder)
             return
 
 
@@ -155,24 +155,23 @@ def _takes_budget(backend: LLMBackend) -> bool:
         return False
 
 
-def answer_empty_twins(items: Sequence[Item], strategy: str) -> tuple[list[ReasoningOutput | None], list[int]]:
+def answer_empty_twins(items: Sequence[Item], format_name: str) -> tuple[list[ReasoningOutput | None], list[int]]:
     """(outputs with the empty answer filled in for twins without objects, positions still to answer)."""
     outputs: list[ReasoningOutput | None] = [None] * len(items)
     todo = []
     for k, (twin, _query) in enumerate(items):
         if len(twin) == 0:
-            outputs[k] = ReasoningOutput([], ParseResult("ok", [], ["twin has no objects"]), "", strategy,
+            outputs[k] = ReasoningOutput([], ParseResult("ok", [], ["twin has no objects"]), "", format_name,
                                          finish_reason="empty")
         else:
             todo.append(k)
     return outputs, todo
 
 
-def _decode(fmt: Any, text: str, twin: DigitalTwin) -> Decoded:
-    """fmt.parse (or a format written against the older ``decode`` name); a parser bug is a failed parse."""
+def _decode(fmt: ReasoningFormat, text: str, twin: DigitalTwin) -> Decoded:
+    """``fmt.parse``; a parser bug is a failed parse."""
     try:
-        parse = getattr(fmt, "parse", None) or fmt.decode
-        return parse(text, twin)
+        return fmt.parse(text, twin)
     except Exception as e:  # noqa: BLE001 - a parser must never stop the run
         return Decoded(ParseResult("failed", [], [f"parser error {type(e).__name__}"], text))
 
@@ -181,23 +180,19 @@ def _decode(fmt: Any, text: str, twin: DigitalTwin) -> Decoded:
 class LLMReasoner:
     """Format + backend. Twins without objects get the empty answer without an LLM call.
 
-    ``strategy`` is the format object (kept under its old name for callers that read ``.strategy.name``).
+    ``format``: the reasoning format object (:func:`make_format` of the config).
     """
 
     def __init__(self, cfg: ReasoningConfig, backend: LLMBackend | None = None):
         self.cfg = cfg
         check_trained_format(cfg)
-        self.strategy = make_strategy(cfg)
-        if getattr(self.strategy, "per_object", False):
-            raise DataError(None, "decoding", f"the {cfg.strategy} format's per-object target judges one object "
-                            "per prompt: read it with decoding: verdicts")
+        self.format = make_format(cfg)
+        if self.format.per_object:
+            raise DataError(None, "decoding", f"the {cfg.format_name} format's per-object target judges one "
+                            "object per prompt: read it with decoding: verdicts")
         self.backend = backend if backend is not None else make_backend(cfg)
         self._budgeted = _takes_budget(self.backend)
-        self.fit = PromptFitter(self.strategy, self.backend)
-
-    @property
-    def format(self) -> ReasoningFormat:
-        return self.strategy
+        self.fit = PromptFitter(self.format, self.backend)
 
     def messages(self, twin: DigitalTwin, query: str) -> list[dict]:
         """The prompt for a twin and query, fitted to the model's context (as build-sft fits it)."""
@@ -210,15 +205,13 @@ class LLMReasoner:
         if self.cfg.max_new_tokens != "auto":
             return int(self.cfg.max_new_tokens)
         shown = fitted.twin if fitted is not None else twin
-        estimate = getattr(self.strategy, "budget", None)
-        need = int(estimate(shown)) if estimate is not None else self.cfg.max_new_tokens_cap
-        need = min(need, int(self.cfg.max_new_tokens_cap))
+        need = min(int(self.format.budget(shown)), int(self.cfg.max_new_tokens_cap))
         if fitted is not None and self.fit.exact:
             need = min(need, self.fit.context - fitted.tokens)
         return max(1, need)
 
     def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
-        outputs, todo = answer_empty_twins(items, self.strategy.name)
+        outputs, todo = answer_empty_twins(items, self.format.name)
         fitted = [self.fit(*items[k]) for k in todo]
         texts = self._generate(fitted) if todo else []
         if len(texts) != len(todo):
@@ -238,13 +231,13 @@ class LLMReasoner:
         dropped = list(fitted.dropped)
         if isinstance(text, GenerationFailure):
             parse = ParseResult("failed", [], [f"generation failed: {text.error}"], "")
-            return ReasoningOutput([], parse, "", self.strategy.name, error=text.error, finish_reason="error",
+            return ReasoningOutput([], parse, "", self.format.name, error=text.error, finish_reason="error",
                                    dropped=dropped)
-        decoded = _decode(self.strategy, text, fitted.twin)
+        decoded = _decode(self.format, text, fitted.twin)
         finish = "length" if isinstance(text, Truncated) else "stop"
         if finish == "length":
             decoded.parse.notes.insert(0, f"generation hit max_new_tokens ({text.budget}): the answer is truncated")
         if dropped:
             decoded.parse.notes.append(f"{len(dropped)} object(s) left out of the prompt to fit the context")
-        return ReasoningOutput(list(decoded.parse.ids), decoded.parse, str(text), self.strategy.name,
+        return ReasoningOutput(list(decoded.parse.ids), decoded.parse, str(text), self.format.name,
                                decoded.scores, finish_reason=finish, dropped=dropped)

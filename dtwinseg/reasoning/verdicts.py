@@ -42,7 +42,7 @@ from dtwinseg.reasoning.reasoner import (
     ReasoningOutput,
     answer_empty_twins,
     check_trained_format,
-    make_strategy,
+    make_format,
 )
 from dtwinseg.twin import DigitalTwin
 
@@ -235,17 +235,10 @@ class VerdictReasoner:
                             f"transformers, got {cfg.backend!r}")
         self.cfg = cfg
         check_trained_format(cfg)
-        self.strategy = make_strategy(cfg)
-        if not callable(getattr(self.strategy, "verdict_path", None)):
-            raise DataError(None, "decoding", f"'verdicts' needs a format with a per-object verdict path "
-                            f"(compact with format.options.target: path); {cfg.strategy!r} has none")
-        self.strategy.verdict_path(DigitalTwin("", 1, 1), "")  # a format without verdicts to force says so now
+        self.format = make_format(cfg)
+        self.format.verdict_path(DigitalTwin("", 1, 1), "")  # a format without verdicts to force says so now
         self.backend = backend if backend is not None else TransformersBackend(cfg)
-        self.fit = PromptFitter(self.strategy, self.backend)
-
-    @property
-    def format(self) -> Any:
-        return self.strategy
+        self.fit = PromptFitter(self.format, self.backend)
 
     def _score(self, texts_per_row: list[list[str]]) -> list[list[float]]:
         """For each row, the log-probability of each candidate text's tokens after the candidates' common
@@ -262,7 +255,7 @@ class VerdictReasoner:
         return continuation_logprobs(model, self.backend.device, pad, groups)
 
     def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
-        out, todo = answer_empty_twins(items, self.strategy.name)
+        out, todo = answer_empty_twins(items, self.format.name)
         bs = max(1, self.cfg.batch_size)
         for start in range(0, len(todo), bs):
             chunk = todo[start:start + bs]
@@ -273,9 +266,8 @@ class VerdictReasoner:
     def _reason_batch(self, items: Sequence[Item]) -> list[ReasoningOutput]:
         # A whole-scene path's prompt is fitted to the context as build-sft fitted it (objects it leaves out
         # get no verdict); per-object prompts are each one object's own.
-        fitted = [None if getattr(self.strategy, "per_object", False) else self.fit(twin, query)
-                  for twin, query in items]
-        paths = [self.strategy.verdict_path(f.twin if f is not None else twin, query)
+        fitted = [None if self.format.per_object else self.fit(twin, query) for twin, query in items]
+        paths = [self.format.verdict_path(f.twin if f is not None else twin, query)
                  for f, (twin, query) in zip(fitted, items, strict=True)]
         texts = [None if p.prompts is not None or f is None else self.backend.prompt_text(f.messages)
                  for p, f in zip(paths, fitted, strict=True)]
@@ -322,7 +314,7 @@ class VerdictReasoner:
                 notes.append("no object judged yes; the likeliest yes")
             text = paths_text[r] + p.answer(ids)
             dropped = list(fitted[r].dropped) if fitted[r] is not None else []  # type: ignore[union-attr]
-            outs.append(ReasoningOutput(ids, ParseResult("ok", ids, notes, text), text, self.strategy.name,
+            outs.append(ReasoningOutput(ids, ParseResult("ok", ids, notes, text), text, self.format.name,
                                         scores=margins[r], finish_reason="stop", dropped=dropped))
         return outs
 
