@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Publish an adapter or a full fine-tune with a model card (base model, recipe without secrets, data,
         eval results) to the Hub. The token is read from HF_TOKEN (or the huggingface-hub login) and never printed."""
-        from dtwinseg.eval.publish import PublishError, publish
+        from dtwinseg.workflows.publish import PublishError, publish
 
         try:
             publish(adapter_dir, repo_id, private=private, dry_run=dry_run, metrics_path=metrics,

@@ -78,7 +78,7 @@ def test_anchor_bomb_in_an_override_is_refused():
 
 def test_anchor_bomb_in_a_recipe_being_published_is_refused(tmp_path):
     import torch
-    from dtwinseg.eval.publish import PublishError, publish
+    from dtwinseg.workflows.publish import PublishError, publish
     from safetensors.torch import save_file
 
     model = tmp_path / "model"

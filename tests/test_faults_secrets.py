@@ -136,7 +136,7 @@ def test_vlm_echo_and_a_newline_key_stay_out_of_twins_and_failures(tmp_path, mon
 
 def test_publish_refuses_to_stage_a_file_holding_a_live_secret(tmp_path, monkeypatch):
     import torch
-    from dtwinseg.eval.publish import PublishError, publish
+    from dtwinseg.workflows.publish import PublishError, publish
     from safetensors.torch import save_file
 
     model = tmp_path / "model"

@@ -242,7 +242,7 @@ def test_the_wheel_installs_one_namespace(tmp_path):
     (wheel,) = wheels.glob("dtwinseg-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"dtwinseg/training/run.py", "dtwinseg/training/deepspeed/zero2.json",
-            "dtwinseg/training/deepspeed/zero3.json", "dtwinseg/cli/main.py", "dtwinseg/eval/publish.py",
+            "dtwinseg/training/deepspeed/zero3.json", "dtwinseg/cli/main.py", "dtwinseg/workflows/publish.py",
             "dtwinseg/data_builders/sft_dataset.py", "dtwinseg/workflows/demo.py"} <= set(names)
     assert {n.split("/")[0] for n in names} == {"dtwinseg", wheel.name.split("-py3")[0] + ".dist-info"}
     assert not [n for n in names if "planted" in n or "/tests/" in n or n.startswith("tests/")]

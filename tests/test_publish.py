@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from dtwinseg.cli.main import app
-from dtwinseg.eval.publish import PublishError, publish
+from dtwinseg.workflows.publish import PublishError, publish
 from typer.testing import CliRunner
 
 METRICS = {

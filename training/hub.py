@@ -1,5 +1,5 @@
 """The folder a trained model is published as, and its upload: one home for ``dtwinseg publish``
-(dtwinseg.eval.publish, which adds the evaluation results) and ``training.push_to_hub`` (the end of
+(dtwinseg.workflows.publish, which adds the evaluation results) and ``training.push_to_hub`` (the end of
 dtwinseg.training.run), so both upload the same complete folder.
 
 The folder (:func:`stage`): the weights (adapter or full model), their configs, the tokenizer, ``format.json``

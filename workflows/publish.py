@@ -5,7 +5,8 @@ The folder that would be uploaded is always staged first (``--dry-run`` stops th
 inspects is exactly what is pushed. What the folder holds and the card's sections are shared with
 ``training.push_to_hub`` (dtwinseg.training.hub: weights, tokenizer, format.json, recipe without secrets,
 card); this module adds the evaluation results of a ``metrics.json`` (the card's ``model-index`` and an
-Evaluation table). Staging never deletes anything: it writes into a folder it creates itself
+Evaluation table). It is a workflow (it joins the training layer's published folder and the evaluation's
+metrics), so eval/ imports nothing from training/. Staging never deletes anything: it writes into a folder it creates itself
 (``--stage-dir DIR`` when DIR does not exist or is empty, else a fresh folder inside DIR; by default a fresh
 ``NAME-publish-*`` folder next to the model). The token comes from ``HF_TOKEN`` (or the huggingface-hub
 login) and is never printed or written. Staging refuses outright when any file it would stage (or the recipe
