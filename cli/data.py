@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 
 import typer
+from dtwinseg.cli.options import progress_option, strict_option
 
 data_app = typer.Typer(
     name="data",
     help="Inspect datasets named by a DATASET_SPEC (NAME:ROOT:SPLIT), e.g. reasonseg:/data/ReasonSeg:val.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 
@@ -21,12 +23,9 @@ def stats(
     dataset_spec: str = typer.Argument(..., metavar="DATASET_SPEC",
                                        help="NAME:ROOT:SPLIT with NAME one of reasonseg, synthetic, llmseg40k, "
                                             "refcoco, refcoco+, refcocog; e.g. reasonseg:/data/ReasonSeg:test."),
-    strict: bool = typer.Option(True, "--strict/--no-strict", " /--lenient",
-                                help="--strict (default) stops at the first malformed file with its name and "
-                                     "field; --no-strict (or --lenient) skips such files and lists them with the "
-                                     "reason."),
+    strict: bool = strict_option(True),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on stderr)."),
+    progress: bool = progress_option("Show a progress bar (on stderr)."),
 ) -> None:
     """Count samples, short/long queries, empty ground truths, tags and skipped files of one split.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from dtwinseg.cli.options import progress_option
 
 
 def synth(
@@ -25,7 +26,7 @@ def synth(
                                        "tests) or realistic (rooms, kitchens, tabletops, streets: 15-60 masks, "
                                        "VLM-style wording, train / val / test worded and phrased apart); "
                                        "overrides the config's profile (default basic)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = progress_option(),
 ) -> None:
     """Generate synthetic reasoning-segmentation scenes: images, ReasonSeg JSON with dimension and
     granularity tags, and instance masks (with their VLM-style wording) for the oracle and simulated
@@ -60,11 +61,13 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="The recipe's 'quick' preset: a few training steps on "
                                "a handful of samples (what the test suite runs; numbers are meaningless)."),
     preset: str | None = typer.Option(None, "--preset", help="Another preset of the recipe (e.g. 'ablations': every "
-                                      "row of the ablation table, with every baseline)."),
+                                      "row of the ablation table, with every baseline), or 'paper': the paper's "
+                                      "method on SmolLM2-135M-Instruct (recipes/demo_paper.yaml; --quick for its "
+                                      "few-step run; default --out runs/demo-paper)."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Override the optimizer steps per run."),
     check_seed: list[int] = typer.Option([], "--check-seed", help="Also evaluate every row on a test split "
                                          "drawn with this seed (repeatable)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    progress: bool = progress_option("Show progress bars."),
 ) -> None:
     """The whole pipeline on synthetic scenes: oracle twins -> Seg-DT -> compact SFT datasets -> SFTDT
     training (path weighted, path unweighted, answer-only) -> evaluation with the untrained baselines on
@@ -74,6 +77,11 @@ def demo(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if preset == "paper":  # the paper's method on a chat LLM: its own driver and recipe (workflows/paper.py)
+        from dtwinseg.workflows.paper import paper_command
+
+        return paper_command(out, recipe, quick=quick, long=long, max_steps=max_steps, check_seed=check_seed,
+                             progress=progress, log=typer.echo)
     from dtwinseg.workflows.demo import DemoConfig, demo_markdown, run_demo
 
     if sum((long, quick, preset is not None)) > 1:

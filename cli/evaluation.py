@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from dtwinseg.cli.options import format_option, progress_option, strict_option
 
 CHECKPOINT_HELP = (
     "What to evaluate; repeat for several. Forms: a peft adapter folder (base model from its "
@@ -12,6 +13,30 @@ CHECKPOINT_HELP = (
     "API; base_url and key variable from the reasoning config), hf:ORG/NAME. Prefix NAME= to label it, "
     "e.g. sftdt=runs/sft/adapter."
 )
+
+
+def reasoning_base(reasoning_config: Path | None, format_from: str | None):  # noqa: ANN201 - a ReasoningConfig
+    """The eval's ReasoningConfig: the YAML's (or the defaults), with ``format_from`` set from --format-from (a
+    Hub id that is no local path: its format.json, downloaded or from the cache)."""
+    from dtwinseg.base_models import is_hub_id
+    from dtwinseg.config import load_config_yaml
+    from dtwinseg.io import DataError
+    from dtwinseg.reasoning import ReasoningConfig
+
+    if format_from is None:
+        return ReasoningConfig.from_yaml(reasoning_config) if reasoning_config else ReasoningConfig()
+    if is_hub_id(format_from):
+        from huggingface_hub import hf_hub_download
+
+        try:
+            format_from = hf_hub_download(format_from, "format.json")
+        except Exception as e:  # noqa: BLE001 - offline and not cached, no such repository or file
+            raise DataError(format_from, "--format-from", f"no format.json to read from the Hub "
+                            f"({' '.join(str(e).split())[:200]})") from None
+    data = load_config_yaml(reasoning_config) if reasoning_config else {}
+    if isinstance(data.get("reasoning"), dict):
+        data = data["reasoning"]
+    return ReasoningConfig.from_dict({**data, "format_from": str(format_from)}, path=reasoning_config)
 
 
 def register(app: typer.Typer) -> None:
@@ -24,42 +49,53 @@ def register(app: typer.Typer) -> None:
                                       "root with one config folder, or the config folder itself)."),
         checkpoint: list[str] = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
         out: Path = typer.Option(..., "--out", help="Run folder (runs/NAME); a rerun resumes it."),
-        strategy: str | None = typer.Option(None, "--strategy", help="Override the reasoning format: select, "
-                                            "sftdt, score, compact (any registered in dtwinseg.formats)."),
+        format_name: str | None = format_option(),
         reasoning_config: Path | None = typer.Option(None, "--reasoning-config", help="ReasoningConfig YAML "
                                                      "(generation settings, spatial config, API endpoint)."),
+        format_from: str | None = typer.Option(None, "--format-from", help="Read the reasoning format from "
+                                               "a format.json, a folder holding one (build-sft dataset, trained "
+                                               "model or adapter) or a Hub repository ORG/NAME that holds one (a "
+                                               "published model): the config's format_from."),
         shard: str | None = typer.Option(None, "--shard", help="I/N: evaluate every N-th sample starting at "
                                          "I. Default: RANK/WORLD_SIZE under torchrun / accelerate launch."),
         limit: int | None = typer.Option(None, "--limit", help="Only the first N samples of the dataset."),
         batch_size: int | None = typer.Option(None, "--batch-size", help="Samples per generation batch "
                                               "(default: the reasoning config's)."),
         worst: int = typer.Option(4, "--worst", help="Worst-case overlays per checkpoint in the report."),
-        lenient: bool = typer.Option(False, "--lenient/--strict", "--no-strict/ ", help="Skip (and count) malformed dataset files "
-                                     "instead of stopping."),
+        strict: bool = strict_option(True),
         wandb: bool = typer.Option(False, "--wandb", help="Log the table to wandb (WANDB_MODE=offline works "
                                    "without network)."),
         restart: bool = typer.Option(False, "--restart", help="Evaluate again from scratch the labels whose "
-                                     "checkpoint (model, adapter, strategy, reasoning settings) changed since "
+                                     "checkpoint (model, adapter, format, reasoning settings) changed since "
                                      "they were evaluated in this --out (default: refuse)."),
         retry_failed: bool = typer.Option(True, "--retry-failed/--no-retry-failed", help="On resume, re-run "
                                           "samples that failed with an error (API outage, missing or corrupt "
                                           "twin, unreadable input)."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show one progress bar per "
-                                      "checkpoint (only local rank 0 draws under torchrun / accelerate)."),
+        progress: bool = progress_option("Show one progress bar per checkpoint (only local rank 0 draws under "
+                                         "torchrun / accelerate)."),
     ) -> None:
         """Evaluate checkpoints on cached twins: predictions JSONL, metrics.json (gIoU/cIoU per split and
-        dimension, oracle bound, parse failures), report.md with plots and worst-case overlays."""
+        dimension, oracle bound, parse failures), the same as a tidy metrics.csv, report.md with plots and
+        the worst-case overlays (query, ids, IoU)."""
+        from dtwinseg.runtime import quiet_third_party
+
+        quiet_third_party()  # the same known third-party noise as train (loading adapters warns too)
         from dtwinseg.eval.checkpoints import parse_checkpoints
         from dtwinseg.eval.harness import EvalOptions, evaluate_shard, parse_shard
 
-        from dtwinseg.reasoning import ReasoningConfig
+        from dtwinseg.io import DataError
 
-        base = ReasoningConfig.from_yaml(reasoning_config) if reasoning_config else ReasoningConfig()
-        if strategy:
-            base = base.replace(strategy=strategy)
+        if wandb:
+            import importlib.util
+
+            if importlib.util.find_spec("wandb") is None:
+                raise DataError(None, "--wandb", "wandb is not installed: pip install 'dtwinseg[wandb]'")
+        base = reasoning_base(reasoning_config, format_from)
+        if format_name:
+            base = base.replace(format_name=format_name)
         cks = parse_checkpoints(list(checkpoint), base)
         opts = EvalOptions(limit=limit, shard=parse_shard(shard), batch_size=batch_size, worst_k=worst,
-                           strict=not lenient, wandb=wandb, restart=restart, retry_failed=retry_failed,
+                           strict=strict, wandb=wandb, restart=restart, retry_failed=retry_failed,
                            progress=progress)
         result = evaluate_shard(dataset, dt_cache, cks, out, opts, log=typer.echo)
         if result.metrics is not None:
@@ -124,7 +160,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Publish an adapter or a full fine-tune with a model card (base model, recipe without secrets, data,
         eval results) to the Hub. The token is read from HF_TOKEN (or the huggingface-hub login) and never printed."""
-        from dtwinseg.eval.publish import PublishError, publish
+        from dtwinseg.workflows.publish import PublishError, publish
 
         try:
             publish(adapter_dir, repo_id, private=private, dry_run=dry_run, metrics_path=metrics,

@@ -24,19 +24,38 @@ def debug_enabled() -> bool:
 
 class ErrorBoundary(TyperGroup):
     """The one place where bad input becomes one line: a DataError (ConfigError included: file, field, what
-    is wrong) or a missing file prints ``error: ...`` on stderr and exits 2; the traceback only in debug."""
+    is wrong) or a missing file prints ``error: ...`` on stderr and exits 2; an error of the machine (disk
+    full, read-only file system, permission, too many open files: any other OSError) prints one line naming
+    the path and exits 1. The traceback only in debug; no line shows a live secret."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from dtwinseg.cli.options import rewrite_deprecated
+
+        return super().parse_args(ctx, rewrite_deprecated(args, warn=lambda m: click.echo(m, err=True)))
 
     def invoke(self, ctx: click.Context) -> Any:
-        from dtwinseg.io import DataError
+        from dtwinseg.io import DataError, describe_os_error, escaped_surrogates
+        from dtwinseg.redaction import redact_text
 
+        escaped_before = escaped_surrogates()
         try:
             return super().invoke(ctx)
         except (DataError, FileNotFoundError) as e:
             if debug_enabled():
                 raise
-            msg = " ".join(str(e).split()) or type(e).__name__
+            msg = " ".join(redact_text(str(e)).split()) or type(e).__name__
             click.echo(f"error: {msg}", err=True)
             ctx.exit(2)
+        except OSError as e:
+            if debug_enabled():
+                raise
+            click.echo(f"error: {' '.join(redact_text(describe_os_error(e)).split())}", err=True)
+            ctx.exit(1)
+        finally:
+            if escaped_surrogates() > escaped_before:
+                click.echo(f"note: {escaped_surrogates() - escaped_before} lone surrogate character(s) (text "
+                           "that is not valid Unicode, e.g. undecodable bytes) were written escaped as \\udXXXX",
+                           err=True)
 
 
 app = typer.Typer(
@@ -47,6 +66,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals may hold API keys
     add_completion=False,
+    rich_markup_mode=None,  # help texts are plain text: [q_proj,v_proj] or [default: ...] stay as written
 )
 
 
@@ -76,7 +96,32 @@ for _module in (data, perception, sft, reasoning, evaluation, demo, table4):
     _module.register(app)
 
 
+class _SafeStream:
+    """A text stream that never raises on text it cannot encode (lone surrogates are written escaped) and
+    never shows a live secret (:mod:`dtwinseg.redaction`); everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
+
+    def write(self, text: str) -> int:
+        from dtwinseg.redaction import redact_text
+
+        self._stream.write(redact_text(text) if isinstance(text, str) else text)
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
+    import sys
+
+    sys.stdout, sys.stderr = _SafeStream(sys.stdout), _SafeStream(sys.stderr)
     app()
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import typer
+from dtwinseg.cli.options import progress_option, strict_option
 
 
 def build_dt_command(
@@ -28,13 +29,11 @@ def build_dt_command(
                             help="Override the config's VLM backend: none (proposals only, semantics filled "
                                  "later with --fill-semantics), openai, transformers."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N samples of the split."),
-    strict: bool = typer.Option(True, "--strict/--no-strict", " /--lenient",
-                                help="--no-strict (or --lenient) skips malformed annotation files (counted) instead of "
-                                     "stopping at the first one."),
+    strict: bool = strict_option(True, skipped="malformed annotation files"),
     fill_semantics: bool = typer.Option(False, "--fill-semantics",
                                         help="Second pass: read the twins a --vlm none run cached and write "
                                              "twins with VLM semantics (needs a VLM backend)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar with ETA."),
+    progress: bool = progress_option("Show the progress bar with ETA."),
     refill_fallbacks: bool = typer.Option(True, "--refill-fallbacks/--keep-fallbacks",
                                           help="Build again the cached twins whose VLM answers fell back "
                                                "(null content) so the VLM is asked again."),
@@ -50,6 +49,7 @@ def build_dt_command(
 
     from dtwinseg.io import DataError
     from dtwinseg.perception.builder import PerceptionConfig
+    from dtwinseg.runtime import LockError
 
     err = Console(stderr=True)
     try:
@@ -64,16 +64,28 @@ def build_dt_command(
                                  fill_semantics=fill_semantics, progress=progress,
                                  refill_fallbacks=refill_fallbacks)
     except (DataError, ValueError, FileNotFoundError) as e:
-        malformed_file = isinstance(e, DataError) and e.path and e.path != str(config) and Path(e.path).is_file()
+        malformed_file = (isinstance(e, DataError) and not isinstance(e, LockError) and e.path
+                          and e.path != str(config) and Path(e.path).is_file() and not _under(e.path, out))
         hint = " (use --lenient to skip malformed annotation files and count them)" if strict and malformed_file else ""
         err.print(f"[red]error:[/red] {escape(str(e))}{hint}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None  # bad input or config: the same exit code as every command
     typer.echo(json.dumps({"cache": str(cache.folder), **counts.to_dict()}, indent=2))
     if counts.failed:
-        err.print(f"[yellow]{counts.failed} sample(s) failed; see {escape(str(cache.failures_path))}[/yellow]")
+        err.print(f"[yellow]{counts.failed} of {counts.samples} sample(s) failed: their ids and errors are listed in "
+                  f"{escape(str(cache.failures_path))} (one JSON line each); a rerun retries them[/yellow]",
+                  highlight=False, soft_wrap=True)
     err.print(escape(counts.summary()), highlight=False, soft_wrap=True)
     if counts.all_failed:
         raise typer.Exit(1)
+
+
+def _under(path: str, folder: Path) -> bool:
+    """True when ``path`` lies inside ``folder`` (an output file, not an input annotation)."""
+    try:
+        Path(path).resolve().relative_to(folder.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 def register(app: typer.Typer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from dtwinseg.cli.options import format_option
 
 
 def register(app: typer.Typer) -> None:
@@ -20,8 +21,7 @@ def register(app: typer.Typer) -> None:
                                  "twin.json and reasoning.txt."),
         twin: Path | None = typer.Option(None, "--twin", help="Reuse a twin.json instead of running "
                                          "perception (then the config needs only a reasoning section)."),
-        strategy: str | None = typer.Option(None, "--strategy", help="Override the reasoning format: select, "
-                                            "sftdt, score, compact (any registered in dtwinseg.formats)."),
+        format_name: str | None = format_option(),
     ) -> None:
         """Segment one image for one query: perception -> Digital Twin -> LLM reasoning -> mask."""
         import numpy as np
@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         except OSError as e:
             raise DataError(image, None, f"cannot read the image ({e})") from e
         seg = Segmenter.from_config(config, with_perception=twin is None,
-                                    reasoning_overrides={"strategy": strategy} if strategy else None)
+                                    reasoning_overrides={"format_name": format_name} if format_name else None)
         if twin:
             tw = DigitalTwin.load(twin)
             if (tw.height, tw.width) != rgb.shape[:2]:

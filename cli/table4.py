@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from dtwinseg.cli.options import progress_option
 
 
 def table4(
@@ -28,7 +29,7 @@ def table4(
     oracle_only: bool = typer.Option(False, "--oracle-only", help="No reasoner: report only each perception "
                                      "row's oracle bound (best union of its twins' objects)."),
     limit: int = typer.Option(None, "--limit", help="Only the first N samples."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    progress: bool = progress_option("Show progress bars."),
 ) -> None:
     """Build and evaluate Table 4's rows and print the table (gIoU, cIoU, oracle bound, paper numbers)."""
     from dtwinseg.workflows.table4 import DEFAULT_MANIFEST, run_table4

@@ -10,7 +10,10 @@
   stable order, after ``limit``) is i modulo n, so N processes / machines split a dataset with no overlap
   and no gap.
 - A failing sample (unreadable image, VLM error after retries, bad instances) is recorded in the cache's
-  failures file and the run goes on; the counts are printed and written to the manifest.
+  failures file and the run goes on; the counts are printed and written to the manifest. The failures
+  file lists what is failing now: a sample that succeeds on a rerun leaves it, one that fails again keeps
+  only its latest line. A full disk, a read-only file system or too many open files is not a sample's
+  failure: the run stops with one line naming the path (``dtwinseg.io.OutputError``).
 - Two passes: ``vlm.backend: none`` caches proposals only (semantics ""); ``fill_semantics=True`` then
   reads those twins and writes twins with VLM semantics to the folder of the full config (marked
   ``semantics_pass: second``, since the granularity was not the VLM's).
@@ -27,10 +30,17 @@ from typing import Any
 from dtwinseg.data_builders.dt_cache import DTCache
 from dtwinseg.data_builders.registry import open_dataset
 
-from dtwinseg.io import atomic_write_json
+from dtwinseg.io import (
+    append_jsonl,
+    atomic_write_json,
+    is_fatal_os_error,
+    iter_jsonl,
+    remove_stale_temps,
+    write_jsonl,
+)
 from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder
 from dtwinseg.perception.prefetch import decode_rgb, prefetch
-from dtwinseg.runtime import RunLock, iter_positions, parse_shard, shard_indices, shard_suffix
+from dtwinseg.runtime import FileLock, RunLock, iter_positions, parse_shard, shard_indices, shard_suffix
 from dtwinseg.runtime import progress as show_progress
 
 __all__ = ["BuildCounts", "build_dt", "cache_config", "parse_shard", "proposals_only", "shard_indices"]
@@ -108,6 +118,9 @@ def build_dt(
     counts = BuildCounts(input_skipped=len(dataset.skipped))
     indices = shard_indices(len(dataset), shard, limit)
     with RunLock(cache.folder / f".lock{shard_suffix(shard)}", f"{cache.folder} (shard {shard[0]}/{shard[1]})"):
+        for folder in (cache.folder, cache.twins_dir):
+            remove_stale_temps(folder)  # left by a writer killed with -9 (only this tool's own temp files)
+        failures = FailureLog(cache)
         builder = builder or TwinBuilder(config)
 
         def prepare(item: tuple[int, Any]) -> tuple[str, Any, Any]:
@@ -128,10 +141,12 @@ def build_dt(
                                                      total=len(indices)):
             counts.samples += 1
             sid = f"#{idx}"
+            failures.seen(sid)
             try:
                 if isinstance(sample, Exception):
                     raise sample
                 sid = sample.id
+                failures.seen(sid)
                 if isinstance(prepared, Exception):  # the image could not be read or decoded
                     raise prepared
                 state, _, image = prepared
@@ -143,14 +158,51 @@ def build_dt(
                 twin = _build_one(builder, sample, sid, source, image)
                 cache.put(sid, twin)
             except Exception as e:  # noqa: BLE001 - one bad sample must not stop a long run
-                cache.record_failure(sid, f"{type(e).__name__}: {e}")
+                if is_fatal_os_error(e):  # disk full, read-only, too many open files: every sample would fail
+                    raise
+                failures.record(sid, f"{type(e).__name__}: {e}")
                 counts.failed += 1
                 continue
             counts.built += 1
             counts.granularity_fallbacks += int(bool(twin.provenance.get("granularity_fallback")))
             counts.semantic_fallbacks += int(twin.provenance.get("semantic_fallbacks", 0))
+        failures.prune()
         write_manifest(cache, counts, shard, dataset_spec)
     return cache, counts
+
+
+class FailureLog:
+    """The cache's failures file as this run maintains it: each failure appended at once (a killed run
+    keeps it), and at the end the lines of the samples this run handled replaced by this run's outcome
+    (gone when the sample now has its twin, the latest line when it failed again). Shards share the file
+    under a lock (``.failures.lock``)."""
+
+    def __init__(self, cache: DTCache):
+        self.cache = cache
+        self.lock = cache.folder / ".failures.lock"
+        self._seen: set[str] = set()
+        self._mine: set[tuple[str, float]] = set()
+
+    def seen(self, sample_id: str) -> None:
+        self._seen.add(sample_id)
+
+    def record(self, sample_id: str, error: str) -> None:
+        """Append one failure ({"id", "error", "time"}: the record DTCache.failures() reads)."""
+        rec = {"id": sample_id, "error": error, "time": time.time()}
+        with FileLock(self.lock):
+            append_jsonl(self.cache.failures_path, rec)
+        self._mine.add((sample_id, rec["time"]))
+
+    def prune(self) -> None:
+        """Drop the stale lines of the samples this run handled (the ones it did not write itself)."""
+        path = self.cache.failures_path
+        with FileLock(self.lock):
+            if not path.exists():
+                return
+            lines = list(iter_jsonl(path))
+            keep = [r for r in lines if r.get("id") not in self._seen or (r.get("id"), r.get("time")) in self._mine]
+            if len(keep) != len(lines):
+                write_jsonl(path, keep)
 
 
 def _build_one(builder: TwinBuilder, sample: Any, sid: str, source: DTCache | None, image: Any = None) -> Any:

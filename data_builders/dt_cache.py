@@ -31,6 +31,7 @@ from dtwinseg.io import (
     iter_jsonl,
     read_json,
     stable_hash,
+    utf8_bytes,
 )
 from dtwinseg.twin import DigitalTwin
 
@@ -40,7 +41,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 def sample_key(sample_id: str) -> str:
     """File-safe, collision-free name for a sample id: unsafe characters percent-encoded ("a/b" -> "a%2Fb"),
     and a long key cut to 200 bytes with a hash of the whole id (a 40-character CJK id encodes to 360)."""
-    key = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group(0).encode("utf-8")), sample_id)
+    key = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in utf8_bytes(m.group(0))), sample_id)
     return bounded_name(key if key not in ("", ".", "..") else f"%{key}")
 
 

@@ -21,7 +21,6 @@ Records whose ``match_iou`` is below ``min_iou`` are left out (the twin cannot e
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from dtwinseg.data_builders.evidence import Hop, ObjectFacts, generic_hops, object_facts, program_hops
+from dtwinseg.data_builders.reader_utils import read_json_fallback
 from dtwinseg.data_builders.segdt import SegDTRecord
 
 from dtwinseg.config import StrictConfig
@@ -235,18 +235,19 @@ def _program_path(twin: DigitalTwin, masks: np.ndarray, answer: list[int], facts
 
 
 def sample_program(sample: object) -> dict | None:
-    """The query program of a synthetic sample (``program`` in its annotation JSON), else None."""
+    """The query program of a synthetic sample (``program`` in its annotation JSON), else None.
+
+    The annotation is decoded as the dataset reader decodes it (a UTF-8 byte-order mark, cp1252:
+    :func:`data_builders.reader_utils.read_json_fallback`); one that cannot be read now is a DataError (the
+    sample is counted as failed), never a silent fallback to generic steps."""
     extra = getattr(sample, "extra", None) or {}
     if isinstance(extra.get("program"), dict):
         return extra["program"]
     path = extra.get("annotation")
     if not path:
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            program = json.load(f).get("program")
-    except (OSError, ValueError, AttributeError):
-        return None
+    data = read_json_fallback(path)
+    program = data.get("program") if isinstance(data, dict) else None
     return program if isinstance(program, dict) else None
 
 
@@ -275,12 +276,13 @@ def build_segdt(dataset_spec: str, dt_cache: str | os.PathLike, out: str | os.Pa
     from dtwinseg.data_builders.dt_cache import DTCache
     from dtwinseg.data_builders.registry import open_dataset
 
-    from dtwinseg.io import write_jsonl
+    from dtwinseg.io import remove_stale_temps, write_jsonl
 
     cfg = cfg or ProgrammaticConfig()
     cache = DTCache.open(dt_cache)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent)  # a killed earlier run's temporary records file (only the tool's own)
     cache_ref = os.path.relpath(cache.folder.resolve(), out.parent.resolve())
     dataset = open_dataset(dataset_spec, strict=strict)
     counts = {"samples": 0, "written": 0, "below_min_iou": 0, "missing_twin": 0, "failed": 0}

@@ -23,7 +23,7 @@ Schema (one JSON object per line)::
       "source": "programmatic",             # optional: who wrote the path (programmatic, human, teacher)
       "object_scores": {"0": 10, "1": 0}    # optional: per-object target scores 0-10 from ground-truth
                                             # overlap (dtwinseg.formats.score.overlap_scores), for the
-                                            # trainable Rea2Seg scorer (build-sft --strategy score)
+                                            # trainable Rea2Seg scorer (build-sft --format score)
     }
 
 Validation (:func:`load_records`) raises DataError naming the file, the line and the field for: a missing

@@ -1,7 +1,7 @@
 """Seg-DT records -> a tokenised SFTDT dataset with per-token loss weights (paper eq. 10).
 
-Each record becomes chat messages through a reasoning format (dtwinseg/formats/, ``strategy``: sftdt by
-default, score for the Rea2Seg scorer, ...): the format's prompt (system, user: query + JSON(D(0))) and
+Each record becomes chat messages through a reasoning format (dtwinseg/formats/, ``format_name``: sftdt
+by default, score for the Rea2Seg scorer, ...): the format's prompt (system, user: query + JSON(D(0))) and
 its target as the assistant message (the path + ``Answer: [...]``, or the score table). The conversation
 is rendered with the tokenizer's own chat template; a tokenizer without one uses the plain layout of
 :func:`dtwinseg.prompting.render_plain` followed by its EOS (or SEP) token. The format name and its
@@ -15,19 +15,26 @@ merging a quote and a digit counts as a decision token); a zero-width special to
 follows the prompt. Weights are ``[w_prompt, w_completion, w_decision, w_answer][kind]`` (defaults 0, 1,
 2, 4: method.md sec. 3); labels are -100 where the weight is 0.
 
-Over-long examples (``max_length`` tokens) never lose the answer. Truncation rule (``on_overflow:
-truncate_twin``, the default): remove from D(0), and from step 1 of the path, objects that step 1 drops
-(without a path: objects outside the answer), smallest area first, fewest removed that make the example
-fit (binary search); their spatial relations vanish with them (relations of the remaining objects are
-recomputed). An example that does not fit even then, or any over-long example under ``on_overflow:
-drop``, is dropped and counted. A record the format cannot use (e.g. malformed ``object_scores``) is
-counted as failed with its reason; the build goes on.
+Prompts: each example's prompt is :func:`dtwinseg.formats.base.fit_prompt` of the format, exactly as the
+reasoners build it at inference: fitted to the model's context (``format.context_tokens``, else the
+tokenizer's / model's own, else 32,768) less the answer's reserve, with tokens counted by this tokenizer
+on the chat text. Under that budget JSON(D) first loses relations, then number precision, and only past
+the context objects (smallest first): they are left out of the prompt and of the path (counted per row
+as ``removed_objects`` and in the stats as ``objects_dropped``); an example whose answer lost an object
+is skipped (``answer_dropped``). The same twin and query give the same prompt here and at inference, byte
+for byte. An example longer than ``max_length`` after that (the target outgrew its reserve, or
+``max_length`` is below the context) is dropped and counted (``dropped_too_long``), never shortened: a
+prompt shortened only for training would differ from the one the model is asked at inference. A record
+the format cannot use (e.g. malformed ``object_scores``) is counted as failed with its reason; the build
+goes on.
 
 A per-object format (the compact format's ``target: object``) writes one example per twin object instead
 (id ``<record id>#<object id>``); one over ``max_length`` is dropped and counted.
 
-Dataset columns: ``id`` (str), ``input_ids``, ``labels`` (int), ``loss_weights`` (float32),
-``token_kinds`` (int8; lets the trainer re-weight without re-tokenising), ``removed_objects`` (int).
+Dataset columns: ``id`` (str), ``messages`` (the conversation as ``[{"role", "content"}]``: the readable
+text the tokens encode, for people and Hub viewers; the trainer reads the tokens), ``input_ids``,
+``labels`` (int), ``loss_weights`` (float32), ``token_kinds`` (int8; lets the trainer re-weight without
+re-tokenising), ``removed_objects`` (int).
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import numpy as np
 from dtwinseg.data_builders.segdt import SegDTRecord
 
 from dtwinseg.base_models import resolve_model_path
-from dtwinseg.config import StrictConfig
+from dtwinseg.config import StrictConfig, build_dataclass
 from dtwinseg.formats import (
     DEFAULT_LOSS_WEIGHTS,
     FormatConfig,
@@ -52,46 +59,75 @@ from dtwinseg.formats import (
     ReasoningFormat,
     Target,
     build_format,
+    read_format_spec,
     save_format,
 )
-from dtwinseg.formats.base import ANSWER, COMPLETION, DECISION, PROMPT
+from dtwinseg.formats.base import (
+    ANSWER,
+    COMPLETION,
+    DECISION,
+    DEFAULT_CONTEXT_TOKENS,
+    PROMPT,
+    fit_prompt,
+    model_context_length,
+    nest_format_name,
+)
 from dtwinseg.formats.sftdt import PathStep, ReasoningPath
 from dtwinseg.io import DataError, atomic_write_json
-from dtwinseg.prompting import render_plain
+from dtwinseg.prompting import chat_prompt, render_plain
 from dtwinseg.runtime import progress as show_progress
 from dtwinseg.spatial import SpatialConfig
-from dtwinseg.twin import DigitalTwin
 
 
 @dataclass
 class SFTDatasetConfig(StrictConfig):
     """How records become token sequences.
 
-    max_length: longest example in tokens (None: no limit). Default 4096 fits a 150-object twin of the
-        default compact format with a Llama-3 tokenizer.
-    on_overflow: "truncate_twin" (remove step-1-dropped objects, smallest first, see module doc) or "drop".
+    max_length: longest example in tokens; longer ones are dropped and counted (module doc). None (the
+        default): the context the prompts are fitted to; 0: no limit.
+    on_overflow: "drop" (the only behaviour; "truncate_twin" is read as a deprecated alias: removing objects
+        for training alone made training prompts differ from inference prompts, see the module doc).
     w_prompt, w_completion, w_decision, w_answer: loss weight per token kind (defaults 0, 1, 2, 4:
         dtwinseg.formats.LossWeights, method.md sec. 3).
-    strategy: the reasoning format (dtwinseg.formats: "sftdt" paths, "score" tables, ...).
+    format_name: the reasoning format's name (dtwinseg.formats: "sftdt" paths, "score" tables, ...).
     format: its FormatConfig (system prompt, spatial text, include_spatial, reasoning, ...), saved with
-        the dataset as format.json; a dict is read strictly.
+        the dataset as format.json; a dict is read strictly. In a YAML file both are ``format: NAME`` or
+        ``format: {name: NAME, <FormatConfig fields>}`` (dtwinseg.formats.read_format_spec; ``strategy:``
+        read as the name's deprecated alias).
     """
 
-    max_length: int | None = 4096
-    on_overflow: str = "truncate_twin"
+    max_length: int | None = None
+    on_overflow: str = "drop"
     w_prompt: float = DEFAULT_LOSS_WEIGHTS.prompt
     w_completion: float = DEFAULT_LOSS_WEIGHTS.completion
     w_decision: float = DEFAULT_LOSS_WEIGHTS.decision
     w_answer: float = DEFAULT_LOSS_WEIGHTS.answer
-    strategy: str = "sftdt"
+    format_name: str = "sftdt"
     format: FormatConfig = field(default_factory=FormatConfig)
 
     def __post_init__(self) -> None:
         if self.on_overflow not in ("truncate_twin", "drop"):
-            raise ValueError(f"on_overflow must be 'truncate_twin' or 'drop', got {self.on_overflow!r}")
+            raise ValueError(f"on_overflow must be 'drop' (or its deprecated alias 'truncate_twin'), got "
+                             f"{self.on_overflow!r}")
+        if self.max_length is not None and int(self.max_length) < 0:
+            raise ValueError(f"max_length must be >= 0 (0: no limit), got {self.max_length}")
         if not isinstance(self.format, FormatConfig):
             self.format = FormatConfig.from_dict(self.format)
-        build_format(self.strategy, self.format)  # unknown name / options: DataError now, not mid-build
+        build_format(self.format_name, self.format)  # unknown name / options: DataError now, not mid-build
+
+    @classmethod
+    def from_dict(cls, d: Any, *, path: str | os.PathLike | None = None) -> SFTDatasetConfig:
+        """Strict (dtwinseg.config), the format named as ``format: NAME`` or ``format: {name: NAME, ...}``."""
+        if d is not None and not isinstance(d, dict):
+            raise DataError(path, None, f"expected a mapping, got {type(d).__name__}")
+        spec = read_format_spec(d or {}, path)
+        if spec.get("format") is None:
+            spec.pop("format", None)
+        return build_dataclass(cls, spec, path, cls.SECTION)
+
+    def to_dict(self) -> dict:
+        """Plain dict, the format as ``format: {name: NAME, <its options>}`` (what :meth:`from_dict` reads)."""
+        return nest_format_name(super().to_dict())
 
     @property
     def loss_weights(self) -> LossWeights:
@@ -106,7 +142,7 @@ class SFTDatasetConfig(StrictConfig):
         return self.format.spatial
 
     def reasoning_format(self) -> ReasoningFormat:
-        return build_format(self.strategy, self.format)
+        return build_format(self.format_name, self.format)
 
 
 
@@ -118,6 +154,28 @@ def load_tokenizer(path_or_id: str) -> Any:
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"{path_or_id}: a fast tokenizer is needed (offset mappings); got {type(tok).__name__}")
     return tok
+
+
+def tokenizer_context(tokenizer: Any, path_or_id: str | None = None) -> int | None:
+    """The model's context as the reasoners read it (dtwinseg.formats.base.model_context_length): the
+    tokenizer's ``model_max_length``, else the config beside it (``path_or_id``), else None."""
+    config = None
+    if path_or_id is not None and model_context_length(tokenizer) is None:
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(resolve_model_path(path_or_id))
+        except Exception:  # noqa: BLE001 - a tokenizer-only folder has no config
+            config = None
+    return model_context_length(tokenizer, config)
+
+
+def prompt_counter(tokenizer: Any) -> Any:
+    """Tokens of a conversation's prompt as the model sees it (chat template, else the plain layout): what
+    :func:`fit_prompt` counts, here and in the transformers backend."""
+    def count(messages: list[dict]) -> int:
+        return len(tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
+    return count
 
 
 # --- one conversation -> tokens ------------------------------------------------------------------------
@@ -168,16 +226,13 @@ def record_target(record: SegDTRecord) -> Target:
     scores = record.extra.get("object_scores")
     if scores is not None and not isinstance(scores, dict):
         raise DataError(None, "object_scores", "expected {\"<id>\": score}")
-    return Target(answer=list(record.path.answer), path=record.path, scores=scores)
+    return Target(answer=list(record.path.answer), path=record.path, scores=scores, query=record.query)
 
 
-def encode_messages(tokenizer: Any, twin: DigitalTwin, query: str, target: Target | ReasoningPath,
-                    cfg: SFTDatasetConfig, fmt: ReasoningFormat | None = None) -> tuple[list[int], np.ndarray]:
-    """Token ids and kinds of one example (no length check): the format's prompt + its target."""
-    fmt = fmt or cfg.reasoning_format()
-    if isinstance(target, ReasoningPath):
-        target = Target(answer=list(target.answer), path=target)
-    return tokenize_completion(tokenizer, fmt.messages(twin, query), fmt.target(twin, target))
+def conversation(messages: list[dict], completion: Any) -> list[dict]:
+    """The ``messages`` column: the prompt's messages and the completion as the assistant turn."""
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages] + \
+        [{"role": "assistant", "content": completion.text}]
 
 
 def tokenize_completion(tokenizer: Any, messages: list[dict], completion: Any) -> tuple[list[int], np.ndarray]:
@@ -186,100 +241,98 @@ def tokenize_completion(tokenizer: Any, messages: list[dict], completion: Any) -
                                  completion.decision_spans, completion.answer_spans)
 
 
-def dataset_row(row_id: str, ids: list[int], kinds: np.ndarray, cfg: SFTDatasetConfig, removed: int = 0) -> dict:
+def dataset_row(row_id: str, ids: list[int], kinds: np.ndarray, cfg: SFTDatasetConfig, removed: int = 0,
+                messages: list[dict] | None = None) -> dict:
     """One dataset row: weights from the token kinds, labels -100 where the weight is 0."""
     weights = cfg.kind_weights[kinds.astype(np.int64)]
     labels = [t if w > 0 else -100 for t, w in zip(ids, weights, strict=True)]
-    return {"id": row_id, "input_ids": ids, "labels": labels, "loss_weights": weights.tolist(),
-            "token_kinds": kinds.tolist(), "removed_objects": removed}
+    return {"id": row_id, "messages": messages or [], "input_ids": ids, "labels": labels,
+            "loss_weights": weights.tolist(), "token_kinds": kinds.tolist(), "removed_objects": removed}
 
 
-def _without(twin: DigitalTwin, target: Target, remove: set[int]) -> tuple[DigitalTwin, Target]:
-    objs = [o for o in twin.objects if o.id not in remove]
-    small = DigitalTwin(twin.image_id, twin.height, twin.width, twin.granularity, objs, twin.query,
-                        twin.provenance)
+class AnswerDropped(Exception):
+    """The prompt had to leave out an object of the answer: the example cannot be trained on."""
+
+
+def _shown_target(target: Target, shown: set[int]) -> Target:
+    """The target over the objects a fitted prompt shows: every path step and the scores keep only them."""
+    if not set(int(i) for i in target.answer) <= shown:
+        raise AnswerDropped
     path = target.path
     if path is not None:
-        first = PathStep({i: d for i, d in path.steps[0].decisions.items() if i not in remove})
-        path = ReasoningPath([first, *path.steps[1:]], list(path.answer))
-    scores = None if target.scores is None else {k: v for k, v in target.scores.items()
-                                                 if str(k) not in {str(i) for i in remove}}
-    return small, Target(list(target.answer), path, scores)
-
-
-def _removable(twin: DigitalTwin, target: Target) -> list[int]:
-    """Objects an over-long example may lose, smallest first: dropped at step 1 (else not in the answer)."""
-    areas = {o.id: o.area for o in twin.objects}
-    if target.path is not None and target.path.steps:
-        ids = target.path.steps[0].dropped
-    else:
-        ids = [i for i in twin.ids if i not in set(target.answer)]
-    return sorted(ids, key=lambda i: (areas[i], i))
+        steps = [PathStep({i: d for i, d in st.decisions.items() if i in shown}) for st in path.steps]
+        path = ReasoningPath(steps, list(path.answer))
+    scores = None if target.scores is None else {k: v for k, v in target.scores.items() if int(k) in shown}
+    return Target(list(target.answer), path, scores, target.query)
 
 
 def encode_record(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig,
-                  fmt: ReasoningFormat | None = None) -> dict | None:
-    """One dataset row, or None when the example cannot fit ``max_length`` (see the truncation rule).
+                  fmt: ReasoningFormat | None = None, context: int | None = None) -> dict | None:
+    """One dataset row (prompt fitted as at inference: see the module doc), or None when it is longer than
+    ``max_length``. ``context``: the model's context (None: the format's ``context_tokens``, else this
+    tokenizer's, else 32,768). Raises AnswerDropped when the fitted prompt lost an answer object, and
     DataError when the format cannot use the record (e.g. malformed ``object_scores``)."""
     fmt = fmt or cfg.reasoning_format()
-    twin, target = record.twin, record_target(record)
-    ids, kinds = encode_messages(tokenizer, twin, record.query, target, cfg, fmt)
-    removed = 0
-    if cfg.max_length is not None and len(ids) > cfg.max_length:
-        if cfg.on_overflow == "drop":
-            return None
-        removable = _removable(twin, target)
-        lo, hi, best = 1, len(removable), None
-        while lo <= hi:  # fewest removed objects that fit
-            k = (lo + hi) // 2
-            t2, p2 = _without(twin, target, set(removable[:k]))
-            cand = encode_messages(tokenizer, t2, record.query, p2, cfg, fmt)
-            if len(cand[0]) <= cfg.max_length:
-                best, hi = (k, cand), k - 1
-            else:
-                lo = k + 1
-        if best is None:
-            return None
-        removed, (ids, kinds) = best
-    return dataset_row(record.id, ids, kinds, cfg, removed)
+    context = context or fmt.config.context_tokens or model_context_length(tokenizer) or DEFAULT_CONTEXT_TOKENS
+    fitted = fit_prompt(fmt, record.twin, record.query, context=context, count=prompt_counter(tokenizer))
+    target = record_target(record)
+    if fitted.dropped:
+        target = _shown_target(target, set(fitted.twin.ids))
+    completion = fitted.format.target(fitted.twin, target)
+    ids, kinds = tokenize_completion(tokenizer, fitted.messages, completion)
+    limit = context if cfg.max_length is None else cfg.max_length
+    if limit and len(ids) > limit:
+        return None
+    return dataset_row(record.id, ids, kinds, cfg, fitted.objects_dropped, conversation(fitted.messages, completion))
 
 
 def encode_object_rows(record: SegDTRecord, tokenizer: Any, cfg: SFTDatasetConfig,
-                       fmt: ReasoningFormat) -> tuple[list[dict], int]:
+                       fmt: ReasoningFormat, context: int | None = None) -> tuple[list[dict], int]:
     """Rows of a per-object format (``fmt.per_object``: one example per twin object, id ``<record>#<object>``)
     and how many were over ``max_length`` (dropped: the twin is not truncated for them)."""
     rows, dropped = [], 0
-    for obj, messages, completion in fmt.object_examples(record.twin, record.query, record_target(record)):  # type: ignore[attr-defined]
+    for obj, messages, completion in fmt.object_examples(record.twin, record.query, record_target(record)):
         ids, kinds = tokenize_completion(tokenizer, messages, completion)
-        if cfg.max_length is not None and len(ids) > cfg.max_length:
+        limit = cfg.max_length if cfg.max_length is not None else context
+        if limit and len(ids) > limit:
             dropped += 1
             continue
-        rows.append(dataset_row(f"{record.id}#{obj}", ids, kinds, cfg))
+        rows.append(dataset_row(f"{record.id}#{obj}", ids, kinds, cfg, messages=conversation(messages, completion)))
     return rows, dropped
 
 
 def build_sft_dataset(records: Iterable[SegDTRecord], tokenizer: Any, cfg: SFTDatasetConfig | None = None,
-                      *, progress: bool = False, total: int | None = None) -> tuple[Any, dict]:
-    """(``datasets.Dataset``, stats) for the records; stats count written, truncated and dropped examples."""
+                      *, progress: bool = False, total: int | None = None,
+                      context: int | None = None) -> tuple[Any, dict]:
+    """(``datasets.Dataset``, stats) for the records. Stats: examples written; ``truncated_twin`` (examples
+    whose prompt left objects out) and ``objects_dropped`` (how many in all); ``answer_dropped`` (skipped:
+    an answer object left out); ``dropped_too_long``; ``failed``; ``context`` (what prompts were fitted to).
+    ``context``: the model's context (None: the format's ``context_tokens``, else the tokenizer's)."""
     from datasets import Dataset, Features, Sequence, Value
 
     cfg = cfg or SFTDatasetConfig()
     fmt = cfg.reasoning_format()
-    per_object = bool(getattr(fmt, "per_object", False))
+    context = context or fmt.config.context_tokens or model_context_length(tokenizer) or DEFAULT_CONTEXT_TOKENS
+    per_object = fmt.per_object
     rows: list[dict] = []
-    stats: dict[str, Any] = {"records": 0, "examples": 0, "truncated_twin": 0, "dropped_too_long": 0,
-                             "failed": 0, "dropped_ids": [], "failures": []}
+    stats: dict[str, Any] = {"records": 0, "examples": 0, "truncated_twin": 0, "objects_dropped": 0,
+                             "answer_dropped": 0, "dropped_too_long": 0, "failed": 0, "context": int(context),
+                             "dropped_ids": [], "failures": []}
     for rec in show_progress(records, "tokenising", progress, total):
         stats["records"] += 1
         try:
             if per_object:
-                obj_rows, dropped = encode_object_rows(rec, tokenizer, cfg, fmt)
+                obj_rows, dropped = encode_object_rows(rec, tokenizer, cfg, fmt, context)
                 rows.extend(obj_rows)
                 stats["dropped_too_long"] += dropped
                 if dropped:
                     stats["dropped_ids"].append(rec.id)
                 continue
-            row = encode_record(rec, tokenizer, cfg, fmt)
+            row = encode_record(rec, tokenizer, cfg, fmt, context)
+        except AnswerDropped:
+            stats["answer_dropped"] += 1
+            stats["dropped_ids"].append(rec.id)
+            continue
         except DataError as e:  # one unusable record never stops the build
             stats["failed"] += 1
             stats["failures"].append({"id": rec.id, "error": f"field '{e.field}': {e.message}"})
@@ -289,12 +342,15 @@ def build_sft_dataset(records: Iterable[SegDTRecord], tokenizer: Any, cfg: SFTDa
             stats["dropped_ids"].append(rec.id)
             continue
         stats["truncated_twin"] += int(row["removed_objects"] > 0)
+        stats["objects_dropped"] += int(row["removed_objects"])
         rows.append(row)
     stats["examples"] = len(rows)
     lengths = [len(r["input_ids"]) for r in rows]
     stats["max_tokens"] = max(lengths, default=0)
     stats["mean_tokens"] = float(np.mean(lengths)) if lengths else 0.0
-    features = Features({"id": Value("string"), "input_ids": Sequence(Value("int32")),
+    features = Features({"id": Value("string"),
+                         "messages": [{"role": Value("string"), "content": Value("string")}],
+                         "input_ids": Sequence(Value("int32")),
                          "labels": Sequence(Value("int32")), "loss_weights": Sequence(Value("float32")),
                          "token_kinds": Sequence(Value("int8")), "removed_objects": Value("int32")})
     empty = {k: [] for k in features}
@@ -312,7 +368,7 @@ def save_dataset(ds: Any, out: str | os.PathLike, meta: dict, cfg: SFTDatasetCon
         ds.save_to_disk(str(tmp / "data"))
         atomic_write_json(tmp / "data" / "build.json", meta)
         if cfg is not None:
-            save_format(tmp / "data", cfg.strategy, cfg.format)
+            save_format(tmp / "data", cfg.format_name, cfg.format)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -324,3 +380,57 @@ def save_dataset(ds: Any, out: str | os.PathLike, meta: dict, cfg: SFTDatasetCon
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+# --- the Hub: push a built dataset, train from a pushed one ---------------------------------------------
+HUB_FILES = ("format.json", "build.json")  # pushed next to the data: format.json is what inference checks
+
+
+def push_dataset(ds: Any, folder: str | os.PathLike, repo_id: str, *, private: bool, api: Any = None) -> None:
+    """Push a build-sft dataset to the Hub dataset repository ``repo_id`` (created ``private`` or public),
+    with its ``format.json`` and ``build.json``, so a recipe can train from ``data.train: repo_id`` and
+    inference can check the format. The token comes from HF_TOKEN or the login cache."""
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=os.environ.get("HF_TOKEN") or None)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    ds.push_to_hub(repo_id, private=private, token=getattr(api, "token", None))
+    for name in HUB_FILES:
+        path = Path(folder) / name
+        if path.is_file():
+            api.upload_file(path_or_fileobj=str(path), path_in_repo=name, repo_id=repo_id, repo_type="dataset",
+                            commit_message=f"dtwinseg build-sft: {name}")
+
+
+def dataset_folder(name: str | os.PathLike, field: str = "data.train") -> Path:
+    """The local folder of a training dataset: ``name`` itself when it is a folder, else a Hub dataset id
+    ``ORG/NAME`` downloaded (or found in the Hugging Face cache; HF_HUB_OFFLINE is respected). DataError
+    naming ``field`` when it is neither."""
+    from dtwinseg.base_models import is_hub_id
+
+    if Path(name).is_dir() or not is_hub_id(str(name)):
+        return Path(name)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name), repo_type="dataset"))
+    except Exception as e:  # noqa: BLE001 - offline and not cached, no such repository, gated, network
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        why = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if offline else
+               f"it cannot be downloaded: {' '.join(str(e).split())[:200]}")
+        raise DataError(name, field, f"not found: not a folder written by dtwinseg build-sft, nor a Hub dataset "
+                        f"id ({why})") from None
+
+
+def load_sft_dataset(folder: str | os.PathLike) -> Any:
+    """A build-sft dataset from its folder: ``save_to_disk``'s layout, or a Hub snapshot (parquet files)."""
+    from datasets import load_dataset, load_from_disk
+
+    folder = Path(folder)
+    if (folder / "dataset_info.json").is_file() or (folder / "state.json").is_file():
+        return load_from_disk(str(folder))
+    shards = sorted(str(p) for p in folder.glob("data/train-*.parquet"))  # Dataset.push_to_hub's layout
+    if shards:
+        return load_dataset("parquet", data_files={"train": shards}, split="train")
+    return load_dataset(str(folder), split="train")

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from dtwinseg.io import DataError, YAML12Loader, load_yaml
+from dtwinseg.io import DataError, YAMLBudgetError, load_yaml, parse_yaml
 
 REDACTED = "<redacted>"
 SECRET_KEYS = frozenset({
@@ -80,10 +80,19 @@ def secret_paths(obj: Any, prefix: str = "") -> list[str]:
 
 
 # --- YAML with YAML 1.2 scalars (the loader lives in dtwinseg.io) -------------------------------------
-def parse_scalar(text: str) -> Any:
-    """An override's value as YAML 1.2 (``[a, b]``, ``{k: v}``, ``null``, ``1e-4``; ``no`` stays a string)."""
+MAX_OVERRIDE_CHARS = 100_000
+
+
+def parse_scalar(text: str, field: str | None = None) -> Any:
+    """An override's value as YAML 1.2 (``[a, b]``, ``{k: v}``, ``null``, ``1e-4``; ``no`` stays a string),
+    through the one budgeted parser (:func:`dtwinseg.io.parse_yaml`): an alias bomb or an oversized value
+    is a ConfigError naming ``field``, never a hang."""
+    if len(text) > MAX_OVERRIDE_CHARS:
+        raise ConfigError("override", field, f"value longer than {MAX_OVERRIDE_CHARS:,} characters")
     try:
-        return yaml.load(text, Loader=YAML12Loader)  # noqa: S506 - a SafeLoader subclass
+        return parse_yaml(text)
+    except YAMLBudgetError as e:
+        raise ConfigError("override", field, f"refused: the YAML {e}") from None
     except yaml.YAMLError:
         return text
 
@@ -315,7 +324,7 @@ def _accepts(hint: Any, kinds: tuple[type, ...]) -> bool:
 
 def convert_text(text: str, hint: Any, where: tuple[str | None, str] = (None, "")) -> Any:
     """A ``key=value`` override's text converted by the field's type (``1e-4`` float, ``no`` the string)."""
-    parsed = parse_scalar(text)
+    parsed = parse_scalar(text, where[1] or None)
     numeric = isinstance(parsed, int | float) and not isinstance(parsed, bool)
     if numeric and _accepts(hint, (str,)) and not _accepts(hint, (int, float)):
         return text  # a string field keeps what was typed ("007", "1e-4")

@@ -9,8 +9,10 @@ or errors in input order. :class:`EndpointConfig` is the one set of endpoint set
 names, deadline, retries, concurrency) that every API backend builds from its user config.
 
 The API key is read from the environment (the first non-empty variable of ``api_key_envs``) each time it
-is needed: it is never an attribute, never in ``repr``, and is replaced by ``***`` in every log line and
-error message. Users: :class:`dtwinseg.perception.vlm.OpenAIVLM` and
+is needed: it is never an attribute, never in ``repr``, and every form of it (raw, escaped, URL-encoded,
+quoted: :mod:`dtwinseg.redaction`) is replaced by ``***`` in every log line, error message and answer (a
+server that echoes the key in a 200 answer does not put it into predictions or twins). A key with a
+control character (a newline pasted with it) is refused before any request, without showing it. Users: :class:`dtwinseg.perception.vlm.OpenAIVLM` and
 :class:`dtwinseg.reasoning.backends.OpenAIBackend`.
 """
 
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dtwinseg.io import DataError
+from dtwinseg.redaction import redact_text, register_secret_env
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,8 @@ class ChatCompletionsError(RuntimeError):
 
     Attributes:
         kind: "http" (a non-200 status), "network" (timeout / connection error), "malformed" (a 200 whose
-            body is not a chat-completions answer) or "no_content" (the answer's content is null).
+            body is not a chat-completions answer), "no_content" (the answer's content is null) or "config"
+            (the API key variable holds something no request can carry).
         status: the HTTP status for "http", else None.
         cause: short, secret-free reason: the exception type name ("network", "malformed") or
             "null content"; "" for "http".
@@ -141,6 +145,10 @@ class EndpointConfig:
     jitter: tuple[float, float] = (0.5, 1.0)
     concurrency: int = 8
 
+    def __post_init__(self) -> None:
+        for name in self.api_key_envs:  # their values are secrets wherever they would be written
+            register_secret_env(name)
+
     @classmethod
     def from_fields(cls, config: Any, *, extra_key_envs: Sequence[str] = (), **policy: Any) -> EndpointConfig:
         """The endpoint a user config describes with :data:`ENDPOINT_FIELDS` (``max_concurrency`` is read
@@ -183,10 +191,23 @@ class ChatCompletionsClient:
     def _api_key(self) -> str:
         return next((v for v in (os.environ.get(n, "") for n in self.config.api_key_envs) if v), "")
 
+    def _key_variable(self) -> str:
+        return next((n for n in self.config.api_key_envs if os.environ.get(n)), "")
+
     def redact(self, text: str) -> str:
-        """``text`` with the current API key replaced by ``***``."""
+        """``text`` with every form of the current API key (and of any live secret) replaced by ``***``."""
         key = self._api_key()
-        return text.replace(key, "***") if key else text
+        return redact_text(text, [key] if key else None)
+
+    def check_key(self) -> None:
+        """ChatCompletionsError ("config") when the key holds a character no HTTP header may carry (a
+        newline pasted with it, ...): named by its variable, never shown."""
+        key = self._api_key()
+        bad = next((c for c in key if ord(c) < 0x20 or ord(c) == 0x7F or ord(c) > 0xFF), None)
+        if bad is not None:
+            what = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}.get(bad, f"character U+{ord(bad):04X}")
+            raise self._fail("config", f"the API key in ${self._key_variable()} contains {what}; set the "
+                                       "variable to the key alone", cause="bad key")
 
     def _count(self, what: str) -> None:
         with self._lock:
@@ -251,6 +272,7 @@ class ChatCompletionsClient:
 
         Raises ChatCompletionsError once retries are used up, on a non-retryable status, or on a body that
         is not a chat-completions answer."""
+        self.check_key()
         data = json.dumps({"model": self.config.model, "messages": messages, **params}).encode("utf-8")
         for attempt in range(max(0, self.config.max_retries) + 1):
             self._count("requests")
@@ -263,8 +285,8 @@ class ChatCompletionsClient:
             else:
                 if status == 200:
                     return self._answer(body)
-                kind, cause = "http", ""
-                detail = f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
+                kind, cause = "http", ""  # redacted whole, then cut: a cut never leaves part of a key
+                detail = f"HTTP {status}: {self.redact(body[:65536].decode('utf-8', 'replace'))[:200]}"
                 if status not in RETRY_STATUS:
                     raise self._fail(kind, detail, status=status)
             if attempt < self.config.max_retries:
@@ -288,7 +310,7 @@ class ChatCompletionsClient:
         if not isinstance(content, str):
             raise self._fail("malformed", "not a chat-completions answer (TypeError)", cause="TypeError")
         finish = choice.get("finish_reason") if isinstance(choice, dict) else None
-        return ChatAnswer(content, finish if isinstance(finish, str) else None)
+        return ChatAnswer(self.redact(content), finish if isinstance(finish, str) else None)
 
     def complete_many(self, conversations: Sequence[Messages], **params: Any) -> list[str | ChatCompletionsError]:
         """``complete`` for each conversation on at most ``concurrency`` threads; answers and errors come

@@ -4,8 +4,8 @@ A pipeline YAML has two sections::
 
     perception:   # dtwinseg.perception.builder.PerceptionConfig (SAM checkpoint, VLM, thresholds)
       ...
-    reasoning:    # dtwinseg.reasoning.ReasoningConfig (strategy, backend, model / adapter, ...)
-      strategy: select
+    reasoning:    # dtwinseg.reasoning.ReasoningConfig (format, backend, model / adapter, ...)
+      format: select
       backend: openai
       model: gpt-4o
 
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dtwinseg.io import DataError, atomic_write_bytes, atomic_write_text, load_yaml
+from dtwinseg.io import DataError, atomic_write_bytes, encode_text, load_yaml, remove_stale_temps, valid_text
 from dtwinseg.reasoning import Reasoner, ReasoningConfig, ReasoningOutput, build_reasoner
 from dtwinseg.twin import DigitalTwin
 
@@ -43,33 +43,40 @@ class Segmentation:
     mask: np.ndarray
 
     def save(self, out: str | os.PathLike, image: np.ndarray | None = None) -> dict[str, Path]:
-        """Write mask.png, overlay.png, twin.json and reasoning.txt under ``out`` (atomically)."""
+        """Write twin.json, reasoning.txt, overlay.png and mask.png under ``out`` (each atomically).
+
+        Every file's content is rendered before the first is written (text of any str: secrets redacted,
+        lone surrogates escaped; :func:`dtwinseg.io.encode_text`), and mask.png, the result, is written last:
+        a failure leaves either the earlier result untouched or a complete new one, never a mask without
+        its twin."""
         import io
 
-        from dtwinseg.visualize import mask_png, render_overlay
+        from dtwinseg.redaction import redact_text
+        from dtwinseg.visualize import mask_png, render_overlay, segment_caption
 
-        out = Path(out)
-        files: dict[str, Path] = {}
-
-        def png(name: str, img: Any) -> None:
+        def png(img: Any) -> bytes:
             buf = io.BytesIO()
             img.save(buf, format="PNG")
-            files[name] = atomic_write_bytes(out / name, buf.getvalue())
+            return buf.getvalue()
 
-        png("mask.png", mask_png(self.mask))
-        base = image if image is not None else np.full((self.twin.height, self.twin.width, 3), 128, np.uint8)
-        png("overlay.png", render_overlay(base, self.twin, self.output.ids))
-        files["twin.json"] = self.twin.save(out / "twin.json")
         p = self.output.parse
-        lines = [f"query: {self.twin.query}", f"strategy: {self.output.strategy}", f"ids: {self.output.ids}",
+        lines = [f"query: {self.twin.query}", f"format: {self.output.format_name}", f"ids: {self.output.ids}",
                  f"parse: {p.status}" + (f" ({'; '.join(p.notes)})" if p.notes else "")]
         if self.output.scores is not None:
             lines.append(f"scores: {self.output.scores}")
         if self.output.error:
             lines.append(f"error: {self.output.error}")
         lines += ["", "--- model output ---", self.output.text]
-        files["reasoning.txt"] = atomic_write_text(out / "reasoning.txt", "\n".join(lines) + "\n")
-        return files
+        base = image if image is not None else np.full((self.twin.height, self.twin.width, 3), 128, np.uint8)
+        caption = valid_text(redact_text(segment_caption(self.twin.query or "", self.output.ids, p.status)))
+        contents = {"twin.json": encode_text(self.twin.to_json() + "\n"),
+                    "reasoning.txt": encode_text("\n".join(lines) + "\n"),
+                    "overlay.png": png(render_overlay(base, self.twin, self.output.ids, caption=caption)),
+                    "mask.png": png(mask_png(self.mask))}
+        out = Path(out)
+        remove_stale_temps(out)
+        written = {name: atomic_write_bytes(out / name, data) for name, data in contents.items()}
+        return {name: written[name] for name in ("mask.png", "overlay.png", "twin.json", "reasoning.txt")}
 
 
 class Segmenter:
@@ -85,7 +92,7 @@ class Segmenter:
         """Build from a pipeline YAML (sections ``perception`` and ``reasoning``, e.g. recipes/pipeline/).
 
         ``with_perception=False`` builds the reasoning stage only (for prebuilt twins); ``reasoning_overrides``
-        replaces fields of the reasoning section (e.g. ``{"strategy": "sftdt"}``)."""
+        replaces fields of the reasoning config (e.g. ``{"format_name": "sftdt"}``)."""
         data = load_yaml(path)
         data = {k: pipeline_section(v, path, k) if k in ("perception", "reasoning") else v for k, v in data.items()}
         if not isinstance(data.get("reasoning"), dict):
@@ -101,7 +108,9 @@ class Segmenter:
         return cls(perception, build_reasoner(reasoning))
 
     def segment_twin(self, twin: DigitalTwin, query: str) -> Segmentation:
-        out = self.reasoner.reason([(twin, query)])[0]
+        """Reason over ``twin`` for ``query`` (the model reads it as valid Unicode: :func:`dtwinseg.io.valid_text`;
+        the twin keeps the query as given)."""
+        out = self.reasoner.reason([(twin, valid_text(query))])[0]
         return Segmentation(twin, out, twin.union(out.ids))
 
     def segment(self, image: Any, query: str, image_id: str = "image") -> Segmentation:

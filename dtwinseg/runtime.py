@@ -12,12 +12,15 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import socket
+import subprocess
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dtwinseg.io import DataError
+from dtwinseg.io import DataError, pid_alive
 
 T = TypeVar("T")
 Shard = tuple[int, int]
@@ -94,11 +97,13 @@ def iter_positions(dataset: Any, indices: list[int]) -> Iterator[tuple[int, Any]
 # --- progress ----------------------------------------------------------------------------------
 class ProgressBar:
     """One bar per job: drawn only when ``enabled`` and this is local rank 0 (co-located ranks would
-    otherwise draw over each other). ``advance(n)`` works either way. ``console``: a rich Console (e.g. on
-    stderr when stdout carries JSON); ``transient``: the bar disappears when done."""
+    otherwise draw over each other). ``advance(n)`` works either way. The bar is drawn on stderr (stdout
+    carries results: counts, JSON, tables) unless ``console`` (a rich Console) says otherwise;
+    ``transient``: the bar disappears when done."""
 
     def __init__(self, label: str, total: int | None, enabled: bool = True,
                  env: Mapping[str, str] | None = None, *, console: Any = None, transient: bool = False):
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -109,6 +114,8 @@ class ProgressBar:
         )
 
         self.drawn = bool(enabled) and local_rank(env) == 0
+        if console is None and self.drawn:
+            console = Console(stderr=True)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("ETA"), TimeRemainingColumn())
         self._bar = Progress(*columns, console=console, disable=not self.drawn, transient=transient)
@@ -151,6 +158,10 @@ def resolve_device(device: str = "auto", env: Mapping[str, str] | None = None) -
 
 
 # --- locks -------------------------------------------------------------------------------------
+class LockError(DataError):
+    """Another live process holds the lock of an output (the message names it and the lock file)."""
+
+
 class RunLock:
     """An exclusive lock on ``path`` held while one process writes an output folder.
 
@@ -178,7 +189,7 @@ class RunLock:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise DataError(self.path, None, f"{self.what} is being written by {holder}; wait for it "
+                raise LockError(self.path, None, f"{self.what} is being written by {holder}; wait for it "
                                                  "or use another --out") from None
             raise
         os.ftruncate(fd, 0)
@@ -192,10 +203,10 @@ class RunLock:
         except FileExistsError:
             holder = self.path.read_text(encoding="utf-8", errors="replace").strip()
             pid, _, host = holder.partition("@")
-            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
                 self.path.unlink(missing_ok=True)
                 return self._acquire_excl()
-            raise DataError(self.path, None, f"{self.what} is being written by {holder}") from None
+            raise LockError(self.path, None, f"{self.what} is being written by {holder}") from None
         os.write(fd, _holder().encode())
         self._fd = fd
         return self
@@ -212,15 +223,88 @@ class RunLock:
         self.release()
 
 
+class FileLock:
+    """A blocking exclusive lock (flock) on ``path`` for short critical sections shared by processes (e.g.
+    shards appending to and pruning one failures file); released when the holder exits or dies."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def __enter__(self) -> FileLock:
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - not POSIX: no cross-process exclusion
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def _holder() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
 
 
-def _alive(pid: int) -> bool:  # pragma: no cover - fallback path only
+# --- child processes -----------------------------------------------------------------------------
+def run_forwarding_signals(cmd: list[str], env: Mapping[str, str] | None = None) -> int:
+    """Run ``cmd`` and wait for it; a SIGTERM this process receives meanwhile is passed on to the child
+    (whose ranks then save and stop), and SIGINT is left to the child (a terminal's Ctrl-C reaches the
+    whole process group already), so this process never dies before the child it started. Returns the
+    child's exit code (negative: killed by that signal)."""
+    proc = subprocess.Popen(cmd, env=None if env is None else dict(env))
+    if threading.current_thread() is not threading.main_thread():
+        return proc.wait()
+
+    def forward(signum: int, frame: Any) -> None:
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# --- third-party noise of a training run ---------------------------------------------------------
+# Deprecation warnings a user cannot act on (raised inside TRL / transformers / peft for arguments they set
+# themselves): message prefixes of FutureWarnings.
+KNOWN_FUTURE_WARNINGS = ("`gradient_checkpointing` is deprecated", "`gradient_checkpointing_kwargs` is deprecated",
+                         "`is_gradient_checkpointing` is deprecated", "`gradient_checkpointing_enable` is deprecated")
+
+
+def known_warning_filters() -> list[str]:
+    """The filters of :data:`KNOWN_FUTURE_WARNINGS` in PYTHONWARNINGS syntax (for launched processes)."""
+    return [f"ignore:{p}:FutureWarning" for p in KNOWN_FUTURE_WARNINGS]
+
+
+def quiet_third_party() -> None:
+    """Silence the known third-party noise of a training run in this process: the FutureWarnings above,
+    DeepSpeed's "Setting accelerator to CPU" line on a machine without CUDA (DS_ACCELERATOR=cpu, which
+    DeepSpeed reads instead of probing; nothing else changes), and the "Running in WANDB offline mode" line
+    transformers prints when its integrations are first imported with WANDB_MODE=offline (wandb says so
+    itself when a run does log to it). Call it before anything imports transformers' trainer."""
+    import warnings
+
+    import torch
+
+    for prefix in KNOWN_FUTURE_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(prefix), category=FutureWarning)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    saved = os.environ.pop("WANDB_MODE", None)
+    try:  # the line is printed once, when this module is first imported
+        import transformers.integrations.integration_utils  # noqa: F401
+    finally:
+        if saved is not None:
+            os.environ["WANDB_MODE"] = saved

@@ -1,9 +1,11 @@
-"""Overlays: an image with the twin's objects outlined, the chosen ones filled, their ids drawn, and
-optionally the ground truth's outline (used by ``dtwinseg segment`` and the eval report's worst cases)."""
+"""Overlays: an image with the twin's objects outlined, the chosen ones filled, their ids drawn, optionally
+the ground truth's outline and a caption band below the image (used by ``dtwinseg segment``, whose caption
+is the query and the answer, and the eval report's worst cases)."""
 
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,12 +43,13 @@ def outline(mask: np.ndarray) -> np.ndarray:
 
 
 def render_overlay(image: np.ndarray, twin: DigitalTwin, chosen: Sequence[int],
-                   gt_mask: np.ndarray | None = None, alpha: float = 0.5) -> Image.Image:
+                   gt_mask: np.ndarray | None = None, alpha: float = 0.5, caption: str | None = None) -> Image.Image:
     """The overlay as a PIL image.
 
     image: H x W x 3 uint8 (the twin's size). chosen: ids filled in red (alpha-blended), every other
     object outlined in white; ids are drawn at each object's box centre; ``gt_mask`` (0/1/255) outlined
-    in green.
+    in green; ``caption`` (lines of text) is written in a white band added below the image (the image is
+    then taller than the twin).
     """
     out = np.asarray(image, dtype=np.float32).copy()
     masks = twin.masks()
@@ -70,7 +73,29 @@ def render_overlay(image: np.ndarray, twin: DigitalTwin, chosen: Sequence[int],
         w = 6 * len(text) + 2
         draw.rectangle([cx - w / 2, cy - 6, cx + w / 2, cy + 6], fill=(255, 255, 255))
         draw.text((cx - w / 2 + 1, cy - 6), text, fill=colour)
-    return pil
+    return with_caption(pil, caption) if caption else pil
+
+
+LINE_HEIGHT, CHAR_WIDTH = 12, 6  # PIL's default bitmap font
+
+
+def with_caption(img: Image.Image, caption: str) -> Image.Image:
+    """``img`` with a white band below it holding ``caption`` (wrapped to the image's width)."""
+    width = max(img.width, 20 * CHAR_WIDTH)
+    lines = [ln for para in str(caption).splitlines()
+             for ln in (textwrap.wrap(para, max(10, (width - 8) // CHAR_WIDTH)) or [""])]
+    band = Image.new("RGB", (width, img.height + LINE_HEIGHT * len(lines) + 8), (255, 255, 255))
+    band.paste(img, (0, 0))
+    draw = ImageDraw.Draw(band)
+    for k, line in enumerate(lines):
+        draw.text((4, img.height + 4 + k * LINE_HEIGHT), line, fill=(0, 0, 0))
+    return band
+
+
+def segment_caption(query: str, ids: Sequence[int], status: str | None = None) -> str:
+    """The caption of a ``dtwinseg segment`` overlay: the query and the answer (ids, parse status)."""
+    answer = f"answer: ids {list(ids)}" + (f" (parse {status})" if status and status != "ok" else "")
+    return f"query: {' '.join(str(query).split())}\n{answer}"
 
 
 def mask_png(mask: np.ndarray) -> Image.Image:

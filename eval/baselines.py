@@ -130,9 +130,9 @@ def object_texts(cfg: ReasoningConfig) -> Callable[[DigitalTwin], dict[int, str]
     """What the reasoning config's rows read of each object: the compact format's lines (scene facts included
     when its options say so), else the descriptions."""
     from dtwinseg.formats.compact import CompactFormat, object_lines
-    from dtwinseg.reasoning import make_strategy
+    from dtwinseg.reasoning import make_format
 
-    fmt = make_strategy(cfg)
+    fmt = make_format(cfg)
     if isinstance(fmt, CompactFormat):
         return lambda twin: object_lines(twin, fmt.options)
     return lambda twin: {o.id: o.semantic or "object" for o in twin.objects}
@@ -246,9 +246,9 @@ class ConstrainedPicker:
 def format_functions(cfg: ReasoningConfig) -> tuple[Callable, Callable]:
     """(messages, completion) of the reasoning config's format: its prompt, and its target text for ids."""
     from dtwinseg.formats import Target
-    from dtwinseg.reasoning import make_strategy
+    from dtwinseg.reasoning import make_format
 
-    fmt = make_strategy(cfg)
+    fmt = make_format(cfg)
     return fmt.messages, lambda twin, ids: fmt.target(twin, Target(sorted(int(i) for i in ids))).text
 
 

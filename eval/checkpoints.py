@@ -45,9 +45,17 @@ class Checkpoint:
     reasoner: Any = None
 
     def describe(self) -> dict:
-        """What reports show about it (no secrets: the config holds only the key's variable name)."""
-        return {"spec": self.spec, "strategy": self.cfg.strategy, "backend": self.cfg.backend,
+        """What reports show about it (no secrets: the config holds only the key's variable name); ``format``
+        is the reasoning format's name (:func:`recorded_format` reads it back, from older files too)."""
+        return {"spec": self.spec, "format": self.cfg.format_name, "backend": self.cfg.backend,
                 "model": self.cfg.model, "adapter": self.cfg.adapter}
+
+
+def recorded_format(desc: dict) -> str | None:
+    """The reasoning format's name a checkpoint's description, identity or metrics entry records: ``format``,
+    or ``strategy`` in files written before the format had that one name."""
+    name = desc.get("format", desc.get("strategy"))
+    return name if isinstance(name, str) else None
 
 
 def _default_label(path: str) -> str:

@@ -4,7 +4,7 @@ Layout of ``runs/NAME`` (``SFX`` is empty for one process, ``.shard-I-of-N`` und
 
     run.json                         dataset spec, DT cache, checkpoints, reasoning configs (no secrets)
     .lock{SFX}                       held (flock) while a process writes this shard; free after kill -9
-    <label>/identity{SFX}.json       model, adapter, backend, strategy, reasoning hash of these results
+    <label>/identity{SFX}.json       model, adapter, backend, format, reasoning hash of these results
     <label>/predictions{SFX}.jsonl   one record per sample (appended and flushed: a rerun resumes)
     <label>/state{SFX}.json          merged-able metric accumulators + parse and failure counts
     metrics.json                     all shards merged (written when every shard's state is present)
@@ -51,13 +51,26 @@ from dtwinseg.eval.records import (
     twin_problem,
 )
 from dtwinseg.eval.report import write_report
-from dtwinseg.eval.run_info import check_merge_identities, write_run_info
+from dtwinseg.eval.run_info import (
+    check_merge_identities,
+    check_twins,
+    twin_cache_id,
+    twin_digest,
+    write_run_info,
+)
 
-from dtwinseg.io import DataError, append_jsonl, atomic_write_json, check_label, read_json
+from dtwinseg.io import (
+    DataError,
+    append_jsonl,
+    atomic_write_json,
+    check_label,
+    read_json,
+    remove_stale_temps,
+    valid_text,
+)
 from dtwinseg.parsing import ParseResult
 from dtwinseg.reasoning import ReasoningOutput, build_reasoner
-from dtwinseg.runtime import ProgressBar, RunLock, iter_positions, parse_shard, shard_suffix
-from dtwinseg.runtime import shard_indices as _shard_positions
+from dtwinseg.runtime import ProgressBar, RunLock, iter_positions, parse_shard, shard_indices, shard_suffix
 from dtwinseg.twin import DigitalTwin
 
 __all__ = ["EvalOptions", "ShardResult", "STATUSES", "evaluate", "evaluate_shard", "load_records", "merge_run",
@@ -98,11 +111,6 @@ class ShardResult:
                 if s["n"] + s.get("input_errors", 0) > 0 and failed_count(s) == s["n"] + s.get("input_errors", 0)]
 
 
-def shard_indices(n_samples: int, opts: EvalOptions) -> list[int]:
-    """Dataset positions this shard evaluates: round-robin over the first ``limit`` samples."""
-    return _shard_positions(n_samples, opts.shard, opts.limit)
-
-
 # --- one checkpoint ----------------------------------------------------------------------------
 def _resume(pred_path: Path, retry_failed: bool, log: Callable[[str], None], label: str) -> list[dict]:
     """Records to keep from an earlier run of this shard (failed ones dropped when retrying them)."""
@@ -134,7 +142,7 @@ def _fetch_twin(cache: DTCache, sample: Sample) -> tuple[DigitalTwin | None, str
     return twin, None
 
 
-def _reason(reasoner: Any, items: list[tuple[DigitalTwin, str]], strategy: str) -> list[ReasoningOutput]:
+def _reason(reasoner: Any, items: list[tuple[DigitalTwin, str]], format_name: str) -> list[ReasoningOutput]:
     """``reasoner.reason(items)``; when the batch raises (not an interrupt), one item at a time, and an
     item that still raises becomes a failed output carrying the error."""
     try:
@@ -147,7 +155,7 @@ def _reason(reasoner: Any, items: list[tuple[DigitalTwin, str]], strategy: str) 
         try:
             outs.extend(reasoner.reason([item]))
         except Exception as e:  # noqa: BLE001
-            outs.append(ReasoningOutput([], ParseResult("failed", [], ["reasoner raised"]), "", strategy,
+            outs.append(ReasoningOutput([], ParseResult("failed", [], ["reasoner raised"]), "", format_name,
                                         error=f"{type(e).__name__}: {e}"[:500]))
     return outs
 
@@ -159,12 +167,13 @@ def run_checkpoint(ck: Checkpoint, dataset: Any, cache: DTCache, out: Path, opts
     ck_dir.mkdir(parents=True, exist_ok=True)
     sfx = shard_suffix(opts.shard)
     pred_path = ck_dir / f"predictions{sfx}.jsonl"
+    check_twins(load_records(pred_path), cache, pred_path, ck.label)  # (before anything is rewritten)
     records = _resume(pred_path, opts.retry_failed, log, ck.label)
     done_ids = {r["id"] for r in records}
     done_positions = {r["index"] for r in records if r.get("kind") == "input_error"}
-    indices = [k for k in shard_indices(len(dataset), opts) if k not in done_positions]
+    indices = [k for k in shard_indices(len(dataset), opts.shard, opts.limit) if k not in done_positions]
     reasoner = None
-    batch: list[tuple[int, Sample, DigitalTwin | None, str | None]] = []
+    batch: list[tuple[int, Sample, DigitalTwin | None, str | None, str | None]] = []
     bs = opts.batch_size or ck.cfg.batch_size
 
     def emit(rec: dict) -> None:
@@ -173,16 +182,16 @@ def run_checkpoint(ck: Checkpoint, dataset: Any, cache: DTCache, out: Path, opts
 
     def flush() -> None:
         nonlocal reasoner
-        with_twin = [(s, t) for _, s, t, bad in batch if t is not None and bad is None]
+        with_twin = [(s, t) for _, s, t, bad, _ in batch if t is not None and bad is None]
         outs: list[ReasoningOutput] = []
         if with_twin:
             if reasoner is None:
                 reasoner = ck.reasoner if ck.reasoner is not None else build_reasoner(ck.cfg)
-            outs = _reason(reasoner, [(t, s.query) for s, t in with_twin], ck.cfg.strategy)
+            outs = _reason(reasoner, [(t, valid_text(s.query)) for s, t in with_twin], ck.cfg.format_name)
         it = iter(outs)
-        for k, s, t, bad in batch:
+        for k, s, t, bad, sha in batch:
             out = next(it) if t is not None and bad is None else None
-            emit({"index": k, **sample_record(s, t, out, twin_error=bad)})
+            emit({"index": k, **sample_record(s, t, out, twin_error=bad), **({"twin_sha": sha} if sha else {})})
         batch.clear()
 
     with ProgressBar(f"eval {ck.label}", len(indices), opts.progress) as bar:
@@ -194,7 +203,8 @@ def run_checkpoint(ck: Checkpoint, dataset: Any, cache: DTCache, out: Path, opts
             if sample.id in done_ids:
                 bar.advance()
                 continue
-            batch.append((k, sample, *_fetch_twin(cache, sample)))
+            twin, problem = _fetch_twin(cache, sample)
+            batch.append((k, sample, twin, problem, twin_digest(cache, sample.id) if twin is not None else None))
             if len(batch) >= bs:
                 n = len(batch)
                 flush()
@@ -229,10 +239,12 @@ def evaluate_shard(dataset_spec: str, dt_cache: str | os.PathLike, checkpoints: 
     t0 = time.time()
     i, n = opts.shard
     with RunLock(out / f".lock{shard_suffix(opts.shard)}", f"{out} (shard {i}/{n})"):
+        for folder in (out, *(out / ck.label for ck in checkpoints)):
+            remove_stale_temps(folder)  # left by a writer killed with -9 (only this tool's own temp files)
         write_run_info(out, dataset_spec, dt_cache, checkpoints, limit=opts.limit, shards=n,
-                       n_samples=len(_shard_positions(len(dataset), (0, 1), opts.limit)),
+                       n_samples=len(shard_indices(len(dataset), (0, 1), opts.limit)),
                        split=getattr(dataset, "split", None), skipped=getattr(dataset, "skipped", []),
-                       restart=opts.restart, shard=opts.shard)
+                       restart=opts.restart, shard=opts.shard, twin_cache=twin_cache_id(cache))
         for ck in checkpoints:
             result.states[ck.label] = run_checkpoint(ck, dataset, cache, out, opts, log)
     skipped = len(getattr(dataset, "skipped", []))

@@ -33,8 +33,9 @@ from dtwinseg.twin import DigitalTwin
 
 STATUSES = ("ok", "repaired", "failed")
 MAX_STORED_TEXT = 100_000  # characters of an answer kept in a record (head and tail)
-COUNTS = ("errors", "missing_twins", "bad_twins", "input_errors", "truncated")
-FAILURE_COUNTS = COUNTS[:4]  # "truncated" answers were scored (finish_reason length), not failures
+COUNTS = ("errors", "missing_twins", "bad_twins", "input_errors", "truncated", "objects_dropped")
+FAILURE_COUNTS = COUNTS[:4]  # truncated answers were scored (finish_reason length), not failures, and so were
+# answers whose prompt left objects out to fit the model's context ("objects_dropped": how many objects)
 
 
 # --- reading back ------------------------------------------------------------------------------
@@ -43,7 +44,13 @@ def load_records(path: Path) -> list[dict]:
     so appending after it cannot glue two records together."""
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # damaged on disk (our writer only writes UTF-8): one line, no traceback
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(path, f"line {line}", "not UTF-8 text: a damaged predictions file (remove that line, or "
+                        "rerun with --restart)") from None
     lines = text.splitlines()
     records, good = [], []
     for n, line in enumerate(lines, 1):
@@ -114,7 +121,9 @@ def twin_problem(sample: Sample, twin: DigitalTwin) -> str | None:
 def sample_record(sample: Sample, twin: DigitalTwin | None, out: ReasoningOutput | None,
                   twin_error: str | None = None) -> dict:
     """One JSONL record: the answer, its parse, its (I, U, IoU) and the oracle's. ``out`` None means no
-    reasoning happened: the twin is missing (``twin`` None, no ``twin_error``) or unusable (``twin_error``)."""
+    reasoning happened: the twin is missing (``twin`` None, no ``twin_error``) or unusable (``twin_error``).
+    When the prompt left objects out (``out.dropped``: past the model's context), the record counts them
+    (``objects_dropped``) and the oracle is the best union of the objects the model was shown."""
     gt = sample.gt_mask
     usable = twin if twin_error is None else None
     ids = [] if out is None else [int(i) for i in out.ids]
@@ -139,6 +148,11 @@ def sample_record(sample: Sample, twin: DigitalTwin | None, out: ReasoningOutput
                    finish_reason=getattr(out, "finish_reason", "stop"))
         if out.scores is not None:
             rec["scores"] = {str(k): v for k, v in out.scores.items()}
+    dropped = set(getattr(out, "dropped", None) or [])
+    if dropped and usable is not None:
+        rec["objects_dropped"] = len(dropped)
+        usable = DigitalTwin(usable.image_id, usable.height, usable.width, usable.granularity,
+                             [o for o in usable.objects if o.id not in dropped], usable.query, usable.provenance)
     rec.update(oracle_stats(usable, gt))
     return rec
 
@@ -166,6 +180,7 @@ def state_from_records(records: Sequence[dict]) -> dict:
         parse[r["status"]] += 1
         counts[{"missing_twin": "missing_twins", "bad_twin": "bad_twins"}.get(kind, "errors")] += bool(r.get("error"))
         counts["truncated"] += r.get("finish_reason") == "length"
+        counts["objects_dropped"] += int(r.get("objects_dropped", 0))
     n = sum(1 for r in records if is_scored(r))
     return {"pred": pred.state_dict(), "oracle": oracle.state_dict(), "parse": dict(parse), **counts, "n": n}
 
@@ -216,4 +231,6 @@ def summary_line(label: str, state: dict) -> str:
             f"{state.get('missing_twins', 0)} missing twins, {state.get('bad_twins', 0)} bad twins, "
             f"{state.get('input_errors', 0)} bad inputs; parse {state['parse'].get('ok', 0)} ok / "
             f"{state['parse'].get('repaired', 0)} repaired / {state['parse'].get('failed', 0)} failed; "
-            f"{state.get('truncated', 0)} truncated at max_new_tokens")
+            f"{state.get('truncated', 0)} truncated at max_new_tokens"
+            + (f"; {state['objects_dropped']} objects left out of prompts to fit the context"
+               if state.get("objects_dropped") else ""))

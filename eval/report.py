@@ -1,10 +1,12 @@
-"""Reports of an evaluation run: markdown table, bar charts per split, worst-case overlays, wandb."""
+"""Reports of an evaluation run: markdown table, a tidy ``metrics.csv``, bar charts per split, worst-case
+overlays embedded in report.md with their query, chosen ids and IoU, wandb."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+from dtwinseg.eval.checkpoints import recorded_format
 from dtwinseg.eval.records import iter_run_records
 
 from dtwinseg.io import atomic_write_bytes, atomic_write_text
@@ -19,18 +21,19 @@ def metrics_table(metrics: dict) -> str:
     """Markdown: one row per checkpoint; gIoU / cIoU (oracle) per group; parse counts."""
     cks = metrics["checkpoints"]
     groups = list(dict.fromkeys(g for c in cks.values() for g in c["groups"]))
-    head = ["checkpoint", "strategy"] + [f"{g} gIoU / cIoU (oracle)" for g in groups] + \
-        ["parse ok / repaired / failed", "truncated", "errors", "missing twins", "bad twins", "bad inputs"]
+    head = ["checkpoint", "format"] + [f"{g} gIoU / cIoU (oracle)" for g in groups] + \
+        ["parse ok / repaired / failed", "truncated", "objects dropped", "errors", "missing twins", "bad twins",
+         "bad inputs"]
     rows = [head, ["---"] * len(head)]
     for label, c in cks.items():
-        row = [label, c.get("strategy", "")]
+        row = [label, recorded_format(c) or ""]
         for g in groups:
             e = c["groups"].get(g)
             row.append("-" if e is None else f"{pct(e['giou'])} / {pct(e['ciou'])} "
                        f"({pct(e['oracle_giou'])} / {pct(e['oracle_ciou'])})")
         p = c["parse"]
         row += [f"{p.get('ok', 0)} / {p.get('repaired', 0)} / {p.get('failed', 0)}", str(c.get("truncated", 0)),
-                str(c["errors"]),
+                str(c.get("objects_dropped", 0)), str(c["errors"]),
                 str(c["missing_twins"]), str(c.get("bad_twins", 0)), str(c.get("input_errors", 0))]
         rows.append(row)
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
@@ -50,6 +53,33 @@ def dimension_table(metrics: dict) -> str:
             row.append("-" if e is None else f"{pct(e['giou'])} ({pct(e['oracle_giou'])}), n={e['n']}")
         rows.append(row)
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+CSV_COLUMNS = ("checkpoint", "split", "group", "giou", "ciou", "oracle", "n")
+
+
+def metrics_rows(metrics: dict) -> list[dict]:
+    """One row per checkpoint and group (overall, short, long, ...; then ``dimension:<tag>``): fractions, the
+    oracle bound's gIoU and the number of samples; ``split`` is the dataset spec's split (NAME:ROOT:SPLIT)."""
+    split = str(metrics["dataset"]).rsplit(":", 1)[-1]
+    rows = []
+    for label, c in metrics["checkpoints"].items():
+        groups = list(c["groups"].items()) + [(f"dimension:{d}", e) for d, e in sorted(c.get("dimensions", {}).items())]
+        rows += [{"checkpoint": label, "split": split, "group": g, "giou": e["giou"], "ciou": e["ciou"],
+                  "oracle": e["oracle_giou"], "n": e["n"]} for g, e in groups]
+    return rows
+
+
+def write_metrics_csv(out: Path, metrics: dict) -> Path:
+    """``metrics.csv`` beside metrics.json: the tidy table of :func:`metrics_rows` (one header line)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(metrics_rows(metrics))
+    return atomic_write_text(out / "metrics.csv", buf.getvalue())
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -99,9 +129,9 @@ def split_plots(out: Path, metrics: dict) -> list[Path]:
     return paths
 
 
-def worst_overlays(out: Path, metrics: dict, k: int, log: Callable[[str], None] = print) -> list[Path]:
-    """worst/<label>/<rank>_<id>.png for the k lowest-IoU samples of each checkpoint (an overlay that cannot
-    be drawn is skipped with one log line)."""
+def worst_overlays(out: Path, metrics: dict, k: int, log: Callable[[str], None] = print) -> list[tuple[Path, dict]]:
+    """worst/<label>/<rank>_<id>.png for the k lowest-IoU samples of each checkpoint, with the prediction
+    record each shows (an overlay that cannot be drawn is skipped with one log line)."""
     from dtwinseg.data_builders.dt_cache import DTCache, sample_key
 
     if k <= 0:
@@ -121,8 +151,20 @@ def worst_overlays(out: Path, metrics: dict, k: int, log: Callable[[str], None] 
                 log(f"worst-case overlay of {r['id']} skipped: {type(e).__name__}: {e}")
                 continue
             if png is not None:
-                paths.append(atomic_write_bytes(out / "worst" / label / f"{rank:02d}_{sample_key(r['id'])}.png", png))
+                path = atomic_write_bytes(out / "worst" / label / f"{rank:02d}_{sample_key(r['id'])}.png", png)
+                paths.append((path, {"checkpoint": label, **r}))
     return paths
+
+
+def worst_case_lines(out: Path, worst: list[tuple[Path, dict]]) -> list[str]:
+    """report.md's worst cases: each overlay embedded, under its checkpoint, sample id, query, chosen ids and
+    IoU (the query and any text quoted so that markdown leaves it as written)."""
+    lines: list[str] = []
+    for path, r in worst:
+        query = " ".join(str(r.get("query", "")).split()).replace("`", "'")
+        lines += [f"**{r['checkpoint']}**, `{r['id']}`: IoU {pct(r.get('iou'))}, ids {r.get('ids')}, query `{query}`",
+                  "", f"![{r['checkpoint']} {r['id']}]({path.relative_to(out).as_posix()})", ""]
+    return lines
 
 
 def _overlay_png(cache, dataset, record: dict) -> bytes | None:
@@ -169,13 +211,16 @@ def _ground_truth(dataset, record: dict):
 
 def write_report(out: Path, metrics: dict, *, worst_k: int = 4, wandb_log: bool = False,
                  log: Callable[[str], None] = print) -> Path:
-    """report.md + plots + worst-case overlays (+ a wandb table when asked); returns report.md."""
+    """metrics.csv, report.md + plots + worst-case overlays (+ a wandb table when asked); returns report.md."""
+    write_metrics_csv(out, metrics)
     plots = split_plots(out, metrics)
     worst = worst_overlays(out, metrics, worst_k, log)
     lines = [f"# Evaluation: {metrics['dataset']}", "",
              f"DT cache: `{metrics.get('dt_cache')}`; samples: {metrics.get('n_samples')}. "
              "gIoU / cIoU in percent (reference metric); in brackets the oracle bound: the best greedy union "
-             "of the twin's own objects, i.e. what perfect reasoning over these twins would reach.", "",
+             "of the twin's own objects, i.e. what perfect reasoning over these twins would reach (over the "
+             "objects its prompt showed, when a twin was too large for the model's context: objects dropped).",
+             "",
              metrics_table(metrics), ""]
     dims = dimension_table(metrics)
     if dims:
@@ -183,8 +228,8 @@ def write_report(out: Path, metrics: dict, *, worst_k: int = 4, wandb_log: bool 
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     if worst:
         lines += ["## Worst cases", "", "Red: chosen objects (ids drawn); green outline: ground truth; "
-                  "white outlines: the twin's other objects.", ""]
-        lines += [f"- `{p.relative_to(out)}`" for p in worst]
+                  "white outlines: the twin's other objects. IoU in percent.", ""]
+        lines += worst_case_lines(out, worst)
     report = atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     if wandb_log:
         log_wandb(out, metrics)

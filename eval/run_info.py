@@ -2,20 +2,26 @@
 
 ``run.json`` names the dataset, DT cache, limit, sharding and every checkpoint (no secrets: only the key
 variable's name). Each label's folder also holds ``identity{SFX}.json`` per shard: the model, adapter,
-backend, strategy and a hash of the reasoning settings that change answers. A rerun whose checkpoint
+backend, format (its name), a hash of the reasoning settings that change answers and the twin cache (the config
+hash of the DT cache folder the twins came from). The content of the twins is part of it too: every
+prediction records the digest of the twin file it was computed on (``twin_sha``, the run's content
+manifest), and a resume whose twins changed or disappeared since refuses (:func:`check_twins`). A rerun whose checkpoint
 differs from the one that wrote the existing predictions refuses with a clear message, unless
 ``restart`` says to start that label's shard over (its predictions and state are then removed). The merge
-refuses shards written by different identities.
+refuses shards written by different identities. Identity files written before the reasoning format had one
+name (``strategy`` where ``format`` is now) are read as the same identity, and the reasoning hash is taken
+over the settings laid out as then (:func:`hashed_settings`), so those runs resume.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dtwinseg.eval.checkpoints import Checkpoint
+from dtwinseg.eval.checkpoints import Checkpoint, recorded_format
 
 from dtwinseg.io import DataError, atomic_write_json, read_json, stable_hash
 from dtwinseg.runtime import shard_suffix
@@ -23,15 +29,68 @@ from dtwinseg.runtime import shard_suffix
 # Reasoning fields that do not change what a model answers (throughput, transport, placement).
 OPERATIONAL = frozenset({"batch_size", "concurrency", "max_retries", "backoff_s", "timeout_s", "device",
                          "api_key_env", "base_url", "vllm_kwargs"})
-IDENTITY_FIELDS = ("backend", "model", "adapter", "strategy", "reasoning_hash")
+IDENTITY_FIELDS = ("backend", "model", "adapter", "format", "reasoning_hash", "twin_cache")
 
 
-def identity(ck: Checkpoint) -> dict:
-    """The identity of a checkpoint's results: backend, model, adapter, strategy, reasoning-config hash."""
+def hashed_settings(ck: Checkpoint) -> dict:
+    """The reasoning settings that change answers, laid out as every version has hashed them: the format's
+    name as ``strategy`` beside its options ``format`` (the config's own to_dict nests the name since)."""
     cfg = ck.cfg.to_dict()
-    reasoning = {k: v for k, v in cfg.items() if k not in OPERATIONAL}
-    return {"backend": ck.cfg.backend, "model": ck.cfg.model, "adapter": ck.cfg.adapter,
-            "strategy": ck.cfg.strategy, "reasoning_hash": stable_hash(reasoning, length=16)}
+    options = dict(cfg.pop("format") or {})
+    cfg.update(strategy=options.pop("name", ck.cfg.format_name), format=options)
+    return {k: v for k, v in cfg.items() if k not in OPERATIONAL}
+
+
+def identity(ck: Checkpoint, twin_cache: str | None = None) -> dict:
+    """The identity of a checkpoint's results: backend, model, adapter, format (its name), reasoning-config
+    hash, and the config hash of the twin cache they read (:func:`twin_cache_id`; left out when None)."""
+    ident = {"backend": ck.cfg.backend, "model": ck.cfg.model, "adapter": ck.cfg.adapter,
+             "format": ck.cfg.format_name, "reasoning_hash": stable_hash(hashed_settings(ck), length=16)}
+    if twin_cache is not None:
+        ident["twin_cache"] = twin_cache
+    return ident
+
+
+def read_identity(path: Path) -> dict | None:
+    """An identity file as written now (one written with ``strategy`` gets it as ``format``)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        return None
+    return _current(data)
+
+
+def _current(ident: dict) -> dict:
+    if "strategy" in ident and "format" not in ident:
+        ident = {("format" if k == "strategy" else k): v for k, v in ident.items()}
+    return ident
+
+
+def twin_cache_id(cache: Any) -> str:
+    """The config hash of a DT cache folder (its config.json's ``config_hash``, else the folder's name)."""
+    path = cache.folder / "config.json"
+    info = read_json(path) if path.is_file() else None
+    return str(info.get("config_hash")) if isinstance(info, dict) and info.get("config_hash") else cache.folder.name
+
+
+def twin_digest(cache: Any, sample_id: str) -> str | None:
+    """Digest of the twin file of a sample in ``cache`` (None when it has none): what a prediction records."""
+    try:
+        data = cache.path_for(sample_id).read_bytes()
+    except OSError:
+        return None
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def check_twins(records: Sequence[dict], cache: Any, pred_path: Path, label: str) -> None:
+    """Refuse (DataError) to resume predictions computed on twins that changed or disappeared since: each
+    record's ``twin_sha`` against the twin file now in ``cache``. Twins added since (samples that had none)
+    are fine: those samples failed and are retried."""
+    changed = [r["id"] for r in records if r.get("twin_sha") and twin_digest(cache, r["id"]) != r["twin_sha"]]
+    if changed:
+        raise DataError(pred_path, "twin_sha", f"'{label}': {len(changed)} of its {len(records)} predictions "
+                        f"were computed on twins that changed or are gone from {cache.folder} since (first: "
+                        f"{changed[0]!r}). Pass --restart to evaluate it again on these twins, or use the DT "
+                        "cache it was evaluated on, or another --out")
 
 
 def _describe(ident: dict) -> str:
@@ -45,14 +104,14 @@ def label_files(ck_dir: Path, shard: tuple[int, int]) -> list[Path]:
 
 
 def check_identity(ck: Checkpoint, out: Path, shard: tuple[int, int], old_run: dict | None,
-                   restart: bool) -> None:
-    """Refuse (DataError) to resume a label's shard written by another checkpoint identity; with
-    ``restart``, remove that shard's results instead. Then record the current identity."""
+                   restart: bool, twin_cache: str | None = None) -> None:
+    """Refuse (DataError) to resume a label's shard written by another checkpoint identity (or on another
+    twin cache); with ``restart``, remove that shard's results instead. Then record the current identity."""
     ck_dir = out / ck.label
     preds, state, ident_path = label_files(ck_dir, shard)
-    new = identity(ck)
+    new = identity(ck, twin_cache)
     if preds.exists() or state.exists():
-        old = read_json(ident_path) if ident_path.exists() else _legacy_identity(old_run, ck.label)
+        old = read_identity(ident_path) if ident_path.exists() else _legacy_identity(old_run, ck.label)
         diff = [k for k in IDENTITY_FIELDS if old is not None and k in old and old[k] != new[k]]
         if diff and not restart:
             raise DataError(ident_path, ", ".join(diff),
@@ -71,7 +130,9 @@ def _legacy_identity(old_run: dict | None, label: str) -> dict | None:
     desc = ((old_run or {}).get("checkpoints") or {}).get(label)
     if not isinstance(desc, dict):
         return None
-    return {k: desc[k] for k in ("backend", "model", "adapter", "strategy") if k in desc}
+    old = {k: desc[k] for k in ("backend", "model", "adapter") if k in desc}
+    name = recorded_format(desc)
+    return {**old, "format": name} if name is not None else old
 
 
 def check_merge_identities(out: Path, label: str, n_shards: int) -> None:
@@ -80,7 +141,7 @@ def check_merge_identities(out: Path, label: str, n_shards: int) -> None:
     for i in range(n_shards):
         p = out / label / f"identity{shard_suffix((i, n_shards))}.json"
         if p.exists():
-            seen[p] = read_json(p)
+            seen[p] = read_identity(p)
     distinct = {stable_hash(v) for v in seen.values()}
     if len(distinct) > 1:
         names = ", ".join(p.name for p in seen)
@@ -90,13 +151,14 @@ def check_merge_identities(out: Path, label: str, n_shards: int) -> None:
 
 def write_run_info(out: Path, dataset_spec: str, dt_cache: str | os.PathLike, checkpoints: Sequence[Checkpoint],
                    *, limit: int | None, shards: int, n_samples: int, split: Any, skipped: Sequence,
-                   restart: bool, shard: tuple[int, int]) -> None:
+                   restart: bool, shard: tuple[int, int], twin_cache: str | None = None) -> None:
     """run.json: what this run evaluates. A rerun must name the same dataset, limit and sharding; each
-    label's identity is checked per shard (:func:`check_identity`)."""
+    label's identity (``twin_cache`` included: :func:`twin_cache_id`) is checked per shard
+    (:func:`check_identity`)."""
     info_path = out / "run.json"
     info = {"dataset": str(dataset_spec), "split": split, "dt_cache": str(dt_cache), "limit": limit,
             "shards": shards, "n_samples": n_samples, "skipped_files": [list(x) for x in skipped],
-            "checkpoints": {ck.label: {**ck.describe(), **identity(ck), "reasoning": ck.cfg.to_dict()}
+            "checkpoints": {ck.label: {**ck.describe(), **identity(ck, twin_cache), "reasoning": ck.cfg.to_dict()}
                             for ck in checkpoints}}
     old = read_json(info_path) if info_path.exists() else None
     if old is not None:
@@ -109,7 +171,7 @@ def write_run_info(out: Path, dataset_spec: str, dt_cache: str | os.PathLike, ch
             raise DataError(info_path, "shards", f"this run was sharded {old.get('shards')} ways, not "
                                                  f"{info['shards']}")
     for ck in checkpoints:
-        check_identity(ck, out, shard, old, restart)
+        check_identity(ck, out, shard, old, restart, twin_cache)
     if old is not None:
         old_cks = dict(old.get("checkpoints") or {})
         old_cks.update(info["checkpoints"])

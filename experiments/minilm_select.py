@@ -126,7 +126,7 @@ def main() -> None:
             if a.id_tokens:
                 pred = sorted({int(t[4:-1]) for t in text.split() if t.startswith("[OBJ")} & set(tw.ids))
             else:
-                from dtwinseg.parsing import parse_indices
+                from dtwinseg.formats.select import parse_indices
                 pred = parse_indices(text.replace("[SEP]", ""), tw.ids).ids
             em += pred == ids
             pm, gm = tw.union(pred), tw.union(ids)

@@ -108,7 +108,9 @@ def semantic_answer(body: dict) -> str:
     user = body["messages"][-1]["content"]
     twin = json.loads(user.split("Digital Twin:\n", 1)[1].split("\n\nQuery:", 1)[0])
     query = user.rsplit("Query:", 1)[1]
-    return f"Answer: {sorted(int(k) for k, v in twin.items() if v['semantic'] and v['semantic'] in query)}"
+    # compact layout: "<semantic>; box ..." per object; paper layout: {"spatial", "semantic"}
+    sem = {int(k): (v["semantic"] if isinstance(v, dict) else v.split("; box ", 1)[0]) for k, v in twin.items()}
+    return f"Answer: {sorted(k for k, v in sem.items() if v and not v.startswith('box ') and v in query)}"
 
 
 class SemanticChatServer(ChatServer):

@@ -73,6 +73,14 @@ def test_no_upward_imports():
     assert not bad, "upward imports:\n" + "\n".join(sorted(bad))
 
 
+def test_evaluation_imports_nothing_from_training():
+    """Only workflows (the demo, Table 4, publish) join training and evaluation; eval/ stands on the library
+    and data_builders alone."""
+    bad = [f"{mod} imports {dep}" for mod, deps in _graph().items() if _layer(mod) == "eval"
+           for dep in deps if _layer(dep) == "training"]
+    assert not bad, "\n".join(sorted(bad))
+
+
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan, iterative enough for this size)."""
     index: dict[str, int] = {}

@@ -49,7 +49,7 @@ def test_stats_strict_error_and_lenient_skips(tmp_path: Path):
     res = CliRunner().invoke(app, ["data", "stats", f"reasonseg:{root}:test"])
     assert res.exit_code == 2
     assert "b.json" in res.output and "invalid JSON" in res.output and "--lenient" in res.output
-    for flag in ("--no-strict", "--lenient"):  # one name for it across data stats, build-dt, build-segdt, eval
+    for flag in ("--no-strict", "--lenient"):  # one spelling, --strict/--lenient, in every command (+ old alias)
         res = CliRunner().invoke(app, ["data", "stats", f"reasonseg:{root}:test", flag, "--json"])
         assert res.exit_code == 0, res.output
         s = json.loads(res.stdout)
@@ -74,4 +74,28 @@ def test_stats_tables_and_bad_spec(tmp_path: Path):
 def test_help_from_a_subprocess():
     out = subprocess.run([sys.executable, "-m", "dtwinseg.cli", "data", "stats", "--help"],
                          capture_output=True, text=True, timeout=60, check=True).stdout
-    assert "DATASET_SPEC" in out and "--no-strict" in out and "--lenient" in out and "--json" in out
+    assert "DATASET_SPEC" in out and "--strict / --lenient" in out and "--json" in out
+    assert "--no-strict" not in out  # the old spelling still works, hidden (cli/options.py)
+
+
+def test_one_spelling_of_strict_and_lenient_in_every_command():
+    """Every command that reads dataset files spells it --strict/--lenient (cli/options.py); the old
+    --no-strict is a hidden alias of --lenient with a one-line note."""
+    import click
+    import typer
+
+    def commands(cmd: click.Command, path: str = ""):
+        yield path, cmd
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from commands(sub, f"{path} {name}".strip())
+
+    spelled = {}
+    for path, cmd in commands(typer.main.get_command(app)):
+        for p in cmd.params:
+            flags = set(p.opts) | set(getattr(p, "secondary_opts", []))
+            if any("strict" in f or "lenient" in f for f in flags):
+                spelled[path] = (p.opts, p.secondary_opts)
+    assert set(spelled) == {"data stats", "build-dt", "build-segdt", "eval"}
+    assert set(map(repr, spelled.values())) == {repr((["--strict"], ["--lenient"]))}
+    res = CliRunner().invoke(app, ["data", "stats", "nosuchset:/x:val", "--no-strict"])
+    assert "note: --no-strict is deprecated; use --lenient" in res.output and "unknown dataset" in res.output

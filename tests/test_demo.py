@@ -62,15 +62,15 @@ def test_compact_path_target_marks_verdicts_and_answer_and_parses_back() -> None
 
 
 def test_reasoning_config_selects_the_compact_format_and_names_bad_options(tmp_path: Path) -> None:
-    from dtwinseg.reasoning import ReasoningConfig, make_strategy
+    from dtwinseg.reasoning import ReasoningConfig, make_format
 
     yaml_path = tmp_path / "r.yaml"
-    yaml_path.write_text("strategy: compact\nmodel: m\nformat:\n  options: {target: path, echo: false}\n")
-    fmt = make_strategy(ReasoningConfig.from_yaml(yaml_path))
+    yaml_path.write_text("model: m\nformat:\n  name: compact\n  options: {target: path, echo: false}\n")
+    fmt = make_format(ReasoningConfig.from_yaml(yaml_path))
     assert fmt.name == "compact" and fmt.target(small_twin(), Target([0])).text.startswith("id 0: yes\n")
-    yaml_path.write_text("strategy: compact\nformat:\n  options: {targt: path}\n")
+    yaml_path.write_text("format:\n  name: compact\n  options: {targt: path}\n")
     with pytest.raises(DataError, match="targt"):
-        make_strategy(ReasoningConfig.from_yaml(yaml_path))
+        make_format(ReasoningConfig.from_yaml(yaml_path))
 
 
 def test_embedding_largest_and_random_baselines_as_eval_checkpoints() -> None:
@@ -79,7 +79,7 @@ def test_embedding_largest_and_random_baselines_as_eval_checkpoints() -> None:
     from dtwinseg.reasoning import ReasoningConfig
 
     twin = small_twin()
-    base = ReasoningConfig(strategy="compact", model="")
+    base = ReasoningConfig(format_name="compact", model="")
     emb = parse_checkpoint("e=baseline:embedding", base)
     outs = emb.reasoner.reason([(twin, "the big blue square"), (twin, "the green star"), (twin, "a red circle")])
     assert [o.ids for o in outs] == [[1], [2], [0]] and all(o.parse.status == "ok" for o in outs)
@@ -108,7 +108,7 @@ def test_constrained_baseline_scores_each_one_object_answer_like_an_unpadded_for
                                        num_attention_heads=2, intermediate_size=64, is_decoder=True)).eval()
     model.save_pretrained(tmp_path / "tiny")
     tok.save_pretrained(tmp_path / "tiny")
-    cfg = ReasoningConfig(strategy="compact", device="cpu", dtype="float32", batch_size=2,
+    cfg = ReasoningConfig(format_name="compact", device="cpu", dtype="float32", batch_size=2,
                           format={"options": {"target": "path"}})
     ck = parse_checkpoint(f"zs=baseline:constrained:{tmp_path / 'tiny'}", cfg)
     twin = small_twin()
@@ -374,7 +374,7 @@ def test_lexical_baseline_reads_the_rows_lines_facts_included() -> None:
     masks[2, 30:38, 5:15] = True  # a red bowl
     masks[3, 28:39, 40:58] = True  # a red box
     twin = DigitalTwin.from_masks("l", masks, semantics=["a cup", "a cup", "a red bowl", "a red box"])
-    cfg = ReasoningConfig(strategy="compact", format={"options": {"target": "object", "facts": True,
+    cfg = ReasoningConfig(format_name="compact", format={"options": {"target": "object", "facts": True,
                                                                  "position": "none", "areas": False}})
     ck = parse_checkpoint("lex=baseline:lexical", cfg)
     texts = object_texts(cfg)(twin)
@@ -412,7 +412,9 @@ def test_realistic_demo_reports_both_test_splits_against_the_bound(tmp_path: Pat
     per-object labels from the objects inside the ground truth, and a check on another seed."""
     import yaml
     from dtwinseg.data_builders.segdt import load_records
-    from dtwinseg.workflows.demo import MARGINS, DemoConfig, check_seed, run_demo
+    from dtwinseg.workflows.demo import MARGINS, DemoConfig, check_seed, project_path, run_demo
+
+    from dtwinseg.io import load_yaml
 
     recipe = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
     recipe.pop("presets")
@@ -423,9 +425,6 @@ def test_realistic_demo_reports_both_test_splits_against_the_bound(tmp_path: Pat
     path.write_text(yaml.safe_dump(recipe))
     summary = run_demo(tmp_path / "run", DemoConfig.load(path), progress=False, log=lambda s: None)
     assert set(summary["rows"]) == {"scorer", "random", "largest", "lexical", "embedding", "constrained"}
-    from dtwinseg.io import load_yaml
-    from dtwinseg.workflows.demo import project_path
-
     scorer_cfg, zero_shot = (load_yaml(project_path(summary["rows"][k]["reasoning_config"])) for k in ("scorer", "constrained"))
     assert zero_shot["format"] == scorer_cfg["format"] and zero_shot["decoding"] == "verdicts"  # the row's own prompts
     assert zero_shot["verdict_margin"] == 0.0 and scorer_cfg["verdict_margin"] in MARGINS  # chosen on val
@@ -462,7 +461,7 @@ def test_verdict_margin_sets_how_sure_a_yes_must_be(tmp_path: Path) -> None:
     twin = small_twin()
 
     def answer(margin: float) -> tuple[list[int], dict]:
-        cfg = ReasoningConfig(strategy="compact", decoding="verdicts", device="cpu", verdict_margin=margin,
+        cfg = ReasoningConfig(format_name="compact", decoding="verdicts", device="cpu", verdict_margin=margin,
                               chat_template="plain", format={"options": {"target": "object"}})
         out = VerdictReasoner(cfg, TransformersBackend(cfg, model=model, tokenizer=tok)).reason([(twin, "a star")])[0]
         return out.ids, out.scores

@@ -4,6 +4,7 @@ or a counted skip / failure; a run always ends with a summary line; none prints 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,88 @@ def test_build_dt_malformed_annotation_names_the_lenient_flag_which_skips_it(tmp
     assert annotation.name in line and "field 'text'" in line and "use --lenient" in line
     res = _run_cli(args + ["--lenient"])
     assert res.exit_code == 0 and "2 built" in res.output and "1 input files skipped" in res.output, res.output
+
+
+# --- round two: BOM annotations, build-dt's messages and failures file, build-segdt's streams ----------
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A few synthetic scenes (annotations carry their query program) and their oracle twins."""
+    root = tmp_path_factory.mktemp("synth")
+    runner = CliRunner()
+    res = runner.invoke(app, ["synth", "--out", str(root / "data"), "--n-train", "6", "--n-val", "0", "--n-test", "0",
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    (root / "oracle.yaml").write_text("source: oracle\nvlm: {backend: none}\n")
+    res = runner.invoke(app, ["build-dt", f"synthetic:{root / 'data'}:train", "-c", str(root / "oracle.yaml"), "-o",
+                              str(root / "dt"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return root
+
+
+def test_bom_annotations_keep_their_query_programs(synthetic, tmp_path):
+    from dtwinseg.data_builders.programmatic import build_segdt
+
+    spec = f"synthetic:{synthetic / 'data'}:train"
+    plain = build_segdt(spec, synthetic / "dt", tmp_path / "plain.jsonl", progress=False)
+    assert plain["path_kinds"].get("program", 0) == plain["written"] > 0
+    bom = tmp_path / "bom"
+    shutil.copytree(synthetic / "data", bom)
+    for p in (bom / "train").glob("*.json"):
+        if not p.name.endswith(".instances.json"):
+            p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())  # what some Windows editors save
+    with_bom = build_segdt(f"synthetic:{bom}:train", synthetic / "dt", tmp_path / "bom.jsonl", progress=False)
+    assert with_bom["path_kinds"] == plain["path_kinds"] and with_bom["failed"] == 0
+    assert (tmp_path / "bom.jsonl").read_text() == (tmp_path / "plain.jsonl").read_text().replace(
+        str(synthetic / "data"), str(bom))
+
+
+def test_build_segdt_progress_goes_to_stderr_and_stdout_is_json(synthetic, tmp_path):
+    res = CliRunner().invoke(app, ["build-segdt", f"synthetic:{synthetic / 'data'}:train", "--dt-cache",
+                                   str(synthetic / "dt"), "--out", str(tmp_path / "r.jsonl")])  # bar on
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["written"] == 6  # nothing but the counts on stdout
+    assert "programmatic paths" in res.stderr
+
+
+def test_build_dt_partial_failures_name_the_failures_file_whole(tmp_path):
+    from test_build_dt import oracle_config, write_reasonseg
+
+    root = write_reasonseg(tmp_path / "data", 3, bad={1})
+    res = _run_cli(["build-dt", f"reasonseg:{root}:val", "-c", str(oracle_config(tmp_path)), "-o",
+                    str(tmp_path / "dt"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    failures = next((tmp_path / "dt").glob("*/failures.jsonl"))
+    assert "1 of 3 sample(s) failed" in res.stderr
+    assert str(failures) in res.stderr  # on one line, never wrapped: it can be copied as it is
+
+
+def test_build_dt_failures_file_keeps_no_stale_lines(tmp_path):
+    from test_build_dt import oracle_config, write_reasonseg
+
+    root = write_reasonseg(tmp_path / "data", 3, bad={1})
+    args = ["build-dt", f"reasonseg:{root}:val", "-c", str(oracle_config(tmp_path)), "-o", str(tmp_path / "dt"),
+            "--no-progress"]
+    assert _run_cli(args).exit_code == 0
+    failures = next((tmp_path / "dt").glob("*/failures.jsonl"))
+    assert _run_cli(args).exit_code == 0  # it fails again: one line for it, not two
+    assert [f["id"] for f in map(json.loads, failures.read_text().splitlines())] == ["s01"]
+    good = write_reasonseg(tmp_path / "good", 3)
+    (root / "val" / "s01.jpg").write_bytes((good / "val" / "s01.jpg").read_bytes())  # the image is fixed
+    res = _run_cli(args)
+    assert res.exit_code == 0 and "1 built, 2 existing, 0 failed" in res.output, res.output
+    assert failures.read_text().strip() == ""  # no stale line of a sample that now has its twin
+
+
+def test_build_dt_lock_error_does_not_suggest_lenient(tmp_path):
+    from test_build_dt import oracle_config, write_reasonseg
+
+    from dtwinseg.runtime import RunLock
+
+    root = write_reasonseg(tmp_path / "data", 2)
+    args = ["build-dt", f"reasonseg:{root}:val", "-c", str(oracle_config(tmp_path)), "-o", str(tmp_path / "dt"),
+            "--no-progress"]
+    assert _run_cli(args).exit_code == 0
+    folder = next((tmp_path / "dt").glob("*/twins")).parent
+    with RunLock(folder / ".lock"):
+        line = _one_line_error(_run_cli(args))
+    assert "is being written by" in line and "--lenient" not in line

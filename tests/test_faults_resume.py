@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from dtwinseg.data_builders.build_dt import build_dt
 from dtwinseg.data_builders.dt_cache import vlm_fallbacks
@@ -38,19 +39,19 @@ def bench(tmp_path):
     return build_bench(tmp_path)
 
 
-def ck(spec: str, model: str = "m1", strategy: str = "select", reasoner=None, **cfg) -> Checkpoint:
-    rc = ReasoningConfig(model=model, strategy=strategy, **cfg)
+def ck(spec: str, model: str = "m1", format_name: str = "select", reasoner=None, **cfg) -> Checkpoint:
+    rc = ReasoningConfig(model=model, format_name=format_name, **cfg)
     return Checkpoint("a", model, rc, reasoner=reasoner or OracleReasoner(spec))
 
 
-def test_rerun_with_another_model_or_strategy_refuses_unless_restart(bench, tmp_path):
+def test_rerun_with_another_model_or_format_refuses_unless_restart(bench, tmp_path):
     spec, cache = bench
     run = tmp_path / "run"
     first = evaluate(spec, cache, [ck(spec)], run, opts(), **QUIET)
     # operational settings (batch size, retries) do not change the identity: a plain resume
     again = evaluate(spec, cache, [ck(spec, batch_size=5, max_retries=1)], run, opts(), **QUIET)
     assert again["checkpoints"]["a"]["groups"] == first["checkpoints"]["a"]["groups"]
-    for other in (ck(spec, model="m2"), ck(spec, strategy="score"), ck(spec, max_new_tokens=7)):
+    for other in (ck(spec, model="m2"), ck(spec, format_name="score"), ck(spec, max_new_tokens=7)):
         with pytest.raises(DataError, match="--restart") as err:
             evaluate(spec, cache, [other], run, opts(), **QUIET)
         assert "'a' in this run was evaluated with" in str(err.value)
@@ -214,3 +215,46 @@ def test_duplicate_records_from_an_unlocked_double_run_count_once(bench, tmp_pat
     pred.write_text(pred.read_text() * 2)  # what two unlocked writers used to leave behind
     again = evaluate(spec, cache, [ck(spec)], run, opts(), **QUIET)
     assert again["checkpoints"]["a"] == once["checkpoints"]["a"] and len(load_records(pred)) == N
+
+
+def test_resume_on_another_twin_cache_or_changed_twins_refuses_unless_restart(bench, tmp_path):
+    """Predictions are answers about twins: resuming them with twins of another cache (another perception
+    config) or with twins whose content changed since would mix answers about different twins."""
+    import shutil
+
+    from dtwinseg.data_builders.dt_cache import DTCache
+    from test_harness import MISSING, _rect
+
+    from dtwinseg.twin import DigitalTwin
+
+    spec, cache = bench
+    run = tmp_path / "run"
+    first = evaluate(spec, cache, [ck(spec)], run, opts(), **QUIET)
+    # the same twins under another perception config: another cache, refused by its config hash
+    other = DTCache.create(tmp_path / "other", {"perception": "another config"})
+    for p in DTCache.open(cache).twins_dir.glob("*.json"):
+        shutil.copy(p, other.twins_dir / p.name)
+    with pytest.raises(DataError, match="twin_cache.*--restart"):
+        evaluate(spec, other.folder, [ck(spec)], run, opts(), **QUIET)
+    # the same config, but the twins were rebuilt (a copy of the cache, one twin's semantics changed)
+    copy = tmp_path / "copy"
+    shutil.copytree(cache, copy)
+    c2 = DTCache.open(copy)
+    twin = c2.get("s01")
+    twin.objects[0].semantic = "green tree"
+    c2.put("s01", twin)
+    with pytest.raises(DataError, match="1 of its 8 predictions were computed on twins that changed") as err:
+        evaluate(spec, copy, [ck(spec)], run, opts(), **QUIET)
+    assert "'s01'" in str(err.value) and "--restart" in str(err.value)
+    assert len(load_records(run / "a" / "predictions.jsonl")) == N  # nothing was touched
+    # an unchanged copy resumes; a twin added since (the sample that had none) is picked up
+    shutil.rmtree(copy)
+    shutil.copytree(cache, copy)
+    c2 = DTCache.open(copy)
+    c2.put(MISSING, DigitalTwin.from_masks(MISSING, np.stack([_rect(1, 2, 5, 9)]), semantics=["red cup"]))
+    again = evaluate(spec, copy, [ck(spec)], run, opts(), **QUIET)
+    assert again["checkpoints"]["a"]["missing_twins"] == 0
+    assert first["checkpoints"]["a"]["missing_twins"] == 1
+    # --restart evaluates again on the other cache
+    restarted = evaluate(spec, other.folder, [ck(spec)], run, opts(restart=True), **QUIET)
+    assert restarted["checkpoints"]["a"]["n"] == N

@@ -83,8 +83,8 @@ def test_a_registered_format_is_selected_by_name(monkeypatch):
 
     monkeypatch.setitem(format_base._REGISTRY, "upper", Upper)
     backend = Scripted(lambda c, b: "Answer: [1]" if c[-1]["content"] == "Q" else "no")
-    out = LLMReasoner(ReasoningConfig(strategy="upper"), backend).reason([(make_twin(0, n=3), "q")])[0]
-    assert out.ids == [1] and out.strategy == "upper" and out.finish_reason == "stop"
+    out = LLMReasoner(ReasoningConfig(format_name="upper"), backend).reason([(make_twin(0, n=3), "q")])[0]
+    assert out.ids == [1] and out.format_name == "upper" and out.finish_reason == "stop"
 
 
 # --- each format: the target it trains on parses back to its answer ------------------------------------
@@ -148,18 +148,18 @@ def test_score_targets_fall_back_to_the_answer_and_refuse_bad_scores():
 def test_build_sft_saves_the_format_and_the_reasoning_config_reads_it_back(tmp_path):
     tok = bpe_tokenizer()
     fc = FormatConfig.from_dict({"system_prompt": "Segment.", "include_spatial": True, "spatial": {"max_relations": 2}})
-    cfg = SFTDatasetConfig(max_length=None, strategy="sftdt", format=fc)
+    cfg = SFTDatasetConfig(max_length=None, format_name="sftdt", format=fc)
     ds, stats = build_sft_dataset(records(2), tok, cfg)
     out = save_dataset(ds, tmp_path / "sft", {"stats": stats}, cfg)
     assert load_format(out) == ("sftdt", fc)
     rcfg = ReasoningConfig(format_from=str(out))
-    assert rcfg.strategy == "sftdt" and rcfg.format == fc
+    assert rcfg.format_name == "sftdt" and rcfg.format == fc
     twin = records(1)[0].twin
     assert LLMReasoner(rcfg, Scripted(None)).messages(twin, "q")[0]["content"] == "Segment."
     # the same settings written explicitly are accepted; a different one is refused in one line
-    assert ReasoningConfig(format_from=str(out), strategy="sftdt", format=fc).format == fc
+    assert ReasoningConfig(format_from=str(out), format_name="sftdt", format=fc).format == fc
     with pytest.raises(DataError, match="format differs"):
-        ReasoningConfig(format_from=str(out), strategy="select")
+        ReasoningConfig(format_from=str(out), format_name="select")
     with pytest.raises(DataError, match=r"spatial\.max_relations"):
         ReasoningConfig(format_from=str(out), format={**fc.to_dict(), "spatial": {"max_relations": 6}})
     # a YAML's relative format_from is read relative to the YAML
@@ -170,8 +170,8 @@ def test_build_sft_saves_the_format_and_the_reasoning_config_reads_it_back(tmp_p
 def test_a_model_folder_with_another_format_is_refused(tmp_path):
     save_format(tmp_path, "sftdt", FormatConfig(include_spatial=True))
     with pytest.raises(DataError, match="include_spatial"):
-        LLMReasoner(ReasoningConfig(strategy="sftdt", model=str(tmp_path)), Scripted(None))
-    same = ReasoningConfig(strategy="sftdt", model=str(tmp_path), format={"include_spatial": True})
+        LLMReasoner(ReasoningConfig(format_name="sftdt", model=str(tmp_path)), Scripted(None))
+    same = ReasoningConfig(format_name="sftdt", model=str(tmp_path), format={"include_spatial": True})
     assert LLMReasoner(same, Scripted(None)).format.name == "sftdt"
 
 
@@ -179,13 +179,13 @@ def test_a_model_folder_with_another_format_is_refused(tmp_path):
 def test_auto_budget_grows_with_the_twin_and_is_capped():
     small, large = make_twin(0, n=2), make_twin(1, n=40, size=96)
     backend = Scripted(lambda c, b: "Answer: []")
-    r = LLMReasoner(ReasoningConfig(strategy="sftdt", max_new_tokens_cap=100_000), backend)
+    r = LLMReasoner(ReasoningConfig(format_name="sftdt", max_new_tokens_cap=100_000), backend)
     r.reason([(small, "q"), (large, "q")])
     b_small, b_large = backend.budgets[0]
     assert b_small < b_large and b_large > 2048  # 2048 used to truncate paths over ~45 objects
-    capped = LLMReasoner(ReasoningConfig(strategy="sftdt", max_new_tokens_cap=500), backend)
+    capped = LLMReasoner(ReasoningConfig(format_name="sftdt", max_new_tokens_cap=500), backend)
     assert capped.budget(large) == 500
-    assert LLMReasoner(ReasoningConfig(strategy="sftdt", max_new_tokens=77), backend).budget(large) == 77
+    assert LLMReasoner(ReasoningConfig(format_name="sftdt", max_new_tokens=77), backend).budget(large) == 77
     assert build_format("score", {"tokens_per_object": 3, "base_tokens": 10}).budget(large) == 10 + 3 * 40
 
 
@@ -193,7 +193,7 @@ def test_truncated_answers_are_reported_apart_from_repairs():
     twin = make_twin(2, n=3)
     path = 'Step 1: {"0": {"verdict": "keep"}, "1": {"verdict": "keep"}, "2": {"verdict": "drop"}}\nStep 2: {"0'
     backend = Scripted(lambda c, b: Truncated(path, b))
-    out = LLMReasoner(ReasoningConfig(strategy="sftdt", max_new_tokens=40), backend).reason([(twin, "q")])[0]
+    out = LLMReasoner(ReasoningConfig(format_name="sftdt", max_new_tokens=40), backend).reason([(twin, "q")])[0]
     assert out.finish_reason == "length" and out.truncated and out.parse.status == "repaired"
     assert "max_new_tokens (40)" in out.parse.notes[0] and out.to_dict()["finish_reason"] == "length"
     ok = LLMReasoner(ReasoningConfig(), Scripted(lambda c, b: "Answer: [1]")).reason([(twin, "q")])[0]
@@ -233,7 +233,7 @@ def test_score_format_dataset_trains_and_its_answers_parse(tmp_path):
     tok.save_pretrained(tmp_path / "tok")
     recs = records(6, objects=4)
     write_records(tmp_path / "segdt.jsonl", recs, inline_twin=True)
-    (tmp_path / "score.yaml").write_text("strategy: score\nformat:\n  spatial: {max_relations: 2}\n  options: "
+    (tmp_path / "score.yaml").write_text("format:\n  name: score\n  spatial: {max_relations: 2}\n  options: "
                                          "{select: margin, margin: 1}\n")
     res = CliRunner().invoke(app, ["build-sft", str(tmp_path / "segdt.jsonl"), "--tokenizer", str(tmp_path / "tok"),
                                    "--out", str(tmp_path / "sft"), "--reasoning-config", str(tmp_path / "score.yaml"),
@@ -245,7 +245,7 @@ def test_score_format_dataset_trains_and_its_answers_parse(tmp_path):
     from datasets import load_from_disk
 
     ds = load_from_disk(str(tmp_path / "sft"))
-    row = encode_record(recs[0], tok, SFTDatasetConfig(max_length=None, strategy="score", format=fc))
+    row = encode_record(recs[0], tok, SFTDatasetConfig(max_length=None, format_name="score", format=fc))
     ids, kinds = np.array(row["input_ids"]), np.array(row["token_kinds"])
     digits = tok.decode(ids[kinds == DECISION]).replace(" ", "")
     assert digits == "".join(str(v) for v in recs[0].extra["object_scores"].values())  # decisions = the scores
@@ -267,7 +267,7 @@ def test_score_format_dataset_trains_and_its_answers_parse(tmp_path):
     outs = reasoner.reason([(r.twin, r.query) for r in recs[:3]])
     fmt = build_format("score", fc)
     for r, out in zip(recs, outs, strict=False):
-        assert out.strategy == "score" and out.finish_reason in ("stop", "length")
+        assert out.format_name == "score" and out.finish_reason in ("stop", "length")
         assert out.parse.status == fmt.parse(out.text, r.twin).parse.status
         assert set(out.ids) <= set(r.twin.ids)
         assert set(out.scores) == (set(r.twin.ids) if out.parse.ok else set())
@@ -288,7 +288,7 @@ def test_metrics_count_truncated_answers_apart_from_repairs():
     gt = twin.masks()[1].astype(np.uint8)
     sample = Sample(id="s", image_path="s.jpg", query="q", is_sentence=False, gt_mask=gt, split="val")
     cut = Truncated('Step 1: {"1": {"verdict": "keep"}, "0": {"verdict": "drop"}', 30)
-    outs = LLMReasoner(ReasoningConfig(strategy="sftdt", max_new_tokens=30),
+    outs = LLMReasoner(ReasoningConfig(format_name="sftdt", max_new_tokens=30),
                        Scripted(lambda c, b: cut if "cut" in c[-1]["content"] else "Answer: [1]"))
     done = outs.reason([(twin, "cut here"), (twin, "whole")])
     recs = [sample_record(sample, twin, out) for out in done]

@@ -101,7 +101,8 @@ def test_ground_truth_best_reasoner_reaches_the_oracle_bound(bench, tmp_path):
     c = m["checkpoints"]["oracle"]
     assert set(c["groups"]) == {"overall", "short", "long"} and set(c["dimensions"]) == {"recognition", "spatial"}
     for e in list(c["groups"].values()) + list(c["dimensions"].values()):
-        assert e["giou"] == e["oracle_giou"] and e["ciou"] == e["oracle_ciou"]
+        assert e["giou"] == pytest.approx(e["oracle_giou"], abs=1e-12)
+        assert e["ciou"] == pytest.approx(e["oracle_ciou"], abs=1e-12)
     assert c["groups"]["overall"]["oracle_giou"] < 0.99  # the partial twin and the missing twin cost IoU
     assert c["missing_twins"] == 1 and c["parse"] == {"ok": N - 1, "repaired": 0, "failed": 1}
     # independent recomputation with the metric on dense masks
@@ -119,6 +120,17 @@ def test_ground_truth_best_reasoner_reaches_the_oracle_bound(bench, tmp_path):
     report = (out / "report.md").read_text()
     assert "| oracle | select |" in report and "## Per dimension" in report
     assert (out / "plots" / "overall.png").stat().st_size > 0 and len(list((out / "worst" / "oracle").glob("*.png"))) == 2
+    # the worst cases are embedded with their query, ids and IoU; metrics.csv is the same numbers, tidy
+    assert report.count("![oracle ") == 2 and report.count("](worst/oracle/") == 2 and "query `" in report
+    import csv
+
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert list(rows[0]) == ["checkpoint", "split", "group", "giou", "ciou", "oracle", "n"]
+    assert {r["group"] for r in rows} == {"overall", "short", "long", "dimension:recognition", "dimension:spatial"}
+    for r in rows:
+        e = c["groups"].get(r["group"]) or c["dimensions"][r["group"].split(":", 1)[1]]
+        assert float(r["giou"]) == pytest.approx(e["giou"], abs=1e-12) and int(r["n"]) == e["n"]
+        assert float(r["oracle"]) == pytest.approx(e["oracle_giou"], abs=1e-12) and r["checkpoint"] == "oracle"
 
 
 def test_resume_after_interruption_gives_identical_metrics(bench, tmp_path):
@@ -158,9 +170,9 @@ def test_checkpoint_specs(tmp_path):
     ad = tmp_path / "sft" / "adapter"
     ad.mkdir(parents=True)
     (ad / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(folder)}))
-    base = ReasoningConfig(strategy="sftdt")
+    base = ReasoningConfig(format_name="sftdt")
     c = parse_checkpoint(str(ad), base)
-    assert (c.label, c.cfg.model, c.cfg.adapter, c.cfg.strategy) == ("sft-adapter", str(folder), str(ad), "sftdt")
+    assert (c.label, c.cfg.model, c.cfg.adapter, c.cfg.format_name) == ("sft-adapter", str(folder), str(ad), "sftdt")
     c = parse_checkpoint(f"base={folder}", base)
     assert (c.label, c.cfg.model, c.cfg.adapter) == ("base", str(folder), None)
     c = parse_checkpoint("openai:gpt-4o", base)
@@ -177,7 +189,7 @@ def test_two_process_sharded_run_equals_one_process(bench, tmp_path):
     model = save_tiny_llama(tmp_path / "tiny")
     with SemanticChatServer() as server:
         rcfg = tmp_path / "reasoning.yaml"
-        rcfg.write_text(f"strategy: select\nbase_url: {server.url}\napi_key_env: DTWINSEG_TEST_KEY\n"
+        rcfg.write_text(f"format: select\nbase_url: {server.url}\napi_key_env: DTWINSEG_TEST_KEY\n"
                         "max_new_tokens: 6\nbatch_size: 4\nmax_retries: 0\n")
         args = [spec, "--dt-cache", str(cache), "-c", "api=openai:fake-4o", "-c", f"tiny={model}",
                 "--reasoning-config", str(rcfg), "--worst", "1"]

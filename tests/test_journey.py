@@ -68,7 +68,11 @@ def test_journey_as_the_readme_writes_it(tmp_path):
            "WANDB_MODE": "offline"}
     env.pop("DTWINSEG_DEBUG", None)
     for line in readme_commands():
-        run(line, tmp_path, env)
+        proc = run(line, tmp_path, env)
+        if shlex.split(line)[1] == "build-sft":  # the README's chain drops no record
+            stats = json.loads(proc.stdout)
+            assert stats["examples"] == stats["records"] == 8 and stats["dropped_too_long"] == 0, stats
+            assert "warning" not in proc.stderr
 
     tiny = tmp_path / "runs" / "tiny"
     assert (tiny / "train" / "model.safetensors").stat().st_size > 0

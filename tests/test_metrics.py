@@ -46,14 +46,14 @@ def m(rows: list[list[int]]) -> np.ndarray:
 def test_simple_overlap_by_hand():
     i, u, iou = per_mask_iou(m([[1, 1], [0, 0]]), m([[1, 0], [1, 0]]))
     assert (i, u) == (1, 3)
-    assert iou == 1 / (3 + 1e-5)
+    assert iou == pytest.approx(1 / (3 + 1e-5), rel=1e-12)
 
 
 def test_ignore_pixels_leave_both_areas():
     # pred covers an ignored pixel: it counts neither in the prediction nor in the union
     i, u, iou = per_mask_iou(m([[1, 1], [0, 1]]), m([[1, 255], [0, 255]]))
     assert (i, u) == (1, 1)
-    assert iou == 1 / (1 + 1e-5)
+    assert iou == pytest.approx(1 / (1 + 1e-5), rel=1e-12)
 
 
 def test_both_empty_scores_one_and_adds_nothing_to_ciou():
@@ -61,7 +61,7 @@ def test_both_empty_scores_one_and_adds_nothing_to_ciou():
     gt = np.zeros((3, 4), np.uint8)
     assert per_mask_iou(pred, gt) == (0, 0, 1.0)
     r = compute_giou_ciou([pred], [gt])
-    assert r["giou"] == 1.0 / (1 + 1e-5)
+    assert r["giou"] == pytest.approx(1.0 / (1 + 1e-5), rel=1e-12)
     assert r["ciou"] == 0.0
 
 

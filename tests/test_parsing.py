@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtwinseg.parsing import parse_indices, parse_scores
+from dtwinseg.formats.score import parse_scores
+from dtwinseg.formats.select import parse_indices
 
 VALID = range(6)
 

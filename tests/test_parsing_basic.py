@@ -1,6 +1,6 @@
 """parse_indices on the everyday answers: an exact list, an Answer: line, garbage (never raises)."""
 
-from dtwinseg.parsing import parse_indices
+from dtwinseg.formats.select import parse_indices
 
 
 def test_exact_list_is_ok():

@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtwinseg.formats import available_formats, build_format
-from dtwinseg.formats.score import parse_score_answer
+from dtwinseg.formats.score import parse_score_answer, parse_scores
+from dtwinseg.formats.select import parse_indices
 from dtwinseg.formats.sftdt import parse_path_output
-from dtwinseg.parsing import HEAD_CHARS, parse_indices, parse_scores
+from dtwinseg.parsing import HEAD_CHARS
 
 MB = 1_000_000
 CEILING_S = 3.0  # CPU seconds for 1 MB; linear parsers take ~0.01-0.3 s here, a quadratic one hours

@@ -265,7 +265,9 @@ def test_fast_decoder_upscaling_same_with_and_without_scratch_buffers(sam_and_fe
         feats = up(keys.transpose(1, 2).reshape(3, 256, 64, 64))  # B x 32 x 256 x 256
         ref = torch.einsum("bmc,bchw->bmhw", hyper, feats)
     assert ws.buffers and not plain.buffers
-    assert torch.equal(first, allocating) and torch.equal(again, first[:2])
+    assert torch.equal(first, allocating)
+    # a smaller chunk may take another GEMM blocking: equal up to float rounding, not bit for bit
+    torch.testing.assert_close(again, first[:2], rtol=1e-6, atol=1e-6 * float(first.abs().max()))
     assert first.shape == (3, 2, 256, 256) and torch.allclose(first, ref, atol=1e-4 * ref.abs().max())
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert not _Workspace(keys).enabled

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 from dtwinseg.cli.main import app
-from dtwinseg.eval.publish import PublishError, publish
+from dtwinseg.workflows.publish import PublishError, publish
 from typer.testing import CliRunner
 
 METRICS = {
     "dataset": "reasonseg:/data/ReasonSeg:test",
     "checkpoints": {
-        "base": {"strategy": "select", "adapter": None, "groups": {
+        "base": {"strategy": "select", "adapter": None, "groups": {  # as written before "format"
             "overall": {"giou": 0.1, "ciou": 0.2, "oracle_giou": 0.9, "oracle_ciou": 0.9, "n": 3}},
             "parse": {"ok": 3, "repaired": 0, "failed": 0}},
-        "sft": {"strategy": "sftdt", "adapter": "ADAPTER", "groups": {
+        "sft": {"format": "sftdt", "adapter": "ADAPTER", "groups": {
             "overall": {"giou": 0.70512, "ciou": 0.706, "oracle_giou": 0.9, "oracle_ciou": 0.91, "n": 5},
             "short": {"giou": 0.6971, "ciou": 0.703, "oracle_giou": 0.9, "oracle_ciou": 0.9, "n": 2},
             "long": {"giou": 0.716, "ciou": 0.709, "oracle_giou": 0.9, "oracle_ciou": 0.92, "n": 3}},
@@ -55,7 +55,7 @@ def test_dry_run_card_parses_and_matches_metrics(adapter, tmp_path, monkeypatch)
                                                       "adapter_model.safetensors", "recipe.yaml"]
     card = ModelCard.load(stage / "README.md")
     assert card.data.base_model is None  # a local path is not a valid Hub id
-    assert "local checkpoint" in card.text and "lr: 2e-5" in card.text
+    assert "local checkpoint" in card.text and "lr: 2.0e-05" in card.text  # read as training reads it: a float
     assert "hf_SHOULD_NOT_APPEAR" not in (stage / "README.md").read_text()
     results = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
     sft = METRICS["checkpoints"]["sft"]["groups"]  # picked by adapter path among two checkpoints
@@ -63,6 +63,7 @@ def test_dry_run_card_parses_and_matches_metrics(adapter, tmp_path, monkeypatch)
     assert {r.dataset_type for r in card.data.eval_results} == {"reasonseg"}
     assert {r.dataset_split for r in card.data.eval_results} == {"test"}
     assert card.data.model_name == "dtwinseg-sft" and card.data.library_name == "peft"
+    assert "(sftdt format)" in card.text and "--checkpoint me/dtwinseg-sft --format sftdt --out" in card.text
 
 
 def test_base_model_override_and_checkpoint_choice(adapter, tmp_path):
@@ -73,6 +74,7 @@ def test_base_model_override_and_checkpoint_choice(adapter, tmp_path):
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model == "meta-llama/Llama-3.3-70B-Instruct"
     assert {r.metric_value for r in card.data.eval_results} == {10.0, 20.0}
+    assert "(select format)" in card.text and "--format select" in card.text  # metrics of an earlier version
 
 
 class FakeApi:

@@ -1,5 +1,5 @@
-"""Each strategy end to end on a tiny random-weight Llama (plumbing, batching, failure accounting) and
-the strategies' decoding on scripted answers."""
+"""Each format end to end on a tiny random-weight Llama (plumbing, batching, failure accounting) and
+the formats' decoding on scripted answers."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from reasoning_helpers import make_twin, save_tiny_llama, tiny_llama, train_toke
 
 from dtwinseg.formats import available_formats
 from dtwinseg.formats.score import parse_score_answer
+from dtwinseg.formats.select import parse_indices
 from dtwinseg.formats.sftdt import parse_path_output, render_path
 from dtwinseg.io import DataError
-from dtwinseg.parsing import parse_indices
 from dtwinseg.reasoning import (
     GenerationFailure,
     LLMReasoner,
@@ -52,21 +52,21 @@ class Scripted:
         return [self.answer(c) for c in conversations]
 
 
-@pytest.mark.parametrize("strategy", ["select", "sftdt", "score"])
-def test_strategy_end_to_end_batched_equals_one_by_one(tiny, strategy):
+@pytest.mark.parametrize("format_name", ["select", "sftdt", "score"])
+def test_format_end_to_end_batched_equals_one_by_one(tiny, format_name):
     folder, model, tok = tiny
-    cfg = ReasoningConfig(strategy=strategy, model=str(folder), max_new_tokens=12, batch_size=4)
+    cfg = ReasoningConfig(format_name=format_name, model=str(folder), max_new_tokens=12, batch_size=4)
     batched = LLMReasoner(cfg).reason(items())  # loads from the folder (real loading path)
     one = cfg.replace(batch_size=1)
     single = LLMReasoner(one, TransformersBackend(one, model, tok)).reason(items())
     assert [o.text for o in batched] == [o.text for o in single]
     for (twin, _), out in zip(items(), batched, strict=True):
-        assert out.strategy == strategy
+        assert out.format_name == format_name
         assert set(out.ids) <= set(twin.ids)
-        # failure accounting: the status is exactly what the strategy's parser says about the text
-        if strategy == "select":
+        # failure accounting: the status is exactly what the format's parser says about the text
+        if format_name == "select":
             expected = parse_indices(out.text, twin.ids)
-        elif strategy == "sftdt":
+        elif format_name == "sftdt":
             expected = parse_path_output(out.text, twin.ids).result
         else:
             expected = parse_score_answer(out.text, twin.ids)
@@ -82,7 +82,7 @@ def test_prompt_uses_chat_template_and_json_twin(tiny):
     twin = make_twin(3)
     text = backend.prompt_text(LLMReasoner(cfg, backend).messages(twin, "the red cup"))
     assert text.startswith("<s><|system|>") and text.endswith("<|assistant|>")
-    assert json.dumps(twin.objects[0].semantic) in text and "Query: the red cup" in text
+    assert f'"{twin.objects[0].semantic}; box' in text and "Query: the red cup" in text
     plain = TransformersBackend(cfg.replace(chat_template="plain"), model, tok)
     ptext = plain.prompt_text(LLMReasoner(cfg, plain).messages(twin, "the red cup"))
     assert ptext.startswith("### System:\n") and ptext.endswith("\n\n### Assistant:\n")
@@ -179,7 +179,7 @@ def test_select_decodes_and_accounts():
     ("best", 1.0, 9.5, []),  # best below the minimum: empty answer
 ])
 def test_score_rerank(select, margin, minimum, expected):
-    cfg = ReasoningConfig(strategy="score", format={"options": {"select": select, "margin": margin, "min": minimum}})
+    cfg = ReasoningConfig(format_name="score", format={"options": {"select": select, "margin": margin, "min": minimum}})
     r = LLMReasoner(cfg, Scripted(lambda c: '{"0": 2, "1": 9, "2": 8, "3": 0}'))
     out = r.reason([(make_twin(0, n=4), "q")])[0]
     assert out.ids == expected and out.scores == {0: 2.0, 1: 9.0, 2: 8.0, 3: 0.0}
@@ -187,7 +187,7 @@ def test_score_rerank(select, margin, minimum, expected):
 
 
 def test_score_ties_and_missing_objects():
-    cfg = ReasoningConfig(strategy="score")
+    cfg = ReasoningConfig(format_name="score")
     out = LLMReasoner(cfg, Scripted(lambda c: '{"2": 7, "3": 7}')).reason([(make_twin(0, n=4), "q")])[0]
     assert out.ids == [2] and out.scores[0] == 0.0 and out.parse.status == "repaired"
 
@@ -199,7 +199,7 @@ def test_sftdt_reads_the_rendered_path():
     twin = make_twin(5, n=4)
     gt = twin.masks()[[1, 3]].any(0).astype(np.uint8)
     path, _ = programmatic_path(twin, gt)
-    cfg = ReasoningConfig(strategy="sftdt")
+    cfg = ReasoningConfig(format_name="sftdt")
     out = LLMReasoner(cfg, Scripted(lambda c: render_path(twin, path).text)).reason([(twin, "q")])[0]
     assert out.ids == sorted(path.answer) == [1, 3] and out.parse.status == "ok"
 
@@ -207,7 +207,7 @@ def test_sftdt_reads_the_rendered_path():
 def test_config_yaml_round_trip_and_errors(tmp_path):
     import yaml
 
-    cfg = ReasoningConfig(strategy="score", backend="openai", model="gpt-4o", format={"options": {"select": "margin"}})
+    cfg = ReasoningConfig(format_name="score", backend="openai", model="gpt-4o", format={"options": {"select": "margin"}})
     p = tmp_path / "r.yaml"
     p.write_text(yaml.safe_dump({"reasoning": cfg.to_dict()}))
     assert ReasoningConfig.from_yaml(p) == cfg
@@ -230,7 +230,7 @@ def test_shipped_recipes_load():
     assert recipes
     for p in recipes:
         cfg = ReasoningConfig.from_yaml(p)
-        assert make_backend.__name__ and cfg.strategy in available_formats()
+        assert make_backend.__name__ and cfg.format_name in available_formats()
 
 
 def test_bert_as_decoder_generates_batched_like_single(tmp_path):

@@ -144,8 +144,10 @@ def test_process_count_rule(tmp_path):
     assert (one.total, one.per_machine) == (8, 8)
     two = plan_processes(8, {"num_machines": 2, "num_processes": 16}, None)  # the config wins: all 16 GPUs
     assert (two.total, two.machines, two.per_machine) == (16, 2, 8)
-    from_recipe = plan_processes(8, {"num_machines": 2}, None)  # recipe = per machine
+    from_recipe = plan_processes(16, {"num_machines": 2}, None)  # the recipe's count is a total too
     assert (from_recipe.total, from_recipe.per_machine) == (16, 8)
+    with pytest.raises(ConfigError, match="evenly"):
+        plan_processes(3, {"num_machines": 2}, None)
     explicit = plan_processes(8, {"num_machines": 2, "num_processes": 16}, 4)  # --num-processes = total
     assert (explicit.total, explicit.per_machine) == (4, 2)
     assert plan_processes(None, None, None).total == 1

@@ -36,7 +36,7 @@ def test_segment_cli_writes_all_outputs(tmp_path, server):
     twin.save(tmp_path / "twin_in.json")
     Image.new("RGB", (120, 80), (30, 90, 160)).save(tmp_path / "img.jpg")
     (tmp_path / "pipeline.yaml").write_text(
-        f"reasoning:\n  strategy: select\n  backend: openai\n  model: fake\n  base_url: {server.url}\n")
+        f"reasoning:\n  format: select\n  backend: openai\n  model: fake\n  base_url: {server.url}\n")
     res = CliRunner().invoke(app, ["segment", str(tmp_path / "img.jpg"), "find every red cup", "--config",
                                    str(tmp_path / "pipeline.yaml"), "--twin", str(tmp_path / "twin_in.json"),
                                    "--out", str(tmp_path / "out")])
@@ -44,8 +44,16 @@ def test_segment_cli_writes_all_outputs(tmp_path, server):
     out = tmp_path / "out"
     mask = np.asarray(Image.open(out / "mask.png"))
     assert np.array_equal(mask > 0, twin.union([0, 2]))
-    overlay = np.asarray(Image.open(out / "overlay.png").convert("RGB")).astype(int)
-    assert overlay.shape == (80, 120, 3)
+    full = np.asarray(Image.open(out / "overlay.png").convert("RGB")).astype(int)
+    assert full.shape[1] == 120 and full.shape[0] > 80  # the image, then the caption band
+    overlay, band = full[:80], full[80:]
+    assert (band == 255).all(axis=2).mean() > 0.8  # a white band ...
+    inked = np.flatnonzero((band.max(axis=2) < 100).any(axis=1))  # ... with two lines of dark text
+    assert len(inked) and inked.max() - inked.min() >= 12
+    from dtwinseg.visualize import segment_caption
+
+    assert segment_caption("find every  red cup", [0, 2], "ok") == "query: find every red cup\nanswer: ids [0, 2]"
+    assert segment_caption("q", [], "failed").endswith("ids [] (parse failed)")
     reddish = (overlay[..., 0] > 100) & (overlay[..., 2] < 140)  # the base image is (30, 90, 160)
     assert reddish[twin.union([0, 2])].mean() > 0.5 and reddish[twin.union([1])].mean() < 0.2
     text = (out / "reasoning.txt").read_text()
@@ -56,7 +64,7 @@ def test_segment_cli_writes_all_outputs(tmp_path, server):
 
 def test_segment_cli_errors_name_the_problem(tmp_path):
     Image.new("RGB", (120, 80)).save(tmp_path / "img.jpg")
-    (tmp_path / "p.yaml").write_text("reasoning:\n  strategy: select\n")
+    (tmp_path / "p.yaml").write_text("reasoning:\n  format: select\n")
     res = CliRunner().invoke(app, ["segment", str(tmp_path / "img.jpg"), "q", "--config", str(tmp_path / "p.yaml")])
     assert res.exit_code == 2 and "perception" in res.output and "Traceback" not in res.output, res.output
     scene().save(tmp_path / "t.json")
@@ -93,7 +101,7 @@ def test_shipped_pipelines_build_and_segment(path, server, monkeypatch):
     seg = Segmenter.from_config(path)
     assert seg.perception is not None and seg.perception.config.source == "sam"
     reasoning_only = Segmenter.from_config(path, with_perception=False, reasoning_overrides={
-        "backend": "openai", "model": "fake", "adapter": None, "base_url": server.url, "strategy": "select"})
+        "backend": "openai", "model": "fake", "adapter": None, "base_url": server.url, "format_name": "select"})
     result = reasoning_only.segment_twin(scene(), "find every red cup")
     assert result.output.ids == [0, 2]
 
@@ -103,7 +111,7 @@ def test_segment_cli_with_section_paths(tmp_path, server):
     scene().save(tmp_path / "t.json")
     Image.new("RGB", (120, 80)).save(tmp_path / "img.jpg")
     (tmp_path / "conf").mkdir()
-    (tmp_path / "conf" / "reasoning.yaml").write_text(f"strategy: select\nbackend: openai\nmodel: fake\n"
+    (tmp_path / "conf" / "reasoning.yaml").write_text(f"format: select\nbackend: openai\nmodel: fake\n"
                                                       f"base_url: {server.url}\n")
     (tmp_path / "pipe").mkdir()
     (tmp_path / "pipe" / "p.yaml").write_text("reasoning: ../conf/reasoning.yaml\n")

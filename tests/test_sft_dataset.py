@@ -19,6 +19,7 @@ from dtwinseg.data_builders.sft_dataset import (
 from sft_helpers import bpe_tokenizer, minilm_tokenizer, records
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CONTEXT = 4096  # MiniLM's own 512 would fit these prompts by leaving objects out (tests/test_prompt_fit.py)
 
 
 @pytest.fixture(scope="module", params=["bpe", "wordpiece"])
@@ -32,7 +33,7 @@ def _decode(tok, ids) -> str:
 
 def test_weighted_tokens_decode_to_the_decisions_and_answer(tokenizer):
     rec = records(1)[0]
-    row = encode_record(rec, tokenizer, SFTDatasetConfig(max_length=None))
+    row = encode_record(rec, tokenizer, SFTDatasetConfig(max_length=0), context=CONTEXT)
     ids, kinds, w = np.array(row["input_ids"]), np.array(row["token_kinds"]), np.array(row["loss_weights"])
     # Answer tokens decode to exactly the final list.
     assert _decode(tokenizer, ids[kinds == ANSWER]) == json.dumps(rec.path.answer).replace(" ", "")
@@ -52,25 +53,27 @@ def test_weighted_tokens_decode_to_the_decisions_and_answer(tokenizer):
 
 def test_custom_weights_and_dataset_columns(tokenizer):
     cfg = SFTDatasetConfig(max_length=None, w_decision=3.0, w_answer=7.5)
-    ds, stats = build_sft_dataset(records(3), tokenizer, cfg)
+    ds, stats = build_sft_dataset(records(3), tokenizer, cfg, context=CONTEXT)
     assert len(ds) == 3 and stats["examples"] == 3 and stats["dropped_too_long"] == 0
     assert set(ds.column_names) >= {"id", "input_ids", "labels", "loss_weights", "token_kinds"}
     w = np.concatenate([np.array(x) for x in ds["loss_weights"]])
     assert set(np.unique(w)) == {0.0, 1.0, 3.0, 7.5}
 
 
-def test_overlong_examples_truncate_the_twin_or_drop(tokenizer):
+def test_overlong_examples_are_dropped_never_shortened(tokenizer):
+    """An example longer than max_length is dropped and counted; its prompt is never shortened for training
+    alone (the prompt is the one inference sends: tests/test_prompt_fit.py)."""
     recs = records(2, objects=8)
-    full = encode_record(recs[0], tokenizer, SFTDatasetConfig(max_length=None))
+    full = encode_record(recs[0], tokenizer, SFTDatasetConfig(max_length=0), context=CONTEXT)
     n = len(full["input_ids"])
-    short = encode_record(recs[0], tokenizer, SFTDatasetConfig(max_length=n - 5))
-    assert short is not None and 0 < short["removed_objects"] and len(short["input_ids"]) <= n - 5
-    kinds = np.array(short["token_kinds"])
-    answer = _decode(tokenizer, np.array(short["input_ids"])[kinds == ANSWER])
-    assert answer == json.dumps(recs[0].path.answer).replace(" ", "")  # the answer survives
-    assert encode_record(recs[0], tokenizer, SFTDatasetConfig(max_length=n - 5, on_overflow="drop")) is None
-    ds, stats = build_sft_dataset(recs, tokenizer, SFTDatasetConfig(max_length=40))
-    assert stats["dropped_too_long"] == 2 and len(ds) == 0
+    assert full["removed_objects"] == 0
+    assert encode_record(recs[0], tokenizer, SFTDatasetConfig(max_length=n), context=CONTEXT)["input_ids"] == \
+        full["input_ids"]
+    assert encode_record(recs[0], tokenizer, SFTDatasetConfig(max_length=n - 5), context=CONTEXT) is None
+    assert encode_record(recs[0], tokenizer, SFTDatasetConfig(max_length=n - 5, on_overflow="truncate_twin"),
+                         context=CONTEXT) is None  # the deprecated name means the same
+    ds, stats = build_sft_dataset(recs, tokenizer, SFTDatasetConfig(max_length=40), context=CONTEXT)
+    assert stats["dropped_too_long"] == 2 and len(ds) == 0 and stats["objects_dropped"] == 0
 
 
 def test_build_sft_cli(tmp_path):
@@ -117,8 +120,8 @@ def test_score_format_rows_and_unusable_records_are_counted(tokenizer):
     use is counted as failed with its field, the others are built."""
     recs = records(3, objects=4)
     recs[1].extra["object_scores"] = {"0": 99}
-    cfg = SFTDatasetConfig(max_length=None, strategy="score")
-    ds, stats = build_sft_dataset(recs, tokenizer, cfg)
+    cfg = SFTDatasetConfig(max_length=None, format_name="score")
+    ds, stats = build_sft_dataset(recs, tokenizer, cfg, context=CONTEXT)
     assert len(ds) == 2 and stats["failed"] == 1 and stats["failures"][0]["id"] == recs[1].id
     assert "object_scores" in stats["failures"][0]["error"]
     row = ds[0]
@@ -135,7 +138,7 @@ def test_plain_layout_without_system_message_matches_inference():
     tok = minilm_tokenizer()
     rec = records(1)[0]
     cfg = SFTDatasetConfig(max_length=None, format=FormatConfig(system_prompt=""))
-    row = encode_record(rec, tok, cfg)
+    row = encode_record(rec, tok, cfg, context=CONTEXT)
     kinds = np.array(row["token_kinds"])
     prompt_ids = np.array(row["input_ids"])[kinds == PROMPT]
     messages = cfg.reasoning_format().messages(rec.twin, rec.query)
@@ -162,7 +165,9 @@ def test_loss_weights_have_one_home():
     assert LossWeights.of(type("T", (), trainer)) == DEFAULT_LOSS_WEIGHTS
     rows = [training_recipe(DemoConfig(), *["x"] * 3, weighted, 0)["training"] for weighted in (True, False)]
     assert [LossWeights.of(type("R", (), r)) for r in rows] == [DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS]
-    assert "default 2" in CliRunner().invoke(app, ["build-sft", "--help"], env={"COLUMNS": "200"}).output
+    help_text = " ".join(CliRunner().invoke(app, ["build-sft", "--help"], env={"COLUMNS": "200"}).output.split())
+    for f in dataclasses.fields(LossWeights):  # the CLI's options are generated from the dataclass
+        assert f"--w-{f.name} <float> Loss weight of {f.metadata['help']} [default: {f.default:g}," in help_text
 
 
 def test_progress_bar_is_drawn_by_local_rank_zero_only(capsys, monkeypatch):
@@ -170,16 +175,16 @@ def test_progress_bar_is_drawn_by_local_rank_zero_only(capsys, monkeypatch):
     for rank, drawn in (("0", True), ("1", False)):
         monkeypatch.setenv("LOCAL_RANK", rank)
         build_sft_dataset(records(2), tok, SFTDatasetConfig(max_length=None), progress=True, total=2)
-        assert ("tokenising" in capsys.readouterr().out) is drawn
+        assert ("tokenising" in capsys.readouterr().err) is drawn  # bars draw on stderr
     monkeypatch.setenv("LOCAL_RANK", "0")
     build_sft_dataset(records(2), tok, SFTDatasetConfig(max_length=None), progress=False)
-    assert "tokenising" not in capsys.readouterr().out
+    assert "tokenising" not in capsys.readouterr().err
 
 
 def test_per_object_target_writes_one_verdict_example_per_object(tokenizer):
     from dtwinseg.formats import FormatConfig
 
-    cfg = SFTDatasetConfig(max_length=None, strategy="compact", format=FormatConfig(options={"target": "object"}))
+    cfg = SFTDatasetConfig(max_length=None, format_name="compact", format=FormatConfig(options={"target": "object"}))
     recs = records(2)
     ds, stats = build_sft_dataset(recs, tokenizer, cfg)
     assert stats["records"] == 2 and stats["examples"] == len(ds) == sum(len(r.twin) for r in recs)
@@ -192,12 +197,12 @@ def test_per_object_target_writes_one_verdict_example_per_object(tokenizer):
         prompt = _decode(tokenizer, ids[kinds == PROMPT])
         assert "holddrinks" in prompt and f"object:{obj.semantic.replace(' ', '')}" in prompt
         assert sum(o.semantic.replace(" ", "") in prompt for o in recs[0].twin.objects) == 1  # no context
-    with_context = SFTDatasetConfig(max_length=None, strategy="compact",
+    with_context = SFTDatasetConfig(max_length=None, format_name="compact",
                                     format=FormatConfig(options={"target": "object", "context": True}))
     row = build_sft_dataset(recs[:1], tokenizer, with_context)[0][0]
     prompt = _decode(tokenizer, np.array(row["input_ids"])[np.array(row["token_kinds"]) == PROMPT])
     assert all(o.semantic.replace(" ", "") in prompt for o in recs[0].twin.objects)
-    short = SFTDatasetConfig(max_length=12, strategy="compact", format=FormatConfig(options={"target": "object"}))
+    short = SFTDatasetConfig(max_length=12, format_name="compact", format=FormatConfig(options={"target": "object"}))
     ds, stats = build_sft_dataset(recs, tokenizer, short)
     assert len(ds) == 0 and stats["dropped_too_long"] == 10 and stats["dropped_ids"] == ["r0", "r1"]
 
@@ -206,7 +211,7 @@ def test_per_object_training_prompt_is_the_prompt_the_reasoner_scores(tokenizer)
     from dtwinseg.formats import FormatConfig, build_format
     from dtwinseg.prompting import chat_prompt
 
-    cfg = SFTDatasetConfig(max_length=None, strategy="compact", format=FormatConfig(options={"target": "object"}))
+    cfg = SFTDatasetConfig(max_length=None, format_name="compact", format=FormatConfig(options={"target": "object"}))
     rec = records(1)[0]
     ds, _ = build_sft_dataset([rec], tokenizer, cfg)
     fmt = build_format("compact", cfg.format)

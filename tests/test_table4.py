@@ -34,7 +34,7 @@ def test_every_row_config_loads_and_names_its_row():
     assert not sam_only.proposals.refine and not sam_only.use_granularity
     assert PerceptionConfig.from_yaml(ROOT / rows["semantic_per_mask"].perception).semantic_context == "none"
     assert PerceptionConfig.from_yaml(ROOT / rows["vlm_gpt4o_mini"].perception).vlm.model == "gpt-4o-mini"
-    assert ReasoningConfig.from_yaml(ROOT / rows["sftdt_no_cot"].reasoning).strategy == "select"
+    assert ReasoningConfig.from_yaml(ROOT / rows["sftdt_no_cot"].reasoning).format_name == "select"
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def synth(tmp_path_factory):
 
 
 def reasoner_yaml(path, server):
-    path.write_text(yaml.safe_dump({"strategy": "select", "backend": "openai", "model": "m",
+    path.write_text(yaml.safe_dump({"format": "select", "backend": "openai", "model": "m",
                                     "base_url": server.base_url, "timeout_s": 10, "backoff_s": 0.01,
                                     "max_retries": 1}))
     return path

@@ -131,7 +131,9 @@ def test_config_refuses_keys_and_bad_values(tmp_path):
     from pathlib import Path
 
     shipped = Path(__file__).resolve().parent.parent / "recipes" / "segdt" / "teacher_gpt4o.yaml"
-    assert TeacherConfig.from_yaml(shipped).spatial_config().all_pairs
+    from dtwinseg.spatial import SpatialConfig
+
+    assert TeacherConfig.from_yaml(shipped).spatial_config() == SpatialConfig()  # the student's default JSON(D)
 
 
 def test_cli_build_segdt_teacher(data, monkeypatch, tmp_path):

@@ -16,7 +16,7 @@ PATH_FORMAT = {"options": {"target": "path"}}
 
 
 def _cfg(model: Path, **kw) -> ReasoningConfig:
-    return ReasoningConfig(strategy="compact", model=str(model), device="cpu", dtype="float32",
+    return ReasoningConfig(format_name="compact", model=str(model), device="cpu", dtype="float32",
                            decoding="verdicts", format=PATH_FORMAT, **kw)
 
 
@@ -89,18 +89,18 @@ def test_a_twin_without_objects_is_answered_empty_without_a_model_call(tiny: Pat
 
 def test_verdict_decoding_is_refused_where_it_cannot_work(tiny: Path) -> None:
     with pytest.raises(DataError, match="decoding.*generate, verdicts"):
-        ReasoningConfig(strategy="compact", model=str(tiny), decoding="beam")
+        ReasoningConfig(format_name="compact", model=str(tiny), decoding="beam")
     with pytest.raises(DataError, match="decoding.*backend transformers"):
-        ReasoningConfig(strategy="compact", backend="openai", model="gpt-4o", decoding="verdicts",
+        ReasoningConfig(format_name="compact", backend="openai", model="gpt-4o", decoding="verdicts",
                         base_url="http://127.0.0.1:9/v1")
     with pytest.raises(DataError, match="decoding.*target: path"):
-        build_reasoner(ReasoningConfig(strategy="compact", model=str(tiny), decoding="verdicts"))
+        build_reasoner(ReasoningConfig(format_name="compact", model=str(tiny), decoding="verdicts"))
     with pytest.raises(DataError, match="decoding.*per-object verdict path"):
-        build_reasoner(ReasoningConfig(strategy="select", model=str(tiny), decoding="verdicts"))
+        build_reasoner(ReasoningConfig(format_name="select", model=str(tiny), decoding="verdicts"))
 
 
 def test_per_object_target_judges_each_object_in_its_own_prompt(tiny_bert: Path) -> None:
-    cfg = ReasoningConfig(strategy="compact", model=str(tiny_bert), device="cpu", dtype="float32", batch_size=4,
+    cfg = ReasoningConfig(format_name="compact", model=str(tiny_bert), device="cpu", dtype="float32", batch_size=4,
                           decoding="verdicts", format={"options": {"target": "object"}})
     reasoner = build_reasoner(cfg)
     items = [(make_twin(1, n=4), "the red cup"), (make_twin(2, n=3), "all the trees")]

@@ -17,6 +17,7 @@ fields (``hub_token``, ``api_key``, ...) cannot be set in a recipe or an overrid
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import os
 from dataclasses import dataclass, field
@@ -96,8 +97,9 @@ class WandbSection:
 
 @dataclass
 class LaunchSection:
-    """accelerate_config: accelerate config YAML for a multi-process run. num_processes: processes on EACH
-    machine, used only when the accelerate config sets none (see training.launch.plan_processes)."""
+    """accelerate_config: accelerate config YAML (multi-process, DeepSpeed, ...). num_processes: processes in
+    TOTAL over all machines, as accelerate counts them; used only when neither --num-processes nor the
+    accelerate config sets it (see training.launch.plan_processes)."""
 
     accelerate_config: str | None = None
     num_processes: int | None = None
@@ -166,6 +168,9 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             raise ConfigError(OVERRIDE, key, _SECRET_HELP)
         section = parts[0]
         if section not in ALL_SECTIONS:
+            owner = section_of(section)
+            if owner is not None:
+                raise ConfigError(OVERRIDE, key, f"not a section; did you mean {owner}.{key}={raw}?")
             raise unknown_key_error(section, list(ALL_SECTIONS), OVERRIDE, "")
         if len(parts) == 1:
             raise ConfigError(OVERRIDE, key, f"name a field, e.g. {section}.<field>=value")
@@ -182,6 +187,61 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             raise ConfigError(OVERRIDE, ".".join(parts[:2]), "is not a mapping; set it as a whole")
         set_dotted(out, key, value)
     return out
+
+
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+FLAGS = "command line"  # the "file" named by errors in --field flags
+
+
+def flag_overrides(args: list[str]) -> list[str]:
+    """The words after a recipe on the command line as ``section.field=value`` overrides, TRL-style flags
+    included: ``--learning_rate 1e-4``, ``--learning_rate=1e-4`` and ``--learning-rate 1e-4`` set
+    ``training.learning_rate`` (flags name fields of the training section, as TrlParser reads
+    TrainingArguments); ``--lora.r 8`` sets another section's field; a bool flag alone (``--bf16``) means
+    true. ``section.field=value`` words pass through unchanged, in order. Unknown flags are a ConfigError
+    with the closest training fields."""
+    out, i = [], 0
+    train_types = None
+    while i < len(args):
+        word, i = args[i], i + 1
+        if not word.startswith("--"):
+            out.append(word)
+            continue
+        name, eq, value = word[2:].partition("=")
+        name = name.replace("-", "_")
+        section, dot, field_name = name.rpartition(".")
+        if not dot:
+            section, field_name = "training", name
+        if section == "training":
+            train_types = train_types or training_field_types()
+            types_ = train_types
+        elif section in SECTIONS:
+            types_ = field_types(SECTIONS[section])
+        else:
+            raise unknown_key_error(section, list(ALL_SECTIONS), FLAGS, "")
+        if field_name not in types_:
+            close = difflib.get_close_matches(field_name, sorted(types_), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join('--' + c if section == 'training' else f'--{section}.{c}' for c in close)}?" \
+                if close else ""
+            raise ConfigError(FLAGS, word.partition("=")[0], f"no such option (flags set {section} fields){hint}"
+                              f" (an `accelerate launch` flag goes through --accelerate-arg={word})")
+        if not eq:
+            is_bool = types_[field_name] in (bool, bool | None)
+            if is_bool and (i >= len(args) or args[i].lower() not in _BOOL_WORDS):
+                value = "true"
+            elif i < len(args):
+                value, i = args[i], i + 1
+            else:
+                raise ConfigError(FLAGS, word, "needs a value, e.g. --learning_rate 1e-4")
+        out.append(f"{section}.{field_name}={value}")
+    return out
+
+
+def section_of(name: str) -> str | None:
+    """The section that has a field ``name`` (training first, as TRL's flags), or None."""
+    if name in training_field_types():
+        return "training"
+    return next((sec for sec, cls in SECTIONS.items() if name in field_types(cls)), None)
 
 
 def recipe_from_dict(data: dict, path: str | os.PathLike | None = None) -> Recipe:

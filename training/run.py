@@ -5,16 +5,24 @@ typed values are one-line errors before any weight is loaded). Overrides are ``s
 strings typed by the field they set (``training.learning_rate=1e-4``, ``lora.r=8``,
 ``training.save_strategy=no``, ``lora.target_modules=[q_proj,v_proj]``, ``model.config={...}``).
 Run as a module (what ``accelerate launch`` starts): ``python -m dtwinseg.training.run RECIPE.yaml [key=value ...]``.
+
+Resuming (:func:`resume_point`): a run into an output_dir that holds checkpoints (``checkpoint-N`` with its
+``trainer_state.json``) resumes from the latest by default and says so; ``training.resume_from_checkpoint``
+``true`` insists on one, a folder names it, and ``false`` (``dtwinseg train --restart``) starts over, moving
+the old checkpoints aside first (``OUTPUT_DIR/previous-<time>/``: nothing is deleted). SIGTERM / SIGINT
+save a checkpoint at the next step boundary and stop (:class:`dtwinseg.training.trainer.GracefulStop`);
+this module then exits 128 + the signal number with one line saying how to resume.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from dtwinseg.training.recipe import (
     ModelSection,
     Recipe,
@@ -25,10 +33,10 @@ from dtwinseg.training.recipe import (
 )
 
 from dtwinseg.config import ConfigError, strip_secrets
-from dtwinseg.io import DataError, atomic_write_text
+from dtwinseg.io import DataError, atomic_write_text, dump_yaml
 
-__all__ = ["build_model", "build_tokenizer", "freeze_parameters", "load_recipe", "lora_config", "merge_adapter",
-           "save_recipe", "shutdown_distributed", "train_from_recipe"]
+__all__ = ["build_model", "build_tokenizer", "freeze_parameters", "latest_checkpoint", "load_recipe", "lora_config",
+           "merge_adapter", "resume_point", "save_recipe", "shutdown_distributed", "train_from_recipe"]
 
 
 def _dtype(name: str | None) -> Any:
@@ -152,28 +160,95 @@ def save_random_base(model: Any, tokenizer: Any, folder: Path) -> Path:
 
 
 def save_recipe(r: Recipe, folder: str | os.PathLike) -> Path:
-    """Write the resolved recipe (no secret-named key) as ``folder/recipe.yaml``; it reruns as is."""
-    text = yaml.safe_dump(strip_secrets(r.to_dict()), sort_keys=False, allow_unicode=True)
-    return atomic_write_text(Path(folder) / "recipe.yaml", text)
+    """Write the resolved recipe (no secret-named key, no resume_from_checkpoint: how one run started is not
+    part of the configuration) as ``folder/recipe.yaml``; it reruns as is."""
+    data = strip_secrets(r.to_dict())
+    if isinstance(data.get("training"), dict):
+        data["training"].pop("resume_from_checkpoint", None)
+    return atomic_write_text(Path(folder) / "recipe.yaml", dump_yaml(data))
+
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The highest ``checkpoint-N`` folder of ``output_dir`` that was saved completely (its
+    ``trainer_state.json``, written last, is there); None when there is none."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    done = [(int(m.group(1)), p) for p in folder.iterdir()
+            if (m := _CHECKPOINT.match(p.name)) and (p / "trainer_state.json").is_file()]
+    return max(done)[1] if done else None
+
+
+def _move_checkpoints_aside(output_dir: Path) -> Path | None:
+    """``--restart``: move every ``checkpoint-N`` folder into a new ``previous-<UTC time>`` folder, so a later
+    resume never picks a checkpoint of the run that was abandoned; returns that folder (None: nothing)."""
+    olds = [p for p in output_dir.iterdir() if _CHECKPOINT.match(p.name) and p.is_dir()] if output_dir.is_dir() else []
+    if not olds:
+        return None
+    aside = output_dir / time.strftime("previous-%Y%m%d-%H%M%S", time.gmtime())
+    aside.mkdir(exist_ok=True)
+    for p in olds:
+        try:
+            p.rename(aside / p.name)
+        except FileNotFoundError:  # another machine's rank 0 moved it first (shared output_dir)
+            pass
+    return aside
+
+
+def resume_point(args: Any, resume: bool | str | None) -> str | None:
+    """The checkpoint this run resumes from (None: step 1), by the rule of the module docstring; says so on
+    the main process. A missing checkpoint that the recipe insists on is a DataError naming the field."""
+    out = Path(args.output_dir)
+    field = "training.resume_from_checkpoint"
+    main = args.process_index == 0
+    if resume is False:
+        with args.main_process_first(local=True, desc="moving old checkpoints aside"):
+            aside = _move_checkpoints_aside(out) if args.local_process_index == 0 else None
+        if aside is not None and main:
+            print(f"restart: the checkpoints of the earlier run in {out} were moved to {aside} (delete it when "
+                  "you no longer need them); training starts at step 1", file=sys.stderr, flush=True)
+        return None
+    if isinstance(resume, str):
+        if not (Path(resume) / "trainer_state.json").is_file():
+            raise DataError(resume, field, "not a complete checkpoint folder (no trainer_state.json)")
+        return resume
+    last = latest_checkpoint(out)
+    if last is None:
+        if resume is True:
+            raise DataError(out, field, "true, but there is no complete checkpoint-N folder to resume from")
+        return None
+    if main:
+        print(f"resuming from {last} (this output_dir holds checkpoints; `dtwinseg train --restart` or "
+              f"{field}=false starts over)", file=sys.stderr, flush=True)
+    return str(last)
 
 
 def copy_format(r: Recipe, folder: str | os.PathLike) -> Path | None:
     """Copy the training data's reasoning format (``format.json`` written by build-sft) next to the model,
     so inference with another format is refused (dtwinseg.reasoning.check_trained_format)."""
+    from dtwinseg.data_builders.sft_dataset import dataset_folder
+
     from dtwinseg.formats import FORMAT_FILE, load_format, save_format
 
-    src = Path(r.data.train) / FORMAT_FILE
+    src = dataset_folder(r.data.train) / FORMAT_FILE
     if not src.is_file():
         return None
     return save_format(folder, *load_format(src))
 
 
 def _load_dataset(folder: str | os.PathLike, field: str) -> Any:
-    """The build-sft dataset in ``folder``; anything else is a DataError naming the recipe field."""
-    from datasets import load_from_disk
+    """The build-sft dataset in ``folder`` (or pushed to the Hub dataset id ``folder``: build-sft
+    --push-to-hub); anything else is a DataError naming the recipe field."""
+    from dtwinseg.data_builders.sft_dataset import dataset_folder, load_sft_dataset
 
+    folder = dataset_folder(folder, field)
+    if not folder.is_dir():
+        raise DataError(folder, field, "not found: a folder written by dtwinseg build-sft")
     try:
-        ds = load_from_disk(str(folder))
+        ds = load_sft_dataset(folder)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise DataError(folder, field, f"not a dataset written by dtwinseg build-sft ({' '.join(str(e).split())})"
                         ) from None
@@ -193,22 +268,21 @@ def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list
     from dtwinseg.training.trainer import SFTDTTrainer
 
     r = load_recipe(recipe, overrides)
-    for name in ("train", "eval"):
-        folder = getattr(r.data, name)
-        if folder and not Path(folder).is_dir():
-            raise DataError(folder, f"data.{name}", "not found: a folder written by dtwinseg build-sft")
-    # the data first: a folder that is not a build-sft dataset is one line before any weight loads
+    # the data first: a folder (or Hub dataset id) that is not a build-sft dataset is one line before any
+    # weight loads
     train_ds = _load_dataset(r.data.train, "data.train")
     eval_ds = _load_dataset(r.data.eval, "data.eval") if r.data.eval else None
     _configure_wandb(r)
     args = build_training_args(r)
     _, resume = training_kwargs(r)
+    resume = resume_point(args, resume)
     tokenizer = build_tokenizer(r.model)
     model = build_model(r.model, tokenizer)
     if r.model.freeze:
         freeze_parameters(model, list(r.model.freeze))
     if r.model.config and r.lora.use_lora:
         save_random_base(model, tokenizer, Path(args.output_dir) / "base")
+    push, args.push_to_hub = args.push_to_hub, False  # pushed once, complete, after saving (push_to_hub below)
     trainer = SFTDTTrainer(model, args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                            peft_config=lora_config(r))
     trainer.train(resume_from_checkpoint=resume)
@@ -218,11 +292,23 @@ def train_from_recipe(recipe: Recipe | dict | str | os.PathLike, overrides: list
         tokenizer.save_pretrained(str(out))
         save_recipe(r, out)
         copy_format(r, out)
+        if push:
+            push_to_hub(out, args)
     trainer.accelerator.wait_for_everyone()
     if merge and trainer.is_world_process_zero() and r.merge.enabled:
         del trainer, model
         merge_adapter(r)
     return out
+
+
+def push_to_hub(out: Path, args: Any, api: Any = None) -> str:
+    """``training.push_to_hub``: upload the finished folder (weights, tokenizer, recipe, format.json, our
+    card) once, as ``dtwinseg publish`` stages it (dtwinseg.training.hub), to ``training.hub_model_id``
+    (default: the output folder's name under the token's user), private when ``hub_private_repo``."""
+    from dtwinseg.training.hub import push_trained
+
+    repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
+    return push_trained(out, repo_id, private=bool(args.hub_private_repo), revision=args.hub_revision, api=api)
 
 
 def merge_adapter(recipe: Recipe | dict | str | os.PathLike, overrides: list[str] | None = None) -> Path | None:
@@ -264,10 +350,21 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python -m dtwinseg.training.run RECIPE.yaml [key=value ...] [--no-merge]")
     merge = "--no-merge" not in argv
     argv = [a for a in argv if a != "--no-merge"]
+    from dtwinseg.training.trainer import TrainingStopped
+
     try:
         train_from_recipe(argv[0], argv[1:], merge=merge)
     except DataError as e:  # one line, as the CLI prints it
         raise SystemExit(f"error: {e}") from None
+    except TrainingStopped as e:  # every rank stopped at the same step and saved: a clean shutdown is safe
+        import torch.distributed as dist
+
+        if int(os.environ.get("RANK", "0") or 0) == 0:
+            print(f"stopped: {e}", file=sys.stderr, flush=True)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank's part of the checkpoint is written before any rank exits
+        shutdown_distributed()
+        raise SystemExit(e.exit_code) from None
     shutdown_distributed()
 
 

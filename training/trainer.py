@@ -20,11 +20,22 @@ Throughput options (training/packing.py): ``padding_free`` packs each micro-batc
 per-example position ids and boundaries (attention kept per example, no compute on padding; loss and
 gradients equal the padded batch's), ``max_tokens_per_batch`` forms micro-batches by a token budget.
 ``prefix_lm`` (padding-free rows only, dtwinseg/prefix_lm.py): each example's prompt attends both ways.
+
+Stopping: on SIGTERM (what a cluster scheduler sends before it kills a job) or SIGINT, :class:`GracefulStop`
+lets the current optimizer step finish, saves a normal Trainer checkpoint at that step (model, optimizer,
+scheduler, RNG states, trainer state: the data position) even under ``save_strategy: "no"``, and stops;
+``train()`` then raises :class:`TrainingStopped`, whose message says how to resume. The ranks all-reduce
+the stop flag at every step end, so a signal reaching any one rank stops every rank at the same step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +49,7 @@ from dtwinseg.training.packing import (
     pack_examples,
     use_packed_attention,
 )
+from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from dtwinseg.formats.base import DEFAULT_LOSS_WEIGHTS, LossWeights
@@ -212,6 +224,95 @@ def _cpu_bf16_attention(args: Any) -> Any:
         yield
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on a signal after saving a resumable checkpoint. ``exit_code`` is 128 + the signal
+    number (143 for SIGTERM, 130 for SIGINT), what a shell reports for a process the signal ended."""
+
+    def __init__(self, signum: int, step: int, max_steps: int, checkpoint: str):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(f"training stopped by {name} after step {step} of {max_steps}; its checkpoint is "
+                         f"{checkpoint}: run the same command again to resume from it (`dtwinseg train "
+                         "--restart` starts over)")
+
+
+class GracefulStop(TrainerCallback):
+    """Stop at the next optimizer step boundary after SIGTERM / SIGINT, saving a checkpoint there.
+
+    The handlers are installed for the duration of ``train()`` (main thread only) and only set a flag; at
+    every step end the flag is all-reduced (max) over the ranks, so they agree on the step, and then
+    ``should_save`` + ``should_training_stop`` make the Trainer save ``checkpoint-<step>`` and leave its
+    loop. A second SIGINT at least ``escalate_after_s`` after the first stops at once (KeyboardInterrupt);
+    repeated SIGTERMs (a scheduler signalling every process of a job, and a launcher forwarding it) do not.
+    """
+
+    def __init__(self, escalate_after_s: float = 2.0):
+        self.signum: int | None = None
+        self.stopped_signal: int | None = None
+        self.stopped_at: int | None = None
+        self.escalate_after_s = escalate_after_s
+        self._first = 0.0
+        self._previous: dict[int, Any] = {}
+
+    # --- handlers -------------------------------------------------------------------------------
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread() or self._previous:
+            return
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if self.signum is not None:
+            if signum == signal.SIGINT and now - self._first >= self.escalate_after_s:
+                self.uninstall()
+                raise KeyboardInterrupt
+            return
+        self.signum, self._first = signum, now
+        if int(os.environ.get("RANK", "0") or 0) == 0:
+            print(f"{signal.Signals(signum).name} received: saving a checkpoint at the end of this step, then "
+                  "stopping" + (" (Ctrl-C again to stop at once, unsaved)" if signum == signal.SIGINT else ""),
+                  file=sys.stderr, flush=True)
+
+    # --- callback -------------------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.install()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        signum = self._agreed(self.signum or 0, args)
+        if signum:
+            if args.process_index == 0 and self.signum is None:  # another rank got it: say so here too
+                print(f"{signal.Signals(signum).name} received by another rank: saving a checkpoint at step "
+                      f"{state.global_step}, then stopping", file=sys.stderr, flush=True)
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_signal, self.stopped_at = signum, state.global_step
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.uninstall()
+
+    @staticmethod
+    def _agreed(signum: int, args: Any) -> int:
+        """The largest signal number any rank received (0: none); this rank's own outside a process group."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return signum
+        device = args.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        flag = torch.tensor([signum], dtype=torch.int64, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+
 class SFTDTTrainer(SFTTrainer):
     """SFTTrainer with the weighted SFTDT loss. Takes SFTTrainer's arguments; the training dataset has
     ``input_ids``, ``labels``, ``loss_weights`` (and optionally ``token_kinds``, ``id``) columns.
@@ -250,6 +351,8 @@ class SFTDTTrainer(SFTTrainer):
                 raise ValueError(f"prefix_lm needs dtwinseg's packed attention, the model uses "
                                  f"{self.attention_implementation!r} (padding_free_attention: segments)")
             mark_prefix_lm(_unwrapped(self.model))
+        self.graceful_stop = GracefulStop()
+        self.add_callback(self.graceful_stop)
         self.loss_is_scaled_for_ga = True  # normalised by the step's total weight already
         self.model_accepts_loss_kwargs = False
         self._use_fused = fused_head_supported(self.model) if args.fused_lm_head is None else args.fused_lm_head
@@ -257,6 +360,18 @@ class SFTDTTrainer(SFTTrainer):
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         with _cpu_bf16_attention(self.args):
             return super().training_step(*args, **kwargs)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """Trainer.train; raises :class:`TrainingStopped` when a signal stopped it (after its checkpoint)."""
+        stop = self.graceful_stop
+        stop.signum = stop.stopped_at = stop.stopped_signal = None
+        result = super().train(*args, **kwargs)
+        if stop.stopped_at is not None and stop.stopped_signal:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{stop.stopped_at}")
+            raise TrainingStopped(stop.stopped_signal, stop.stopped_at, self.state.max_steps, folder)
+        return result
 
     def _check_packing(self, processing_class: Any) -> None:
         """Refuse padding_free for a model whose attention ignores packed boundaries (probe: check_packed_attention).

@@ -292,9 +292,9 @@ def data_key(spec: dict) -> str:
 def reasoning_dict(model: str, options: dict, cfg: DemoConfig, decoding: str = "generate") -> dict:
     """The reasoning config of a row (what ``dtwinseg eval --reasoning-config`` reads); the generation
     budget is the format's own estimate for each twin (``max_new_tokens: auto``)."""
-    return {"strategy": "compact", "backend": "transformers", "model": model, "device": "cpu",
-            "dtype": cfg.eval_dtype, "batch_size": cfg.eval_batch_size, "max_new_tokens": "auto",
-            "decoding": decoding, "format": {"options": options}}
+    return {"format": {"name": "compact", "options": options}, "backend": "transformers", "model": model,
+            "device": "cpu", "dtype": cfg.eval_dtype, "batch_size": cfg.eval_batch_size, "max_new_tokens": "auto",
+            "decoding": decoding}
 
 
 # --- stages ----------------------------------------------------------------------------------------
@@ -504,7 +504,7 @@ def compact_dataset(records: list, tokenizer: Any, options: dict, out: Path, rec
 
     from dtwinseg.formats import FormatConfig
 
-    cfg = SFTDatasetConfig(max_length=512, strategy="compact", format=FormatConfig(options=options))
+    cfg = SFTDatasetConfig(max_length=512, format_name="compact", format=FormatConfig(options=options))
     ds, stats = build_sft_dataset(records, tokenizer, cfg)
     if negatives is not None and options.get("target") == "object":
         keep = set()
@@ -646,10 +646,13 @@ def row_checkpoint(label: str, checkpoint: str, reasoning_yaml: Path) -> Any:
 
     from dtwinseg.reasoning import ReasoningConfig
 
+    def local(path: str) -> str:  # base:NAME / package:... specs resolve themselves
+        return path if path.startswith(("base:", "package:")) else str(project_path(path))
+
     if checkpoint.startswith("baseline:constrained:"):
-        checkpoint = "baseline:constrained:" + str(project_path(checkpoint.split(":", 2)[2]))
+        checkpoint = "baseline:constrained:" + local(checkpoint.split(":", 2)[2])
     elif not checkpoint.startswith("baseline:"):
-        checkpoint = str(project_path(checkpoint))
+        checkpoint = local(checkpoint)
     return parse_checkpoint(f"{label}={checkpoint}", ReasoningConfig.from_yaml(reasoning_yaml))
 
 
@@ -921,7 +924,7 @@ def evaluate_rows(spec: str, cache_folder: Path, rows: dict[str, dict], out: Pat
             "giou": overall.get("giou"), "ciou": overall.get("ciou"),
             "giou_ci95": bootstrap_ci([float(r["iou"]) for r in recs], cfg.bootstrap),
             "dimensions": {d: v.get("giou") for d, v in sorted(m.get("dimensions", {}).items())},
-            "parse": m.get("parse", {})}
+            "parse": m.get("parse", {}), "truncated": m.get("truncated", 0)}
         if result["oracle"] is None and "oracle_giou" in overall:
             result["oracle"] = {"giou": overall["oracle_giou"], "ciou": overall["oracle_ciou"],
                                 "dimensions": {d: v.get("oracle_giou") for d, v in sorted(m.get("dimensions", {}).items())}}

@@ -1,7 +1,8 @@
 """Reasoning formats: one module per format (prompt, training target, parser, budget), registered by name.
 
-See :mod:`dtwinseg.formats.base` for the contract. Importing this package registers the built-in formats
-(``select``, ``sftdt``, ``score``, ``compact``).
+See :mod:`dtwinseg.formats.base` for the contract (:class:`ReasoningFormat`, defaults in
+:class:`FormatBase`). Importing this package registers the built-in formats (``select``, ``sftdt``,
+``score``, ``compact``).
 """
 
 from dtwinseg.formats.base import (
@@ -10,15 +11,18 @@ from dtwinseg.formats.base import (
     UNWEIGHTED_LOSS,
     Completion,
     Decoded,
+    FormatBase,
     FormatConfig,
     LossWeights,
     ReasoningFormat,
     Target,
+    VerdictPath,
     available_formats,
     build_format,
     check_same_format,
     format_differences,
     load_format,
+    read_format_spec,
     register_format,
     save_format,
 )
@@ -28,7 +32,8 @@ from dtwinseg.formats.select import SelectFormat
 from dtwinseg.formats.sftdt import SFTDTFormat
 
 __all__ = [
-    "DEFAULT_LOSS_WEIGHTS", "UNWEIGHTED_LOSS", "LossWeights", "FORMAT_FILE", "CompactFormat", "Completion", "Decoded", "FormatConfig", "ReasoningFormat", "SFTDTFormat", "ScoreFormat",
-    "SelectFormat", "Target", "available_formats", "build_format", "check_same_format", "format_differences",
-    "load_format", "overlap_scores", "register_format", "save_format",
+    "DEFAULT_LOSS_WEIGHTS", "UNWEIGHTED_LOSS", "LossWeights", "FORMAT_FILE", "CompactFormat", "Completion", "Decoded",
+    "FormatBase", "FormatConfig", "ReasoningFormat", "SFTDTFormat", "ScoreFormat", "SelectFormat", "Target",
+    "VerdictPath", "available_formats", "build_format", "check_same_format", "format_differences", "load_format",
+    "overlap_scores", "read_format_spec", "register_format", "save_format",
 ]

@@ -29,7 +29,7 @@ Forced verdict decoding (``ReasoningConfig.decoding: verdicts``): the path's obj
 the twin, so the reasoner writes them itself and the model only chooses each verdict word
 (:meth:`CompactFormat.verdict_path`); see dtwinseg/reasoning/verdicts.py.
 
-The parser is total and linear: the ``Answer:`` line (dtwinseg.parsing.parse_indices), or, when no
+The parser is total and linear: the ``Answer:`` line (dtwinseg.formats.select.parse_indices), or, when no
 answer line parses, the objects whose verdict is ``yes`` (status "repaired").
 
 Options (``FormatConfig.options``, validated strictly): ``target`` (answer | path | object), ``echo`` (bool),
@@ -52,14 +52,18 @@ from dtwinseg.config import StrictConfig
 from dtwinseg.formats.base import (
     Completion,
     Decoded,
+    FormatBase,
     FormatConfig,
     Target,
+    VerdictPath,
+    answer_text,
     linear_budget,
     register_format,
 )
 from dtwinseg.formats.facts import object_facts
+from dtwinseg.formats.select import parse_indices
 from dtwinseg.io import DataError
-from dtwinseg.parsing import ParseResult, parse_indices
+from dtwinseg.parsing import ParseResult
 from dtwinseg.twin import DigitalTwin
 
 NAME = "compact"
@@ -133,13 +137,6 @@ def twin_text(twin: DigitalTwin, opts: CompactOptions) -> str:
     return "\n".join(object_lines(twin, opts).values())
 
 
-def answer_text(ids: list[int]) -> tuple[str, tuple[int, int]]:
-    """``Answer: [i, j]`` and the character span of the id list in it."""
-    lst = "[" + ", ".join(str(int(i)) for i in sorted(ids)) + "]"
-    text = f"Answer: {lst}"
-    return text, (len(text) - len(lst), len(text))
-
-
 def parse_compact(text: object, valid_ids: list[int]) -> ParseResult:
     """Ids of a compact answer: the ``Answer:`` line, else the ``yes`` verdicts. Never raises."""
     res = parse_indices(text, valid_ids)
@@ -153,24 +150,7 @@ def parse_compact(text: object, valid_ids: list[int]) -> ParseResult:
     return ParseResult("repaired", ids, ["no answer line; ids from the yes verdicts"], text)
 
 
-@dataclass
-class VerdictPath:
-    """The forced skeleton of a path: per object its id and the text before its verdict (``head``), the
-    verdict words (the first one means "this object is meant"), the text after each verdict, and the
-    answer line built from the chosen ids. ``prompts`` (the per-object target): each object is its own
-    conversation, judged independently; else every verdict follows the scene's prompt and the earlier
-    steps."""
-
-    steps: list[tuple[int, str]]
-    choices: tuple[str, ...] = ("yes", "no")
-    line_end: str = "\n"
-    prompts: list[list[dict]] | None = None
-
-    def answer(self, ids: list[int]) -> str:
-        return answer_text(ids)[0]
-
-
-class CompactFormat:
+class CompactFormat(FormatBase):
     """The registered ``compact`` format (ReasoningFormat contract of dtwinseg.formats.base)."""
 
     name = NAME
@@ -212,6 +192,9 @@ class CompactFormat:
     def object_examples(self, twin: DigitalTwin, query: str, target: Target) -> list[tuple[int, list[dict], Completion]]:
         """Training examples of the per-object target: per object its prompt and ``yes`` / ``no`` (a decision
         span: the loss weighs it by w_decision)."""
+        if not self.per_object:
+            raise DataError(None, "format.options.target", f"{self.options.target!r} writes one example per "
+                            "scene (target); one per object is target: object")
         chosen = {int(i) for i in target.answer}
         lines = object_lines(twin, self.options)
         out = []

@@ -19,46 +19,78 @@ Training (the trainable scorer): the target scores come from ground-truth overla
 :class:`training.SFTDTTrainer` trains a scorer from the same datasets as SFTDT paths. A record without
 ``object_scores`` falls back to 10 for its answer objects and 0 for the others.
 
-Parsing: the ``Scores:`` line through :func:`dtwinseg.parsing.parse_scores` (ok); without it (a truncated
-answer), the ``score: N`` ending of each object line (repaired); else parse_scores on the whole text.
-Linear in the answer's length (capped first; lines split with str methods).
+Parsing (:func:`parse_score_answer`): the ``Scores:`` line through :func:`parse_scores` (ok); without it (a
+truncated answer), the ``score: N`` ending of each object line (repaired); else parse_scores on the whole
+text. :func:`parse_scores` reads a score table in any of the forms models write: a JSON object
+``{"<id>": score}``, a list of ``{"id", "score"}`` objects, or lines / markdown rows such as ``3: 7`` or
+``| 3 | 7/10 |``; ok only for exactly a JSON object mapping every valid id to a number in [0, 10],
+repaired when recovered from prose / fences / lines or some entries were fixed (clamped, unknown or
+duplicated ids dropped, objects without a score), failed when no score is found. Total and linear in the
+answer's length (the shared caps of :mod:`dtwinseg.parsing` first; lines split with str methods).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from dtwinseg.formats.base import (
-    TWIN_INTRO,
     Completion,
     Decoded,
+    FormatBase,
     FormatConfig,
     Target,
     chat,
     check_options,
     linear_budget,
     register_format,
+    twin_intro,
 )
 from dtwinseg.io import DataError
-from dtwinseg.parsing import ParseResult, ScoreParse, as_id, cap_text, parse_scores
+from dtwinseg.parsing import (
+    ANSWER_LINE_RE,
+    OBJECT_RE,
+    LongInt,
+    ParseResult,
+    Status,
+    as_id,
+    as_text,
+    cap_notes,
+    cap_text,
+    clean_answer,
+    known_id,
+    loads_json,
+)
 from dtwinseg.spatial import SpatialConfig, twin_json
 from dtwinseg.twin import DigitalTwin
 
-_TWIN_HELP = TWIN_INTRO + (
+_TASK = (
     "Compare all objects against the query and score how well each one matches it, from 0 (certainly "
     "not) to 10 (certainly the target). Score every object. "
 )
-SYSTEM_PROMPT = _TWIN_HELP + (
+_ANSWER = (
     "Answer with one JSON object mapping every object id to its score, e.g. {\"0\": 2, \"1\": 9}, and "
     "nothing else."
 )
-SYSTEM_PROMPT_REASONING = _TWIN_HELP + (
+_ANSWER_REASONING = (
     "First write one line per object, in id order: '<id>: <what it is>; <why it does or does not match>. "
     "score: <0-10>'. Then end with one line 'Scores: ' followed by a JSON object mapping every id to its "
     "score, e.g. Scores: {\"0\": 2, \"1\": 9}."
 )
+
+
+def system_prompt_for(spatial_cfg: SpatialConfig | None = None, reasoning: bool = False) -> str:
+    """The default system message: the twin's layout, the task, and the answer's form."""
+    return twin_intro(spatial_cfg) + _TASK + (_ANSWER_REASONING if reasoning else _ANSWER)
+
+
+SYSTEM_PROMPT = system_prompt_for()
+SYSTEM_PROMPT_REASONING = system_prompt_for(reasoning=True)
 USER_TEMPLATE = "Digital Twin:\n{twin}\n\nQuery: {query}\n\nScore every object from 0 to 10."
 OPTIONS = {"select": "best", "margin": 1.0, "min": 0.0, "reasoning_chars": 60}
 BASE_TOKENS = 32
@@ -69,8 +101,9 @@ def score_messages(twin: DigitalTwin, query: str, spatial_cfg: SpatialConfig | N
                    system_prompt: str | None = None, user_template: str | None = None,
                    indent: int | None = None, reasoning: bool = False) -> list[dict]:
     """Chat messages asking for a 0-10 score of every object against ``query``."""
-    default = SYSTEM_PROMPT_REASONING if reasoning else SYSTEM_PROMPT
-    user = (user_template or USER_TEMPLATE).format(twin=twin_json(twin, spatial_cfg, indent=indent), query=query)
+    default = system_prompt_for(spatial_cfg, reasoning)
+    dump = twin_json(twin, spatial_cfg, indent=indent, query=query)
+    user = (user_template or USER_TEMPLATE).format(twin=dump, query=query)
     return chat(default if system_prompt is None else system_prompt, user)
 
 
@@ -165,6 +198,157 @@ def render_scores(twin: DigitalTwin, scores: dict[int, int], target: Target | No
 
 
 # --- parsing ---------------------------------------------------------------------------------------------
+@dataclass
+class ScoreParse:
+    """Outcome of parsing a score table.
+
+    scores: object id -> score in [0, 10] for every object the answer scored validly.
+        Objects the answer did not score are absent (and listed in ``notes``, status repaired).
+    status / notes / raw: as :class:`dtwinseg.parsing.ParseResult`.
+    """
+
+    status: Status
+    scores: dict[int, float]
+    notes: list[str] = field(default_factory=list)
+    raw: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "scores": {str(k): v for k, v in self.scores.items()}, "notes": self.notes}
+
+
+_SCORE_LINE_RE = re.compile(
+    r"(?im)^[ \t|>*#_`-]*(?:(?:object|obj|id|item)[ \t#_*]*)?(\d{1,18})(?!\d)[ \t*_`]*[|:=,>)–-]+[ \t*_`]*"
+    r"(?:score[ \t*_]*[:=]?[ \t]*)?(-?\d{1,18}(?:\.\d{1,18})?)(?!\d)"
+)
+_SCORE_TEXT_RE = re.compile(r"(-?\d{1,18}(?:\.\d{1,18})?)(?:[ \t]*/[ \t]*10)?")
+_SCORE_KEYS = ("scores", "score", "ratings", "answer", "result")
+
+
+def _digit_text(v: object) -> bool:
+    """True for text that is an integer of any length ("12", "#3", "-7", or 4,300 digits)."""
+    return isinstance(v, str) and v.strip().lstrip("#").lstrip("-").isdigit()
+
+
+def _as_score(v: object) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        f = float(v)
+    elif isinstance(v, str) and not isinstance(v, LongInt) and len(v) <= 64:
+        m = _SCORE_TEXT_RE.fullmatch(v.strip())
+        if not m:
+            return None
+        f = float(m.group(1))
+    else:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _scores_from_json(value: object, notes: list[str]) -> list[tuple[object, object]] | None:
+    """JSON value -> (id, score) pairs, or None when it is not a score table."""
+    if isinstance(value, dict):
+        for key in _SCORE_KEYS:
+            for k, v in value.items():
+                if isinstance(k, str) and k.lower() == key and isinstance(v, (dict, list)):
+                    inner = _scores_from_json(v, notes)
+                    if inner is not None:
+                        notes.append(f"scores taken from the key {k!r}")
+                        return inner
+        pairs = [(k, v) for k, v in value.items()]
+        if pairs and all(as_id(k) is not None or _digit_text(k) for k, _ in pairs):
+            return pairs  # a key with too many digits is still an id key: dropped alone by validation
+        if {"id", "score"} <= {str(k).lower() for k in value}:
+            low = {str(k).lower(): v for k, v in value.items()}
+            return [(low["id"], low["score"])]
+        return None
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        pairs = []
+        for v in value:
+            low = {str(k).lower(): x for k, x in v.items()}
+            if "id" in low and "score" in low:
+                pairs.append((low["id"], low["score"]))
+        if pairs:
+            notes.append("scores read from a list of {id, score} objects")
+            return pairs
+    return None
+
+
+def parse_scores(text: object, valid_ids: Iterable[int] | None = None) -> ScoreParse:
+    """Parse per-object scores (0-10) from a JSON object ``{"<id>": score}``, a list of
+    ``{"id", "score"}`` objects, or lines / markdown rows such as ``3: 7`` or ``| 3 | 7/10 |`` (module
+    docstring: ok / repaired / failed). Never raises."""
+    raw = as_text(text)
+    if raw is None:
+        return ScoreParse("failed", {}, ["answer is not text"], "")
+    try:
+        r = _parse_scores(raw, valid_ids)
+        r.notes = cap_notes(r.notes)
+        return r
+    except Exception as e:  # noqa: BLE001 - totality: a parser bug must not kill a 1,000-sample run
+        return ScoreParse("failed", {}, [f"parser error {type(e).__name__}"], raw)
+
+
+def _parse_scores(raw: str, valid_ids: Iterable[int] | None) -> ScoreParse:
+    notes: list[str] = []
+    text = clean_answer(raw, notes)
+    exact = not notes
+    answers = list(ANSWER_LINE_RE.finditer(text))
+    candidate = answers[-1].group(1).strip() if answers else text
+    if answers:
+        exact = False
+        if not candidate:
+            candidate = text[answers[-1].end():].strip()
+    pairs = _scores_from_json(loads_json(candidate), notes)
+    if pairs is not None and notes:
+        exact = False
+    if pairs is None:
+        exact = False
+        for obj in reversed(OBJECT_RE.findall(candidate) + OBJECT_RE.findall(text)):
+            pairs = _scores_from_json(loads_json(obj), notes)
+            if pairs is not None:
+                notes.append("score object extracted from surrounding text")
+                break
+    if pairs is None:
+        pairs = [(m.group(1), m.group(2)) for m in _SCORE_LINE_RE.finditer(text)]
+        if pairs:
+            notes.append("scores read line by line")
+        else:
+            return ScoreParse("failed", {}, notes + ["no scores found"], raw)
+    scores = _validate_scores(pairs, valid_ids, notes)
+    status: Status = "ok" if exact and not notes else "repaired"
+    return ScoreParse(status, scores, notes, raw)
+
+
+def _validate_scores(pairs: list[tuple[object, object]], valid_ids: Iterable[int] | None,
+                     notes: list[str]) -> dict[int, float]:
+    valid = None if valid_ids is None else set(int(i) for i in valid_ids)
+    scores: dict[int, float] = {}
+    for k, v in pairs:
+        i = known_id(k, valid, notes, "id ")
+        s = _as_score(v)
+        if i is None:
+            continue
+        if s is None:
+            notes.append(f"dropped non-numeric score for id {i}")
+            continue
+        if not 0.0 <= s <= 10.0:
+            notes.append(f"clamped score {s:g} of id {i} to [0, 10]")
+            s = min(10.0, max(0.0, s))
+        if i in scores:
+            notes.append(f"duplicate score for id {i}; kept the first")
+            continue
+        scores[i] = s
+    if valid is not None:
+        missing = [i for i in sorted(valid) if i not in scores]
+        if missing and scores:
+            notes.append(f"no score for ids {missing}")
+    return dict(sorted(scores.items()))
+
+
 def _scores_line(text: str) -> str | None:
     """What follows the last ``Scores:`` marker at a line start, or None."""
     found = None
@@ -219,7 +403,7 @@ def parse_score_answer(text: str, valid_ids: list[int]) -> ScoreParse:
         return ScoreParse("failed", {}, [f"parser error {type(e).__name__}"], "")
 
 
-class ScoreFormat:
+class ScoreFormat(FormatBase):
     """Rea2Seg comparative scoring + rerank (module docstring). Options: ``select`` (best | margin),
     ``margin`` (points), ``min`` (best score below it -> empty answer), ``reasoning_chars`` (budget)."""
 

@@ -18,7 +18,7 @@ verdict words; answer tokens (``w_answer``) are the final list ``[0]``. :func:`r
 character spans; ``data_builders.sft_dataset`` maps them to tokens through the tokenizer's offsets.
 
 :func:`parse_path_output` reads any model output back and never raises: the final indices come from the
-``Answer:`` line (through :func:`dtwinseg.parsing.parse_indices`); without one, from the kept ids of the
+``Answer:`` line (through :func:`dtwinseg.formats.select.parse_indices`); without one, from the kept ids of the
 last readable step (status "repaired"); with neither, from any id list in the text. The text is capped
 (head + tail, :func:`dtwinseg.parsing.cap_text`) before any regex, and every pattern is line-bounded, so
 parsing is linear in the answer's length.
@@ -38,34 +38,40 @@ from typing import Any, Literal
 from dtwinseg.formats.base import (
     Completion,
     Decoded,
+    FormatBase,
     FormatConfig,
     Target,
     check_options,
     linear_budget,
     register_format,
 )
+from dtwinseg.formats.select import parse_indices
 from dtwinseg.io import DataError
-from dtwinseg.parsing import ParseResult, as_id, cap_text, parse_indices, validate_ids
-from dtwinseg.spatial import SpatialConfig, spatial_texts, twin_json
+from dtwinseg.parsing import ParseResult, as_id, cap_text, validate_ids
+from dtwinseg.spatial import SpatialConfig, describe_twin, spatial_texts, twin_json
 from dtwinseg.twin import DigitalTwin
 
 __all__ = [
     "SYSTEM_PROMPT", "USER_TEMPLATE", "VERDICTS", "Decision", "ParsedPath", "PathStep", "ReasoningPath",
-    "RenderedPath", "SFTDTFormat", "check_path", "parse_path_output", "render_path", "sftdt_messages",
+    "RenderedPath", "SFTDTFormat", "answer_line", "check_path", "parse_path_output", "render_path", "sftdt_messages",
 ]
 
 Verdict = Literal["keep", "drop"]
 VERDICTS: tuple[str, ...] = ("keep", "drop")
 
-SYSTEM_PROMPT = (
-    "You segment images by reasoning over a Digital Twin: a JSON object mapping each object id to its "
-    "spatial description (box [x_min, y_min, x_max, y_max] in pixels, area in % of the image, relations to "
-    "nearby objects) and its semantic description. Given a query, narrow the objects down step by step. "
-    'Write each step on its own line as "Step j: " followed by a JSON object with, for every object still '
-    'in play, its updated "semantic", your "reasoning", and a "verdict" of "keep" or "drop". A dropped '
-    'object never comes back. End with the line "Answer: [ids]" listing the ids whose union is the answer '
-    "([] when nothing matches)."
-)
+def system_prompt_for(spatial_cfg: SpatialConfig | None = None) -> str:
+    """The default system message for a layout of JSON(D) (dtwinseg.spatial.describe_twin)."""
+    return (
+        "You segment images by reasoning over a Digital Twin: " + describe_twin(spatial_cfg) + " Given a "
+        "query, narrow the objects down step by step. "
+        'Write each step on its own line as "Step j: " followed by a JSON object with, for every object still '
+        'in play, its updated "semantic", your "reasoning", and a "verdict" of "keep" or "drop". A dropped '
+        'object never comes back. End with the line "Answer: [ids]" listing the ids whose union is the answer '
+        "([] when nothing matches)."
+    )
+
+
+SYSTEM_PROMPT = system_prompt_for()
 """Default system message of the SFTDT format (override with ``system_prompt=``)."""
 
 USER_TEMPLATE = "Query: {query}\nDigital Twin JSON(D):\n{twin}"
@@ -214,13 +220,14 @@ def render_path(
     spatial_cfg: SpatialConfig | None = None,
     *,
     include_spatial: bool = False,
+    query: str | None = None,
 ) -> RenderedPath:
     """Render D(1..K) and the answer as the assistant text, recording decision and answer spans.
 
     An empty semantic in a decision is filled with the twin's S_i. ``include_spatial`` adds each object's
-    T_i to every step (the paper's full ``JSON(D(j))``; longer).
+    T_i to every step (the paper's full ``JSON(D(j))``; longer), as D(0) writes it for ``query``.
     """
-    spatial = spatial_texts(twin, spatial_cfg) if include_spatial else {}
+    spatial = spatial_texts(twin, spatial_cfg, query) if include_spatial else {}
     semantics = {o.id: o.semantic for o in twin.objects}
     parts: list[str] = []
     decision_spans: list[tuple[int, int]] = []
@@ -255,6 +262,13 @@ def render_path(
     return RenderedPath("".join(parts), decision_spans, [(start, start + len(answer_text))])
 
 
+def answer_line(ids: Sequence[int]) -> Completion:
+    """``Answer: [i, j]`` alone (answer span: the list), rendered exactly as a path's last line."""
+    lst = _dump(sorted(int(i) for i in ids))
+    text = f"Answer: {lst}"
+    return Completion(text, [], [(len(text) - len(lst), len(text))])
+
+
 def sftdt_messages(
     twin: DigitalTwin,
     query: str,
@@ -271,12 +285,12 @@ def sftdt_messages(
     Returns ``[{"role": ..., "content": ...}, ...]`` ready for ``tokenizer.apply_chat_template``; an empty
     ``system_prompt`` leaves the system message out.
     """
-    dump = twin_json(twin, spatial_cfg, indent=indent)
+    dump = twin_json(twin, spatial_cfg, indent=indent, query=query)
     user = (user_template or USER_TEMPLATE).format(query=query, twin=dump, twin_json=dump)
-    system = system_prompt if system_prompt is not None else SYSTEM_PROMPT
+    system = system_prompt if system_prompt is not None else system_prompt_for(spatial_cfg)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
     if path is not None:
-        rendered = render_path(twin, path, spatial_cfg, include_spatial=include_spatial)
+        rendered = render_path(twin, path, spatial_cfg, include_spatial=include_spatial, query=query)
         messages.append({"role": "assistant", "content": rendered.text})
     return messages
 
@@ -330,7 +344,7 @@ def _parse_step_body(body: str) -> PathStep | None:
 def parse_path_output(text: object, valid_ids: Iterable[int] | None = None) -> ParsedPath:
     """Parse an SFTDT answer (steps + ``Answer:`` line). Never raises, whatever ``text`` is.
 
-    Status of ``.result``: as :func:`dtwinseg.parsing.parse_indices` on the Answer line; "repaired" when the
+    Status of ``.result``: as :func:`dtwinseg.formats.select.parse_indices` on the Answer line; "repaired" when the
     Answer line is missing and the last readable step's kept ids are used; "failed" when neither exists
     and no id list can be found in the text.
     """
@@ -384,7 +398,7 @@ REASONING_CHARS = 60
 """Characters of reasoning per object assumed by the generation budget (option ``reasoning_chars``)."""
 
 
-class SFTDTFormat:
+class SFTDTFormat(FormatBase):
     """The SFTDT reasoning path (paper sec. 3.3): prompt, target path with spans, parser, budget.
 
     Options (``FormatConfig.options``): ``reasoning_chars`` (budget estimate, default 60).
@@ -397,14 +411,20 @@ class SFTDTFormat:
         self.options = check_options(self.name, self.config.options, {"reasoning_chars": REASONING_CHARS})
 
     def messages(self, twin: DigitalTwin, query: str) -> list[dict]:
+        """System + user (query + JSON(D(0))) for ``query``; fitted to a context by
+        dtwinseg.formats.base.fit_prompt."""
         c = self.config
         return sftdt_messages(twin, query, c.spatial, system_prompt=c.system_prompt,
                               user_template=c.user_template, indent=c.indent)
 
     def target(self, twin: DigitalTwin, target: Target) -> Completion:
+        """The rendered path with its spans; without a path (``target.path`` None), the bare answer line
+        ``Answer: [ids]``, the end every path has: what constrained decoding scores a zero-shot base on
+        (eval/baselines.py), never a training target (build-sft's records always carry a path)."""
         if target.path is None:
-            raise DataError(None, "path", "the sftdt format trains on a reasoning path; the record has none")
-        r = render_path(twin, target.path, self.config.spatial, include_spatial=self.config.include_spatial)
+            return answer_line(target.answer)
+        r = render_path(twin, target.path, self.config.spatial, include_spatial=self.config.include_spatial,
+                        query=target.query)
         return Completion(r.text, r.decision_spans, r.answer_spans)
 
     def parse(self, text: str, twin: DigitalTwin) -> Decoded:
@@ -418,7 +438,8 @@ class SFTDTFormat:
         if c.tokens_per_object is not None:
             return linear_budget(c, twin, c.tokens_per_object, BASE_TOKENS)
         per_object = int(self.options["reasoning_chars"]) + 50
-        n_rel = len(twin) - 1 if c.spatial.max_relations is None else min(len(twin) - 1, c.spatial.max_relations)
+        sp = c.spatial
+        n_rel = len(twin) - 1 if sp.max_relations is None else min(len(twin) - 1, sp.max_relations + sp.landmarks)
         spatial = (60 + 25 * max(n_rel, 0)) if c.include_spatial else 0
         chars = sum(per_object + len(o.semantic) + spatial for o in twin.objects)
         base = c.base_tokens if c.base_tokens is not None else BASE_TOKENS

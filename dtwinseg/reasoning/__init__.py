@@ -18,12 +18,12 @@ from dtwinseg.reasoning.reasoner import (
     LLMReasoner,
     Reasoner,
     ReasoningOutput,
-    make_strategy,
+    make_format,
 )
 from dtwinseg.reasoning.verdicts import VerdictReasoner, build_reasoner
 
 __all__ = [
     "BACKENDS", "FINISH_REASONS", "GenerationFailure", "LLMBackend", "LLMReasoner", "OpenAIBackend", "Reasoner",
     "ReasoningConfig", "ReasoningOutput", "TransformersBackend", "Truncated", "VLLMBackend", "VerdictReasoner", "adapter_base",
-    "build_reasoner", "load_causal_lm", "make_backend", "make_strategy",
+    "build_reasoner", "load_causal_lm", "make_backend", "make_format",
 ]

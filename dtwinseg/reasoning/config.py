@@ -1,11 +1,17 @@
 """ReasoningConfig: every knob of the reasoning stage, loadable from YAML (recipes/reasoning/*.yaml).
 
-The reasoning *format* (prompt, parser, training target) is chosen by name (``strategy:``, any name in
-``dtwinseg.formats.available_formats()``) and configured by ``format:`` (a
-:class:`dtwinseg.formats.FormatConfig`, the same object build-sft saves with a dataset); ``format_from:``
-reads both back from a dataset / adapter folder so inference uses exactly what the model was trained on.
-Older keys are still read: top-level ``spatial:`` -> ``format.spatial``; ``score_select`` /
-``score_margin`` / ``score_min`` -> ``format.options.select`` / ``margin`` / ``min``.
+The reasoning *format* (prompt, parser, training target) is named and configured by ``format:``: its
+name (``format: sftdt``, any name in ``dtwinseg.formats.available_formats()``), or a mapping of its name
+and options (``format: {name: sftdt, include_spatial: true}``: ``name`` plus the fields of
+:class:`dtwinseg.formats.FormatConfig`, the same object build-sft saves with a dataset). In Python the name
+is ``cfg.format_name`` and the options ``cfg.format`` (a FormatConfig); :meth:`ReasoningConfig.to_dict`
+writes the mapping form. ``format_from:`` reads both back from a dataset / adapter folder so inference
+uses exactly what the model was trained on.
+
+Older keys are still read: ``strategy: NAME`` (the format's name before it was called one; a one-line
+deprecation note on stderr, :func:`dtwinseg.formats.read_format_spec`); top-level ``spatial:`` ->
+``format.spatial``; ``score_select`` / ``score_margin`` / ``score_min`` -> ``format.options.select`` /
+``margin`` / ``min``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dtwinseg.config import StrictConfig, build_dataclass
-from dtwinseg.formats import FormatConfig, available_formats, check_same_format, load_format
+from dtwinseg.formats import FormatConfig, available_formats, check_same_format, load_format, read_format_spec
+from dtwinseg.formats.base import nest_format_name
 from dtwinseg.io import DataError, load_yaml
 from dtwinseg.openai_chat import EndpointFields
 from dtwinseg.spatial import SpatialConfig
@@ -30,15 +37,17 @@ LEGACY_SCORE_KEYS = {"score_select": "select", "score_margin": "margin", "score_
 class ReasoningConfig(EndpointFields, StrictConfig):
     """How a twin + query becomes object ids.
 
-    strategy: the reasoning format's name: "select" (zero-shot: ids that satisfy the query; paper sec.
-        3.2), "sftdt" (generate the reasoning path D(1..K), parse the final answer; paper sec. 3.3),
-        "score" (Rea2Seg: score every object 0-10, rerank), or any registered format (compact ...).
-        Default: the format of ``format_from``, else "select".
+    format_name: the reasoning format's name (YAML: ``format: NAME`` or ``format: {name: NAME, ...}``):
+        "select" (zero-shot: ids that satisfy the query; paper sec. 3.2), "sftdt" (generate the reasoning
+        path D(1..K), parse the final answer; paper sec. 3.3), "score" (Rea2Seg: score every object 0-10,
+        rerank), or any registered format (compact ...). Default: the format of ``format_from``, else
+        "select".
     format: the format's options (system prompt, spatial text, include_spatial, reasoning, rerank
         options, ...: dtwinseg.formats.FormatConfig). Must match what a fine-tuned model was trained with.
+        Given as a name or a mapping with ``name``, it sets ``format_name`` too.
     format_from: a dataset folder written by build-sft, an adapter/run folder, or a format.json: the
-        format name and options are read from it; an explicit ``strategy``/``format`` that differs is
-        refused (one line).
+        format name and options are read from it; an explicit name or option that differs is refused (one
+        line).
     backend: "transformers" (local model + optional LoRA adapter), "openai" (any OpenAI-compatible
         chat-completions endpoint) or "vllm" (optional extra; several LoRA adapters on one engine).
     model: local model folder or Hub id (transformers / vllm), or the API model name (openai).
@@ -68,7 +77,7 @@ class ReasoningConfig(EndpointFields, StrictConfig):
     vllm_kwargs: extra ``vllm.LLM(...)`` arguments (gpu_memory_utilization, max_lora_rank, ...).
     """
 
-    strategy: str | None = None
+    format_name: str | None = None
     format: FormatConfig | None = None
     format_from: str | None = None
     backend: str = "transformers"
@@ -91,23 +100,26 @@ class ReasoningConfig(EndpointFields, StrictConfig):
     vllm_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.format, dict):
-            self.format = FormatConfig.from_dict(self.format)
+        if isinstance(self.format, (str, dict)):  # format: NAME / {name: NAME, ...} given in Python
+            spec = read_format_spec({"format_name": self.format_name, "format": self.format})
+            self.format_name = spec.get("format_name")
+            fmt = spec.get("format")
+            self.format = None if fmt is None else FormatConfig.from_dict(fmt)
         if self.format_from:
             self._read_format_from()
-        if self.strategy is None:
-            self.strategy = "select"
+        if self.format_name is None:
+            self.format_name = "select"
         if self.format is None:
             self.format = FormatConfig()
         self.validate()
 
     def _read_format_from(self) -> None:
-        """Adopt the saved format; refuse an explicit strategy / format that differs from it."""
+        """Adopt the saved format; refuse an explicit name / options that differ from it."""
         name, saved = load_format(str(self.format_from))
-        if self.strategy is not None or self.format is not None:
-            used = (self.strategy or name, self.format if self.format is not None else saved)
+        if self.format_name is not None or self.format is not None:
+            used = (self.format_name or name, self.format if self.format is not None else saved)
             check_same_format((name, saved), used, source=self.format_from)
-        self.strategy, self.format = name, saved
+        self.format_name, self.format = name, saved
 
     @property
     def spatial(self) -> SpatialConfig:
@@ -117,8 +129,8 @@ class ReasoningConfig(EndpointFields, StrictConfig):
 
     def validate(self, path: str | os.PathLike | None = None) -> None:
         """Raise DataError naming the field when a value is out of its domain."""
-        if self.strategy not in available_formats():
-            raise DataError(path, "strategy", f"{self.strategy!r} is not a reasoning format; known: "
+        if self.format_name not in available_formats():
+            raise DataError(path, "format.name", f"{self.format_name!r} is not a reasoning format; known: "
                             f"{', '.join(available_formats())}")
         if self.backend not in BACKENDS:
             raise DataError(path, "backend", f"{self.backend!r} is not one of {', '.join(BACKENDS)}")
@@ -143,15 +155,21 @@ class ReasoningConfig(EndpointFields, StrictConfig):
             raise DataError(path, "top_p", f"must be in (0, 1], got {self.top_p}")
         self.check_endpoint(path)
 
-    # --- (de)serialisation (to_dict: dtwinseg.config.StrictConfig) ---------------------------------
+    # --- (de)serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain dict (YAML / JSON-safe; only the names of key variables, never a key), the format as
+        ``format: {name: NAME, <its options>}``: what :meth:`from_dict` reads back."""
+        return nest_format_name(dataclasses.asdict(self))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, *, path: str | os.PathLike | None = None) -> ReasoningConfig:
         """Strict (dtwinseg.config): unknown keys (did-you-mean), keys holding secrets and mistyped values
-        are a ConfigError naming the file and the field. A relative ``format_from`` is read relative to
-        the YAML file."""
+        are a ConfigError naming the file and the field. The format is named as the module docstring says
+        (``strategy:`` read as a deprecated alias). A relative ``format_from`` is read relative to the YAML
+        file."""
         if d is not None and not isinstance(d, dict):
             raise DataError(path, None, f"expected a mapping, got {type(d).__name__}")
-        d = _legacy_keys(dict(d or {}), path)
+        d = _legacy_keys(read_format_spec(d or {}, path), path)
         if d.get("format_from") and path is not None and not os.path.isabs(str(d["format_from"])):
             rel = os.path.join(os.path.dirname(str(path)), str(d["format_from"]))
             d["format_from"] = rel if os.path.exists(rel) else str(d["format_from"])

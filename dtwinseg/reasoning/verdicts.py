@@ -37,11 +37,12 @@ from dtwinseg.reasoning.backends import LLMBackend, TransformersBackend
 from dtwinseg.reasoning.config import ReasoningConfig
 from dtwinseg.reasoning.reasoner import (
     LLMReasoner,
+    PromptFitter,
     Reasoner,
     ReasoningOutput,
     answer_empty_twins,
     check_trained_format,
-    make_strategy,
+    make_format,
 )
 from dtwinseg.twin import DigitalTwin
 
@@ -244,16 +245,10 @@ class VerdictReasoner:
                             f"transformers, got {cfg.backend!r}")
         self.cfg = cfg
         check_trained_format(cfg)
-        self.strategy = make_strategy(cfg)
-        if not callable(getattr(self.strategy, "verdict_path", None)):
-            raise DataError(None, "decoding", f"'verdicts' needs a format with a per-object verdict path "
-                            f"(compact with format.options.target: path); {cfg.strategy!r} has none")
-        self.strategy.verdict_path(DigitalTwin("", 1, 1), "")  # a format without verdicts to force says so now
+        self.format = make_format(cfg)
+        self.format.verdict_path(DigitalTwin("", 1, 1), "")  # a format without verdicts to force says so now
         self.backend = backend if backend is not None else TransformersBackend(cfg)
-
-    @property
-    def format(self) -> Any:
-        return self.strategy
+        self.fit = PromptFitter(self.format, self.backend)
 
     def _score(self, texts_per_row: list[list[str]]) -> list[list[float]]:
         """For each row, the log-probability of each candidate text's tokens after the candidates' common
@@ -270,7 +265,7 @@ class VerdictReasoner:
         return continuation_logprobs(model, self.backend.device, pad, groups)
 
     def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
-        out, todo = answer_empty_twins(items, self.strategy.name)
+        out, todo = answer_empty_twins(items, self.format.name)
         bs = max(1, self.cfg.batch_size)
         for start in range(0, len(todo), bs):
             chunk = todo[start:start + bs]
@@ -279,9 +274,13 @@ class VerdictReasoner:
         return out  # type: ignore[return-value]
 
     def _reason_batch(self, items: Sequence[Item]) -> list[ReasoningOutput]:
-        paths = [self.strategy.verdict_path(twin, query) for twin, query in items]
-        texts = [None if p.prompts is not None else self.backend.prompt_text(self.strategy.messages(twin, query))
-                 for p, (twin, query) in zip(paths, items, strict=True)]
+        # A whole-scene path's prompt is fitted to the context as build-sft fitted it (objects it leaves out
+        # get no verdict); per-object prompts are each one object's own.
+        fitted = [None if self.format.per_object else self.fit(twin, query) for twin, query in items]
+        paths = [self.format.verdict_path(f.twin if f is not None else twin, query)
+                 for f, (twin, query) in zip(fitted, items, strict=True)]
+        texts = [None if p.prompts is not None or f is None else self.backend.prompt_text(f.messages)
+                 for p, f in zip(paths, fitted, strict=True)]
         paths_text = [""] * len(items)
         margins: list[dict[int, float]] = [{} for _ in items]
         threshold = float(self.cfg.verdict_margin)
@@ -325,8 +324,9 @@ class VerdictReasoner:
                 ids = [max(margins[r], key=lambda i: (margins[r][i], -i))]
                 notes.append("no object judged yes; the likeliest yes")
             text = paths_text[r] + p.answer(ids)
-            outs.append(ReasoningOutput(ids, ParseResult("ok", ids, notes, text), text, self.strategy.name,
-                                        scores=margins[r], finish_reason="stop"))
+            dropped = list(fitted[r].dropped) if fitted[r] is not None else []  # type: ignore[union-attr]
+            outs.append(ReasoningOutput(ids, ParseResult("ok", ids, notes, text), text, self.format.name,
+                                        scores=margins[r], finish_reason="stop", dropped=dropped))
         return outs
 
 
