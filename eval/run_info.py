@@ -29,6 +29,9 @@ from dtwinseg.runtime import shard_suffix
 # Reasoning fields that do not change what a model answers (throughput, transport, placement).
 OPERATIONAL = frozenset({"batch_size", "concurrency", "max_retries", "backoff_s", "timeout_s", "device",
                          "api_key_env", "base_url", "vllm_kwargs"})
+# Reasoning fields added after results were first saved, hashed only away from the value that gives the
+# earlier behaviour, so results saved before they existed keep their hash and resume.
+ADDED_LATER = {"verdict_margin": 0.0}
 IDENTITY_FIELDS = ("backend", "model", "adapter", "format", "reasoning_hash", "twin_cache")
 
 
@@ -38,7 +41,8 @@ def hashed_settings(ck: Checkpoint) -> dict:
     cfg = ck.cfg.to_dict()
     options = dict(cfg.pop("format") or {})
     cfg.update(strategy=options.pop("name", ck.cfg.format_name), format=options)
-    return {k: v for k, v in cfg.items() if k not in OPERATIONAL}
+    return {k: v for k, v in cfg.items()
+            if k not in OPERATIONAL and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
 def identity(ck: Checkpoint, twin_cache: str | None = None) -> dict:

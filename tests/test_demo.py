@@ -474,3 +474,12 @@ def test_verdict_margin_sets_how_sure_a_yes_must_be(tmp_path: Path) -> None:
         i for i, v in scores.items() if v >= middle)
     with pytest.raises(DataError, match="verdict_margin"):
         ReasoningConfig(verdict_margin=float("nan"))
+    # a margin changes the answers, so it is part of eval's resume identity; 0 (the earlier behaviour) keeps
+    # the hash of results saved before the field existed
+    from dtwinseg.eval.checkpoints import Checkpoint
+    from dtwinseg.eval.run_info import hashed_settings
+
+    def settings(**kw: float) -> dict:
+        return hashed_settings(Checkpoint("a", "m", ReasoningConfig(model="m", **kw)))
+
+    assert "verdict_margin" not in settings() and settings(verdict_margin=1.5)["verdict_margin"] == 1.5
