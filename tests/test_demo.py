@@ -306,8 +306,12 @@ def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> No
     assert summary["main_chosen_by"] == "val_giou" and summary["rows"][summary["main"]]["val_giou"] == best_val
     assert f"| {summary['main']} (main) |" in output and "oracle bound" in output
     assert not re.search(r"\| [0-2]/2 \[", output)  # --no-progress hides the trainer's bar (2 steps)
-    expected = trained | {"random", "largest", "lexical", "embedding", "constrained"}
+    # one lexical row per text the trained rows read: the first row's, then one per other format
+    expected = trained | {"random", "largest", "lexical", "lexical-sftdt", "lexical-answer-only", "embedding",
+                          "constrained"}
     assert set(summary["rows"]) == expected
+    for name, label in (("lexical", "scorer"), ("lexical-sftdt", "sftdt"), ("lexical-answer-only", "answer-only")):
+        assert summary["rows"][name]["reasoning_config"] == summary["rows"][label]["reasoning_config"]
     for row in summary["rows"].values():
         assert 0.0 <= row["giou"] <= 1.0 and 0.0 <= row["ciou"] <= 1.0
         lo, hi = row["giou_ci95"]
