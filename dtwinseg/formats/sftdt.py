@@ -65,15 +65,19 @@ __all__ = [
 Verdict = Literal["keep", "drop"]
 VERDICTS: tuple[str, ...] = ("keep", "drop")
 
-def system_prompt_for(spatial_cfg: SpatialConfig | None = None) -> str:
-    """The default system message for a layout of JSON(D) (dtwinseg.spatial.describe_twin)."""
+def system_prompt_for(spatial_cfg: SpatialConfig | None = None, style: str = "json") -> str:
+    """The default system message for a layout of JSON(D) (dtwinseg.spatial.describe_twin) and a path style."""
+    if style == "concise":
+        step = ('Write each step on its own line as "Step j: " followed by, for every object still in play, '
+                '"<id>: <reasoning> -> keep" or "... -> drop", separated by "; ", then "; kept [ids]". ')
+    else:
+        step = ('Write each step on its own line as "Step j: " followed by a JSON object with, for every object '
+                'still in play, its updated "semantic", your "reasoning", and a "verdict" of "keep" or "drop". ')
     return (
         "You segment images by reasoning over a Digital Twin: " + describe_twin(spatial_cfg) + " Given a "
-        "query, narrow the objects down step by step. "
-        'Write each step on its own line as "Step j: " followed by a JSON object with, for every object still '
-        'in play, its updated "semantic", your "reasoning", and a "verdict" of "keep" or "drop". A dropped '
-        'object never comes back. End with the line "Answer: [ids]" listing the ids whose union is the answer '
-        "([] when nothing matches)."
+        "query, narrow the objects down step by step. " + step +
+        'A dropped object never comes back. End with the line "Answer: [ids]" listing the ids whose union is '
+        "the answer ([] when nothing matches)."
     )
 
 
@@ -492,7 +496,10 @@ class SFTDTFormat(FormatBase):
         """System + user (query + JSON(D(0))) for ``query``; fitted to a context by
         dtwinseg.formats.base.fit_prompt."""
         c = self.config
-        return sftdt_messages(twin, query, c.spatial, system_prompt=c.system_prompt,
+        system = c.system_prompt
+        if system is None and self.options["style"] != "json":  # the default prompt describes the style
+            system = system_prompt_for(c.spatial, style=self.options["style"])
+        return sftdt_messages(twin, query, c.spatial, system_prompt=system,
                               user_template=c.user_template, indent=c.indent)
 
     def target(self, twin: DigitalTwin, target: Target) -> Completion:
