@@ -127,8 +127,9 @@ def test_paper_recipe_loads_and_refuses_bad_rows(tmp_path: Path) -> None:
     quick = PaperConfig.load(preset="quick")
     assert quick.max_steps == 2 and quick.rows == cfg.rows
     # The shipped reasoning config of the trained model writes and reads the format the preset trains.
-    from dtwinseg.reasoning import ReasoningConfig
     from dtwinseg.workflows.demo import project_path
+
+    from dtwinseg.reasoning import ReasoningConfig
 
     shipped = ReasoningConfig.from_yaml(project_path("recipes/reasoning/smollm2_sftdt.yaml"))
     assert shipped.format_name == "sftdt" and shipped.model == cfg.base
