@@ -126,6 +126,15 @@ def test_paper_recipe_loads_and_refuses_bad_rows(tmp_path: Path) -> None:
     assert cfg.base == SMOLLM2 and cfg.recipe == "recipes/smollm2_lora_cpu.yaml"
     quick = PaperConfig.load(preset="quick")
     assert quick.max_steps == 2 and quick.rows == cfg.rows
+    # The shipped reasoning config of the trained model writes and reads the format the preset trains.
+    from dtwinseg.workflows.demo import project_path
+
+    from dtwinseg.reasoning import ReasoningConfig
+
+    shipped = ReasoningConfig.from_yaml(project_path("recipes/reasoning/smollm2_sftdt.yaml"))
+    assert shipped.format_name == "sftdt" and shipped.model == cfg.base
+    assert shipped.format.to_dict() == FormatConfig.from_dict(cfg.format).to_dict()
+    assert shipped.format.options["style"] == "concise"
     bad = tmp_path / "p.yaml"
     bad.write_text("rows:\n  x: {target: paths, weighted: true}\n")
     with pytest.raises(DataError, match="target"):

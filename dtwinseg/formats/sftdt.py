@@ -13,6 +13,12 @@ Assistant text (one line per step, then the answer line)::
     Step 2: {"0": {"semantic": "the red mug on the table", "reasoning": "the only container left", "verdict": "keep"}}
     Answer: [0]
 
+The ``concise`` style (option ``style: concise``) writes the same steps tersely, one clause per object of the
+step, the reasoning before the verdict (the paper's fields; the semantic only with ``semantic: true``)::
+
+    Step 1: 0: a mug, as the query asks -> keep; 1: a table, not a mug -> drop; kept [0]
+    Answer: [0]
+
 Decision tokens (loss weight ``w_decision``) are the object ids (the digits of each step's keys) and the
 verdict words; answer tokens (``w_answer``) are the final list ``[0]``. :func:`render_path` returns their
 character spans; ``data_builders.sft_dataset`` maps them to tokens through the tokenizer's offsets.
@@ -59,15 +65,19 @@ __all__ = [
 Verdict = Literal["keep", "drop"]
 VERDICTS: tuple[str, ...] = ("keep", "drop")
 
-def system_prompt_for(spatial_cfg: SpatialConfig | None = None) -> str:
-    """The default system message for a layout of JSON(D) (dtwinseg.spatial.describe_twin)."""
+def system_prompt_for(spatial_cfg: SpatialConfig | None = None, style: str = "json") -> str:
+    """The default system message for a layout of JSON(D) (dtwinseg.spatial.describe_twin) and a path style."""
+    if style == "concise":
+        step = ('Write each step on its own line as "Step j: " followed by, for every object still in play, '
+                '"<id>: <reasoning> -> keep" or "... -> drop", separated by "; ", then "; kept [ids]". ')
+    else:
+        step = ('Write each step on its own line as "Step j: " followed by a JSON object with, for every object '
+                'still in play, its updated "semantic", your "reasoning", and a "verdict" of "keep" or "drop". ')
     return (
         "You segment images by reasoning over a Digital Twin: " + describe_twin(spatial_cfg) + " Given a "
-        "query, narrow the objects down step by step. "
-        'Write each step on its own line as "Step j: " followed by a JSON object with, for every object still '
-        'in play, its updated "semantic", your "reasoning", and a "verdict" of "keep" or "drop". A dropped '
-        'object never comes back. End with the line "Answer: [ids]" listing the ids whose union is the answer '
-        "([] when nothing matches)."
+        "query, narrow the objects down step by step. " + step +
+        'A dropped object never comes back. End with the line "Answer: [ids]" listing the ids whose union is '
+        "the answer ([] when nothing matches)."
     )
 
 
@@ -221,12 +231,22 @@ def render_path(
     *,
     include_spatial: bool = False,
     query: str | None = None,
+    style: str = "json",
+    semantic: bool = False,
+    kept: bool = True,
 ) -> RenderedPath:
     """Render D(1..K) and the answer as the assistant text, recording decision and answer spans.
 
     An empty semantic in a decision is filled with the twin's S_i. ``include_spatial`` adds each object's
     T_i to every step (the paper's full ``JSON(D(j))``; longer), as D(0) writes it for ``query``.
+    ``style``: "json" (a JSON object per step, the paper's form) or "concise" (``<id>: <reasoning> ->
+    <verdict>`` per object, ``; `` between objects; with ``semantic`` the step's semantic in parentheses
+    after the id; with ``kept`` the step ends with ``; kept [ids]``, the indices I(j) it keeps).
     """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    if style == "concise":
+        return _render_concise(twin, path, semantic=semantic, kept=kept)
     spatial = spatial_texts(twin, spatial_cfg, query) if include_spatial else {}
     semantics = {o.id: o.semantic for o in twin.objects}
     parts: list[str] = []
@@ -256,6 +276,49 @@ def render_path(
             decision_spans.append((start, start + len(d.verdict)))
             emit('"}')
         emit("}\n")
+    emit("Answer: ")
+    answer_text = _dump(sorted(int(i) for i in path.answer))
+    start = emit(answer_text)
+    return RenderedPath("".join(parts), decision_spans, [(start, start + len(answer_text))])
+
+
+def _clause(text: str) -> str:
+    """A reasoning or semantic as one concise clause: on one line, without the separators ``;`` and ``->``."""
+    return " ".join(text.replace(";", ",").replace("->", "-").split())
+
+
+def _render_concise(twin: DigitalTwin, path: ReasoningPath, *, semantic: bool, kept: bool) -> RenderedPath:
+    """The concise style of :func:`render_path`: ``Step j: <id>[ (<semantic>)]: <reasoning> -> <verdict>; ...[;
+    kept [ids]]`` (the kept list I(j) is a decision span)."""
+    semantics = {o.id: o.semantic for o in twin.objects}
+    parts: list[str] = []
+    decision_spans: list[tuple[int, int]] = []
+    pos = 0
+
+    def emit(s: str) -> int:
+        nonlocal pos
+        start = pos
+        parts.append(s)
+        pos += len(s)
+        return start
+
+    for j, step in enumerate(path.steps, 1):
+        emit(f"Step {j}: ")
+        for n, (obj_id, d) in enumerate(step.decisions.items()):
+            emit("; " if n else "")
+            start = emit(str(obj_id))
+            decision_spans.append((start, start + len(str(obj_id))))
+            if semantic:
+                emit(f" ({_clause(d.semantic or semantics.get(obj_id, ''))})")
+            emit(f": {_clause(d.reasoning)} -> ")
+            start = emit(d.verdict)
+            decision_spans.append((start, start + len(d.verdict)))
+        if kept:
+            emit("; kept ")
+            kept_text = _dump(step.kept)
+            start = emit(kept_text)
+            decision_spans.append((start, start + len(kept_text)))
+        emit("\n")
     emit("Answer: ")
     answer_text = _dump(sorted(int(i) for i in path.answer))
     start = emit(answer_text)
@@ -301,6 +364,8 @@ _STEP_RE = re.compile(r"(?im)^[ \t]*step[ \t]*(\d{1,9})(?!\d)[ \t]*[:.)-][ \t]*(
 _ANSWER_LINE_RE = re.compile(r"(?im)^[ \t]*(?:final[ \t]+)?answer[ \t]*[:=]")
 _LOOSE_DECISION_RE = re.compile(
     r'(?<![\d-])"?(-?\d{1,18})(?!\d)"?[ \t]*:[ \t]*\{[^{}]*?"verdict"[ \t]*:[ \t]*"(keep|drop)"', re.IGNORECASE)
+# A concise clause: "<id>[ (semantic)]: <reasoning> -> <verdict>", clauses separated by ";".
+_CONCISE_DECISION_RE = re.compile(r"(?:^|;)[ \t]*(-?\d{1,18})(?![\d.])[^;]*?->[ \t]*(keep|drop)\b", re.IGNORECASE)
 
 
 @dataclass
@@ -335,9 +400,12 @@ def _parse_step_body(body: str) -> PathStep | None:
             return PathStep(decisions) if decisions else None
     except (ValueError, RecursionError):
         pass
-    # A truncated or slightly malformed line: salvage the verdicts that are still readable.
+    # A concise step, or a truncated or slightly malformed JSON line: the verdicts that are readable.
     found = {int(k): Decision(verdict=v.lower())  # type: ignore[arg-type]
              for k, v in _LOOSE_DECISION_RE.findall(body)}
+    if not found:
+        found = {int(k): Decision(verdict=v.lower())  # type: ignore[arg-type]
+                 for k, v in _CONCISE_DECISION_RE.findall(body)}
     return PathStep(found) if found else None
 
 
@@ -396,25 +464,42 @@ def _indices(text: str, raw: str, valid_ids: Sequence[int] | None) -> ParseResul
 BASE_TOKENS = 64
 REASONING_CHARS = 60
 """Characters of reasoning per object assumed by the generation budget (option ``reasoning_chars``)."""
+STYLES = ("json", "concise")
+"""How a path is written (option ``style``): the paper's JSON object per step, or one clause per object."""
 
 
 class SFTDTFormat(FormatBase):
     """The SFTDT reasoning path (paper sec. 3.3): prompt, target path with spans, parser, budget.
 
-    Options (``FormatConfig.options``): ``reasoning_chars`` (budget estimate, default 60).
+    Options (``FormatConfig.options``): ``reasoning_chars`` (budget estimate, default 60); ``style``: "json"
+    (default: each step a JSON object with every object's semantic, reasoning and verdict, the paper's form)
+    or "concise" (``<id>: <reasoning> -> <verdict>`` per object: a third of the tokens); ``semantic``
+    (concise style: also write each object's semantic of the step, default false); ``kept`` (concise style:
+    end each step with the ids it keeps, ``; kept [ids]``, default true).
     """
 
     name = "sftdt"
 
     def __init__(self, config: FormatConfig | None = None):
         self.config = config or FormatConfig()
-        self.options = check_options(self.name, self.config.options, {"reasoning_chars": REASONING_CHARS})
+        self.options = check_options(self.name, self.config.options,
+                                     {"reasoning_chars": REASONING_CHARS, "style": "json", "semantic": False,
+                                      "kept": True})
+        if self.options["style"] not in STYLES:
+            raise DataError(None, "format.options.style", f"must be one of {', '.join(STYLES)}, got "
+                            f"{self.options['style']!r}")
+        for key in ("semantic", "kept"):
+            if not isinstance(self.options[key], bool):
+                raise DataError(None, f"format.options.{key}", f"must be true or false, got {self.options[key]!r}")
 
     def messages(self, twin: DigitalTwin, query: str) -> list[dict]:
         """System + user (query + JSON(D(0))) for ``query``; fitted to a context by
         dtwinseg.formats.base.fit_prompt."""
         c = self.config
-        return sftdt_messages(twin, query, c.spatial, system_prompt=c.system_prompt,
+        system = c.system_prompt
+        if system is None and self.options["style"] != "json":  # the default prompt describes the style
+            system = system_prompt_for(c.spatial, style=self.options["style"])
+        return sftdt_messages(twin, query, c.spatial, system_prompt=system,
                               user_template=c.user_template, indent=c.indent)
 
     def target(self, twin: DigitalTwin, target: Target) -> Completion:
@@ -424,7 +509,8 @@ class SFTDTFormat(FormatBase):
         if target.path is None:
             return answer_line(target.answer)
         r = render_path(twin, target.path, self.config.spatial, include_spatial=self.config.include_spatial,
-                        query=target.query)
+                        query=target.query, style=self.options["style"], semantic=self.options["semantic"],
+                        kept=self.options["kept"])
         return Completion(r.text, r.decision_spans, r.answer_spans)
 
     def parse(self, text: str, twin: DigitalTwin) -> Decoded:
@@ -437,12 +523,17 @@ class SFTDTFormat(FormatBase):
         c = self.config
         if c.tokens_per_object is not None:
             return linear_budget(c, twin, c.tokens_per_object, BASE_TOKENS)
+        base = c.base_tokens if c.base_tokens is not None else BASE_TOKENS
+        if self.options["style"] == "concise":  # "<id>: <reasoning> -> keep; " (+ " (<semantic>)", "kept [..]")
+            chars = sum(int(self.options["reasoning_chars"]) + 14
+                        + (len(o.semantic) + 3 if self.options["semantic"] else 0) for o in twin.objects)
+            chars += (10 + 3 * len(twin)) if self.options["kept"] else 0
+            return int(base) + (2 * chars + 2) // 3
         per_object = int(self.options["reasoning_chars"]) + 50
         sp = c.spatial
         n_rel = len(twin) - 1 if sp.max_relations is None else min(len(twin) - 1, sp.max_relations + sp.landmarks)
         spatial = (60 + 25 * max(n_rel, 0)) if c.include_spatial else 0
         chars = sum(per_object + len(o.semantic) + spatial for o in twin.objects)
-        base = c.base_tokens if c.base_tokens is not None else BASE_TOKENS
         return int(base) + (2 * chars + 2) // 3
 
 
