@@ -281,15 +281,16 @@ def _check_demo_recipe(recipe: Path, overrides: list[str], dry_run: bool, accele
     if not dry_run:
         raise ConfigError(recipe, None, f"a demo recipe, not a training recipe: `dtwinseg demo --recipe {recipe}` "
                           "builds its data and trains its rows; add --dry-run to check their training recipes")
+    import dataclasses
+
     from dtwinseg.training.launch import launch
-    from dtwinseg.training.recipe import recipe_from_dict
     from dtwinseg.workflows.demo import DemoConfig, row_training_recipes
 
     cfg = DemoConfig.load(recipe)
-    for label, (data, _) in row_training_recipes(cfg, DEMO_OUT).items():
+    for label, (row_recipe, _) in row_training_recipes(cfg, DEMO_OUT).items():
         shown = DEMO_OUT / "recipes" / f"{label}.yaml"
         typer.echo(f"# demo row {label!r} of {recipe}: the training recipe `dtwinseg demo` writes to {shown}")
-        launch(recipe_from_dict(data, shown), overrides, accelerate_config=accelerate_config,
+        launch(dataclasses.replace(row_recipe, path=str(shown)), overrides, accelerate_config=accelerate_config,
                num_processes=num_processes, dry_run_only=True, echo=typer.echo)
 
 

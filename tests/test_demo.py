@@ -204,11 +204,11 @@ def test_rows_with_their_own_format_get_their_own_dataset(tmp_path: Path) -> Non
     assert format_options(cfg, cfg.rows["facts"]) == {"id_position": "last", "echo": True, "facts": True,
                                                       "position": "none", "target": "object"}
     runs = row_training_recipes(cfg, tmp_path)
-    assert runs["facts"][0]["data"]["train"] == str(tmp_path / "sft-object-facts-position-none")
-    assert runs["plain"][0]["data"]["train"] == str(tmp_path / "sft-object")
-    assert all(r["training"]["padding_free"] is True for r, _ in runs.values())
-    assert runs["facts"][0]["model"]["freeze"] == ["embeddings", "encoder.layer.0-1"]
-    assert runs["plain"][0]["model"]["freeze"] == ["embeddings"]
+    assert runs["facts"][0].data.train == str(tmp_path / "sft-object-facts-position-none")
+    assert runs["plain"][0].data.train == str(tmp_path / "sft-object")
+    assert all(r.training["padding_free"] is True for r, _ in runs.values())
+    assert runs["facts"][0].model.freeze == ["embeddings", "encoder.layer.0-1"]
+    assert runs["plain"][0].model.freeze == ["embeddings"]
 
 
 def test_main_row_is_chosen_on_val_never_on_test() -> None:

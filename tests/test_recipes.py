@@ -92,14 +92,14 @@ def test_dry_run_of_the_demo_recipe_checks_every_trained_row():
     rows = row_training_recipes(DemoConfig.load(demo), Path("runs/demo"))
     assert set(rows) == {"scorer"}
     scorer = load(rows["scorer"][0]).training  # the row's own steps and batch win over the shared ones
-    assert scorer["max_steps"] == 270 and scorer["per_device_train_batch_size"] == 32
+    assert scorer["max_steps"] == 400 and scorer["per_device_train_batch_size"] == 32
     ablations = row_training_recipes(DemoConfig.load(demo, "ablations"), Path("runs/demo"))
     assert set(ablations) == {"scorer", "scorer-unweighted", "scorer-causal", "scorer-no-facts", "sftdt",
                               "sftdt-unweighted", "answer-only"}
     assert scorer["prefix_lm"] is True and "prefix_lm" not in load(ablations["scorer-causal"][0]).training
     assert load(rows["scorer"][0]).model.freeze == ["embeddings", "encoder.layer.0"]
     assert load(ablations["scorer-no-facts"][0]).model.freeze == ["embeddings"]
-    assert ablations["scorer"][0]["data"]["train"] != ablations["scorer-no-facts"][0]["data"]["train"]
+    assert ablations["scorer"][0].data.train != ablations["scorer-no-facts"][0].data.train
     assert load(ablations["sftdt"][0]).training["max_steps"] == 140
     assert res.output.count("# SFTDTConfig: ok: learning_rate 0.0001") == len(rows)
     for label, (recipe, _) in rows.items():

@@ -163,7 +163,7 @@ def test_loss_weights_have_one_home():
     assert LossWeights.of(DemoConfig()) == DEFAULT_LOSS_WEIGHTS
     trainer = {f.name: f.default for f in dataclasses.fields(SFTDTConfig)}
     assert LossWeights.of(type("T", (), trainer)) == DEFAULT_LOSS_WEIGHTS
-    rows = [training_recipe(DemoConfig(), *["x"] * 3, weighted, 0)["training"] for weighted in (True, False)]
+    rows = [training_recipe(DemoConfig(), *["x"] * 3, weighted, 0).training for weighted in (True, False)]
     assert [LossWeights.of(type("R", (), r)) for r in rows] == [DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS]
     help_text = " ".join(CliRunner().invoke(app, ["build-sft", "--help"], env={"COLUMNS": "200"}).output.split())
     for f in dataclasses.fields(LossWeights):  # the CLI's options are generated from the dataclass

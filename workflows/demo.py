@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dtwinseg.training.recipe import Recipe, recipe_from_dict
 
 from dtwinseg.config import build_dataclass, convert_fields
 from dtwinseg.formats.base import DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS, LossWeights
@@ -537,13 +538,14 @@ def chosen_negatives(rec: Any, k: int, seed: int = 0) -> list[int]:
 
 
 def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted: bool, seed: int,
-                    row: dict | None = None) -> dict:
-    """The SFTDT recipe of one trained row (full fine-tuning of the small base, embeddings frozen); the
-    row's own max_steps / batch_size / learning_rate / freeze win over the shared ones."""
+                    row: dict | None = None) -> Recipe:
+    """The typed SFTDT recipe of one trained row (full fine-tuning of the small base, embeddings frozen),
+    checked as ``dtwinseg train`` checks a recipe file; the row's own max_steps / batch_size /
+    learning_rate / freeze win over the shared ones."""
     w = (LossWeights.of(cfg) if weighted else UNWEIGHTED_LOSS).flat()
     row = row or {}
     steps = int(row.get("max_steps", cfg.max_steps))
-    return {
+    return recipe_from_dict({
         "model": {"name_or_path": str(base), "dtype": "float32",
                   "kwargs": {"hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout},
                   "freeze": list(row.get("freeze", cfg.freeze))},
@@ -560,11 +562,11 @@ def training_recipe(cfg: DemoConfig, base: Path, data: Path, out: Path, weighted
                      **({"prefix_lm": True} if row.get("prefix_lm") else {})},
         "merge": {"enabled": False},
         "launch": {"num_processes": 1},
-    }
+    })
 
 
 def row_training_recipes(cfg: DemoConfig, out: Path, base: Path | None = None,
-                         sft: dict[str, Path] | None = None) -> dict[str, tuple[dict, dict]]:
+                         sft: dict[str, Path] | None = None) -> dict[str, tuple[Recipe, dict]]:
     """{label: (training recipe, row spec)} of every trained row and training seed of the demo in ``out``:
     what ``dtwinseg demo`` trains, and what ``dtwinseg train recipes/demo.yaml --dry-run`` checks. ``base``
     and ``sft`` default to the folders the demo writes (``out/base``, ``out/sft-<target>``)."""
@@ -580,7 +582,7 @@ def row_training_recipes(cfg: DemoConfig, out: Path, base: Path | None = None,
     return runs
 
 
-def train_all(out: Path, recipes: dict[str, dict], cfg: DemoConfig, log: Callable[[str], None],
+def train_all(out: Path, recipes: dict[str, Recipe], cfg: DemoConfig, log: Callable[[str], None],
               progress: bool = True) -> dict[str, Path]:
     """``dtwinseg train <recipe>`` for every run, ``cfg.jobs`` processes at a time; a run whose output
     folder already holds a model trained from the same recipe is reused. Returns {label: model folder}.
@@ -593,8 +595,8 @@ def train_all(out: Path, recipes: dict[str, dict], cfg: DemoConfig, log: Callabl
     pending, running, done = [], [], {}
     for label, recipe in recipes.items():
         path = out / "recipes" / f"{label}.yaml"
-        text = yaml.safe_dump(recipe, sort_keys=False)
-        model = Path(recipe["training"]["output_dir"])
+        text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+        model = recipe.output_dir
         if path.is_file() and path.read_text() == text and (model / "config.json").is_file():
             log(f"[demo] {label}: reusing {model}")
             done[label] = model

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dtwinseg.training.recipe import Recipe, recipe_from_dict
 from dtwinseg.workflows.demo import (
     PROJECT_ROOT,
     bootstrap_ci,
@@ -207,10 +208,12 @@ def build_sft(records: list, tokenizer: Any, cfg: PaperConfig, target: str, out:
     return save_dataset(ds, out, {"records": rec_stats, "dataset": stats}, scfg), stats
 
 
-def training_recipe(cfg: PaperConfig, data: Path, out: Path, row: dict, seed: int) -> dict:
-    """The row's LoRA recipe: ``cfg.recipe`` with the data, output, steps, batch, learning rate, seed and
-    loss weights of this row (``use_token_kinds``: weights rebuilt from the dataset's token kinds)."""
-    recipe = load_yaml(project_path(cfg.recipe))
+def training_recipe(cfg: PaperConfig, data: Path, out: Path, row: dict, seed: int) -> Recipe:
+    """The row's typed LoRA recipe: ``cfg.recipe`` with the data, output, steps, batch, learning rate, seed
+    and loss weights of this row (``use_token_kinds``: weights rebuilt from the dataset's token kinds),
+    checked as ``dtwinseg train`` checks a recipe file."""
+    source = project_path(cfg.recipe)
+    recipe = load_yaml(source)
     w = (LossWeights.of(cfg) if row["weighted"] else UNWEIGHTED_LOSS).flat()
     steps = int(row.get("max_steps", cfg.max_steps))
     recipe["model"] = {**recipe.get("model", {}), "name_or_path": cfg.base}
@@ -225,7 +228,7 @@ def training_recipe(cfg: PaperConfig, data: Path, out: Path, row: dict, seed: in
         recipe["training"].pop("use_cpu", None)
         recipe["training"]["bf16"] = True
     recipe["merge"] = {"enabled": False}
-    return recipe
+    return recipe_from_dict(recipe, source)
 
 
 def reasoning_dict(cfg: PaperConfig, format_name: str, fmt: dict, model: str | None = None) -> dict:
