@@ -19,7 +19,7 @@ that failed with an error. Record kinds and counts: :mod:`eval.records`.
 
 Metric groups: ``overall``, ``short`` / ``long`` (``is_sentence``; ReasonSeg test's subsets) and one per
 dimension tag (``dimensions``). Every group carries the **oracle bound**: gIoU / cIoU of the greedy
-best union of the twin's own objects (:func:`data_builders.programmatic.best_subset`), so perception
+best union of the twin's own objects (:func:`dtwinseg.metrics.best_subset`), so perception
 error (oracle < 1) and reasoning error (model < oracle) are reported apart.
 """
 

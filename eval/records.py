@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dtwinseg.data_builders.programmatic import best_subset
 from dtwinseg.data_builders.sample import Sample
 
 from dtwinseg.io import DataError, atomic_write_text, clip_middle
-from dtwinseg.metrics import GroupedIoU, per_mask_iou
+from dtwinseg.metrics import GroupedIoU, best_subset, per_mask_iou
 from dtwinseg.reasoning import ReasoningOutput
 from dtwinseg.twin import DigitalTwin
 

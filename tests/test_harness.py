@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dtwinseg.data_builders.dt_cache import DTCache
-from dtwinseg.data_builders.programmatic import best_subset
 from dtwinseg.data_builders.registry import open_dataset
 from dtwinseg.eval.checkpoints import Checkpoint, parse_checkpoint
 from dtwinseg.eval.harness import EvalOptions, evaluate, load_records, parse_shard
 from reasoning_helpers import SemanticChatServer, save_tiny_llama, write_reasonseg
 
-from dtwinseg.metrics import compute_giou_ciou
+from dtwinseg.metrics import best_subset, compute_giou_ciou
 from dtwinseg.parsing import ParseResult
 from dtwinseg.reasoning import ReasoningConfig, ReasoningOutput
 from dtwinseg.twin import DigitalTwin

@@ -11,7 +11,6 @@ import pytest
 from dtwinseg.data_builders.dt_cache import DTCache
 from dtwinseg.data_builders.programmatic import (
     ProgrammaticConfig,
-    best_subset,
     build_segdt,
     path_with_kind,
     programmatic_path,
@@ -23,6 +22,7 @@ from sft_helpers import rect_masks
 
 from dtwinseg.formats.sftdt import check_path
 from dtwinseg.io import DataError
+from dtwinseg.metrics import best_subset
 from dtwinseg.twin import DigitalTwin
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dtwinseg.data_builders.programmatic import best_subset
 from dtwinseg.data_builders.registry import open_dataset
 from dtwinseg.data_builders.synthetic import SynthConfig, write_dataset
 
 from dtwinseg.io import DataError
+from dtwinseg.metrics import best_subset
 from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder
 from dtwinseg.perception.simulated import SimulationConfig, jitter, simulate
 from dtwinseg.twin import decode_rle, encode_rle

@@ -434,8 +434,9 @@ def records_at(spec: str, cache: Any, positions: list[int], paths: bool = True,
 
 def answer_record(sample: Any, twin: Any) -> Any:
     """A Seg-DT record whose path is one step keeping the best union of twin objects (``path_kind: answer``)."""
-    from dtwinseg.data_builders.programmatic import best_subset
     from dtwinseg.data_builders.segdt import SegDTRecord
+
+    from dtwinseg.metrics import best_subset
 
     ids, iou = best_subset(twin.masks(), sample.gt_mask, twin.ids)
     return SegDTRecord(id=sample.id, image=sample.image_path, query=sample.query, twin=twin, path=one_step_path(twin, ids),
