@@ -249,37 +249,51 @@ def render_path(
         return _render_concise(twin, path, semantic=semantic, kept=kept)
     spatial = spatial_texts(twin, spatial_cfg, query) if include_spatial else {}
     semantics = {o.id: o.semantic for o in twin.objects}
-    parts: list[str] = []
-    decision_spans: list[tuple[int, int]] = []
-    pos = 0
-
-    def emit(s: str) -> int:
-        nonlocal pos
-        start = pos
-        parts.append(s)
-        pos += len(s)
-        return start
-
+    w = _SpanWriter()
     for j, step in enumerate(path.steps, 1):
-        emit(f"Step {j}: {{")
+        w.emit(f"Step {j}: {{")
         for n, (obj_id, d) in enumerate(step.decisions.items()):
-            emit(", " if n else "")
-            start = emit(_dump(str(obj_id)))
-            decision_spans.append((start + 1, start + 1 + len(str(obj_id))))  # digits inside the quotes
+            w.emit(", " if n else "")
+            start = w.emit(_dump(str(obj_id)))
+            w.decisions.append((start + 1, start + 1 + len(str(obj_id))))  # digits inside the quotes
             body: list[str] = []
             if include_spatial:
                 body.append(f'"spatial": {_dump(spatial.get(obj_id, ""))}')
             body.append(f'"semantic": {_dump(d.semantic or semantics.get(obj_id, ""))}')
             body.append(f'"reasoning": {_dump(d.reasoning)}')
-            emit(": {" + ", ".join(body) + ', "verdict": "')
-            start = emit(d.verdict)
-            decision_spans.append((start, start + len(d.verdict)))
-            emit('"}')
-        emit("}\n")
-    emit("Answer: ")
-    answer_text = _dump(sorted(int(i) for i in path.answer))
-    start = emit(answer_text)
-    return RenderedPath("".join(parts), decision_spans, [(start, start + len(answer_text))])
+            w.emit(": {" + ", ".join(body) + ', "verdict": "')
+            w.decision(d.verdict)
+            w.emit('"}')
+        w.emit("}\n")
+    return w.answer(path.answer)
+
+
+class _SpanWriter:
+    """Assistant text written piece by piece, with the character spans of its decision and answer tokens."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.pos = 0
+        self.decisions: list[tuple[int, int]] = []
+
+    def emit(self, text: str) -> int:
+        """Append ``text``; returns where it starts."""
+        start = self.pos
+        self.parts.append(text)
+        self.pos += len(text)
+        return start
+
+    def decision(self, text: str) -> None:
+        """Append ``text`` as a decision span."""
+        start = self.emit(text)
+        self.decisions.append((start, start + len(text)))
+
+    def answer(self, ids: Sequence[int]) -> RenderedPath:
+        """End with ``Answer: [ids]`` (the list is the answer span) and return the rendered path."""
+        self.emit("Answer: ")
+        answer_text = _dump(sorted(int(i) for i in ids))
+        start = self.emit(answer_text)
+        return RenderedPath("".join(self.parts), self.decisions, [(start, start + len(answer_text))])
 
 
 def _clause(text: str) -> str:
@@ -291,38 +305,21 @@ def _render_concise(twin: DigitalTwin, path: ReasoningPath, *, semantic: bool, k
     """The concise style of :func:`render_path`: ``Step j: <id>[ (<semantic>)]: <reasoning> -> <verdict>; ...[;
     kept [ids]]`` (the kept list I(j) is a decision span)."""
     semantics = {o.id: o.semantic for o in twin.objects}
-    parts: list[str] = []
-    decision_spans: list[tuple[int, int]] = []
-    pos = 0
-
-    def emit(s: str) -> int:
-        nonlocal pos
-        start = pos
-        parts.append(s)
-        pos += len(s)
-        return start
-
+    w = _SpanWriter()
     for j, step in enumerate(path.steps, 1):
-        emit(f"Step {j}: ")
+        w.emit(f"Step {j}: ")
         for n, (obj_id, d) in enumerate(step.decisions.items()):
-            emit("; " if n else "")
-            start = emit(str(obj_id))
-            decision_spans.append((start, start + len(str(obj_id))))
+            w.emit("; " if n else "")
+            w.decision(str(obj_id))
             if semantic:
-                emit(f" ({_clause(d.semantic or semantics.get(obj_id, ''))})")
-            emit(f": {_clause(d.reasoning)} -> ")
-            start = emit(d.verdict)
-            decision_spans.append((start, start + len(d.verdict)))
+                w.emit(f" ({_clause(d.semantic or semantics.get(obj_id, ''))})")
+            w.emit(f": {_clause(d.reasoning)} -> ")
+            w.decision(d.verdict)
         if kept:
-            emit("; kept ")
-            kept_text = _dump(step.kept)
-            start = emit(kept_text)
-            decision_spans.append((start, start + len(kept_text)))
-        emit("\n")
-    emit("Answer: ")
-    answer_text = _dump(sorted(int(i) for i in path.answer))
-    start = emit(answer_text)
-    return RenderedPath("".join(parts), decision_spans, [(start, start + len(answer_text))])
+            w.emit("; kept ")
+            w.decision(_dump(step.kept))
+        w.emit("\n")
+    return w.answer(path.answer)
 
 
 def answer_line(ids: Sequence[int]) -> Completion:
