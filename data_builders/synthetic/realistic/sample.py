@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from dtwinseg.data_builders.synthetic.realistic.queries import Programs, RQuery
 from dtwinseg.data_builders.synthetic.realistic.scene import RealisticScene, render_realistic, scene_instances
-from dtwinseg.data_builders.synthetic.realistic.wording import WordingConfig, describe_all
+from dtwinseg.data_builders.synthetic.realistic.wording import describe_all
 
 # split -> (split whose scenes it holds, role of its words)
 SPLIT_ROLES: dict[str, tuple[str, str]] = {
@@ -56,7 +56,6 @@ def realistic_samples(rng: np.random.Generator, seed: int, split_code: int, inde
     SynthConfig), worded and phrased in each of ``roles`` (one scene and one program: the same targets);
     None when ``max_tries`` scenes supported none."""
     r = cfg.realistic
-    wording = WordingConfig(r.p_wrong_colour, r.p_generic, r.p_other_noun, r.p_context, r.p_size, r.p_material)
     for dim in dims:
         for _ in range(cfg.max_tries):
             scene = render_realistic(rng, cfg.size, cfg.min_visible, r.max_masks)
@@ -74,7 +73,7 @@ def realistic_samples(rng: np.random.Generator, seed: int, split_code: int, inde
             is_sentence = bool(rng.random() < cfg.p_sentence)
             out = []
             for role, q in zip(roles, queries, strict=True):
-                texts = describe_all(word_rng(seed, split_code, index, role, 2), scene, role, wording)
+                texts = describe_all(word_rng(seed, split_code, index, role, 2), scene, role, r)
                 records = scene_instances(scene)
                 for rec, words in zip(records, texts, strict=True):
                     rec["semantic"] = words[0]

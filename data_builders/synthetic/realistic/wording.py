@@ -14,7 +14,7 @@ alternative ones (what the same VLM writes for a near-duplicate or a piece of th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from dtwinseg.data_builders.synthetic.realistic.lexicon import (
@@ -29,19 +29,10 @@ from dtwinseg.data_builders.synthetic.realistic.lexicon import (
 )
 from dtwinseg.data_builders.synthetic.realistic.scene import RealisticScene, Thing
 
+if TYPE_CHECKING:  # the wording model's rates are its p_* fields
+    from dtwinseg.data_builders.synthetic.config import RealisticConfig
+
 GENERIC = ("an object", "a thing", "some item", "an item", "something")
-
-
-@dataclass
-class WordingConfig:
-    """Rates of the wording model (SynthConfig.realistic holds them)."""
-
-    p_wrong_colour: float = 0.04
-    p_generic: float = 0.03
-    p_other_noun: float = 0.1
-    p_context: float = 0.3
-    p_size: float = 0.35
-    p_material: float = 0.4
 
 
 def pick(rng: np.random.Generator, seq: tuple | list) -> str:
@@ -73,7 +64,7 @@ def plural(noun: str) -> str:
 class Wording:
     """Words for one scene in one role (train / val / test), with the scene's preferred nouns."""
 
-    def __init__(self, rng: np.random.Generator, role: str, cfg: WordingConfig) -> None:
+    def __init__(self, rng: np.random.Generator, role: str, cfg: RealisticConfig) -> None:
         self.rng, self.role, self.cfg = rng, role, cfg
         self.preferred: dict[str, str] = {}
 
@@ -221,7 +212,7 @@ def context_phrase(w: Wording, scene: RealisticScene, k: int) -> str:
     return f"{pick(w.rng, CONTEXT.of(w.role))} the {w.noun(scene.things[j].category)}"
 
 
-def describe_all(rng: np.random.Generator, scene: RealisticScene, role: str, cfg: WordingConfig,
+def describe_all(rng: np.random.Generator, scene: RealisticScene, role: str, cfg: RealisticConfig,
                  alts: int = 2) -> list[list[str]]:
     """Per instance (scene order), ``1 + alts`` descriptions: the main one first."""
     w = Wording(rng, role, cfg)
