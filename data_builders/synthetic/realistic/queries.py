@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
+from dtwinseg.data_builders.synthetic.queries import Query
 from dtwinseg.data_builders.synthetic.realistic.lexicon import (
     COLOURS,
     COMPARATIVES,
@@ -32,17 +32,9 @@ from dtwinseg.data_builders.synthetic.realistic.lexicon import (
 from dtwinseg.data_builders.synthetic.realistic.scene import RealisticScene, Thing
 from dtwinseg.data_builders.synthetic.realistic.wording import pick, plural
 
-
-@dataclass
-class RQuery:
-    """A query of the realistic profile: short phrase, long sentence, targets (instance indices)."""
-
-    text: str
-    sentence: str
-    targets: list[int]
-    dimension: str
-    granularity: int
-    program: dict
+RQuery = Query
+"""A query of the realistic profile: the basic profile's Query (short phrase, long sentence, targets as instance
+indices, dimension, granularity, program)."""
 
 
 # --- template families (``{...}`` slots filled by the phrasing) ----------------------------------------------
