@@ -7,6 +7,7 @@ provenance (which perception config built it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -208,6 +209,20 @@ class DigitalTwin:
             if o.id == obj_id:
                 return o
         raise KeyError(f"twin {self.image_id!r} has no object {obj_id}")
+
+    def content_digest(self) -> bytes:
+        """A digest of what reasoning and scoring read: the image size and each object's id, semantics, box
+        and mask (RLE). Equal for a twin reloaded from its file; used as the key of per-twin memos."""
+        h = hashlib.blake2b(digest_size=20)
+        h.update(f"{self.height}x{self.width}|{len(self.objects)}|".encode())
+        for o in self.objects:
+            counts = o.rle["counts"]
+            raw = counts.encode("utf-8", "surrogatepass") if isinstance(counts, str) else bytes(counts)
+            sem = o.semantic.encode("utf-8", "surrogatepass")
+            h.update(f"{o.id}|{o.rle['size']}|{list(o.bbox)}|{len(raw)}|{len(sem)}|".encode())
+            h.update(raw)
+            h.update(sem)
+        return h.digest()
 
     def masks(self) -> np.ndarray:
         """All masks as a bool N x H x W array (decoded in one pycocotools call)."""

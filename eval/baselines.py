@@ -161,16 +161,23 @@ class EmbeddingPicker:
         import torch
 
         self._load()
+        if not texts:
+            return torch.zeros(0)
+        # batches of similar length (less padding; each text's vector does not depend on its batch)
+        lengths = [len(ids) for ids in self._tok(texts, truncation=True)["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda k: lengths[k])
         chunks = []
         for start in range(0, len(texts), self.batch_size):
-            enc = self._tok(texts[start:start + self.batch_size], padding=True, truncation=True,
+            enc = self._tok([texts[k] for k in order[start:start + self.batch_size]], padding=True, truncation=True,
                             return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 hidden = self._model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             chunks.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
-        return torch.cat(chunks) if chunks else torch.zeros(0)
+        out = torch.empty((len(texts), chunks[0].shape[1]), dtype=torch.float32)
+        out[torch.tensor(order)] = torch.cat(chunks)
+        return out
 
     def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
         texts: list[str] = []

@@ -27,6 +27,7 @@ probabilities this needs.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -149,8 +150,8 @@ def _logits_at(model: Any, starts: Sequence[int], counts: Sequence[int]) -> Iter
         # tie); the few positions read are recomputed in fp32 from the same hidden states (cheap)
         if not called or output.dtype == torch.float32 or not isinstance(module, torch.nn.Linear):
             return output
-        bias = None if module.bias is None else module.bias.float()
-        return torch.nn.functional.linear(args[0].float(), module.weight.float(), bias)
+        weight, bias = _fp32_head(module)
+        return torch.nn.functional.linear(args[0].float(), weight, bias)
 
     handles = ([head.register_forward_pre_hook(pre), head.register_forward_hook(post)]
                if isinstance(head, torch.nn.Module) else [])
@@ -159,6 +160,24 @@ def _logits_at(model: Any, starts: Sequence[int], counts: Sequence[int]) -> Iter
     finally:
         for handle in handles:
             handle.remove()
+
+
+_FP32_HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fp32_head(module: Any) -> tuple[Any, Any]:
+    """fp32 copies of a half-precision head's weight and bias, made once per module and kept while its
+    parameters are unchanged (same storage, same version): a vocabulary-sized cast per batch otherwise."""
+    w, b = module.weight, module.bias
+    stamp = (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
+    held = _FP32_HEADS.get(module)
+    if held is None or held[0] != stamp:
+        import torch
+
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors: usable in and out of inference mode
+            held = (stamp, w.detach().float(), None if b is None else b.detach().float())
+        _FP32_HEADS[module] = held
+    return held[1], held[2]
 
 
 def _span_logprob(logits: Any, tokens: Sequence[int]) -> float:
