@@ -196,7 +196,16 @@ def test_quick_paper_preset_trains_generates_and_reports_every_row(quick_run: tu
     diff = summary["weighted_minus_unweighted"]["test"]
     assert diff["n"] == n and diff["diff_ci95"][0] <= diff["diff"] + 1e-9 <= diff["diff_ci95"][1] + 2e-9
     assert f"| {summary['main']} (main) |" in output and "sftdt minus sftdt-unweighted" in output
-    assert (out / "README.md").read_text().startswith("| row | gIoU |")
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("| row | gIoU |")
+    # the judgement is of the SFTDT row (issue 24's question), whichever row val chose as main
+    j = summary["judgement"]["test"]
+    assert j["main"] == "sftdt" and j["giou"] == summary["rows"]["sftdt"]["giou"]
+    best = max((k for k, r in summary["rows"].items() if not r.get("trained")), key=lambda k: summary["rows"][k]["giou"])
+    assert summary["rows"][j["best_baseline"]]["giou"] == summary["rows"][best]["giou"]
+    assert "Judgement (test split): sftdt " in readme
+    assert summary["training_precision"] == "bf16 weights" and "training in bf16 weights" in readme
+    assert "s of CPU" not in readme  # not measured by this preset, so not printed as 0
 
 
 @pytest.mark.slow

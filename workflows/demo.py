@@ -1024,7 +1024,8 @@ def demo_markdown(summary: dict, out: Path) -> str:
              "columns are gIoU)", ""] if seen else []  # one split: the table first (make demo-paper's README)
     lines += _split_table(rows, summary.get("oracle"), main, dims, True)
     judged = summary.get("judgement") or {}
-    lines += ["", f"Judgement ({title}): {judgement_line(judged.get('test', {}))}"]
+    if judgement_line(judged.get("test", {})):
+        lines += ["", f"Judgement ({title}): {judgement_line(judged.get('test', {}))}"]
     if seen:
         seen_rows = {k: {**r.get("seen", {}), "trained": r.get("trained"), "parse": {}} for k, r in rows.items()}
         lines += ["", f"**Seen-phrasing test split** (the same {seen.get('n')} scenes, masks and targets, worded and "
@@ -1033,9 +1034,11 @@ def demo_markdown(summary: dict, out: Path) -> str:
         lines += ["", f"Judgement (seen-phrasing test split): {judgement_line(judged.get('test_seen', {}))}"]
     lines.append("")
     conf = summary.get("config") or {}
-    lines.append(f"Wall time {summary['wall_time_s']:.0f} s ({sum((summary.get('stage_cpu_s') or {}).values()):.0f} s of "
-                 f"CPU). Models evaluated in {conf.get('eval_dtype', 'float32')}; training in "
-                 f"{'bf16 autocast' if conf.get('bf16') else 'fp32'}. Report: {out / 'eval'}")
+    cpu = summary.get("stage_cpu_s")
+    training = summary.get("training_precision") or ("bf16 autocast" if conf.get("bf16") else "fp32")
+    lines.append(f"Wall time {summary['wall_time_s']:.0f} s" + (f" ({sum(cpu.values()):.0f} s of CPU)" if cpu else "")
+                 + f". Models evaluated in {conf.get('eval_dtype', 'float32')}; training in {training}. "
+                 f"Report: {out / 'eval'}")
     for seed, res in (summary.get("check_seeds") or {}).items():
         cells = ", ".join(f"{k} {_pct(v['giou'])}" for k, v in res["rows"].items())
         oracle = (res.get("oracle") or {}).get("giou")

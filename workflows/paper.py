@@ -43,6 +43,7 @@ from dtwinseg.workflows.demo import (
     choose_main,
     demo_markdown,
     evaluate_rows,
+    judge,
     project_path,
     rel,
     torch_threads,
@@ -385,7 +386,9 @@ def _run_stages(out: Path, cfg: PaperConfig, progress: bool, log: Callable[[str]
         "main_chosen_by": "recipe" if cfg.main != "auto" else "val_giou", "rows": rows, "oracle": test["oracle"],
         "test": {"seed": cfg.test_seed, "n": test["n"]}, "val": {"seed": cfg.seed, "n": val["n"]},
         "wall_time_s": 0.0, "stage_times_s": times, "records": {k: v for k, v in rec_stats.items() if k != "config"},
-        "config": cfg.to_dict()}
+        "config": cfg.to_dict(), "training_precision": training_precision([r for r, _ in runs.values()])}
+    # issue 24's question is about the SFTDT row, whichever row val chose as main
+    summary["judgement"] = {"test": judge(rows, "sftdt" if "sftdt" in rows else main, test["oracle"])}
     if "sftdt" in rows and "sftdt-unweighted" in rows:
         summary["weighted_minus_unweighted"] = {
             "test": paired_difference(out / "eval" / "sftdt", out / "eval" / "sftdt-unweighted", cfg.bootstrap),
@@ -465,6 +468,14 @@ def paper_command(out: Path, recipe: Path | None, *, quick: bool = False, long: 
 
 
 # --- the table -------------------------------------------------------------------------------------
+def training_precision(recipes: list[Recipe]) -> str:
+    """How the rows were trained, in words: the weights' dtype and autocast, from their recipes."""
+    kinds = sorted({(str(r.model.dtype or "float32"), bool(r.training.get("bf16"))) for r in recipes})
+    words = [f"{'bf16' if dtype in ('bfloat16', 'bf16') else dtype} weights"
+             + (" with bf16 autocast" if bf16 and dtype not in ("bfloat16", "bf16") else "") for dtype, bf16 in kinds]
+    return " / ".join(words) or "fp32"
+
+
 def paper_markdown(summary: dict, out: Path) -> str:
     """The demo's table (dtwinseg.workflows.demo.demo_markdown) plus parse statistics, the weighted vs
     unweighted difference and the generated paths."""
