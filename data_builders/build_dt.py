@@ -22,15 +22,18 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from dtwinseg.data_builders.dt_cache import DTCache
-from dtwinseg.data_builders.registry import open_dataset
+from dtwinseg.data_builders.registry import open_dataset, parse_spec
 
 from dtwinseg.io import (
+    DataError,
     append_jsonl,
     atomic_write_json,
     is_fatal_os_error,
@@ -117,7 +120,11 @@ def build_dt(
     source = DTCache.create(out, cache_config(proposals_only(config))) if fill_semantics else None
     counts = BuildCounts(input_skipped=len(dataset.skipped))
     indices = shard_indices(len(dataset), shard, limit)
-    with RunLock(cache.folder / f".lock{shard_suffix(shard)}", f"{cache.folder} (shard {shard[0]}/{shard[1]})"):
+    # one lock per dataset and shard: a cache folder is shared by every dataset built with one config, and
+    # shard 0 of the train split must not block shard 0 of the val split (their twins are distinct files)
+    tag = dataset_tag(dataset_spec)
+    with RunLock(cache.folder / f".lock.{tag}{shard_suffix(shard)}",
+                 f"{cache.folder} ({dataset_spec}, shard {shard[0]}/{shard[1]})"):
         for folder in (cache.folder, cache.twins_dir):
             remove_stale_temps(folder)  # left by a writer killed with -9 (only this tool's own temp files)
         failures = FailureLog(cache)
@@ -217,11 +224,27 @@ def _build_one(builder: TwinBuilder, sample: Any, sid: str, source: DTCache | No
     return builder.fill_semantics(twin, sample.image_path)
 
 
+def dataset_tag(spec: str) -> str:
+    """A short name of a dataset for the files it owns in a cache that several datasets share (its lock,
+    its shard manifests): a digest of NAME:ROOT:SPLIT with a local root made absolute, so two spellings
+    of one folder name the same dataset."""
+    try:
+        parsed = parse_spec(spec)
+    except DataError:
+        return hashlib.blake2b(spec.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    root = parsed.root
+    if root and os.path.exists(root):
+        root = str(Path(root).resolve())
+    key = f"{parsed.name}:{root}:{parsed.split}"
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+
+
 def write_manifest(cache: DTCache, counts: BuildCounts, shard: tuple[int, int], spec: str) -> None:
-    """manifest.json for a whole run; manifest.shard-i-of-n.json per shard (no two writers collide)."""
+    """manifest.json for a whole run; manifest.<dataset tag>.shard-i-of-n.json per dataset and shard (no
+    two writers collide, also when several datasets' shards are built into one cache at once)."""
     record = {**counts.to_dict(), "dataset": spec, "shard": f"{shard[0]}/{shard[1]}"}
     if shard[1] == 1:
         cache.write_manifest(record)
     else:
-        atomic_write_json(cache.folder / f"manifest.shard-{shard[0]}-of-{shard[1]}.json",
+        atomic_write_json(cache.folder / f"manifest.{dataset_tag(spec)}.shard-{shard[0]}-of-{shard[1]}.json",
                           {"counts": record, "time": time.time()})

@@ -9,6 +9,10 @@ Layout::
                              suffixed with a hash of the id when longer than 200 bytes)
         failures.jsonl       one record per failed sample: {"id", "error", "time"}
         manifest.json        counts of the last run (built, skipped, failed), written at its end
+        manifest.<tag>.shard-I-of-N.json   the same per dataset and shard of a sharded build
+        .lock.<tag>[.shard-I-of-N]          held (flock) while a build-dt process writes that dataset's
+                             shard; <tag> is a digest of the dataset spec, so every dataset built with
+                             one config (train, val, test) shares the folder and builds at the same time
 
 Twins are written atomically, so a killed run leaves no half-written twin and a rerun skips every
 finished sample. A twin file that does not parse or fails the schema (truncated by a full disk, edited by

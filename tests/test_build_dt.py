@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from dtwinseg.data_builders.build_dt import build_dt, parse_shard, shard_indices
+from dtwinseg.data_builders.build_dt import build_dt, dataset_tag, parse_shard, shard_indices
 from dtwinseg.data_builders.dt_cache import DTCache
 from PIL import Image
 from typer.testing import CliRunner
 
+from dtwinseg.io import DataError
 from dtwinseg.perception.builder import PerceptionConfig, TwinBuilder, mask_views
 from dtwinseg.twin import encode_rle
 from tests.perception_helpers import ChatServer
@@ -25,28 +26,28 @@ def rect(x0, y0, x1, y1):
     return m
 
 
-def write_reasonseg(root, n, bad=()):
+def write_reasonseg(root, n, bad=(), split="val", prefix="s"):
     """n samples in ReasonSeg format (split 'val') with instance sidecars; indices in ``bad`` get a
     truncated JPEG (header readable, pixels not)."""
-    split = root / "val"
+    split = root / split
     split.mkdir(parents=True)
     for k in range(n):
         img = np.full((H, W, 3), 40, np.uint8)
         cup, handle, box = rect(5 + k % 3, 5, 25, 30), rect(20, 10, 25, 20), rect(35, 8, 60, 40)
         img[cup] = (200, 30, 30)
         img[box] = (30, 30, 200)
-        path = split / f"s{k:02d}.jpg"
+        path = split / f"{prefix}{k:02d}.jpg"
         Image.fromarray(img).save(path, quality=95)
         if k in bad:
             path.write_bytes(path.read_bytes()[:-60])
         anno = {"text": [f"the cup number {k}"], "is_sentence": False, "granularity": k % 3,
                 "shapes": [{"label": "target", "shape_type": "polygon",
                             "points": [[5, 5], [25, 5], [25, 30], [5, 30]]}]}
-        (split / f"s{k:02d}.json").write_text(json.dumps(anno))
+        (split / f"{prefix}{k:02d}.json").write_text(json.dumps(anno))
         objects = [{"rle": encode_rle(cup), "semantic": "red cup", "level": 1, "parent": None},
                    {"rle": encode_rle(handle), "semantic": "handle of the red cup", "level": 2, "parent": 0},
                    {"rle": encode_rle(box), "semantic": "blue box", "level": 1, "parent": None}]
-        (split / f"s{k:02d}.instances.json").write_text(json.dumps({"objects": objects}))
+        (split / f"{prefix}{k:02d}.instances.json").write_text(json.dumps({"objects": objects}))
     return root
 
 
@@ -147,7 +148,7 @@ def test_shards_cover_every_sample_exactly_once(tmp_path):
     for i in range(3):
         cache, counts = build_dt(spec, cfg, tmp_path / "c", shard=(i, 3), progress=False)
         built.append(counts.built)
-        assert (cache.folder / f"manifest.shard-{i}-of-3.json").exists()
+        assert (cache.folder / f"manifest.{dataset_tag(spec)}.shard-{i}-of-3.json").exists()
     assert built == [3, 2, 2]
     assert sorted(t.image_id for t in cache.iter_twins()) == [f"s{k:02d}" for k in range(7)]
     assert shard_indices(10, (1, 4), limit=7) == [1, 5]
@@ -311,3 +312,26 @@ def test_readers_without_random_access_are_sharded_by_one_pass(tmp_path, monkeyp
     cfg = PerceptionConfig.from_yaml(oracle_config(tmp_path))
     cache, counts = bd.build_dt(f"reasonseg:{root}:val", cfg, tmp_path / "c", shard=(1, 2), progress=False)
     assert counts.built == 2 and sorted(t.image_id for t in cache.iter_twins()) == ["s01", "s03"]
+
+
+def test_datasets_sharing_a_cache_build_their_shards_at_the_same_time(tmp_path, monkeypatch):
+    """Every dataset built with one config shares the cache folder; a shard's lock is the dataset's own (the
+    demo builds train, val and test shards in parallel workers), while a second writer of the same
+    dataset's shard, under any spelling of its root, is still refused."""
+    from dtwinseg.runtime import RunLock
+
+    val_root = write_reasonseg(tmp_path / "ReasonSeg", 4)
+    cfg = PerceptionConfig.from_yaml(oracle_config(tmp_path))
+    val, test = f"reasonseg:{val_root}:val", f"reasonseg:{val_root}:test"
+    write_reasonseg(tmp_path / "ReasonSeg", 3, split="test", prefix="t")
+    cache, _ = build_dt(val, cfg, tmp_path / "c", shard=(1, 2), progress=False)  # creates the folder
+    with RunLock(cache.folder / f".lock.{dataset_tag(val)}.shard-0-of-2"):  # val's shard 0 is being written
+        _, counts = build_dt(test, cfg, tmp_path / "c", shard=(0, 2), progress=False)
+        assert counts.built == 2  # test's shard 0 is not blocked by it
+        monkeypatch.chdir(tmp_path)
+        for spelling in (val, "reasonseg:ReasonSeg:val", f"REASONSEG:{val_root}/.:val"):
+            with pytest.raises(DataError, match="is being written by"):
+                build_dt(spelling, cfg, tmp_path / "c", shard=(0, 2), progress=False)
+    assert dataset_tag(val) != dataset_tag(test)
+    assert {p.name for p in cache.folder.glob("manifest.*.json")} == {
+        f"manifest.{dataset_tag(val)}.shard-1-of-2.json", f"manifest.{dataset_tag(test)}.shard-0-of-2.json"}

@@ -315,6 +315,7 @@ def test_build_dt_failures_file_keeps_no_stale_lines(tmp_path):
 
 
 def test_build_dt_lock_error_does_not_suggest_lenient(tmp_path):
+    from dtwinseg.data_builders.build_dt import dataset_tag
     from test_build_dt import oracle_config, write_reasonseg
 
     from dtwinseg.runtime import RunLock
@@ -324,6 +325,6 @@ def test_build_dt_lock_error_does_not_suggest_lenient(tmp_path):
             "--no-progress"]
     assert _run_cli(args).exit_code == 0
     folder = next((tmp_path / "dt").glob("*/twins")).parent
-    with RunLock(folder / ".lock"):
+    with RunLock(folder / f".lock.{dataset_tag(f'reasonseg:{root}:val')}"):
         line = _one_line_error(_run_cli(args))
     assert "is being written by" in line and "--lenient" not in line
