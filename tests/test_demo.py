@@ -299,7 +299,8 @@ def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> No
     from dtwinseg.workflows.demo import check_seed, project_path
 
     out = tmp_path / "demo"
-    output = _cli(["demo", "--out", str(out), "--quick", "--no-progress"])
+    # the README's seed check (--check-seed, repeatable) on the quick preset
+    output = _cli(["demo", "--out", str(out), "--quick", "--check-seed", "7", "--check-seed", "8", "--no-progress"])
     summary = json.loads((out / "summary.json").read_text())
     trained = {"scorer", "sftdt", "sftdt-unweighted", "answer-only"}
     best_val = max(summary["rows"][k]["val_giou"] for k in trained)
@@ -356,9 +357,15 @@ def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> No
     metrics = json.loads((tmp_path / "s5-eval" / "metrics.json").read_text())
     assert metrics["checkpoints"]["scorer"]["parse"]["failed"] == 0
 
-    # and a split drawn with another seed runs every row from the same summary
-    other = check_seed(summary, 7, tmp_path / "seed7", n_test=7, progress=False, log=lambda s: None)
-    assert set(other["rows"]) == expected and other["n"] == 7
+    # and splits drawn with other seeds ran every row from the same summary (--check-seed)
+    assert sorted(summary["check_seeds"]) == ["7", "8"]
+    for seed, other in summary["check_seeds"].items():
+        assert set(other["rows"]) == expected and other["n"] == n
+        assert other["judgement"]["main"] == summary["main"]
+        assert f"Seed {seed} test split ({n} scenes)" in output
+    assert summary["check_seeds"]["7"]["rows"] != summary["check_seeds"]["8"]["rows"] or n < 3
+    again = check_seed(summary, 7, tmp_path / "seed7", progress=False, log=lambda s: None)
+    assert again["rows"] == summary["check_seeds"]["7"]["rows"]  # the same split and numbers from summary.json
 
 
 def test_lexical_baseline_reads_the_rows_lines_facts_included() -> None:
