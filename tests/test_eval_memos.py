@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from dtwinseg.eval.baselines import EmbeddingPicker
+from dtwinseg.eval.records import _oracle_stats, oracle_stats
 
 from dtwinseg.formats.facts import object_facts
 from dtwinseg.reasoning.verdicts import _fp32_head
 from dtwinseg.twin import DigitalTwin
-from eval.baselines import EmbeddingPicker
-from eval.records import _oracle_stats, oracle_stats
 
 
 def rect(x0: int, y0: int, x1: int, y1: int, h: int = 64, w: int = 80) -> np.ndarray:
