@@ -259,11 +259,12 @@ def train(
 
 
 DEMO_OUT = Path("runs/demo")  # `dtwinseg demo`'s default --out
+PAPER_OUT = Path("runs/demo-paper")  # `dtwinseg demo --preset paper`'s
 
 
 def _is_demo_recipe(path: Path) -> bool:
-    """A demo recipe (recipes/demo.yaml: dtwinseg.workflows.demo.DemoConfig fields, trained ``rows``) rather than a
-    training recipe (a ``training`` section)."""
+    """A demo recipe (recipes/demo.yaml or recipes/demo_paper.yaml: a demo's fields and trained ``rows``)
+    rather than a training recipe (a ``training`` section)."""
     from dtwinseg.config import load_config_yaml  # the reader (and ConfigError) of training recipes
 
     if not path.is_file():
@@ -274,22 +275,34 @@ def _is_demo_recipe(path: Path) -> bool:
 
 def _check_demo_recipe(recipe: Path, overrides: list[str], dry_run: bool, accelerate_config: Path | None,
                        num_processes: int | None) -> None:
-    """``train recipes/demo.yaml --dry-run``: the training recipe of every trained row of the demo (what
-    ``dtwinseg demo`` trains, with its folders under runs/demo), each checked like any recipe."""
-    from dtwinseg.config import ConfigError
+    """``train recipes/demo.yaml --dry-run`` (or recipes/demo_paper.yaml): the training recipe of every trained
+    row of that demo (what ``dtwinseg demo [--preset paper]`` trains, with its folders under its default
+    --out), each checked like any recipe."""
+    from dtwinseg.workflows.paper import is_paper_recipe
 
+    from dtwinseg.config import ConfigError, load_config_yaml
+
+    paper = is_paper_recipe(load_config_yaml(recipe))
+    command = f"dtwinseg demo {'--preset paper ' if paper else ''}--recipe {recipe}"
     if not dry_run:
-        raise ConfigError(recipe, None, f"a demo recipe, not a training recipe: `dtwinseg demo --recipe {recipe}` "
-                          "builds its data and trains its rows; add --dry-run to check their training recipes")
+        raise ConfigError(recipe, None, f"a demo recipe, not a training recipe: `{command}` builds its data and "
+                          "trains its rows; add --dry-run to check their training recipes")
     import dataclasses
 
     from dtwinseg.training.launch import launch
-    from dtwinseg.workflows.demo import DemoConfig, row_training_recipes
 
-    cfg = DemoConfig.load(recipe)
-    for label, (row_recipe, _) in row_training_recipes(cfg, DEMO_OUT).items():
-        shown = DEMO_OUT / "recipes" / f"{label}.yaml"
-        typer.echo(f"# demo row {label!r} of {recipe}: the training recipe `dtwinseg demo` writes to {shown}")
+    if paper:
+        from dtwinseg.workflows.paper import PaperConfig
+        from dtwinseg.workflows.paper import row_training_recipes as paper_recipes
+
+        out, runs = PAPER_OUT, paper_recipes(PaperConfig.load(recipe), PAPER_OUT)
+    else:
+        from dtwinseg.workflows.demo import DemoConfig, row_training_recipes
+
+        out, runs = DEMO_OUT, row_training_recipes(DemoConfig.load(recipe), DEMO_OUT)
+    for label, (row_recipe, _) in runs.items():
+        shown = out / "recipes" / f"{label}.yaml"
+        typer.echo(f"# demo row {label!r} of {recipe}: the training recipe `{command}` writes to {shown}")
         launch(dataclasses.replace(row_recipe, path=str(shown)), overrides, accelerate_config=accelerate_config,
                num_processes=num_processes, dry_run_only=True, echo=typer.echo)
 

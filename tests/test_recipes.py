@@ -112,6 +112,32 @@ def test_dry_run_of_the_demo_recipe_checks_every_trained_row():
     assert len([ln for ln in plain.output.splitlines() if ln.strip()]) == 1
 
 
+def test_dry_run_of_the_paper_recipe_checks_every_trained_row():
+    """recipes/demo_paper.yaml (the paper preset's PaperConfig, not the demo's DemoConfig) gets the same:
+    --dry-run checks the LoRA recipe of each of its trained rows, as `dtwinseg demo --preset paper` trains it."""
+    from dtwinseg.training.recipe import load_recipe as load
+    from dtwinseg.workflows.paper import PaperConfig, is_paper_recipe, row_training_recipes
+
+    paper = ROOT / "recipes" / "demo_paper.yaml"
+    assert is_paper_recipe(yaml.safe_load(paper.read_text()))
+    assert not is_paper_recipe(yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text()))
+    res = invoke("train", str(paper), "--dry-run", "training.learning_rate=1e-4")
+    assert res.exit_code == 0, res.output
+    rows = row_training_recipes(PaperConfig.load(paper), Path("runs/demo-paper"))
+    assert set(rows) == {"sftdt", "sftdt-unweighted", "answer-only"}
+    assert res.output.count("# SFTDTConfig: ok: learning_rate 0.0001") == len(rows)
+    assert res.output.count("# LoraConfig: r 16") == len(rows)
+    for label, (recipe, _) in rows.items():
+        assert f"in-process: python -m dtwinseg.training.run runs/demo-paper/recipes/{label}.yaml" in res.output
+        r = load(recipe)
+        assert r.training["output_dir"] == f"runs/demo-paper/train-{label}" and r.lora.use_lora
+    assert load(rows["sftdt"][0]).data.train == "runs/demo-paper/sft-path"
+    assert load(rows["answer-only"][0]).data.train == "runs/demo-paper/sft-answer"
+    plain = invoke("train", str(paper))
+    assert plain.exit_code == 2 and "dtwinseg demo --preset paper --recipe" in plain.output
+    assert len([ln for ln in plain.output.splitlines() if ln.strip()]) == 1
+
+
 def test_dry_run_of_the_deepspeed_recipe_as_a_user_runs_it(tmp_path):
     """In a subprocess (DeepSpeed config objects are process-global), from another working directory."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import numpy as np
 from dtwinseg.training.recipe import Recipe, recipe_from_dict
 from dtwinseg.workflows.demo import (
     PROJECT_ROOT,
+    DemoConfig,
     bootstrap_ci,
     build_twins,
     choose_main,
@@ -232,6 +233,30 @@ def training_recipe(cfg: PaperConfig, data: Path, out: Path, row: dict, seed: in
     return recipe_from_dict(recipe, source)
 
 
+def row_training_recipes(cfg: PaperConfig, out: Path,
+                         sft: dict[str, Path] | None = None) -> dict[str, tuple[Recipe, dict]]:
+    """{label: (training recipe, row spec)} of every trained row and training seed of the preset in ``out``:
+    what ``dtwinseg demo --preset paper`` trains, and what ``dtwinseg train recipes/demo_paper.yaml
+    --dry-run`` checks. ``sft`` (by target) defaults to the folders the preset writes (``out/sft-<target>``)."""
+    sft = sft or {}
+    runs = {}
+    for k, seed in enumerate(cfg.train_seeds):
+        for name, spec in cfg.rows.items():
+            label = name if k == 0 else f"{name}-seed{seed}"
+            data = sft.get(spec["target"], out / f"sft-{spec['target']}")
+            runs[label] = (training_recipe(cfg, data, out / f"train-{label}", spec, int(seed)), spec)
+    return runs
+
+
+def is_paper_recipe(data: Mapping[str, Any]) -> bool:
+    """Whether a demo recipe's top-level keys are the paper preset's (:class:`PaperConfig`, e.g.
+    recipes/demo_paper.yaml) rather than the default demo's (:class:`DemoConfig`): it names a field only
+    the paper preset has and none only the demo has."""
+    paper, demo = {f.name for f in fields(PaperConfig)}, {f.name for f in fields(DemoConfig)}
+    keys = set(data)
+    return bool(keys & (paper - demo)) and not keys & (demo - paper)
+
+
 def reasoning_dict(cfg: PaperConfig, format_name: str, fmt: dict, model: str | None = None) -> dict:
     """A row's reasoning config (what ``dtwinseg eval --reasoning-config`` reads): transformers, batched
     greedy generation with a KV cache, the format's budget per twin (``auto``) under the cap."""
@@ -358,11 +383,7 @@ def _run_stages(out: Path, cfg: PaperConfig, progress: bool, log: Callable[[str]
     stage("SFT datasets (build-sft)", t)
 
     t = time.time()
-    runs: dict[str, tuple[dict, dict]] = {}
-    for k, seed in enumerate(cfg.train_seeds):
-        for name, spec in cfg.rows.items():
-            label = name if k == 0 else f"{name}-seed{seed}"
-            runs[label] = (training_recipe(cfg, sft[spec["target"]], out / f"train-{label}", spec, int(seed)), spec)
+    runs = row_training_recipes(cfg, out, sft)
     trained_models = train_all(out, {k: r for k, (r, _) in runs.items()}, cfg, log, progress)  # type: ignore[arg-type]
     stage(f"training ({len(runs)} LoRA runs)", t)
 
