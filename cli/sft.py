@@ -244,8 +244,9 @@ def train(
     overrides = flag_overrides(words) + ([] if progress else ["training.disable_tqdm=true"])
     overrides += ["training.resume_from_checkpoint=false"] if restart else []
     try:
-        if _is_demo_recipe(config):
-            _check_demo_recipe(config, overrides, dry_run, accelerate_config, num_processes)
+        demo = _demo_kind(config)
+        if demo:
+            _check_demo_recipe(config, demo, overrides, dry_run, accelerate_config, num_processes)
             return
         out = launch(config, overrides, accelerate_config=accelerate_config, num_processes=num_processes,
                      accelerate_args=list(accelerate_arg), dry_run_only=dry_run, echo=typer.echo)
@@ -262,27 +263,29 @@ DEMO_OUT = Path("runs/demo")  # `dtwinseg demo`'s default --out
 PAPER_OUT = Path("runs/demo-paper")  # `dtwinseg demo --preset paper`'s
 
 
-def _is_demo_recipe(path: Path) -> bool:
-    """A demo recipe (recipes/demo.yaml or recipes/demo_paper.yaml: a demo's fields and trained ``rows``)
-    rather than a training recipe (a ``training`` section)."""
+def _demo_kind(path: Path) -> str | None:
+    """"demo" (recipes/demo.yaml) or "paper" (recipes/demo_paper.yaml) for a demo recipe, a demo's fields
+    with trained ``rows``; None for a training recipe (a ``training`` section)."""
     from dtwinseg.config import load_config_yaml  # the reader (and ConfigError) of training recipes
 
     if not path.is_file():
-        return False  # launch() reports the missing file in one line
+        return None  # launch() reports the missing file in one line
     data = load_config_yaml(path)
-    return "training" not in data and "rows" in data
+    if "training" in data or "rows" not in data:
+        return None
+    from dtwinseg.workflows.paper import is_paper_recipe  # the workflows only for a demo recipe
+
+    return "paper" if is_paper_recipe(data) else "demo"
 
 
-def _check_demo_recipe(recipe: Path, overrides: list[str], dry_run: bool, accelerate_config: Path | None,
+def _check_demo_recipe(recipe: Path, kind: str, overrides: list[str], dry_run: bool, accelerate_config: Path | None,
                        num_processes: int | None) -> None:
     """``train recipes/demo.yaml --dry-run`` (or recipes/demo_paper.yaml): the training recipe of every trained
     row of that demo (what ``dtwinseg demo [--preset paper]`` trains, with its folders under its default
     --out), each checked like any recipe."""
-    from dtwinseg.workflows.paper import is_paper_recipe
+    from dtwinseg.config import ConfigError
 
-    from dtwinseg.config import ConfigError, load_config_yaml
-
-    paper = is_paper_recipe(load_config_yaml(recipe))
+    paper = kind == "paper"
     command = f"dtwinseg demo {'--preset paper ' if paper else ''}--recipe {recipe}"
     if not dry_run:
         raise ConfigError(recipe, None, f"a demo recipe, not a training recipe: `{command}` builds its data and "

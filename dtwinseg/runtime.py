@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -155,6 +156,32 @@ def resolve_device(device: str = "auto", env: Mapping[str, str] | None = None) -
     if not torch.cuda.is_available():
         return "cpu"
     return f"cuda:{local_rank(env) % torch.cuda.device_count()}"
+
+
+# --- memos -------------------------------------------------------------------------------------
+class LRUMemo:
+    """A bounded, thread-safe memo of results by key: the ``size`` most recently used are kept. ``copy`` is
+    applied to each result stored and each one handed out, so a caller may change what it got (the memo of
+    the oracle bound, eval/records.py; of the scene facts, dtwinseg/formats/facts.py)."""
+
+    def __init__(self, size: int, copy: Any = None):
+        self.size = size
+        self._copy = copy or (lambda value: value)
+        self._held: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_compute(self, key: Any, compute: Any) -> Any:
+        """The remembered result of ``key``, else ``compute()`` (called outside the lock), remembered."""
+        with self._lock:
+            if key in self._held:
+                self._held.move_to_end(key)
+                return self._copy(self._held[key])
+        value = compute()
+        with self._lock:
+            self._held[key] = self._copy(value)
+            while len(self._held) > self.size:
+                self._held.popitem(last=False)
+        return value
 
 
 # --- locks -------------------------------------------------------------------------------------

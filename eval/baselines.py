@@ -163,13 +163,15 @@ class EmbeddingPicker:
         self._load()
         if not texts:
             return torch.zeros(0)
-        # batches of similar length (less padding; each text's vector does not depend on its batch)
-        lengths = [len(ids) for ids in self._tok(texts, truncation=True)["input_ids"]]
-        order = sorted(range(len(texts)), key=lambda k: lengths[k])
+        # tokenized once, then batches of similar length (less padding; a text's vector does not depend on its
+        # batch)
+        encoded = self._tok(texts, truncation=True)
+        order = sorted(range(len(texts)), key=lambda k: len(encoded["input_ids"][k]))
         chunks = []
         for start in range(0, len(texts), self.batch_size):
-            enc = self._tok([texts[k] for k in order[start:start + self.batch_size]], padding=True, truncation=True,
-                            return_tensors="pt").to(self.device)
+            batch = order[start:start + self.batch_size]
+            enc = self._tok.pad({name: [encoded[name][k] for k in batch] for name in encoded.keys()},
+                                padding=True, return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 hidden = self._model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from dtwinseg.data_builders.sample import Sample
 from dtwinseg.io import DataError, atomic_write_text, clip_middle
 from dtwinseg.metrics import GroupedIoU, best_subset, per_mask_iou
 from dtwinseg.reasoning import ReasoningOutput
+from dtwinseg.runtime import LRUMemo
 from dtwinseg.twin import DigitalTwin
 
 STATUSES = ("ok", "repaired", "failed")
@@ -97,9 +97,7 @@ def groups_of(record: dict) -> list[str]:
     return names
 
 
-_ORACLE_MEMO: OrderedDict[bytes, dict] = OrderedDict()
-_ORACLE_MEMO_SIZE = 4096
-_oracle_lock = threading.Lock()
+_ORACLE_MEMO = LRUMemo(4096, copy=lambda stats: {**stats, "oracle_ids": list(stats["oracle_ids"])})
 
 
 def _oracle_key(twin: DigitalTwin, gt: np.ndarray) -> bytes:
@@ -118,18 +116,7 @@ def oracle_stats(twin: DigitalTwin | None, gt: np.ndarray) -> dict:
     """
     if twin is None or len(twin) == 0:
         return _oracle_stats(twin, gt)
-    key = _oracle_key(twin, gt)
-    with _oracle_lock:
-        hit = _ORACLE_MEMO.get(key)
-        if hit is not None:
-            _ORACLE_MEMO.move_to_end(key)
-            return {**hit, "oracle_ids": list(hit["oracle_ids"])}
-    stats = _oracle_stats(twin, gt)
-    with _oracle_lock:
-        _ORACLE_MEMO[key] = {**stats, "oracle_ids": list(stats["oracle_ids"])}
-        while len(_ORACLE_MEMO) > _ORACLE_MEMO_SIZE:
-            _ORACLE_MEMO.popitem(last=False)
-    return stats
+    return _ORACLE_MEMO.get_or_compute(_oracle_key(twin, gt), lambda: _oracle_stats(twin, gt))
 
 
 def _oracle_stats(twin: DigitalTwin | None, gt: np.ndarray) -> dict:

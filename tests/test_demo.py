@@ -363,7 +363,7 @@ def test_quick_demo_summary_rows_reproduce_through_the_cli(tmp_path: Path) -> No
         assert set(other["rows"]) == expected and other["n"] == n
         assert other["judgement"]["main"] == summary["main"]
         assert f"Seed {seed} test split ({n} scenes)" in output
-    assert summary["check_seeds"]["7"]["rows"] != summary["check_seeds"]["8"]["rows"] or n < 3
+    assert summary["check_seeds"]["7"]["rows"] != summary["check_seeds"]["8"]["rows"]  # other scenes, other numbers
     again = check_seed(summary, 7, tmp_path / "seed7", progress=False, log=lambda s: None)
     assert again["rows"] == summary["check_seeds"]["7"]["rows"]  # the same split and numbers from summary.json
 

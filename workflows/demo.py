@@ -574,13 +574,19 @@ def row_training_recipes(cfg: DemoConfig, out: Path, base: Path | None = None,
     base = base or out / "base"
     sft = sft or {}
     runs = {}
-    for k, seed in enumerate(cfg.train_seeds):
-        for name, spec in cfg.rows.items():
-            label = name if k == 0 else f"{name}-seed{seed}"
-            data = sft.get(data_key(spec), out / f"sft-{data_key(spec)}")
-            recipe = training_recipe(cfg, base, data, out / f"train-{label}", bool(spec["weighted"]), int(seed), spec)
-            runs[label] = (recipe, spec)
+    for label, seed, spec in seeded_rows(cfg.train_seeds, cfg.rows):
+        data = sft.get(data_key(spec), out / f"sft-{data_key(spec)}")
+        recipe = training_recipe(cfg, base, data, out / f"train-{label}", bool(spec["weighted"]), int(seed), spec)
+        runs[label] = (recipe, spec)
     return runs
+
+
+def seeded_rows(train_seeds: list[int], rows: dict[str, dict]) -> Iterator[tuple[str, int, dict]]:
+    """(label, training seed, row spec) of every trained row and seed: the first seed keeps the row's name,
+    the others are ``<row>-seed<S>`` (the demo's and the paper preset's run labels)."""
+    for k, seed in enumerate(train_seeds):
+        for name, spec in rows.items():
+            yield (name if k == 0 else f"{name}-seed{seed}"), int(seed), spec
 
 
 def train_all(out: Path, recipes: dict[str, Recipe], cfg: DemoConfig, log: Callable[[str], None],
@@ -1024,8 +1030,9 @@ def demo_markdown(summary: dict, out: Path) -> str:
              "columns are gIoU)", ""] if seen else []  # one split: the table first (make demo-paper's README)
     lines += _split_table(rows, summary.get("oracle"), main, dims, True)
     judged = summary.get("judgement") or {}
-    if judgement_line(judged.get("test", {})):
-        lines += ["", f"Judgement ({title}): {judgement_line(judged.get('test', {}))}"]
+    verdict = judgement_line(judged.get("test", {}))
+    if verdict:
+        lines += ["", f"Judgement ({title}): {verdict}"]
     if seen:
         seen_rows = {k: {**r.get("seen", {}), "trained": r.get("trained"), "parse": {}} for k, r in rows.items()}
         lines += ["", f"**Seen-phrasing test split** (the same {seen.get('n')} scenes, masks and targets, worded and "

@@ -47,6 +47,7 @@ from dtwinseg.workflows.demo import (
     judge,
     project_path,
     rel,
+    seeded_rows,
     torch_threads,
     train_all,
     write_row_config,
@@ -240,11 +241,9 @@ def row_training_recipes(cfg: PaperConfig, out: Path,
     --dry-run`` checks. ``sft`` (by target) defaults to the folders the preset writes (``out/sft-<target>``)."""
     sft = sft or {}
     runs = {}
-    for k, seed in enumerate(cfg.train_seeds):
-        for name, spec in cfg.rows.items():
-            label = name if k == 0 else f"{name}-seed{seed}"
-            data = sft.get(spec["target"], out / f"sft-{spec['target']}")
-            runs[label] = (training_recipe(cfg, data, out / f"train-{label}", spec, int(seed)), spec)
+    for label, seed, spec in seeded_rows(cfg.train_seeds, cfg.rows):
+        data = sft.get(spec["target"], out / f"sft-{spec['target']}")
+        runs[label] = (training_recipe(cfg, data, out / f"train-{label}", spec, seed), spec)
     return runs
 
 

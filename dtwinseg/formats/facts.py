@@ -47,12 +47,11 @@ their superlatives when their kind has several things ("the desk, the largest de
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
+from dtwinseg.runtime import LRUMemo
 from dtwinseg.twin import DigitalTwin
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -258,9 +257,7 @@ def _and(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-_FACTS_MEMO: OrderedDict[tuple[bytes, int], dict[int, list[str]]] = OrderedDict()
-_FACTS_MEMO_SIZE = 1024
-_facts_lock = threading.Lock()
+_FACTS_MEMO = LRUMemo(1024, copy=lambda facts: {i: list(f) for i, f in facts.items()})
 
 
 def object_facts(twin: DigitalTwin, max_anchors: int = 5) -> dict[int, list[str]]:
@@ -271,18 +268,8 @@ def object_facts(twin: DigitalTwin, max_anchors: int = 5) -> dict[int, list[str]
     one twin compute them once."""
     if not twin.objects:
         return {}
-    key = (twin.content_digest(), int(max_anchors))
-    with _facts_lock:
-        hit = _FACTS_MEMO.get(key)
-        if hit is not None:
-            _FACTS_MEMO.move_to_end(key)
-            return {i: list(f) for i, f in hit.items()}
-    facts = _object_facts(twin, max_anchors)
-    with _facts_lock:
-        _FACTS_MEMO[key] = {i: list(f) for i, f in facts.items()}
-        while len(_FACTS_MEMO) > _FACTS_MEMO_SIZE:
-            _FACTS_MEMO.popitem(last=False)
-    return facts
+    return _FACTS_MEMO.get_or_compute((twin.content_digest(), int(max_anchors)),
+                                      lambda: _object_facts(twin, max_anchors))
 
 
 def _object_facts(twin: DigitalTwin, max_anchors: int) -> dict[int, list[str]]:
