@@ -4,8 +4,12 @@ the time to build it.
 **Size.** For N = 10, 50, 150, 300 synthetic masks at 1024 x 1024 (objects placed at random, a third of them
 parts nested inside another object, VLM-like semantic phrases), the tokens of JSON(D) in three layouts:
 
-- ``default``: ``SpatialConfig()``, the compact layout (the tightest container or nearest object + the next nearest + 2 query landmarks
-  per object, numbers in percent), rendered for the query :data:`QUERY`;
+- ``default``: what a model is prompted with by default: ``SpatialConfig()`` fitted by ``fit_prompt`` (the
+  select format's whole prompt counted with the BPE tokenizer, the default 32k context): the compact
+  layout filled with relations (every pair, else the 32, 16, 8 or 4 nearest) while the prompt stays
+  within ``fill_tokens`` (8,192), else its floor, rendered for the query :data:`QUERY`;
+- ``floor``: the compact layout without filling (``fill_tokens: null``: the tightest container or nearest
+  object + the next nearest + 2 query landmarks per object, numbers in percent);
 - ``capped``: the previous option for long twins, the paper layout with ``max_relations: 6``;
 - ``all_pairs``: the paper's eq. 5, every pair (``layout: paper, max_relations: all``),
 
@@ -78,8 +82,11 @@ QUERY = "the cup nearest to the largest lamp"
 LARGE_SCENES = {"size": 512, "min_objects": 10, "max_objects": 40, "category_pool": [4, 8],
                 "colour_pool": [4, 8], "max_tries": 60}
 """Today's generator with larger scenes (12-80 masks with parts): the default source of survival scenes."""
+FITTED = "default"
+"""The layout fitted per prompt (its SpatialConfig is chosen by fit_prompt for each twin and query)."""
 LAYOUTS = {
     "default": SpatialConfig(),
+    "floor": SpatialConfig(fill_tokens=None),
     "capped": SpatialConfig(layout="paper", max_relations=CAP, landmarks=0),
     "all_pairs": SpatialConfig(**PAPER_SPATIAL),
 }
@@ -177,6 +184,24 @@ def count_tokens(tok, text: str) -> int:  # noqa: ANN001 - a tokenizers.Tokenize
     return len(tok(text, add_special_tokens=False)["input_ids"])
 
 
+def prompt_tokens(tok):  # noqa: ANN001, ANN201 - a tokenizer -> a conversation token counter
+    """Tokens of a conversation as the model sees it: the chat template of a transformers tokenizer (what
+    build-sft and the reasoners count), else the messages' text + 4 per message."""
+    if hasattr(tok, "apply_chat_template"):
+        from dtwinseg.data_builders.sft_dataset import prompt_counter
+
+        return prompt_counter(tok)
+    return lambda messages: sum(count_tokens(tok, str(m["content"])) + 4 for m in messages)
+
+
+def fitted_spatial(twin: DigitalTwin, query: str, count) -> SpatialConfig:  # noqa: ANN001 - a token counter
+    """The SpatialConfig the default prompt takes for this twin and query (fit_prompt, select format)."""
+    from dtwinseg.formats import FormatConfig, build_format
+    from dtwinseg.formats.base import fit_prompt
+
+    return fit_prompt(build_format("select", FormatConfig()), twin, query, count=count).format.config.spatial
+
+
 def tokenizers() -> tuple[dict, dict]:
     """({name: tokenizer}, {name: what it is})."""
     toks, what = {}, {}
@@ -238,16 +263,23 @@ def read_scenes(folder: Path, split: str = "test") -> list[dict]:
     return scenes
 
 
-def survival(scenes: list[dict], layouts: dict[str, SpatialConfig]) -> dict:
+def survival(scenes: list[dict], layouts: dict[str, SpatialConfig], count=None) -> dict:  # noqa: ANN001
     """Per layout: the share of scenes whose compared pairs are all related in JSON(D), per dimension too,
-    and the share of pairs."""
+    and the share of pairs. The ``default`` layout is fitted per scene (:func:`fitted_spatial`, tokens
+    counted by ``count``); its rows also give the prompt's tokens and the relations it took."""
     out: dict = {}
     for name, cfg in layouts.items():
+        fitted = name == FITTED and count is not None
+        chosen: dict[str, int] = {}
         kept_scenes, kept_pairs, n_pairs, per_dim = 0, 0, 0, {}
         for s in scenes:
             if s["pairs"] is None:
                 continue
-            named = related_ids(s["twin"], cfg, s["query"])
+            use = fitted_spatial(s["twin"], s["query"], count) if fitted else cfg
+            if fitted:
+                key = "all" if use.max_relations is None else f"{use.max_relations}_nearest"
+                chosen[key] = chosen.get(key, 0) + 1
+            named = related_ids(s["twin"], use, s["query"])
             ok = [b in named.get(a, []) or a in named.get(b, []) for a, b in s["pairs"]]
             kept_pairs += sum(ok)
             n_pairs += len(ok)
@@ -262,6 +294,8 @@ def survival(scenes: list[dict], layouts: dict[str, SpatialConfig]) -> dict:
                      "relational_scenes_survived": kept_relational / relational if relational else None,
                      "pairs_survived": kept_pairs / n_pairs if n_pairs else None,
                      "per_dimension": {k: v[0] / v[1] for k, v in sorted(per_dim.items())}}
+        if fitted:
+            out[name]["relations_taken"] = dict(sorted(chosen.items()))
     return out
 
 
@@ -286,7 +320,7 @@ def write_scenes(out: Path, n: int, seed: int, profile: str | None, synth_config
 
 
 def measure_survival(n_scenes: int, seed: int = 0, profile: str | None = None, synth_config: Path | None = None,
-                     data: Path | None = None) -> dict:
+                     data: Path | None = None, count=None) -> dict:  # noqa: ANN001 - a token counter
     """Survival rows for one source of scenes (see the module docstring)."""
     with tempfile.TemporaryDirectory(prefix="prompt_size_") as tmp:
         if data is None:
@@ -300,13 +334,14 @@ def measure_survival(n_scenes: int, seed: int = 0, profile: str | None = None, s
             "unknown_programs": sum(1 for s in scenes if s["pairs"] is None),
             "masks_per_scene": {"min": min(sizes, default=0), "mean": float(np.mean(sizes)) if sizes else 0.0,
                                 "max": max(sizes, default=0)},
-            "layouts": survival(scenes, {**LAYOUTS, **{f"ladder_{k}": c for k, c in ladder_layouts().items()}})}
+            "layouts": survival(scenes, {**LAYOUTS, **{f"ladder_{k}": c for k, c in ladder_layouts().items()}},
+                                count)}
 
 
 def ladder_layouts() -> dict[str, SpatialConfig]:
     """The rungs of the default's degradation ladder, named by what they keep."""
     return {f"{c.max_relations}near_{c.landmarks}land_{c.number_format}": c
-            for c in degradation_ladder(SpatialConfig())}
+            for c in degradation_ladder(SpatialConfig(fill_tokens=None))}
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -317,12 +352,15 @@ def sizes_rows(ns: list[int], size: int, toks: dict) -> tuple[list[dict], dict]:
         t0 = time.perf_counter()
         twin = twins[n] = synthetic_twin(n, size)
         gen_s = time.perf_counter() - t0
-        prompts = {k: twin_json(twin, cfg, query=QUERY) for k, cfg in LAYOUTS.items()}
         rungs = {k: twin_json(twin, cfg, query=QUERY) for k, cfg in ladder.items()}
-        row: dict = {"n": n, "chars": {k: len(v) for k, v in prompts.items()}, "twin_build_seconds": gen_s}
+        row: dict = {"n": n, "twin_build_seconds": gen_s}
         for name, tok in toks.items():
+            fitted = fitted_spatial(twin, QUERY, prompt_tokens(tok))  # counted with this tokenizer
+            prompts = {k: twin_json(twin, fitted if k == FITTED else cfg, query=QUERY) for k, cfg in LAYOUTS.items()}
+            row.setdefault("chars", {k: len(v) for k, v in prompts.items()})
             counts = {k: count_tokens(tok, v) for k, v in prompts.items()}
             row[name] = {
+                "default_relations": "all" if fitted.max_relations is None else f"{fitted.max_relations}_nearest",
                 "tokens": counts,
                 "tokens_per_object": {k: v / n for k, v in counts.items()},
                 "all_pairs_over_default": counts["all_pairs"] / counts["default"],
@@ -337,7 +375,9 @@ def main(quick: bool = False, *, survival_scenes: int | None = None, profile: st
          synth_config: Path | None = None, survival_data: Path | None = None, survival_only: bool = False) -> dict:
     n_scenes = survival_scenes or (21 if quick else 140)
     label = profile or ("custom" if synth_config or survival_data else "large_scenes")
-    surv = measure_survival(n_scenes, profile=profile, synth_config=synth_config, data=survival_data)
+    toks, what = tokenizers()
+    surv = measure_survival(n_scenes, profile=profile, synth_config=synth_config, data=survival_data,
+                            count=prompt_tokens(toks["bpe"]))
     path = RESULTS / "prompt_size.json"
     if survival_only:
         if not path.is_file():
@@ -350,12 +390,11 @@ def main(quick: bool = False, *, survival_scenes: int | None = None, profile: st
     ns = [10, 50, 150] if quick else [10, 50, 150, 300]
     size = 1024
     repeats = 2 if quick else 3
-    toks, what = tokenizers()
     rows, twins = sizes_rows(ns, size, toks)
     n_time = ns[-1]
     twin = twins[n_time]
     masks = twin.masks()
-    default, capped, all_pairs = LAYOUTS["default"], LAYOUTS["capped"], LAYOUTS["all_pairs"]
+    default, capped, all_pairs = LAYOUTS["floor"], LAYOUTS["capped"], LAYOUTS["all_pairs"]
     from dtwinseg import spatial
 
     def fresh(cfg: SpatialConfig):  # noqa: ANN202 - relations recomputed, as for a twin seen the first time
@@ -370,6 +409,7 @@ def main(quick: bool = False, *, survival_scenes: int | None = None, profile: st
             "capped_prompt": fresh(capped),
             "all_pairs_prompt": fresh(all_pairs),
             "default_prompt_cached_relations": lambda: twin_json(twin, default, query=QUERY),
+            "fit_prompt_cached_relations": lambda: fitted_spatial(twin, QUERY, prompt_tokens(toks["bpe"])),
             "relations_only": lambda: (spatial._cache.clear(), twin_relations(twin, default)),
             "decode_masks": twin.masks,
         },

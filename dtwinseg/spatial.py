@@ -12,14 +12,17 @@ Two layouts of JSON(D) (``SpatialConfig.layout``):
   container and its nearest others (``max_relations``, 2 in all) and to the query's landmarks (``landmarks``, 2:
   the objects whose description shares the most words with the query, the largest of each set of shared
   words: what a relational query compares against, found from the twin's text alone). ~50 tokens per
-  object (SmolLM2's tokenizer), linear in N (benchmarks/prompt_size.py).
+  object (SmolLM2's tokenizer), linear in N (benchmarks/prompt_size.py). That is the floor: while the
+  whole prompt stays within ``fill_tokens`` (8,192 by default), :func:`fill_ladder` relates every object
+  to more of the others (every pair, else the 32, 16, 8 or 4 nearest), so a twin of the size SAM returns
+  (15-60 masks) is prompted with all or most of its pairs and only long twins fall back to the floor.
 - ``paper``: eq. 5 as written, ``{"<id>": {"spatial": T_i, "semantic": S_i}}`` with T_i = ``box [x0, y0,
   x1, y1], area A% of the image; left of 3, next to and above 5``, boxes in pixels; with ``max_relations:
   all`` every pair is related (JSON(D) grows as N^2: 139k tokens at N = 150).
 
 Under a token budget a prompt degrades along :func:`degradation_ladder` (fewer relations per object, the
 farthest first; then shorter numbers); dropping objects comes after that and lives with the prompt
-(dtwinseg/formats/base.py, ``fit_prompt``).
+(dtwinseg/formats/base.py, ``fit_prompt``, which also chooses the fill rung).
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ LAYOUTS = ("compact", "paper")
 NUMBERS = ("pixels", "percent", "centre")
 DEFAULT_MAX_RELATIONS = 2
 DEFAULT_LANDMARKS = 2
+DEFAULT_FILL_TOKENS = 8192
+FILL_RELATIONS = (None, 32, 16, 8, 4)
+"""The richer renderings :func:`fill_ladder` tries, richest first (None: every pair)."""
 
 
 @dataclass
@@ -80,6 +86,12 @@ class SpatialConfig(StrictConfig):
         also "next to" each other (paper layout).
     max_pixels: masks with more pixels are max-pooled to at most this many before intersecting
         (max-pooling keeps nesting: a mask inside another stays inside).
+    fill_tokens: the prompt length (tokens, the whole prompt as the model counts it) up to which
+        relations are added beyond ``max_relations``: the richest of every pair, then the 32, 16, 8 or 4
+        nearest (+ the landmarks), whose prompt fits both this and the model's budget
+        (:func:`fill_ladder`, chosen by dtwinseg.formats.base.fit_prompt at training and inference
+        alike). Default 8192; null or 0: exactly ``max_relations``. A format.json saved before this
+        field existed reads as null (the prompts its model was trained on).
     """
 
     layout: str = "compact"
@@ -90,9 +102,13 @@ class SpatialConfig(StrictConfig):
     overlap: float = 0.05
     next_to_gap: float = 0.02
     max_pixels: int = 256 * 256
+    fill_tokens: int | None = DEFAULT_FILL_TOKENS
 
     def __post_init__(self) -> None:
         self.max_relations = relation_cap(self.max_relations)
+        if self.fill_tokens is not None and (isinstance(self.fill_tokens, bool) or not isinstance(self.fill_tokens, int)
+                                             or self.fill_tokens < 0):
+            raise DataError(None, "fill_tokens", f"must be an integer >= 0 or null, got {self.fill_tokens!r}")
         if self.layout not in LAYOUTS:
             raise DataError(None, "layout", f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.numbers is not None and self.numbers not in NUMBERS:
@@ -446,6 +462,25 @@ def describe_twin(cfg: SpatialConfig | None = None) -> str:
                 f"area as a percentage of the image{relations}; \"semantic\" describes what the object is.")
     return (f"a JSON object mapping each object id to one line: what the object is; {where}; its area as a "
             f"percentage of the image{relations} (\"left of 3 5\": it is left of objects 3 and 5).")
+
+
+def fill_ladder(cfg: SpatialConfig, n_objects: int) -> list[SpatialConfig]:
+    """The renderings richer than ``cfg`` that a prompt may take while it fits ``cfg.fill_tokens``, richest
+    first: every pair, then the 32, 16, 8, 4 nearest (each with the landmarks), those that relate more
+    than ``max_relations`` objects and differ for ``n_objects`` objects; each is longer than the next.
+    [] when filling is off, the layout already relates every pair, or there is nothing to add. The
+    rungs have ``fill_tokens`` null: they render as they are."""
+    if not cfg.fill_tokens or cfg.max_relations is None or n_objects < 3:
+        return []
+    others = n_objects - 1
+    rungs, seen = [], set()
+    for k in FILL_RELATIONS:
+        reach = others if k is None else min(k, others)
+        if reach <= cfg.max_relations or reach in seen:
+            continue
+        seen.add(reach)
+        rungs.append(dataclasses.replace(cfg, max_relations=None if reach == others else k, fill_tokens=None))
+    return rungs
 
 
 def degradation_ladder(cfg: SpatialConfig) -> list[SpatialConfig]:

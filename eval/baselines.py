@@ -204,17 +204,19 @@ class EmbeddingPicker:
 class ConstrainedPicker:
     """A causal LM zero-shot, decoding constrained to one-object answers of the reasoning format.
 
-    ``messages(twin, query)`` is the format's prompt and ``completion(twin, ids)`` its target text; each
-    candidate completion is scored by the sum of its tokens' log-probabilities after the prompt (the
-    prompt rendered exactly as the transformers backend does) and the best candidate is the answer.
+    The prompt is the format's, fitted to the model as the reasoners fit it
+    (dtwinseg.reasoning.PromptFitter: the same relations, the same objects shown); each candidate (an
+    object the prompt shows) is the format's target text for that one id, scored by the sum of its
+    tokens' log-probabilities after the prompt (rendered exactly as the transformers backend does), and
+    the best candidate is the answer.
     """
 
-    def __init__(self, cfg: ReasoningConfig, messages: Callable[[DigitalTwin, str], list[dict]],
-                 completion: Callable[[DigitalTwin, list[int]], str], batch_size: int = 16):
+    def __init__(self, cfg: ReasoningConfig, fmt: Any, batch_size: int = 16):
         from dtwinseg.reasoning import TransformersBackend
+        from dtwinseg.reasoning.reasoner import PromptFitter
 
         self.backend = TransformersBackend(cfg)
-        self.messages, self.completion, self.batch_size = messages, completion, batch_size
+        self.fit, self.batch_size = PromptFitter(fmt, self.backend), batch_size
 
     def _logprobs(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
         """Per scene (its prompt ids, one completion per object), each completion's log-probability; a batch
@@ -229,19 +231,23 @@ class ConstrainedPicker:
         return out
 
     def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
+        from dtwinseg.formats import Target
+
         _, tok = self.backend._ensure_loaded()
-        groups, owners = [], []
+        groups, owners, shown = [], [], {}
         for k, (twin, query) in enumerate(items):
             if not twin.objects:
                 continue
-            prompt = tok(self.backend.prompt_text(self.messages(twin, query)), add_special_tokens=False)["input_ids"]
-            conts = [list(tok(self.completion(twin, [o.id]), add_special_tokens=False)["input_ids"])
-                     for o in twin.objects]
+            fitted = self.fit(twin, query)
+            shown[k] = fitted.twin.objects
+            prompt = tok(self.backend.prompt_text(fitted.messages), add_special_tokens=False)["input_ids"]
+            conts = [list(tok(fitted.format.target(fitted.twin, Target([o.id])).text,
+                              add_special_tokens=False)["input_ids"]) for o in fitted.twin.objects]
             groups.append((list(prompt), conts))
             owners.append(k)
         per: list[dict[int, float]] = [{} for _ in items]
         for k, scores in zip(owners, self._logprobs(groups) if groups else [], strict=True):
-            per[k] = {o.id: s for o, s in zip(items[k][0].objects, scores, strict=True)}
+            per[k] = {o.id: s for o, s in zip(shown[k], scores, strict=True)}
         out = []
         for sc in per:
             if not sc:
@@ -250,15 +256,6 @@ class ConstrainedPicker:
             best = max(sc, key=lambda i: (sc[i], -i))
             out.append(_output([best], "constrained", sc))
         return out
-
-
-def format_functions(cfg: ReasoningConfig) -> tuple[Callable, Callable]:
-    """(messages, completion) of the reasoning config's format: its prompt, and its target text for ids."""
-    from dtwinseg.formats import Target
-    from dtwinseg.reasoning import make_format
-
-    fmt = make_format(cfg)
-    return fmt.messages, lambda twin, ids: fmt.target(twin, Target(sorted(int(i) for i in ids))).text
 
 
 def parse_baseline(spec: str, cfg: ReasoningConfig) -> tuple[ReasoningConfig, Any]:
@@ -283,5 +280,6 @@ def parse_baseline(spec: str, cfg: ReasoningConfig) -> tuple[ReasoningConfig, An
         raise DataError(None, "checkpoint", f"{spec!r}: baseline:constrained needs a model "
                         "(baseline:constrained:FOLDER or the reasoning config's model)")
     ccfg = cfg.replace(backend="transformers", model=name, adapter=None)
-    messages, completion = format_functions(ccfg)
-    return ccfg, ConstrainedPicker(ccfg, messages, completion, batch_size=max(1, ccfg.batch_size))
+    from dtwinseg.reasoning import make_format
+
+    return ccfg, ConstrainedPicker(ccfg, make_format(ccfg), batch_size=max(1, ccfg.batch_size))

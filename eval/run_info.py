@@ -40,6 +40,9 @@ def hashed_settings(ck: Checkpoint) -> dict:
     name as ``strategy`` beside its options ``format`` (the config's own to_dict nests the name since)."""
     cfg = ck.cfg.to_dict()
     options = dict(cfg.pop("format") or {})
+    spatial = options.get("spatial")
+    if isinstance(spatial, dict) and spatial.get("fill_tokens", 0) is None:  # unfilled: as hashed before the field
+        options["spatial"] = {k: v for k, v in spatial.items() if k != "fill_tokens"}
     cfg.update(strategy=options.pop("name", ck.cfg.format_name), format=options)
     return {k: v for k, v in cfg.items()
             if k not in OPERATIONAL and not (k in ADDED_LATER and v == ADDED_LATER[k])}

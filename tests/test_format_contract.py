@@ -36,6 +36,7 @@ from dtwinseg.formats import (
 from dtwinseg.formats import base as format_base
 from dtwinseg.io import DataError
 from dtwinseg.reasoning import ReasoningConfig
+from dtwinseg.spatial import SpatialConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = [(name, {}) for name in available_formats()] + [
@@ -159,8 +160,10 @@ def test_files_written_before_the_rename_still_load_and_resume(tmp_path):
     run = tmp_path / "run"
     opts = EvalOptions(batch_size=2, progress=False, worst_k=0)
 
-    def ck(name: str = "select") -> Checkpoint:
-        return Checkpoint("a", "m1", ReasoningConfig(model="m1", format_name=name), reasoner=OracleReasoner(spec))
+    def ck(name: str = "select") -> Checkpoint:  # unfilled prompts: that version's (spatial.fill_tokens came later)
+        fmt = FormatConfig(spatial=SpatialConfig(fill_tokens=None))
+        return Checkpoint("a", "m1", ReasoningConfig(model="m1", format_name=name, format=fmt),
+                          reasoner=OracleReasoner(spec))
 
     first = evaluate(spec, cache, [ck()], run, opts, log=lambda s: None)
     # identity.json and run.json as the previous version wrote them (that version's reasoning hash of
@@ -177,6 +180,9 @@ def test_files_written_before_the_rename_still_load_and_resume(tmp_path):
     assert again["checkpoints"]["a"]["groups"] == first["checkpoints"]["a"]["groups"]
     with pytest.raises(DataError, match="--restart"):
         evaluate(spec, cache, [ck("score")], run, opts, log=lambda s: None)
+    with pytest.raises(DataError, match="--restart"):  # today's default fills the prompts: other answers
+        evaluate(spec, cache, [Checkpoint("a", "m1", ReasoningConfig(model="m1", format_name="select"),
+                                          reasoner=OracleReasoner(spec))], run, opts, log=lambda s: None)
     old_metrics = {"checkpoints": {"m": {**again["checkpoints"]["a"], "strategy": "sftdt"}}}
     del old_metrics["checkpoints"]["m"]["format"]
     assert recorded_format(old_metrics["checkpoints"]["m"]) == "sftdt"

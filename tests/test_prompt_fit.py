@@ -21,7 +21,7 @@ from reasoning_helpers import save_tiny_llama
 
 from dtwinseg.formats import FormatConfig, build_format
 from dtwinseg.formats.base import answer_reserve, estimate_tokens, fit_prompt
-from dtwinseg.spatial import degradation_ladder
+from dtwinseg.spatial import SpatialConfig, degradation_ladder, fill_ladder, related_ids
 from dtwinseg.twin import DigitalTwin
 
 KINDS = ["cup", "chair", "lamp", "book", "plant", "bottle", "bowl", "clock"]
@@ -49,12 +49,13 @@ def record(n: int, seed: int = 0):  # noqa: ANN201 - a SegDTRecord
 
 def test_degradation_order_relations_then_numbers_then_objects():
     """As the context shrinks the prompt walks down the ladder, and objects go only past its last rung,
-    the smallest first; every prompt fits its budget while one can."""
-    fmt = build_format("sftdt", FormatConfig())
+    the smallest first; every prompt fits its budget while one can (filling off: see the fill tests)."""
+    fmt = build_format("sftdt", FormatConfig(spatial=SpatialConfig(fill_tokens=None)))
     twin = cluttered_twin(40)
     query = "the red cup next to the largest lamp"
     rungs = degradation_ladder(fmt.config.spatial)
     sizes = [estimate_tokens(build_format("sftdt", FormatConfig(spatial=r)).messages(twin, query)) for r in rungs]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
     seen = []
     for context in range(sizes[0] * 3, 200, -97):
         fitted = fit_prompt(fmt, twin, query, context=context)
@@ -144,12 +145,101 @@ def test_training_prompt_is_the_inference_prompt(tiny, format_name):
         assert fitted.tokens == len(train_prompt) <= fitted.budget
         rungs.append(fitted.rung)
         dropped.append(fitted.objects_dropped)
-    assert rungs[0] == 0 and dropped[0] == 0  # 5 objects: the configured rendering
+    assert rungs[0] == 0 and dropped[0] == 0  # 5 objects: the configured rendering, filled
+    assert reasoner.fit(recs[0].twin, recs[0].query).format.config.spatial.max_relations is None  # every pair
     assert dropped[1] == 0 and rungs == sorted(rungs)  # 50: every object kept
     if format_name == "sftdt":  # a long answer to reserve room for: the 50-object prompt is leaner
         assert rungs[1] > 0
     assert dropped[2] > 0 and stats["objects_dropped"] == dropped[2]  # 150: past the context
     assert stats["truncated_twin"] == 1
+
+
+def _relations(fitted, query):  # noqa: ANN001, ANN202 - which ids each object's line names
+    return related_ids(fitted.twin, fitted.format.config.spatial, query)
+
+
+@pytest.mark.parametrize("n", [6, 40, 120])
+def test_fill_takes_the_richest_rendering_within_fill_tokens(n):
+    """With room to spare the prompt relates more pairs than the floor (max_relations nearest + the
+    landmarks): the richest rung of fill_ladder within fill_tokens and the budget, never a poorer one than
+    the floor, and the next richer rung would not fit."""
+    query = "the red cup next to the largest lamp"
+    twin = cluttered_twin(n)
+    for fill in (600, 2500, 8192):
+        fmt = build_format("select", FormatConfig(spatial=SpatialConfig(fill_tokens=fill)))
+        floor = fit_prompt(build_format("select", FormatConfig(spatial=SpatialConfig(fill_tokens=None))), twin, query,
+                           context=100_000)
+        fitted = fit_prompt(fmt, twin, query, context=100_000)
+        assert fitted.rung == 0 and not fitted.dropped
+        base, rich = _relations(floor, query), _relations(fitted, query)
+        assert all(set(base[i]) <= set(rich[i]) for i in base)  # filling only adds relations
+        rungs = fill_ladder(fmt.config.spatial, n)
+        chosen = fitted.format.config.spatial
+        if chosen == fmt.config.spatial:  # nothing richer fits: the floor itself
+            assert floor.messages == fitted.messages
+            assert all(estimate_tokens(build_format("select", FormatConfig(spatial=r)).messages(twin, query)) > fill
+                       for r in rungs)
+            continue
+        assert fitted.tokens <= fill and chosen in rungs
+        richer = rungs[:rungs.index(chosen)]
+        assert all(estimate_tokens(build_format("select", FormatConfig(spatial=r)).messages(twin, query)) > fill
+                   for r in richer)
+    if n == 6:  # a small twin: every pair, whatever the layout's floor
+        assert fitted.format.config.spatial.max_relations is None
+        assert all(len(v) == n - 1 for v in _relations(fitted, query).values())
+
+
+def test_fill_respects_the_budget_and_is_off_when_asked():
+    twin = cluttered_twin(40)
+    query = "the red cup next to the largest lamp"
+    fmt = build_format("select", FormatConfig())
+    roomy = fit_prompt(fmt, twin, query, context=100_000)
+    tight = fit_prompt(fmt, twin, query, context=roomy.tokens + answer_reserve(fmt, twin, 10_000) - 50)
+    assert tight.fits and tight.tokens < roomy.tokens  # a smaller context fills less
+    off = FormatConfig(spatial=SpatialConfig(fill_tokens=0))
+    assert fit_prompt(build_format("select", off), twin, query, context=100_000).messages == \
+        build_format("select", off).messages(twin, query)
+    assert fill_ladder(SpatialConfig(max_relations="all"), 40) == []  # all pairs already: nothing to add
+    with pytest.raises(Exception, match="fill_tokens"):
+        SpatialConfig(fill_tokens=-1)
+
+
+def test_fill_reserves_the_answer_of_a_path_that_repeats_the_relations():
+    """sftdt with include_spatial writes T_i in every step: a filled prompt's answer is longer, and both
+    the reserve it is fitted under and the generation budget are the filled format's."""
+    twin = cluttered_twin(20)
+    fmt = build_format("sftdt", FormatConfig(include_spatial=True))
+    fitted = fit_prompt(fmt, twin, "the red cup next to the largest lamp", context=100_000)
+    assert fitted.format.config.spatial.max_relations != fmt.config.spatial.max_relations  # filled
+    assert fitted.format.budget(twin) > fmt.budget(twin)
+    assert fitted.budget == 100_000 - answer_reserve(fitted.format, twin, 100_000) and fitted.fits
+
+
+def test_format_json_saved_before_filling_reads_as_never_filled(tmp_path):
+    """An adapter trained before fill_tokens existed keeps its prompts: its format.json reads as null."""
+    import json
+
+    from dtwinseg.formats.base import format_record, load_format, save_format
+
+    save_format(tmp_path, "select", FormatConfig())
+    assert load_format(tmp_path)[1].spatial.fill_tokens == 8192  # saved now: the field is written
+    old = format_record("select", FormatConfig())
+    del old["config"]["spatial"]["fill_tokens"]
+    (tmp_path / "format.json").write_text(json.dumps(old))
+    assert load_format(tmp_path)[1].spatial.fill_tokens is None
+    from dtwinseg.formats.base import check_same_format
+    from dtwinseg.io import DataError
+
+    with pytest.raises(DataError, match="fill_tokens: null"):  # its prompts differ from today's default's
+        check_same_format(load_format(tmp_path), ("select", FormatConfig()), source=tmp_path)
+    check_same_format(("select", FormatConfig(spatial=SpatialConfig(fill_tokens=None))),
+                      ("select", FormatConfig(spatial=SpatialConfig(fill_tokens=None))))
+    # the compact format writes its own object lines: JSON(D)'s spatial options change none of its prompts
+    twin = cluttered_twin(12)
+    a, b = FormatConfig(spatial=SpatialConfig(fill_tokens=None)), FormatConfig()
+    assert fit_prompt(build_format("compact", a), twin, "q").messages == \
+        fit_prompt(build_format("compact", b), twin, "q").messages
+    check_same_format(("compact", a), ("compact", b))
 
 
 def test_eval_records_count_dropped_objects_and_the_oracle_sees_what_was_shown():

@@ -141,7 +141,12 @@ def test_plain_layout_without_system_message_matches_inference():
     row = encode_record(rec, tok, cfg, context=CONTEXT)
     kinds = np.array(row["token_kinds"])
     prompt_ids = np.array(row["input_ids"])[kinds == PROMPT]
-    messages = cfg.reasoning_format().messages(rec.twin, rec.query)
+    from dtwinseg.data_builders.sft_dataset import prompt_counter
+
+    from dtwinseg.formats.base import fit_prompt
+
+    messages = fit_prompt(cfg.reasoning_format(), rec.twin, rec.query, context=CONTEXT,
+                          count=prompt_counter(tok)).messages  # as the reasoner fits it
     assert messages[0]["role"] == "user"
     expected = tok(render_plain(messages), add_special_tokens=False)["input_ids"]
     assert list(prompt_ids) == expected

@@ -33,7 +33,8 @@ too; ``parse_scores`` in score.py; ``parse_path_output`` in sftdt.py; ``parse_co
 the shared, format-independent helpers of :mod:`dtwinseg.parsing`.
 
 Every prompt that reaches a model, at training (build-sft) and at inference (the reasoners), comes from
-:func:`fit_prompt`: the format's messages for a twin, fitted to the prompt budget (the model's context
+:func:`fit_prompt`: the format's messages for a twin, with as many relations as fit
+``spatial.fill_tokens`` (dtwinseg.spatial.fill_ladder), fitted to the prompt budget (the model's context
 less the answer's budget) by the stated degradation order -- fewer relations per object, shorter numbers
 (dtwinseg.spatial.degradation_ladder), and only when even the leanest rendering is longer than that,
 objects dropped (the smallest first), counted as ``objects_dropped``. Both sides count tokens with the
@@ -73,7 +74,7 @@ from typing import Any, Protocol, runtime_checkable
 from dtwinseg.config import ConfigError, StrictConfig, build_dataclass, unknown_key_error
 from dtwinseg.io import DataError, atomic_write_json, read_json
 from dtwinseg.parsing import ParseResult
-from dtwinseg.spatial import PAPER_SPATIAL, SpatialConfig, degradation_ladder, describe_twin
+from dtwinseg.spatial import PAPER_SPATIAL, SpatialConfig, degradation_ladder, describe_twin, fill_ladder
 from dtwinseg.twin import DigitalTwin
 
 DEFAULT_CONTEXT_TOKENS = 32_768
@@ -260,6 +261,10 @@ class FormatBase:
     name: str = ""
     config: FormatConfig
 
+    reads_spatial: bool = True
+    """Whether the prompt renders JSON(D) from ``config.spatial`` (a format with its own object lines says
+    False: a difference in ``spatial`` then changes none of its prompts, see :func:`format_differences`)."""
+
     @property
     def per_object(self) -> bool:
         """False: one prompt and one answer per scene."""
@@ -416,8 +421,10 @@ def load_format(path: str | os.PathLike) -> tuple[str, FormatConfig]:
     config = data.get("config")
     spatial = config.get("spatial") if isinstance(config, dict) else None
     if isinstance(spatial, dict) and "layout" not in spatial:  # saved before layouts: the paper's JSON(D)
-        config = {**config, "spatial": {**spatial, **{k: v for k, v in PAPER_SPATIAL.items()
-                                                      if k != "max_relations"}}}
+        spatial = {**spatial, **{k: v for k, v in PAPER_SPATIAL.items() if k != "max_relations"}}
+        config = {**config, "spatial": spatial}
+    if isinstance(spatial, dict) and "fill_tokens" not in spatial:  # saved before filling: never filled
+        config = {**config, "spatial": {**spatial, "fill_tokens": None}}
     return data["format"], FormatConfig.from_dict(config, path=file, where="config")
 
 
@@ -426,7 +433,17 @@ def format_differences(a: tuple[str, FormatConfig], b: tuple[str, FormatConfig])
     if a[0] != b[0]:
         return ["format"]
     da, db = json.loads(json.dumps(a[1].to_dict())), json.loads(json.dumps(b[1].to_dict()))
-    return _diff(da, db, "")
+    diff = _diff(da, db, "")
+    if any(d.startswith("spatial.") for d in diff) and not _reads_spatial(a[0], a[1]):
+        diff = [d for d in diff if not d.startswith("spatial.")]
+    return diff
+
+
+def _reads_spatial(name: str, config: FormatConfig) -> bool:
+    try:
+        return bool(getattr(build_format(name, config), "reads_spatial", True))
+    except (DataError, ValueError, KeyError):  # an unknown or broken format: compare every field
+        return True
 
 
 def _diff(a: Any, b: Any, prefix: str) -> list[str]:
@@ -443,8 +460,12 @@ def check_same_format(trained: tuple[str, FormatConfig], used: tuple[str, Format
     """Raise a one-line DataError when the inference format differs from the one a model was trained on."""
     diff = format_differences(trained, used)
     if diff:
+        hint = ""
+        if "spatial.fill_tokens" in diff and trained[1].spatial.fill_tokens is None:
+            hint = (" (the model was trained on prompts without filled relations: set "
+                    "format.spatial.fill_tokens: null)")
         raise DataError(source, diff[0], f"the reasoning format differs from the one the model was trained with "
-                        f"({', '.join(diff[:5])}); use format_from: to read it back, or set the same values")
+                        f"({', '.join(diff[:5])}); use format_from: to read it back, or set the same values{hint}")
 
 
 # --- one prompt per twin and query, fitted to the model's context ------------------------------------------
@@ -484,8 +505,9 @@ class FittedPrompt:
     """A format's prompt for one twin and query, fitted to a token budget (:func:`fit_prompt`).
 
     messages: the prompt. twin: the objects it shows (the input twin unless objects were dropped).
-    format: the format it was rendered with (the input format, or one with a leaner ``spatial``: build
-    the training target with it). rung: 0 for the configured rendering, k for the k-th rung of
+    format: the format it was rendered with (the input format, or one with a richer (filled) or leaner
+    ``spatial``: build the training target with it). rung: 0 for the configured or a filled rendering
+    (``format.config.spatial.max_relations`` tells which), k for the k-th rung of
     dtwinseg.spatial.degradation_ladder. dropped: ids left out, smallest first ([] normally).
     tokens / budget: the prompt's tokens and the budget it was fitted to.
     """
@@ -513,11 +535,51 @@ def subset_twin(twin: DigitalTwin, keep: set[int]) -> DigitalTwin:
                        [o for o in twin.objects if o.id in keep], twin.query, twin.provenance)
 
 
+def _filled(fmt: ReasoningFormat, twin: DigitalTwin, query: str, tokens: Callable[[list[dict]], int],
+            context: int, floor: list[dict]) -> FittedPrompt | None:
+    """The richest rendering of :func:`dtwinseg.spatial.fill_ladder` whose prompt fits both the format's
+    ``spatial.fill_tokens`` and its budget (``context`` less that rendering's answer reserve: a path that
+    repeats T_i grows with the relations), or None when none does, filling is off, or the format's prompt
+    does not change with the relations (``floor``: its configured messages). Every pair is tried first
+    (a twin of SAM's usual size takes it), then a binary search: each rung is longer than the next."""
+    spatial = fmt.config.spatial
+    rungs = fill_ladder(spatial, len(twin))
+    if not rungs:
+        return None
+    fill = int(spatial.fill_tokens or 0)
+
+    def render(k: int) -> FittedPrompt:
+        rich = build_format(fmt.name, dataclasses.replace(fmt.config, spatial=rungs[k]))
+        messages = rich.messages(twin, query)
+        return FittedPrompt(messages, twin, rich, 0, [], tokens(messages),
+                            context - answer_reserve(rich, twin, context))
+
+    def fits(p: FittedPrompt) -> bool:
+        return p.tokens <= min(fill, p.budget)
+
+    richest = render(0)
+    if richest.messages == floor:
+        return None
+    if fits(richest):
+        return richest
+    found, lo, hi = None, 1, len(rungs) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        cand = render(mid)
+        if fits(cand):
+            found, hi = cand, mid - 1
+        else:
+            lo = mid + 1
+    return found
+
+
 def fit_prompt(fmt: ReasoningFormat, twin: DigitalTwin, query: str, *, context: int | None = None,
                count: TokenCounter | None = None) -> FittedPrompt:
     """The prompt for ``twin`` and ``query``: the format's messages fitted to ``context`` tokens.
 
-    The prompt may take ``context`` less the answer's reserve (:func:`answer_reserve`). It degrades in this
+    The prompt may take ``context`` less the answer's reserve (:func:`answer_reserve`). When the configured
+    rendering fits, the richest rendering of :func:`dtwinseg.spatial.fill_ladder` (more relations per
+    object) that also fits ``spatial.fill_tokens`` is taken instead, if any. Otherwise it degrades in this
     order, the first rendering that fits wins: the configured one; fewer relations per object and then
     shorter numbers (the rungs of :func:`dtwinseg.spatial.degradation_ladder`); then, on the leanest rung,
     the fewest objects dropped (smallest area first) that fit. ``context``: the model's context (None:
@@ -542,6 +604,8 @@ def fit_prompt(fmt: ReasoningFormat, twin: DigitalTwin, query: str, *, context: 
         messages = rung_format.messages(twin, query)
         n = tokens(messages)
         if n <= budget or len(twin) <= 1:
+            if k == 0:
+                return _filled(fmt, twin, query, tokens, context, messages) or FittedPrompt(messages, twin, fmt, 0, [], n, budget)
             return FittedPrompt(messages, twin, rung_format, k, [], n, budget)
     order = [o.id for o in sorted(twin.objects, key=lambda o: (o.area, o.id))]
     last = len(rungs) - 1

@@ -154,6 +154,7 @@ class CompactFormat(FormatBase):
     """The registered ``compact`` format (ReasoningFormat contract of dtwinseg.formats.base)."""
 
     name = NAME
+    reads_spatial = False  # its object lines are its own (object_lines), not JSON(D)
 
     def __init__(self, config: FormatConfig):
         self.config = config

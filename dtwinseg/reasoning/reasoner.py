@@ -205,7 +205,8 @@ class LLMReasoner:
         if self.cfg.max_new_tokens != "auto":
             return int(self.cfg.max_new_tokens)
         shown = fitted.twin if fitted is not None else twin
-        need = min(int(self.format.budget(shown)), int(self.cfg.max_new_tokens_cap))
+        fmt = fitted.format if fitted is not None else self.format  # filled or leaner: its own estimate
+        need = min(int(fmt.budget(shown)), int(self.cfg.max_new_tokens_cap))
         if fitted is not None and self.fit.exact:
             need = min(need, self.fit.context - fitted.tokens)
         return max(1, need)
