@@ -194,12 +194,17 @@ def prompt_tokens(tok):  # noqa: ANN001, ANN201 - a tokenizer -> a conversation 
     return lambda messages: sum(count_tokens(tok, str(m["content"])) + 4 for m in messages)
 
 
-def fitted_spatial(twin: DigitalTwin, query: str, count) -> SpatialConfig:  # noqa: ANN001 - a token counter
-    """The SpatialConfig the default prompt takes for this twin and query (fit_prompt, select format)."""
+def fitted_prompt(twin: DigitalTwin, query: str, count):  # noqa: ANN001, ANN201 - a token counter -> FittedPrompt
+    """The default prompt for this twin and query (fit_prompt, select format, the default context)."""
     from dtwinseg.formats import FormatConfig, build_format
     from dtwinseg.formats.base import fit_prompt
 
-    return fit_prompt(build_format("select", FormatConfig()), twin, query, count=count).format.config.spatial
+    return fit_prompt(build_format("select", FormatConfig()), twin, query, count=count)
+
+
+def fitted_spatial(twin: DigitalTwin, query: str, count) -> SpatialConfig:  # noqa: ANN001 - a token counter
+    """The SpatialConfig the default prompt takes for this twin and query."""
+    return fitted_prompt(twin, query, count).format.config.spatial
 
 
 def tokenizers() -> tuple[dict, dict]:
@@ -271,12 +276,16 @@ def survival(scenes: list[dict], layouts: dict[str, SpatialConfig], count=None) 
     for name, cfg in layouts.items():
         fitted = name == FITTED and count is not None
         chosen: dict[str, int] = {}
+        prompt_tokens_seen: list[int] = []
         kept_scenes, kept_pairs, n_pairs, per_dim = 0, 0, 0, {}
         for s in scenes:
             if s["pairs"] is None:
                 continue
-            use = fitted_spatial(s["twin"], s["query"], count) if fitted else cfg
+            use = cfg
             if fitted:
+                fp = fitted_prompt(s["twin"], s["query"], count)
+                use = fp.format.config.spatial
+                prompt_tokens_seen.append(fp.tokens)
                 key = "all" if use.max_relations is None else f"{use.max_relations}_nearest"
                 chosen[key] = chosen.get(key, 0) + 1
             named = related_ids(s["twin"], use, s["query"])
@@ -296,6 +305,8 @@ def survival(scenes: list[dict], layouts: dict[str, SpatialConfig], count=None) 
                      "per_dimension": {k: v[0] / v[1] for k, v in sorted(per_dim.items())}}
         if fitted:
             out[name]["relations_taken"] = dict(sorted(chosen.items()))
+            out[name]["prompt_tokens"] = {"mean": float(np.mean(prompt_tokens_seen)),
+                                          "max": int(max(prompt_tokens_seen))} if prompt_tokens_seen else None
     return out
 
 
