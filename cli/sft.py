@@ -152,7 +152,11 @@ def build_sft(
     if stats["dropped_too_long"] and cfg.max_length and cfg.max_length < stats["context"]:
         typer.echo(f"note: {stats['dropped_too_long']} example(s) over --max-length {cfg.max_length} were dropped; "
                    f"to train shorter prompts instead, set format.context_tokens: {cfg.max_length} in the reasoning "
-                   "config (inference then fits prompts the same way)", err=True)
+                   "config (inference then fits prompts the same way)"
+                   + (f", or a format.spatial.fill_tokens below {cfg.max_length} (relations are added to "
+                      f"prompts up to {cfg.format.spatial.fill_tokens} tokens)"
+                      if cfg.format.spatial.fill_tokens and cfg.format.spatial.fill_tokens > cfg.max_length else ""),
+                   err=True)
     if not len(ds):  # nothing to train on: no dataset folder is written
         typer.secho(f"error: no example was built from {records} ({stats['failed']} failed, "
                     f"{stats.get('dropped_too_long', 0)} too long, {stats.get('answer_dropped', 0)} whose answer did not fit "

@@ -118,6 +118,10 @@ def test_build_sft_warns_when_it_drops_records(tmp_path):
     assert stats["examples"] == 2 and stats["answer_dropped"] == 2
     assert ("warning: 2 of 4 records lost examples (0 too long, 2 whose answer did not fit the 512-token "
             "context, 0 failed)") in " ".join(res.stderr.split())
+    res = CliRunner().invoke(app, args + ["--max-length", "200"])  # below what filled prompts may take
+    said = " ".join(res.stderr.split())
+    assert "over --max-length 200 were dropped" in said and "format.context_tokens: 200" in said
+    assert "format.spatial.fill_tokens below 200" in said
 
 
 def test_publish_stages_format_json_and_a_loading_snippet(tmp_path):
