@@ -395,6 +395,7 @@ def main(quick: bool = False, *, survival_scenes: int | None = None, profile: st
             raise SystemExit(f"{path}: no earlier result to add survival rows to; run without --survival-only")
         result = json.loads(path.read_text())
         result.setdefault("survival", {})[label] = surv
+        result.update(survival_headlines(result["survival"]))
         write_result("prompt_size", {k: v for k, v in result.items() if k not in ("name", "machine", "time")})
         return result
 
@@ -452,8 +453,15 @@ def main(quick: bool = False, *, survival_scenes: int | None = None, profile: st
     if path.is_file() and not quick:  # keep other profiles' survival rows (added with --survival-only)
         old = json.loads(path.read_text()).get("survival", {})
         result["survival"] = {**{k: v for k, v in old.items() if k != label and "layouts" in v}, label: surv}
+    result.update(survival_headlines(result["survival"]))
     write_result("prompt_size", result)
     return result
+
+
+def survival_headlines(rows: dict) -> dict:
+    """``<profile>_scenes_survived``: the default layout's share for every profile measured."""
+    return {f"{k}_scenes_survived": v["layouts"]["default"]["scenes_survived"] for k, v in rows.items()
+            if "layouts" in v and "default" in v["layouts"]}
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
     "prompt_size": [("default_tokens_at_150", "<= 8000 (SmolLM2 tokens, default JSON(D), N=150)"),
                     ("default_tokens_at_300", "<= 16000 (N=300)"),
                     ("default_scenes_survived", ">= 0.95 (scenes whose compared pairs JSON(D) relates)"),
+                    ("realistic_scenes_survived", ">= 0.95 (the same, realistic-profile test scenes)"),
                     ("prompt_seconds_default", "n/a (s, N=300 masks at 1024x1024)")],
 }
 
@@ -51,15 +52,15 @@ def _per_n_rows(r: dict) -> list[tuple[str, object]]:
     for size in r.get("sizes", []):
         per = size.get("bpe", {}).get("tokens_per_object", {})
         if per:
-            rows.append((f"BPE tokens per object at N={size['n']} (default / capped / all-pairs)",
-                         f"{per.get('default', 0):.1f} / {per.get('capped', 0):.1f} / {per.get('all_pairs', 0):.1f}"))
+            rows.append((f"BPE tokens per object at N={size['n']} (default / floor / capped / all-pairs)",
+                         " / ".join(f"{per.get(k, 0):.1f}" for k in ("default", "floor", "capped", "all_pairs"))))
     for label, surv in r.get("survival", {}).items():
         lay = surv.get("layouts", {})
         if lay:
             rows.append((f"scenes whose compared pairs survive, {label} ({surv.get('scenes')} scenes; "
-                         "default / capped / all-pairs)",
+                         "default / floor / capped / all-pairs)",
                          " / ".join(f"{lay.get(k, {}).get('scenes_survived') or 0:.3f}"
-                                    for k in ("default", "capped", "all_pairs"))))
+                                    for k in ("default", "floor", "capped", "all_pairs"))))
     return rows
 
 

@@ -536,17 +536,18 @@ def subset_twin(twin: DigitalTwin, keep: set[int]) -> DigitalTwin:
 
 
 def _filled(fmt: ReasoningFormat, twin: DigitalTwin, query: str, tokens: Callable[[list[dict]], int],
-            context: int, floor: list[dict]) -> FittedPrompt | None:
+            context: int, floor: list[dict], floor_tokens: int) -> FittedPrompt | None:
     """The richest rendering of :func:`dtwinseg.spatial.fill_ladder` whose prompt fits both the format's
     ``spatial.fill_tokens`` and its budget (``context`` less that rendering's answer reserve: a path that
     repeats T_i grows with the relations), or None when none does, filling is off, or the format's prompt
-    does not change with the relations (``floor``: its configured messages). Every pair is tried first
-    (a twin of SAM's usual size takes it), then a binary search: each rung is longer than the next."""
+    does not change with the relations (``floor``: its configured messages, ``floor_tokens`` long: every
+    rung is longer, so a floor past ``fill_tokens`` ends the search). Every pair is tried first (a twin of
+    SAM's usual size takes it), then a binary search: each rung is longer than the next."""
     spatial = fmt.config.spatial
-    rungs = fill_ladder(spatial, len(twin))
+    fill = int(spatial.fill_tokens or 0)
+    rungs = fill_ladder(spatial, len(twin)) if floor_tokens < fill else []
     if not rungs:
         return None
-    fill = int(spatial.fill_tokens or 0)
 
     def render(k: int) -> FittedPrompt:
         rich = build_format(fmt.name, dataclasses.replace(fmt.config, spatial=rungs[k]))
@@ -605,7 +606,7 @@ def fit_prompt(fmt: ReasoningFormat, twin: DigitalTwin, query: str, *, context: 
         n = tokens(messages)
         if n <= budget or len(twin) <= 1:
             if k == 0:
-                return _filled(fmt, twin, query, tokens, context, messages) or FittedPrompt(messages, twin, fmt, 0, [], n, budget)
+                return _filled(fmt, twin, query, tokens, context, messages, n) or FittedPrompt(messages, twin, fmt, 0, [], n, budget)
             return FittedPrompt(messages, twin, rung_format, k, [], n, budget)
     order = [o.id for o in sorted(twin.objects, key=lambda o: (o.area, o.id))]
     last = len(rungs) - 1
