@@ -29,9 +29,10 @@ from dtwinseg.runtime import shard_suffix
 # Reasoning fields that do not change what a model answers (throughput, transport, placement).
 OPERATIONAL = frozenset({"batch_size", "concurrency", "max_retries", "backoff_s", "timeout_s", "device",
                          "api_key_env", "base_url", "vllm_kwargs"})
-# Reasoning fields added after results were first saved, hashed only away from the value that gives the
-# earlier behaviour, so results saved before they existed keep their hash and resume.
-ADDED_LATER = {"verdict_margin": 0.0}
+# Reasoning fields added after results were first saved (dotted paths into the hashed settings), hashed only
+# away from the value that gives the earlier behaviour, so results saved before they existed keep their hash
+# and resume.
+ADDED_LATER = {"verdict_margin": 0.0, "format.spatial.fill_tokens": None}
 IDENTITY_FIELDS = ("backend", "model", "adapter", "format", "reasoning_hash", "twin_cache")
 
 
@@ -40,12 +41,19 @@ def hashed_settings(ck: Checkpoint) -> dict:
     name as ``strategy`` beside its options ``format`` (the config's own to_dict nests the name since)."""
     cfg = ck.cfg.to_dict()
     options = dict(cfg.pop("format") or {})
-    spatial = options.get("spatial")
-    if isinstance(spatial, dict) and spatial.get("fill_tokens", 0) is None:  # unfilled: as hashed before the field
-        options["spatial"] = {k: v for k, v in spatial.items() if k != "fill_tokens"}
     cfg.update(strategy=options.pop("name", ck.cfg.format_name), format=options)
-    return {k: v for k, v in cfg.items()
-            if k not in OPERATIONAL and not (k in ADDED_LATER and v == ADDED_LATER[k])}
+    return _without_earlier_behaviour({k: v for k, v in cfg.items() if k not in OPERATIONAL})
+
+
+def _without_earlier_behaviour(settings: dict, prefix: str = "") -> dict:
+    """``settings`` without the ADDED_LATER fields (at any depth) that hold their earlier behaviour's value."""
+    out = {}
+    for k, v in settings.items():
+        path = prefix + k
+        if path in ADDED_LATER and v == ADDED_LATER[path]:
+            continue
+        out[k] = _without_earlier_behaviour(v, path + ".") if isinstance(v, dict) else v
+    return out
 
 
 def identity(ck: Checkpoint, twin_cache: str | None = None) -> dict:
