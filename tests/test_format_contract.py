@@ -52,6 +52,7 @@ def test_every_format_is_a_reasoning_format_and_each_member_works(name, config):
     fmt = build_format(name, config)
     assert isinstance(fmt, ReasoningFormat)
     assert fmt.name == name and isinstance(fmt.config, FormatConfig) and isinstance(fmt.per_object, bool)
+    assert isinstance(fmt.reads_spatial, bool) and fmt.reads_spatial == (name != "compact")
     assert isinstance(fmt.budget(twin), int) and fmt.budget(twin) >= 1
     if fmt.per_object:  # one prompt and one verdict per object
         examples = fmt.object_examples(twin, query, target)

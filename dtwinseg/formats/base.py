@@ -16,6 +16,8 @@ defaults of the members only per-object formats need)::
     fmt.per_object                  # False: one prompt, one answer per scene (messages / target / parse);
                                     #   True: one prompt and one verdict per object (object_examples /
                                     #   verdict_path; the compact format's ``target: object``)
+    fmt.reads_spatial               # True when its prompt renders JSON(D) from config.spatial (filled by
+                                    #   fit_prompt; False: the compact format's own object lines)
     fmt.messages(twin, query)       # -> [{"role": "system"?, ...}, {"role": "user", ...}]: the prompt
     fmt.target(twin, Target(...))   # -> Completion: assistant text + decision / answer character spans
     fmt.object_examples(twin, query, Target(...))
@@ -236,6 +238,7 @@ class ReasoningFormat(Protocol):
 
     name: str
     config: FormatConfig
+    reads_spatial: bool
 
     @property
     def per_object(self) -> bool: ...
@@ -441,7 +444,7 @@ def format_differences(a: tuple[str, FormatConfig], b: tuple[str, FormatConfig])
 
 def _reads_spatial(name: str, config: FormatConfig) -> bool:
     try:
-        return bool(getattr(build_format(name, config), "reads_spatial", True))
+        return build_format(name, config).reads_spatial
     except (DataError, ValueError, KeyError):  # an unknown or broken format: compare every field
         return True
 
@@ -536,16 +539,16 @@ def subset_twin(twin: DigitalTwin, keep: set[int]) -> DigitalTwin:
 
 
 def _filled(fmt: ReasoningFormat, twin: DigitalTwin, query: str, tokens: Callable[[list[dict]], int],
-            context: int, floor: list[dict], floor_tokens: int) -> FittedPrompt | None:
+            context: int, floor_tokens: int) -> FittedPrompt | None:
     """The richest rendering of :func:`dtwinseg.spatial.fill_ladder` whose prompt fits both the format's
     ``spatial.fill_tokens`` and its budget (``context`` less that rendering's answer reserve: a path that
-    repeats T_i grows with the relations), or None when none does, filling is off, or the format's prompt
-    does not change with the relations (``floor``: its configured messages, ``floor_tokens`` long: every
-    rung is longer, so a floor past ``fill_tokens`` ends the search). Every pair is tried first (a twin of
-    SAM's usual size takes it), then a binary search: each rung is longer than the next."""
+    repeats T_i grows with the relations), or None when none does, filling is off, or the format does not
+    render JSON(D) (``reads_spatial``). ``floor_tokens``: the configured rendering's length; every rung is
+    longer, so a floor past ``fill_tokens`` ends the search. Every pair is tried first (a twin of SAM's usual
+    size takes it), then a binary search: each rung is longer than the next."""
     spatial = fmt.config.spatial
     fill = int(spatial.fill_tokens or 0)
-    rungs = fill_ladder(spatial, len(twin)) if floor_tokens < fill else []
+    rungs = fill_ladder(spatial, len(twin)) if fmt.reads_spatial and floor_tokens < fill else []
     if not rungs:
         return None
 
@@ -559,8 +562,6 @@ def _filled(fmt: ReasoningFormat, twin: DigitalTwin, query: str, tokens: Callabl
         return p.tokens <= min(fill, p.budget)
 
     richest = render(0)
-    if richest.messages == floor:
-        return None
     if fits(richest):
         return richest
     found, lo, hi = None, 1, len(rungs) - 1
@@ -606,7 +607,7 @@ def fit_prompt(fmt: ReasoningFormat, twin: DigitalTwin, query: str, *, context: 
         n = tokens(messages)
         if n <= budget or len(twin) <= 1:
             if k == 0:
-                return _filled(fmt, twin, query, tokens, context, messages, n) or FittedPrompt(messages, twin, fmt, 0, [], n, budget)
+                return _filled(fmt, twin, query, tokens, context, n) or FittedPrompt(messages, twin, fmt, 0, [], n, budget)
             return FittedPrompt(messages, twin, rung_format, k, [], n, budget)
     order = [o.id for o in sorted(twin.objects, key=lambda o: (o.area, o.id))]
     last = len(rungs) - 1
