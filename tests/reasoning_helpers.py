@@ -119,3 +119,18 @@ class SemanticChatServer(ChatServer):
 
     def __init__(self):
         super().__init__(answer_fn=semantic_answer)
+
+
+def save_tiny_bert(folder: Path) -> Path:
+    """A tiny random causal BERT with the demo base's WordPiece tokenizer ("yes" / "no": one token each)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertLMHeadModel
+
+    from dtwinseg.base_models import packaged_minilm_path
+
+    tok = AutoTokenizer.from_pretrained(str(packaged_minilm_path()))
+    torch.manual_seed(0)
+    BertLMHeadModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, is_decoder=True)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from reasoning_helpers import make_twin, save_tiny_llama
+from reasoning_helpers import make_twin, save_tiny_bert, save_tiny_llama
 
 from dtwinseg.io import DataError
 from dtwinseg.reasoning import ReasoningConfig, build_reasoner
@@ -36,19 +36,7 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
-    """A tiny random causal BERT with the demo base's WordPiece tokenizer ("yes" / "no": one token each)."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertLMHeadModel
-
-    from dtwinseg.base_models import packaged_minilm_path
-
-    folder = tmp_path_factory.mktemp("bert") / "model"
-    tok = AutoTokenizer.from_pretrained(str(packaged_minilm_path()))
-    torch.manual_seed(0)
-    BertLMHeadModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=64, is_decoder=True)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "model")
 
 
 @pytest.mark.parametrize("which", ["tiny", "tiny_bert"])

@@ -37,6 +37,7 @@ from dtwinseg.formats.base import DEFAULT_LOSS_WEIGHTS, UNWEIGHTED_LOSS, LossWei
 from dtwinseg.formats.compact import CompactOptions
 from dtwinseg.io import DataError, atomic_write_json, atomic_write_text, load_yaml
 from dtwinseg.reasoning.config import DECODINGS
+from dtwinseg.reasoning.similarity import DEFAULT_EMBEDDING_MODEL
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = PROJECT_ROOT / "recipes" / "demo.yaml"
@@ -59,6 +60,7 @@ class DemoRow:
     prefix_lm: bool = False
     negatives: int | None = None
     verdict_margin: Any = None
+    similarity_prior: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix_lm, bool):
@@ -86,6 +88,12 @@ class DemoRow:
             raise DataError(None, "verdict_margin", f"'auto' or a number in [-50, 50], got {vm!r}")
         if vm is not None and self.decoding != "verdicts":
             raise DataError(None, "verdict_margin", "applies to decoding: verdicts")
+        sp = self.similarity_prior
+        if sp is not None and not (sp is True or (isinstance(sp, str) and sp.strip())):
+            raise DataError(None, "similarity_prior", f"true (the shipped MiniLM) or a sentence encoder's folder / "
+                            f"Hub id, got {sp!r}")
+        if sp is not None and self.decoding != "verdicts":
+            raise DataError(None, "similarity_prior", "applies to decoding: verdicts")
         if self.negatives is not None and (self.target != "object" or self.negatives < 0):
             raise DataError(None, "negatives", "a number >= 0 of 'no' objects kept per record, target: object only")
         for key in ("max_steps", "batch_size", "learning_rate"):
@@ -127,7 +135,9 @@ class DemoConfig:
         "yes" objects and at most this many "no" ones, half the most confusable, :func:`chosen_negatives`;
         verdict_margin (decoding: verdicts): the margin log p(yes) - log p(no) above which an object is
         judged yes, a number or "auto": chosen on val among MARGINS after the val evaluation,
-        :func:`choose_margin`).
+        :func:`choose_margin`); similarity_prior (decoding: verdicts): true (the shipped MiniLM, untrained) or a
+        sentence encoder: its query-line similarity decides among the objects when none clears the margin
+        (ReasoningConfig.similarity_prior; with verdict_margin: auto its temperature is chosen on val too).
         main: the headline row, or "auto": the trained row with the best val gIoU (the test split never
         chooses).
     format: compact format options shared by the trained rows (target set per row).
@@ -742,12 +752,17 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
         rdict = reasoning_dict(rel(model), format_options(cfg, spec), cfg, decoding)
         if isinstance(spec.get("verdict_margin"), int | float):
             rdict["verdict_margin"] = float(spec["verdict_margin"])
+        if spec.get("similarity_prior") is not None:
+            rdict["similarity_prior"] = (DEFAULT_EMBEDDING_MODEL if spec["similarity_prior"] is True
+                                         else str(spec["similarity_prior"]))
         rows[label] = {"checkpoint": rel(model), "reasoning_config": rel(write_row_config(out, label, rdict)),
                        "trained": {"target": spec["target"], "weighted": bool(spec["weighted"]),
                                    "steps": int(spec.get("max_steps", cfg.max_steps)),
                                    "batch_size": int(spec.get("batch_size", cfg.batch_size)), "decoding": decoding,
                                    "format": format_options(cfg, spec),
-                                   **({"prefix_lm": True} if spec.get("prefix_lm") else {})}}
+                                   **({"prefix_lm": True} if spec.get("prefix_lm") else {}),
+                                   **({"similarity_prior": rdict["similarity_prior"]}
+                                      if spec.get("similarity_prior") is not None else {})}}
     rows.update(baseline_rows(cfg, rows, out, base))
 
     t = time.time()
@@ -755,12 +770,15 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
                         out / "eval-val", cfg, progress, log)
     for label, (_, spec) in trained.items():
         if spec.get("verdict_margin") == "auto":
-            margin, val_giou = choose_margin(out / "eval-val" / label, caches["val"], specs["val"])
+            margin, temperature, val_giou = choose_margin(out / "eval-val" / label, caches["val"], specs["val"])
             path = project_path(rows[label]["reasoning_config"])
-            atomic_write_text(path, yaml_dump({**load_yaml(path), "verdict_margin": margin}))
-            rows[label]["trained"]["verdict_margin"] = margin
+            chosen = {"verdict_margin": margin, **({"prior_temperature": temperature} if temperature else {})}
+            atomic_write_text(path, yaml_dump({**load_yaml(path), **chosen}))
+            rows[label]["trained"].update(chosen)
             val["rows"][label]["giou_margin0"], val["rows"][label]["giou"] = val["rows"][label]["giou"], val_giou
-            log(f"[demo] {label}: verdict margin {margin:+.1f} chosen on val (val gIoU {100 * val_giou:.1f})")
+            log(f"[demo] {label}: verdict margin {margin:+.1f}"
+                + (f", prior temperature {temperature}" if temperature else "")
+                + f" chosen on val (val gIoU {100 * val_giou:.1f})")
     stage("evaluation (val)", t)
     t = time.time()
     test = evaluate_rows(specs["test"], caches["test"].folder, rows, out / "eval", cfg, progress, log)
@@ -801,18 +819,25 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
 
 
 MARGINS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+PRIOR_TEMPERATURES = (0.03, 0.05, 0.1)
 
 
-def choose_margin(eval_dir: Path, cache: Any, spec: str, margins: tuple[float, ...] = MARGINS) -> tuple[float, float]:
-    """(margin, mean gIoU) of the verdict margin with the best mean gIoU on a split (ties: the one nearest 0),
-    from the per-object margins an evaluation stored (``predictions.jsonl``) - the same answer rule as
-    forced verdict decoding (the objects above the margin, else the likeliest), no model run."""
+def choose_margin(eval_dir: Path, cache: Any, spec: str, margins: tuple[float, ...] = MARGINS,
+                  temperatures: tuple[float, ...] = PRIOR_TEMPERATURES) -> tuple[float, float | None, float]:
+    """(margin, prior temperature, mean gIoU) of the verdict margin (and, for a row with a similarity prior,
+    the prior's temperature) with the best mean gIoU on a split (ties: the margin nearest 0, then the
+    temperature listed first), from the per-object margins and similarities an evaluation stored
+    (``predictions.jsonl``) - the answer rule of forced verdict decoding
+    (:func:`dtwinseg.reasoning.similarity.verdict_answer`), no model run. The temperature is None for a row
+    without a prior."""
     import json
 
     from dtwinseg.data_builders.registry import open_dataset
 
+    from dtwinseg.reasoning.similarity import verdict_answer
+
     gts = {s.id: s.gt_mask for s in open_dataset(spec)}
-    per: list[tuple[dict[int, float], dict[int, np.ndarray], np.ndarray]] = []
+    per: list[tuple[dict[int, float], dict[int, float] | None, dict[int, np.ndarray], np.ndarray]] = []
     for path in sorted(eval_dir.glob("predictions*.jsonl")):
         for line in path.read_text().splitlines():
             r = json.loads(line)
@@ -821,23 +846,25 @@ def choose_margin(eval_dir: Path, cache: Any, spec: str, margins: tuple[float, .
                 continue
             gt = gts[r["id"]]
             valid = gt != 255
-            per.append(({int(k): float(v) for k, v in r["scores"].items()},
+            sim = {int(k): float(v) for k, v in r["similarity"].items()} if r.get("similarity") else None
+            per.append(({int(k): float(v) for k, v in r["scores"].items()}, sim,
                         {o.id: o.mask() & valid for o in twin.objects}, (gt == 1) & valid))
     if not per:
-        return 0.0, 0.0
+        return 0.0, None, 0.0
 
-    def giou(margin: float) -> float:
+    def giou(margin: float, temperature: float | None) -> float:
         total = 0.0
-        for scores, masks, target in per:
-            ids = [i for i, v in scores.items() if v > margin] or [max(scores, key=lambda i: (scores[i], -i))]
+        for scores, sim, masks, target in per:
+            ids, _ = verdict_answer(scores, margin, sim, temperature)
             pred = np.logical_or.reduce([masks[i] for i in ids])
             union = np.count_nonzero(pred | target)
             total += np.count_nonzero(pred & target) / union if union else 1.0
         return total / len(per)
 
-    scored = {m: giou(m) for m in margins}
-    best = max(scored, key=lambda m: (round(scored[m], 9), -abs(m)))
-    return best, scored[best]
+    temps: tuple[float | None, ...] = temperatures if any(sim is not None for _, sim, _, _ in per) else (None,)
+    scored = {(m, t): giou(m, t) for m in margins for t in temps}
+    best = max(scored, key=lambda mt: (round(scored[mt], 9), -abs(mt[0]), -temps.index(mt[1])))
+    return best[0], best[1], scored[best]
 
 
 def yaml_dump(data: dict) -> str:
@@ -855,7 +882,9 @@ def baseline_rows(cfg: DemoConfig, trained: dict[str, dict], out: Path, base: Pa
     - ``constrained``: the untrained base itself; with a per-object trained row it reads that row's
       prompts and chooses each verdict (forced yes / no), like the row; otherwise (answer / path rows)
       the whole twin, decoding constrained to one-object answers (eval.baselines);
-    - ``random``, ``largest``, ``embedding`` (the descriptions only)."""
+    - ``embedding``: the base's untrained sentence similarity between the query and the same text as
+      ``lexical`` (the first trained row's; the descriptions in a format without object lines);
+    - ``random``, ``largest``."""
     answer_yaml = None
     rows: dict[str, dict] = {}
     by_format: dict[str, str] = {}
@@ -868,6 +897,11 @@ def baseline_rows(cfg: DemoConfig, trained: dict[str, dict], out: Path, base: Pa
                 name = "lexical" if k == 0 else f"lexical-{label}"
                 rows[name] = {"checkpoint": "baseline:lexical", "reasoning_config": trained[label]["reasoning_config"],
                               "trained": None}
+            continue
+        if kind == "embedding" and by_format:  # the untrained similarity over exactly the first trained row's text
+            first = next(iter(by_format.values()))
+            rows[kind] = {"checkpoint": "baseline:embedding", "reasoning_config": trained[first]["reasoning_config"],
+                          "trained": None}
             continue
         if kind == "constrained" and object_row is not None:
             rdict = {**load_yaml(project_path(object_row["reasoning_config"])), "model": rel(base), "verdict_margin": 0.0}
@@ -986,7 +1020,8 @@ def _split_table(rows: dict[str, dict], oracle: dict | None, main: str, dims: li
         parse = r.get("parse") or {}
         what = r.get("trained")
         what = "untrained" if not what else (f"{what['target']}, {'weighted' if what['weighted'] else 'unweighted'}"
-                                             + (", forced verdicts" if what.get("decoding") == "verdicts" else ""))
+                                             + (", forced verdicts" if what.get("decoding") == "verdicts" else "")
+                                             + (", similarity prior" if what.get("similarity_prior") else ""))
         mark = " (main)" if name == main else ""
         lines.append(f"| {name}{mark} | {_pct(r.get('giou'))} | {_pct(lo)}-{_pct(hi)} | {_pct(r.get('ciou'))} | "
                      + (f"{_pct(r.get('val_giou'))} | " if with_val else "")

@@ -216,12 +216,14 @@ class VerdictPath:
     verdict words (the first one means "this object is meant"), the text after each verdict, and the
     answer line built from the chosen ids. ``prompts`` (a per-object format): each object is its own
     conversation, judged independently; else every verdict follows the scene's prompt and the earlier
-    steps."""
+    steps. ``texts``: per object id, the text the prompt shows of it (what a similarity prior compares with
+    the query; ReasoningConfig.similarity_prior)."""
 
     steps: list[tuple[int, str]]
     choices: tuple[str, ...] = ("yes", "no")
     line_end: str = "\n"
     prompts: list[list[dict]] | None = None
+    texts: dict[int, str] = field(default_factory=dict)
 
     def answer(self, ids: list[int]) -> str:
         return answer_text(ids)[0]

@@ -228,11 +228,12 @@ class CompactFormat(FormatBase):
         if self.per_object:
             lines = object_lines(twin, self.options)
             return VerdictPath([(o.id, "") for o in twin.objects],
-                               prompts=[self.object_messages(twin, query, o.id, lines) for o in twin.objects])
+                               prompts=[self.object_messages(twin, query, o.id, lines) for o in twin.objects],
+                               texts=lines)
         if self.options.target != "path":
             raise DataError(None, "decoding", "'verdicts' needs verdicts to force: format.options.target: path "
                             f"or object (this format's target is {self.options.target!r})")
-        return VerdictPath([(o.id, self._head(o)) for o in twin.objects])
+        return VerdictPath([(o.id, self._head(o)) for o in twin.objects], texts=object_lines(twin, self.options))
 
     def parse(self, text: str, twin: DigitalTwin) -> Decoded:
         return Decoded(parse_compact(text, twin.ids))

