@@ -146,7 +146,7 @@ class EmbeddingPicker:
 
     def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64,
                  texts: Callable[[DigitalTwin], dict[int, str]] | None = None):
-        self.encoder = SentenceEmbedder(model, device, batch_size)
+        self.encoder = SentenceEmbedder.shared(model, device, batch_size)
         self.texts = texts or _descriptions
 
     def embed(self, texts: list[str]) -> Any:

@@ -86,7 +86,20 @@ def test_length_sorted_embedding_batches_give_each_text_its_own_vector() -> None
     picker = EmbeddingPicker(batch_size=3)
     texts = ["a mug", "the large red ceramic mug on the left side of the wooden kitchen table", "table",
              "a blue bowl, small", "", "what holds the coffee? the one nearest to the window, please"]
-    together = picker.embed(texts)
-    alone = torch.cat([picker.embed([t]) for t in texts])
+    encoder = picker.encoder
+    together = encoder._encode(texts)  # no memo: every text encoded in its batch
+    alone = torch.cat([encoder._encode([t]) for t in texts])
     assert together.shape == alone.shape
     assert torch.allclose(together, alone, atol=1e-5)
+    # the memo: a text is encoded once per process (the baseline and a prior read the same lines)
+    calls = []
+    hook = encoder._model.register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        first = picker.embed(texts + ["a new text", "a mug"])
+        n = len(calls)
+        again = picker.embed(["a new text", *texts])
+    finally:
+        hook.remove()
+    assert n >= 1 and len(calls) == n  # nothing encoded the second time
+    assert torch.equal(again[0], first[len(texts)]) and torch.equal(again[1:], first[:len(texts)])
+    assert torch.allclose(first[:len(texts)], together, atol=1e-5)

