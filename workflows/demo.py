@@ -880,7 +880,8 @@ def baseline_rows(cfg: DemoConfig, trained: dict[str, dict], out: Path, base: Pa
       config: the compact lines, scene facts included); one more per other trained format
       (``lexical-<row>``);
     - ``constrained``: the untrained base itself; with a per-object trained row it reads that row's
-      prompts and chooses each verdict (forced yes / no), like the row; otherwise (answer / path rows)
+      prompts and chooses each verdict (forced yes / no) with the row's answer rule (margin 0, its similarity
+      prior included: what the rule gives with an untrained scorer); otherwise (answer / path rows)
       the whole twin, decoding constrained to one-object answers (eval.baselines);
     - ``embedding``: the base's untrained sentence similarity between the query and the same text as
       ``lexical`` (the first trained row's; the descriptions in a format without object lines);
