@@ -362,8 +362,7 @@ class VerdictReasoner:
             return [None] * len(items)
         from dtwinseg.reasoning.similarity import SentenceEmbedder
 
-        device = "cpu" if self.cfg.device == "auto" else self.cfg.device
-        encoder = SentenceEmbedder.shared(self.cfg.similarity_prior, device)
+        encoder = SentenceEmbedder.shared(self.cfg.similarity_prior, str(self.backend.device))  # the scorer's device
         asks = [(query, {i: paths[r].texts.get(i) or "object" for i in margins[r]})
                 for r, (_twin, query) in enumerate(items)]
         return encoder.similarities(asks)
