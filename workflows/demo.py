@@ -752,17 +752,17 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
         rdict = reasoning_dict(rel(model), format_options(cfg, spec), cfg, decoding)
         if isinstance(spec.get("verdict_margin"), int | float):
             rdict["verdict_margin"] = float(spec["verdict_margin"])
-        if spec.get("similarity_prior") is not None:
-            rdict["similarity_prior"] = (DEFAULT_EMBEDDING_MODEL if spec["similarity_prior"] is True
-                                         else str(spec["similarity_prior"]))
+        prior = spec.get("similarity_prior")
+        prior = DEFAULT_EMBEDDING_MODEL if prior is True else None if prior is None else str(prior)
+        if prior is not None:
+            rdict["similarity_prior"] = prior
         rows[label] = {"checkpoint": rel(model), "reasoning_config": rel(write_row_config(out, label, rdict)),
                        "trained": {"target": spec["target"], "weighted": bool(spec["weighted"]),
                                    "steps": int(spec.get("max_steps", cfg.max_steps)),
                                    "batch_size": int(spec.get("batch_size", cfg.batch_size)), "decoding": decoding,
                                    "format": format_options(cfg, spec),
                                    **({"prefix_lm": True} if spec.get("prefix_lm") else {}),
-                                   **({"similarity_prior": rdict["similarity_prior"]}
-                                      if spec.get("similarity_prior") is not None else {})}}
+                                   **({"similarity_prior": prior} if prior is not None else {})}}
     rows.update(baseline_rows(cfg, rows, out, base))
 
     t = time.time()

@@ -67,13 +67,12 @@ class SentenceEmbedder:
         if not texts:
             return torch.zeros(0)
         new = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if len(new) > self.MEMO_SIZE:  # more new texts than the memo holds: encode them, remember none
+            return self._encode(texts)
         if new:
-            vecs = self._encode(new)
             if len(self._memo) + len(new) > self.MEMO_SIZE:
                 self._memo.clear()
-            self._memo.update(zip(new, vecs[: self.MEMO_SIZE], strict=False))
-            if any(t not in self._memo for t in texts):  # more new texts than the memo holds
-                return self._encode(texts)
+            self._memo.update(zip(new, self._encode(new), strict=True))
         return torch.stack([self._memo[t] for t in texts])
 
     def _encode(self, texts: list[str]) -> Any:
