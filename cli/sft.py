@@ -314,8 +314,39 @@ def _check_demo_recipe(recipe: Path, kind: str, overrides: list[str], dry_run: b
                num_processes=num_processes, dry_run_only=True, echo=typer.echo)
 
 
+def train_retriever(
+    config: Path = typer.Argument(None, show_default=False, help="Retriever config YAML (see "
+                                  "recipes/retriever.yaml; fields of dtwinseg.training.retriever.RetrieverConfig)."),
+    overrides: list[str] = typer.Argument(None, show_default=False, help="field=value overrides, typed by the "
+                                          "field: records=runs/x/segdt.jsonl output_dir=runs/x/retriever "
+                                          "max_steps=300 format.facts=false freeze=[embeddings]."),
+    progress: bool = progress_option("Show the training progress bar."),
+) -> None:
+    """Fine-tune a sentence encoder so that a query lies closest to the lines of the objects it means.
+
+    Reads Seg-DT records (dtwinseg build-segdt): each gives the query, its twin's object lines (the compact
+    format's, under `format`) and its answer objects. The loss is a softmax over the lines of each scene
+    (in-scene negatives). The saved folder is a plain transformers model: use it as a reasoning config's
+    `similarity_prior: FOLDER` (the scorer's prior when it judges no object "yes"), or evaluate it alone
+    with `dtwinseg eval -c retriever=baseline:embedding:FOLDER`.
+    """
+    from dtwinseg.runtime import quiet_third_party
+
+    quiet_third_party()
+    from dtwinseg.training.retriever import RetrieverConfig
+    from dtwinseg.training.retriever import train_retriever as run
+
+    words = list(overrides or [])
+    if config is not None and "=" in str(config) and not config.exists():  # overrides only, no file
+        words, config = [str(config), *words], None
+    cfg = RetrieverConfig.load(config, words)
+    out = run(cfg, progress=draws(progress), log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"output: {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
     app.command("build-segdt")(build_segdt)
     app.command("build-sft")(build_sft)
+    app.command("train-retriever")(train_retriever)
     app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train)

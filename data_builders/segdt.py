@@ -79,6 +79,17 @@ class SegDTRecord:
         return d
 
 
+def inside_answer(rec: SegDTRecord, slack: float = 0.05) -> list[int]:
+    """The objects a per-object label calls "yes": the record's ``inside`` objects (``extra["inside"]``, the
+    objects lying inside the ground truth, and ``extra["inside_iou"]``, their union's IoU; the demo's
+    builder writes them) where that union matches the ground truth within ``slack`` IoU of the best subset,
+    else the record's answer."""
+    inside = rec.extra.get("inside")
+    if inside and float(rec.extra.get("inside_iou", 0.0)) >= (rec.match_iou or 0.0) - slack:
+        return sorted(int(i) for i in inside)
+    return sorted(rec.path.answer)
+
+
 def _resolve_twin(value: Any, base_dir: Path, cache_memo: dict[str, DTCache]) -> tuple[DigitalTwin, dict | None]:
     if isinstance(value, dict) and "dt_cache" in value:
         if "id" not in value:

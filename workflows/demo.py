@@ -90,8 +90,8 @@ class DemoRow:
             raise DataError(None, "verdict_margin", "applies to decoding: verdicts")
         sp = self.similarity_prior
         if sp is not None and not (sp is True or (isinstance(sp, str) and sp.strip())):
-            raise DataError(None, "similarity_prior", f"true (the shipped MiniLM) or a sentence encoder's folder / "
-                            f"Hub id, got {sp!r}")
+            raise DataError(None, "similarity_prior", f"true (the shipped MiniLM), retriever (the demo's trained "
+                            f"retriever) or a sentence encoder's folder / Hub id, got {sp!r}")
         if sp is not None and self.decoding != "verdicts":
             raise DataError(None, "similarity_prior", "applies to decoding: verdicts")
         if self.negatives is not None and (self.target != "object" or self.negatives < 0):
@@ -135,9 +135,15 @@ class DemoConfig:
         "yes" objects and at most this many "no" ones, half the most confusable, :func:`chosen_negatives`;
         verdict_margin (decoding: verdicts): the margin log p(yes) - log p(no) above which an object is
         judged yes, a number or "auto": chosen on val among MARGINS after the val evaluation,
-        :func:`choose_margin`); similarity_prior (decoding: verdicts): true (the shipped MiniLM, untrained) or a
-        sentence encoder: its query-line similarity decides among the objects when none clears the margin
-        (ReasoningConfig.similarity_prior; with verdict_margin: auto its temperature is chosen on val too).
+        :func:`choose_margin`); similarity_prior (decoding: verdicts): true (the shipped MiniLM, untrained),
+        ``retriever`` (the demo's trained retriever, below) or a sentence encoder: its query-line similarity
+        decides among the objects when none clears the margin (ReasoningConfig.similarity_prior; with
+        verdict_margin: auto its temperature is chosen on val too).
+    retriever: train a retriever (dtwinseg.training.retriever, ``dtwinseg train-retriever``) on the Seg-DT
+        records: the fields of RetrieverConfig other than records / output_dir / labels / device (labels
+        follow ``labels``); its lines are those of the first row whose similarity_prior is ``retriever`` (else
+        the first row) unless it sets ``format``. It is a row of the table (``retriever``: the top-1 object
+        by its similarity, as baseline:embedding reads an encoder) and the prior of the rows that name it.
         main: the headline row, or "auto": the trained row with the best val gIoU (the test split never
         chooses).
     format: compact format options shared by the trained rows (target set per row).
@@ -179,6 +185,7 @@ class DemoConfig:
     eval_batch_size: int = 16
     eval_dtype: str = "float32"
     bootstrap: int = 1000
+    retriever: dict | None = None
     presets: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -204,6 +211,17 @@ class DemoConfig:
         if self.n_test_seen and self.synth.get("profile", "basic") != "realistic":
             raise DataError(None, "n_test_seen", "the seen-phrasing test split needs synth.profile: realistic "
                             "(the basic profile words every split alike)")
+        if self.retriever is not None:
+            fixed = sorted(set(self.retriever) & {"records", "output_dir", "labels", "device"})
+            if fixed:
+                raise DataError(None, f"retriever.{fixed[0]}", "set by the demo (its records, folder, labels, device)")
+            self.retriever_config(Path("runs/demo"))  # typed and checked now, before anything runs
+        wants = [k for k, r in self.rows.items() if r.get("similarity_prior") == "retriever"]
+        if wants and self.retriever is None:
+            raise DataError(None, f"rows.{wants[0]}.similarity_prior", "'retriever' needs a retriever section "
+                            "(the demo's trained retriever)")
+        if "retriever" in self.rows and self.retriever is not None:
+            raise DataError(None, "rows.retriever", "the name of the trained retriever's row; call this row otherwise")
         unknown = sorted(set(self.baselines) - set(BASELINE_ROWS))
         if unknown:
             raise DataError(None, "baselines", f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINE_ROWS)}")
@@ -229,6 +247,20 @@ class DemoConfig:
         d = asdict(self)
         d.pop("presets")
         return d
+
+    def retriever_config(self, out: Path) -> Any:
+        """The RetrieverConfig of the demo's retriever (``retriever`` section) writing ``out/retriever``."""
+        from dtwinseg.training.retriever import RetrieverConfig
+
+        spec = dict(self.retriever or {})
+        if "format" not in spec and self.rows:
+            user = next((r for r in self.rows.values() if r.get("similarity_prior") == "retriever"),
+                        next(iter(self.rows.values())))
+            spec["format"] = format_options(self, user)
+        spec.setdefault("threads", self.threads)
+        return build_dataclass(RetrieverConfig, {
+            **spec, "records": str(out / "segdt.jsonl"), "output_dir": str(out / "retriever"),
+            "labels": "answer" if self.labels == "best_subset" else "inside"}, None, "retriever")
 
 
 # --- small helpers ---------------------------------------------------------------------------------
@@ -495,11 +527,12 @@ def relabelled(records: list) -> list:
     per-object targets (``labels: inside``), whose examples read only the answer."""
     from dataclasses import replace
 
+    from dtwinseg.data_builders.segdt import inside_answer
+
     out = []
     for rec in records:
-        inside = rec.extra.get("inside")
-        if inside and sorted(inside) != sorted(rec.path.answer) and \
-                rec.extra.get("inside_iou", 0.0) >= (rec.match_iou or 0.0) - 0.05:
+        inside = inside_answer(rec)
+        if inside != sorted(rec.path.answer):
             rec = replace(rec, path=one_step_path(rec.twin, inside, "the target"))
         out.append(rec)
     return out
@@ -740,6 +773,15 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
         log(f"[demo] {key}: {ds_stats['examples']} examples, {ds_stats['mean_tokens']:.0f} tokens on average")
     stage("SFT datasets", t)
 
+    retriever = None
+    if cfg.retriever is not None:
+        from dtwinseg.training.retriever import train_retriever
+
+        t = time.time()
+        rcfg = cfg.retriever_config(out)
+        retriever = train_retriever(rcfg, progress=progress, log=log)
+        stage("retriever", t)
+
     t = time.time()
     runs = row_training_recipes(cfg, out, base, sft)
     models = train_all(out, {k: r for k, (r, _) in runs.items()}, cfg, log, progress)
@@ -753,7 +795,8 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
         if isinstance(spec.get("verdict_margin"), int | float):
             rdict["verdict_margin"] = float(spec["verdict_margin"])
         prior = spec.get("similarity_prior")
-        prior = DEFAULT_EMBEDDING_MODEL if prior is True else None if prior is None else str(prior)
+        prior = DEFAULT_EMBEDDING_MODEL if prior is True else None if prior is None else \
+            rel(retriever) if prior == "retriever" and retriever is not None else str(prior)
         if prior is not None:
             rdict["similarity_prior"] = prior
         rows[label] = {"checkpoint": rel(model), "reasoning_config": rel(write_row_config(out, label, rdict)),
@@ -763,10 +806,12 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
                                    "format": format_options(cfg, spec),
                                    **({"prefix_lm": True} if spec.get("prefix_lm") else {}),
                                    **({"similarity_prior": prior} if prior is not None else {})}}
+    if retriever is not None:
+        rows["retriever"] = retriever_row(cfg, rows, retriever)
     rows.update(baseline_rows(cfg, rows, out, base))
 
     t = time.time()
-    val = evaluate_rows(specs["val"], caches["val"].folder, {k: v for k, v in rows.items() if k in trained},
+    val = evaluate_rows(specs["val"], caches["val"].folder, {k: v for k, v in rows.items() if v.get("trained")},
                         out / "eval-val", cfg, progress, log)
     for label, (_, spec) in trained.items():
         if spec.get("verdict_margin") == "auto":
@@ -906,6 +951,8 @@ def baseline_rows(cfg: DemoConfig, trained: dict[str, dict], out: Path, base: Pa
             continue
         if kind == "constrained" and object_row is not None:
             rdict = {**load_yaml(project_path(object_row["reasoning_config"])), "model": rel(base), "verdict_margin": 0.0}
+            if rdict.get("similarity_prior") and rdict["similarity_prior"] != DEFAULT_EMBEDDING_MODEL:
+                rdict["similarity_prior"] = DEFAULT_EMBEDDING_MODEL  # untrained: the shipped encoder's prior
             rows[kind] = {"checkpoint": rel(base), "reasoning_config": rel(write_row_config(out, kind, rdict)),
                           "trained": None}
             continue
@@ -914,6 +961,26 @@ def baseline_rows(cfg: DemoConfig, trained: dict[str, dict], out: Path, base: Pa
         ck = f"baseline:{kind}" + (f":{rel(base)}" if kind == "constrained" else "")
         rows[kind] = {"checkpoint": ck, "reasoning_config": rel(answer_yaml), "trained": None}
     return rows
+
+
+def retriever_row(cfg: DemoConfig, trained: dict[str, dict], folder: Path) -> dict:
+    """The table row of the demo's retriever: the top-1 object by its similarity over the lines it was trained
+    on (``baseline:embedding:FOLDER`` with the reasoning config of the first trained row reading those lines;
+    the picker reads only the config's lines and device)."""
+    import json
+
+    info = json.loads((folder / "retriever.json").read_text(encoding="utf-8"))
+    options = info["config"]["format"]
+    reader = next((r for r in trained.values() if r["trained"].get("target") != "retrieval"
+                   and {k: v for k, v in r["trained"]["format"].items() if k != "target"}
+                   == {k: v for k, v in options.items() if k != "target"}), None)
+    if reader is None:
+        raise DataError(None, "retriever.format", "no trained row reads the retriever's lines (give it a row's "
+                        "format options)")
+    return {"checkpoint": f"baseline:embedding:{rel(folder)}", "reasoning_config": reader["reasoning_config"],
+            "trained": {"target": "retrieval", "weighted": False, "steps": int(info["config"]["max_steps"]),
+                        "batch_size": int(info["config"]["scenes_per_step"]), "decoding": "similarity",
+                        "format": options}}
 
 
 def json_key(obj: Any) -> str:
@@ -1020,7 +1087,8 @@ def _split_table(rows: dict[str, dict], oracle: dict | None, main: str, dims: li
         lo, hi = r.get("giou_ci95") or (None, None)
         parse = r.get("parse") or {}
         what = r.get("trained")
-        what = "untrained" if not what else (f"{what['target']}, {'weighted' if what['weighted'] else 'unweighted'}"
+        what = "untrained" if not what else f"contrastive retriever, {what['steps']} steps" \
+            if what["target"] == "retrieval" else (f"{what['target']}, {'weighted' if what['weighted'] else 'unweighted'}"
                                              + (", forced verdicts" if what.get("decoding") == "verdicts" else "")
                                              + (", similarity prior" if what.get("similarity_prior") else ""))
         mark = " (main)" if name == main else ""

@@ -90,9 +90,7 @@ class SentenceEmbedder:
                                 padding=True, return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 hidden = self._model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            chunks.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
+            chunks.append(mean_pooled(hidden, enc["attention_mask"]).float().cpu())
         out = torch.empty((len(texts), chunks[0].shape[1]), dtype=torch.float32)
         out[torch.tensor(order)] = torch.cat(chunks)
         return out
@@ -110,6 +108,16 @@ class SentenceEmbedder:
             k += 1 + len(objects)
             out.append({i: float(s) for i, s in zip(objects, (objs @ q).tolist(), strict=True)} if objects else {})
         return out
+
+
+def mean_pooled(hidden: Any, attention_mask: Any) -> Any:
+    """The unit-length mean of the hidden states over the real tokens: the sentence vector every reader and
+    the retriever's training (dtwinseg/training/retriever.py) use."""
+    import torch
+
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 def prior_fallback(margins: Mapping[int, float], similarity: Mapping[int, float], temperature: float) -> int:
