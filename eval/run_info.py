@@ -33,7 +33,7 @@ OPERATIONAL = frozenset({"batch_size", "concurrency", "max_retries", "backoff_s"
 # away from the value that gives the earlier behaviour, so results saved before they existed keep their hash
 # and resume.
 ADDED_LATER = {"verdict_margin": 0.0, "format.spatial.fill_tokens": None, "similarity_prior": None,
-               "prior_temperature": 0.05}
+               "prior_temperature": 0.05, "similarity_window": 0.0}
 IDENTITY_FIELDS = ("backend", "model", "adapter", "format", "reasoning_hash", "twin_cache")
 
 

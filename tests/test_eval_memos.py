@@ -103,3 +103,21 @@ def test_length_sorted_embedding_batches_give_each_text_its_own_vector() -> None
     assert n >= 1 and len(calls) == n  # nothing encoded the second time
     assert torch.equal(again[0], first[len(texts)]) and torch.equal(again[1:], first[:len(texts)])
     assert torch.allclose(first[:len(texts)], together, atol=1e-5)
+
+
+def test_a_bf16_encoder_keeps_the_vectors_and_has_its_own_memo() -> None:
+    """Under a bf16 reasoning config the prior and the embedding row encode in bf16 (about 3x faster on CPU):
+    the vectors stay within bf16 rounding of fp32 ones, and the two dtypes never share a memo."""
+    from dtwinseg.reasoning.similarity import SentenceEmbedder, encoder_dtype
+
+    assert encoder_dtype("bfloat16", "cpu") == "bfloat16" and encoder_dtype("auto", "cpu") == "float32"
+    assert encoder_dtype("auto", "cuda:0") == "bfloat16" and encoder_dtype("float16", "cpu") == "float32"
+    texts = ["a mug", "the large red ceramic mug on the left side of the table", "a blue bowl, small"]
+    fp32 = EmbeddingPicker(batch_size=3).embed(texts)
+    bf16_encoder = SentenceEmbedder.shared(batch_size=3, dtype="bfloat16")
+    assert bf16_encoder is not EmbeddingPicker(batch_size=3).encoder
+    bf16 = bf16_encoder.embed(texts)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
+    assert (bf16 * fp32).sum(-1).min() > 0.99  # cosine of each text's two vectors
+    with pytest.raises(ValueError, match="dtype"):
+        SentenceEmbedder(dtype="int8")

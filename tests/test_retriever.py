@@ -174,3 +174,30 @@ def test_recipe_runs_as_shipped_through_the_cli(tiny, tmp_path):
     bad = subprocess.run(cmd[:5] + ["records=/nonexistent.jsonl", f"output_dir={tmp_path / 'x'}"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "nonexistent.jsonl" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_similarity_window_answers_every_object_near_the_best():
+    """similarity_window (reasoning config) widens a pick by similarity from the best object to every object
+    within the window: a whole with its parts, a group's members; 0 keeps the top-1 (lowest id on ties)."""
+    from dtwinseg.reasoning import ReasoningConfig
+    from dtwinseg.reasoning.similarity import window_answer
+
+    sims = {0: 0.50, 1: 0.80, 2: 0.79, 3: 0.70, 4: 0.80}
+    assert window_answer(sims) == [1] and window_answer(sims, 0.0) == [1]
+    assert window_answer(sims, 0.02) == [1, 2, 4] and window_answer(sims, 0.5) == [0, 1, 2, 3, 4]
+    with pytest.raises(DataError, match="similarity_window"):
+        ReasoningConfig(similarity_window=-0.1)
+    with pytest.raises(DataError, match="similarity_window"):
+        ReasoningConfig(similarity_window=float("nan"))
+
+
+def test_the_embedding_picker_applies_the_window_of_its_config(tmp_path):
+    from dtwinseg.eval.baselines import parse_baseline
+    from dtwinseg.reasoning import ReasoningConfig
+
+    twin = DigitalTwin.from_masks("w", np.stack([np.eye(8, dtype=bool)] * 3),
+                                  semantics=["a red mug", "a red mug handle", "a green bicycle"])
+    narrow, wide = (parse_baseline("baseline:embedding", ReasoningConfig(format_name="compact", similarity_window=w))[1]
+                    for w in (0.0, 0.5))
+    (a,), (b,) = narrow.reason([(twin, "the red mug")]), wide.reason([(twin, "the red mug")])
+    assert a.ids == [0] and b.ids[:2] == [0, 1] and a.scores == b.scores

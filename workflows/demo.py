@@ -807,11 +807,12 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
                                    **({"prefix_lm": True} if spec.get("prefix_lm") else {}),
                                    **({"similarity_prior": prior} if prior is not None else {})}}
     if retriever is not None:
-        rows["retriever"] = retriever_row(cfg, rows, retriever)
+        rows["retriever"] = retriever_row(rows, retriever, out)
     rows.update(baseline_rows(cfg, rows, out, base))
 
     t = time.time()
-    val = evaluate_rows(specs["val"], caches["val"].folder, {k: v for k, v in rows.items() if v.get("trained")},
+    on_val = {k: v for k, v in rows.items() if v.get("trained") or v["checkpoint"].startswith("baseline:embedding")}
+    val = evaluate_rows(specs["val"], caches["val"].folder, on_val,
                         out / "eval-val", cfg, progress, log)
     for label, (_, spec) in trained.items():
         if spec.get("verdict_margin") == "auto":
@@ -824,6 +825,14 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
             log(f"[demo] {label}: verdict margin {margin:+.1f}"
                 + (f", prior temperature {temperature}" if temperature else "")
                 + f" chosen on val (val gIoU {100 * val_giou:.1f})")
+    for label, row in rows.items():  # picks by similarity (trained retriever or not): their window on val
+        if row["checkpoint"].startswith("baseline:embedding"):
+            window, val_giou = choose_window(out / "eval-val" / label, caches["val"], specs["val"])
+            path = project_path(row["reasoning_config"])
+            atomic_write_text(path, yaml_dump({**load_yaml(path), "similarity_window": window}))
+            (row["trained"] if row.get("trained") else row)["similarity_window"] = window
+            val["rows"][label]["giou_window0"], val["rows"][label]["giou"] = val["rows"][label]["giou"], val_giou
+            log(f"[demo] {label}: similarity window {window} chosen on val (val gIoU {100 * val_giou:.1f})")
     stage("evaluation (val)", t)
     t = time.time()
     test = evaluate_rows(specs["test"], caches["test"].folder, rows, out / "eval", cfg, progress, log)
@@ -875,11 +884,46 @@ def choose_margin(eval_dir: Path, cache: Any, spec: str, margins: tuple[float, .
     (``predictions.jsonl``) - the answer rule of forced verdict decoding
     (:func:`dtwinseg.reasoning.similarity.verdict_answer`), no model run. The temperature is None for a row
     without a prior."""
+    from dtwinseg.reasoning.similarity import verdict_answer
+
+    per = stored_predictions(eval_dir, cache, spec)
+    if not per:
+        return 0.0, None, 0.0
+
+    def giou(margin: float, temperature: float | None) -> float:
+        return _mean_iou([(verdict_answer(scores, margin, sim, temperature)[0], masks, target)
+                          for scores, sim, masks, target in per])
+
+    temps: tuple[float | None, ...] = temperatures if any(sim is not None for _, sim, _, _ in per) else (None,)
+    scored = {(m, t): giou(m, t) for m in margins for t in temps}
+    best = max(scored, key=lambda mt: (round(scored[mt], 9), -abs(mt[0]), -temps.index(mt[1])))
+    return best[0], best[1], scored[best]
+
+
+WINDOWS = (0.0, 0.01, 0.02, 0.04, 0.08)
+
+
+def choose_window(eval_dir: Path, cache: Any, spec: str, windows: tuple[float, ...] = WINDOWS) -> tuple[float, float]:
+    """(similarity window, mean gIoU) of a pick by similarity (``baseline:embedding``, trained encoder or
+    not) with the best mean gIoU on a split (ties: the smaller window), replayed from the similarities its
+    evaluation stored (:func:`dtwinseg.reasoning.similarity.window_answer`), no model run."""
+    from dtwinseg.reasoning.similarity import window_answer
+
+    per = stored_predictions(eval_dir, cache, spec)
+    if not per:
+        return 0.0, 0.0
+    scored = {w: _mean_iou([(window_answer(scores, w), masks, target) for scores, _, masks, target in per])
+              for w in windows}
+    best = max(windows, key=lambda w: (round(scored[w], 9), -w))
+    return best, scored[best]
+
+
+def stored_predictions(eval_dir: Path, cache: Any, spec: str) -> list[tuple[dict, dict | None, dict, np.ndarray]]:
+    """Per scored prediction an evaluation stored (``predictions*.jsonl``): its per-object scores, its
+    similarities (a prior's, or None), the twin's masks and the ground truth (ignore pixels excluded)."""
     import json
 
     from dtwinseg.data_builders.registry import open_dataset
-
-    from dtwinseg.reasoning.similarity import verdict_answer
 
     gts = {s.id: s.gt_mask for s in open_dataset(spec)}
     per: list[tuple[dict[int, float], dict[int, float] | None, dict[int, np.ndarray], np.ndarray]] = []
@@ -894,22 +938,16 @@ def choose_margin(eval_dir: Path, cache: Any, spec: str, margins: tuple[float, .
             sim = {int(k): float(v) for k, v in r["similarity"].items()} if r.get("similarity") else None
             per.append(({int(k): float(v) for k, v in r["scores"].items()}, sim,
                         {o.id: o.mask() & valid for o in twin.objects}, (gt == 1) & valid))
-    if not per:
-        return 0.0, None, 0.0
+    return per
 
-    def giou(margin: float, temperature: float | None) -> float:
-        total = 0.0
-        for scores, sim, masks, target in per:
-            ids, _ = verdict_answer(scores, margin, sim, temperature)
-            pred = np.logical_or.reduce([masks[i] for i in ids])
-            union = np.count_nonzero(pred | target)
-            total += np.count_nonzero(pred & target) / union if union else 1.0
-        return total / len(per)
 
-    temps: tuple[float | None, ...] = temperatures if any(sim is not None for _, sim, _, _ in per) else (None,)
-    scored = {(m, t): giou(m, t) for m in margins for t in temps}
-    best = max(scored, key=lambda mt: (round(scored[mt], 9), -abs(mt[0]), -temps.index(mt[1])))
-    return best[0], best[1], scored[best]
+def _mean_iou(answers: list[tuple[list[int], dict[int, np.ndarray], np.ndarray]]) -> float:
+    total = 0.0
+    for ids, masks, target in answers:
+        pred = np.logical_or.reduce([masks[i] for i in ids])
+        union = np.count_nonzero(pred | target)
+        total += np.count_nonzero(pred & target) / union if union else 1.0
+    return total / len(answers)
 
 
 def yaml_dump(data: dict) -> str:
@@ -946,8 +984,8 @@ def baseline_rows(cfg: DemoConfig, trained: dict[str, dict], out: Path, base: Pa
             continue
         if kind == "embedding" and by_format:  # the untrained similarity over exactly the first trained row's text
             first = next(iter(by_format.values()))
-            rows[kind] = {"checkpoint": "baseline:embedding", "reasoning_config": trained[first]["reasoning_config"],
-                          "trained": None}
+            rows[kind] = {"checkpoint": "baseline:embedding", "trained": None, "reasoning_config":
+                          rel(picker_config(out, kind, trained[first]["reasoning_config"]))}
             continue
         if kind == "constrained" and object_row is not None:
             rdict = {**load_yaml(project_path(object_row["reasoning_config"])), "model": rel(base), "verdict_margin": 0.0}
@@ -963,10 +1001,10 @@ def baseline_rows(cfg: DemoConfig, trained: dict[str, dict], out: Path, base: Pa
     return rows
 
 
-def retriever_row(cfg: DemoConfig, trained: dict[str, dict], folder: Path) -> dict:
-    """The table row of the demo's retriever: the top-1 object by its similarity over the lines it was trained
-    on (``baseline:embedding:FOLDER`` with the reasoning config of the first trained row reading those lines;
-    the picker reads only the config's lines and device)."""
+def retriever_row(trained: dict[str, dict], folder: Path, out: Path) -> dict:
+    """The table row of the demo's retriever: the objects its similarity picks over the lines it was trained
+    on (``baseline:embedding:FOLDER``, with the lines of the first trained row reading them; its similarity
+    window chosen on val)."""
     import json
 
     info = json.loads((folder / "retriever.json").read_text(encoding="utf-8"))
@@ -977,10 +1015,19 @@ def retriever_row(cfg: DemoConfig, trained: dict[str, dict], folder: Path) -> di
     if reader is None:
         raise DataError(None, "retriever.format", "no trained row reads the retriever's lines (give it a row's "
                         "format options)")
-    return {"checkpoint": f"baseline:embedding:{rel(folder)}", "reasoning_config": reader["reasoning_config"],
+    return {"checkpoint": f"baseline:embedding:{rel(folder)}",
+            "reasoning_config": rel(picker_config(out, "retriever", reader["reasoning_config"])),
             "trained": {"target": "retrieval", "weighted": False, "steps": int(info["config"]["max_steps"]),
                         "batch_size": int(info["config"]["scenes_per_step"]), "decoding": "similarity",
                         "format": options}}
+
+
+def picker_config(out: Path, label: str, reader_yaml: str) -> Path:
+    """The reasoning config of a pick by similarity (``baseline:embedding``): a trained row's (its lines,
+    dtype and device) without the verdict rule's fields, with ``similarity_window`` 0 until val chooses it."""
+    rdict = {k: v for k, v in load_yaml(project_path(reader_yaml)).items()
+             if k not in ("similarity_prior", "prior_temperature", "verdict_margin")}
+    return write_row_config(out, label, {**rdict, "similarity_window": 0.0})
 
 
 def json_key(obj: Any) -> str:
@@ -1087,7 +1134,9 @@ def _split_table(rows: dict[str, dict], oracle: dict | None, main: str, dims: li
         lo, hi = r.get("giou_ci95") or (None, None)
         parse = r.get("parse") or {}
         what = r.get("trained")
-        what = "untrained" if not what else f"contrastive retriever, {what['steps']} steps" \
+        window = (what or r).get("similarity_window")
+        window = f", similarity window {window:g}" if window is not None else ""
+        what = f"untrained{window}" if not what else f"contrastive retriever, {what['steps']} steps{window}" \
             if what["target"] == "retrieval" else (f"{what['target']}, {'weighted' if what['weighted'] else 'unweighted'}"
                                              + (", forced verdicts" if what.get("decoding") == "verdicts" else "")
                                              + (", similarity prior" if what.get("similarity_prior") else ""))
@@ -1138,7 +1187,8 @@ def demo_markdown(summary: dict, out: Path) -> str:
     if verdict:
         lines += ["", f"Judgement ({title}): {verdict}"]
     if seen:
-        seen_rows = {k: {**r.get("seen", {}), "trained": r.get("trained"), "parse": {}} for k, r in rows.items()}
+        seen_rows = {k: {**r.get("seen", {}), "trained": r.get("trained"), "parse": {},
+                         "similarity_window": r.get("similarity_window")} for k, r in rows.items()}
         lines += ["", f"**Seen-phrasing test split** (the same {seen.get('n')} scenes, masks and targets, worded and "
                   "phrased as in training)", ""]
         lines += _split_table(seen_rows, seen.get("oracle"), main, dims, False)

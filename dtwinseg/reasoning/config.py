@@ -72,6 +72,10 @@ class ReasoningConfig(EndpointFields, StrictConfig):
         (default): no prior. A scorer fine-tuned on one vocabulary is least sure on words it never saw,
         which is where the encoder's pretraining still knows them (experiments/RESULTS.md 13).
     prior_temperature: the prior's softmax temperature over cosine similarities (> 0; smaller is sharper).
+    similarity_window: ``baseline:embedding[:MODEL]`` (a sentence encoder, trained or not, picking by
+        similarity): answer every object whose cosine similarity to the query is within this of the best
+        one's (default 0: the best object only, ties kept). A twin from SAM holds wholes and their parts,
+        near-duplicates and group members whose lines score alike; the demo chooses it on val.
     do_sample / temperature / top_p: sampling; the default is greedy decoding (deterministic).
     batch_size: conversations per generate() call (transformers / vllm); left-padded.
     dtype: "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16" or "float16".
@@ -97,6 +101,7 @@ class ReasoningConfig(EndpointFields, StrictConfig):
     verdict_margin: float = 0.0
     similarity_prior: str | None = None
     prior_temperature: float = 0.05
+    similarity_window: float = 0.0
     do_sample: bool = False
     temperature: float = 0.0
     top_p: float = 1.0
@@ -159,6 +164,8 @@ class ReasoningConfig(EndpointFields, StrictConfig):
                 raise DataError(path, "similarity_prior", "empty: name a sentence encoder or leave it null")
         if not 0 < self.prior_temperature <= 10:  # also refuses NaN
             raise DataError(path, "prior_temperature", f"must be in (0, 10], got {self.prior_temperature}")
+        if not 0 <= self.similarity_window <= 2:  # also refuses NaN
+            raise DataError(path, "similarity_window", f"must be in [0, 2] (cosine), got {self.similarity_window}")
         if self.chat_template not in ("auto", "template", "plain"):
             raise DataError(path, "chat_template", f"{self.chat_template!r} is not auto, template or plain")
         if self.max_new_tokens != "auto" and (isinstance(self.max_new_tokens, (bool, str))

@@ -46,7 +46,7 @@ from dtwinseg.reasoning.reasoner import (
     check_trained_format,
     make_format,
 )
-from dtwinseg.reasoning.similarity import SentenceEmbedder, verdict_answer
+from dtwinseg.reasoning.similarity import SentenceEmbedder, encoder_dtype, verdict_answer
 from dtwinseg.twin import DigitalTwin
 
 Item = tuple[DigitalTwin, str]
@@ -360,7 +360,8 @@ class VerdictReasoner:
         (the demo's, on val) sees the rule as it would decide at every margin."""
         if self.cfg.similarity_prior is None:
             return [None] * len(items)
-        encoder = SentenceEmbedder.shared(self.cfg.similarity_prior, str(self.backend.device))  # the scorer's device
+        device = str(self.backend.device)  # the scorer's device and dtype
+        encoder = SentenceEmbedder.shared(self.cfg.similarity_prior, device, dtype=encoder_dtype(self.cfg.dtype, device))
         asks = [(query, {i: paths[r].texts.get(i) or "object" for i in margins[r]})
                 for r, (_twin, query) in enumerate(items)]
         return encoder.similarities(asks)
