@@ -144,6 +144,8 @@ def test_demo_recipe_loads_with_presets_and_refuses_unknown_keys(tmp_path: Path)
     cfg = DemoConfig.load()
     assert cfg.n_test >= 280 and cfg.main == "auto" and cfg.rows["scorer"]["target"] == "object"
     assert cfg.synth["profile"] == "realistic" and 0 < cfg.n_test_seen <= cfg.n_test and cfg.labels == "inside_parts"
+    assert cfg.rows["scorer"]["similarity_prior"] == "retriever" and cfg.retriever["max_steps"] > 0
+    assert DemoConfig.load(preset="quick").retriever is None
     assert cfg.rows["scorer"]["verdict_margin"] == "auto" and cfg.bf16 and DemoConfig.load(preset="ablations").synth["profile"] == "basic"
     assert set(cfg.baselines) == {"random", "largest", "lexical", "embedding", "constrained"}
     assert len(DemoConfig.load(preset="long").train_seeds) == 2
@@ -178,7 +180,13 @@ def test_demo_recipe_loads_with_presets_and_refuses_unknown_keys(tmp_path: Path)
             DemoConfig.load(bad)
         assert err.value.field == field, row
     for text, field in (("labels: all\n", "labels"), ("eval_dtype: fp8\n", "eval_dtype"),
-                        ("n_test_seen: 3\nsynth: {profile: basic}\n", "n_test_seen")):
+                        ("n_test_seen: 3\nsynth: {profile: basic}\n", "n_test_seen"),
+                        ("retriever: {max_step: 3}\n", "retriever.max_step"),
+                        ("retriever: {negatives: 0}\n", "retriever.negatives"),
+                        ("retriever: {records: x.jsonl}\n", "retriever.records"),
+                        ("retriever: {format: {facts: true}}\n", "retriever.format"),
+                        ("rows: {a: {target: object, weighted: true, decoding: verdicts, similarity_prior: retriever}}\n"
+                         "main: auto\n", "rows.a.similarity_prior")):
         bad.write_text(text)
         with pytest.raises(DataError) as err:
             DemoConfig.load(bad)
@@ -468,6 +476,18 @@ def test_realistic_demo_reports_both_test_splits_against_the_bound(tmp_path: Pat
     assert records and all("inside" in r.extra for r in records)
     other = check_seed(summary, 9, tmp_path / "seed9", n_test=3, progress=False, log=lambda s: None)
     assert other["n"] == 3 and "of_oracle" in other["judgement"] and other["oracle"]["giou"] < 1.0
+
+    # the README's retriever commands on this run, as written (paths into tmp_path; two training steps)
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("**A retriever: `dtwinseg train-retriever`.**", 1)[1].split("\n\n")[1]
+    commands = [c.strip() for c in block.replace("\\\n", " ").splitlines() if c.strip().startswith("dtwinseg")]
+    assert [c.split()[1] for c in commands] == ["train-retriever", "eval"]
+    for cmd in commands:
+        cmd = cmd.replace("runs/demo/", f"{tmp_path / 'run'}/").replace("runs/retriever", str(tmp_path / "ret"))
+        cmd = cmd.replace(" recipes/", f" {ROOT}/recipes/")
+        _cli(shlex.split(cmd)[1:] + (["max_steps=2"] if "train-retriever" in cmd else []) + ["--no-progress"])
+    metrics = json.loads((tmp_path / "ret-eval" / "metrics.json").read_text())
+    assert metrics["checkpoints"]["retriever"]["parse"]["failed"] == 0
 
 
 def test_verdict_margin_sets_how_sure_a_yes_must_be(tmp_path: Path) -> None:

@@ -142,8 +142,9 @@ class DemoConfig:
     retriever: train a retriever (dtwinseg.training.retriever, ``dtwinseg train-retriever``) on the Seg-DT
         records: the fields of RetrieverConfig other than records / output_dir / labels / device (labels
         follow ``labels``); its lines are those of the first row whose similarity_prior is ``retriever`` (else
-        the first row) unless it sets ``format``. It is a row of the table (``retriever``: the top-1 object
-        by its similarity, as baseline:embedding reads an encoder) and the prior of the rows that name it.
+        the first row) unless it sets ``format`` (one of the rows' options). It is a row of the table
+        (``retriever``: the objects within a similarity window of the best, as baseline:embedding reads an
+        encoder, the window chosen on val, :func:`choose_window`) and the prior of the rows that name it.
         main: the headline row, or "auto": the trained row with the best val gIoU (the test split never
         chooses).
     format: compact format options shared by the trained rows (target set per row).
@@ -215,7 +216,10 @@ class DemoConfig:
             fixed = sorted(set(self.retriever) & {"records", "output_dir", "labels", "device"})
             if fixed:
                 raise DataError(None, f"retriever.{fixed[0]}", "set by the demo (its records, folder, labels, device)")
-            self.retriever_config(Path("runs/demo"))  # typed and checked now, before anything runs
+            lines = self.retriever_config(Path("runs/demo")).format  # typed and checked now, before anything runs
+            if not any(_same_lines(lines, format_options(self, r)) for r in self.rows.values()):
+                raise DataError(None, "retriever.format", "no trained row reads these lines: give one row's format "
+                                "options (or leave it out: the lines of the row that uses the retriever)")
         wants = [k for k, r in self.rows.items() if r.get("similarity_prior") == "retriever"]
         if wants and self.retriever is None:
             raise DataError(None, f"rows.{wants[0]}.similarity_prior", "'retriever' needs a retriever section "
@@ -1010,8 +1014,7 @@ def retriever_row(trained: dict[str, dict], folder: Path, out: Path) -> dict:
     info = json.loads((folder / "retriever.json").read_text(encoding="utf-8"))
     options = info["config"]["format"]
     reader = next((r for r in trained.values() if r["trained"].get("target") != "retrieval"
-                   and {k: v for k, v in r["trained"]["format"].items() if k != "target"}
-                   == {k: v for k, v in options.items() if k != "target"}), None)
+                   and _same_lines(r["trained"]["format"], options)), None)
     if reader is None:
         raise DataError(None, "retriever.format", "no trained row reads the retriever's lines (give it a row's "
                         "format options)")
@@ -1020,6 +1023,15 @@ def retriever_row(trained: dict[str, dict], folder: Path, out: Path) -> dict:
             "trained": {"target": "retrieval", "weighted": False, "steps": int(info["config"]["max_steps"]),
                         "batch_size": int(info["config"]["scenes_per_step"]), "decoding": "similarity",
                         "format": options}}
+
+
+def _same_lines(a: dict, b: dict) -> bool:
+    """Whether two compact format options write the same object lines (the target aside)."""
+    from dtwinseg.formats.compact import CompactOptions
+
+    def norm(o: dict) -> dict:
+        return {k: v for k, v in CompactOptions.from_dict(o).to_dict().items() if k != "target"}
+    return norm(a) == norm(b)
 
 
 def picker_config(out: Path, label: str, reader_yaml: str) -> Path:
