@@ -193,6 +193,7 @@ def test_a_similarity_window_answers_every_object_near_the_best():
 
 def test_the_embedding_picker_applies_the_window_of_its_config(tmp_path):
     from dtwinseg.eval.baselines import parse_baseline
+
     from dtwinseg.reasoning import ReasoningConfig
 
     twin = DigitalTwin.from_masks("w", np.stack([np.eye(8, dtype=bool)] * 3),
