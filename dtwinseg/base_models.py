@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dtwinseg.io import DataError, atomic_write_json
+from dtwinseg.io import DataError, atomic_write_json, replace_folder
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
@@ -147,11 +147,7 @@ def prepare_base_model(out: str | os.PathLike, cfg: BaseModelConfig | None = Non
         atomic_write_json(tmp / "base_model.json", {"config": cfg.to_dict(), **info})
         if _prepared(out, cfg):  # another process prepared it meanwhile
             return out
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / "x")
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -187,6 +187,21 @@ def pid_alive(pid: int) -> bool:
 
 
 # --- writers -----------------------------------------------------------------------------------------
+def replace_folder(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Put the finished folder ``tmp`` (a sibling of ``out``) at ``out``: an existing ``out`` is first moved
+    aside under a temporary name and deleted, so a reader sees the old folder or the new one, never a mix.
+    The caller decides that ``out`` may be replaced (its own earlier output)."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / "x")
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
 

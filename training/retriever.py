@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dtwinseg.config import ConfigError, StrictConfig, load_config_yaml, parse_scalar, set_dotted
-from dtwinseg.io import DataError, atomic_write_json
+from dtwinseg.io import DataError, atomic_write_json, replace_folder
 from dtwinseg.reasoning.similarity import DEFAULT_EMBEDDING_MODEL, mean_pooled
 
 INFO_FILE = "retriever.json"
@@ -297,11 +297,7 @@ def train_retriever(cfg: RetrieverConfig, *, progress: bool = True,
             tok.save_pretrained(tmp)
             atomic_write_json(tmp / INFO_FILE, info)
             _check_output_dir(out)  # still ours (or absent) before it is replaced
-            if out.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-                os.replace(out, old / "x")
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(tmp, out)
+            replace_folder(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     log(f"[retriever] saved {out} ({info['seconds']:.0f} s; loss {info['loss_first']:.3f} -> {info['loss_last']:.3f})")
