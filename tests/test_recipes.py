@@ -89,10 +89,12 @@ def test_dry_run_of_the_demo_recipe_checks_every_trained_row():
     demo = ROOT / "recipes" / "demo.yaml"
     res = invoke("train", str(demo), "--dry-run", "training.learning_rate=1e-4")
     assert res.exit_code == 0, res.output
-    rows = row_training_recipes(DemoConfig.load(demo), Path("runs/demo"))
+    cfg = DemoConfig.load(demo)
+    rows = row_training_recipes(cfg, Path("runs/demo"))
     assert set(rows) == {"scorer"}
     scorer = load(rows["scorer"][0]).training  # the row's own steps and batch win over the shared ones
-    assert scorer["max_steps"] == 400 and scorer["per_device_train_batch_size"] == 32
+    assert scorer["max_steps"] == cfg.rows["scorer"]["max_steps"] != cfg.max_steps
+    assert scorer["per_device_train_batch_size"] == cfg.rows["scorer"]["batch_size"] != cfg.batch_size
     ablations = row_training_recipes(DemoConfig.load(demo, "ablations"), Path("runs/demo"))
     assert set(ablations) == {"scorer", "scorer-unweighted", "scorer-causal", "scorer-no-facts", "sftdt",
                               "sftdt-unweighted", "answer-only"}
