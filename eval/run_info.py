@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ OPERATIONAL = frozenset({"batch_size", "concurrency", "max_retries", "backoff_s"
 # and resume.
 ADDED_LATER = {"verdict_margin": 0.0, "format.spatial.fill_tokens": None, "similarity_prior": None,
                "prior_temperature": 0.05, "similarity_window": 0.0}
+_EMBEDDING_SPEC = re.compile(r"(?:^|=)baseline:embedding(?::|$)")
 IDENTITY_FIELDS = ("backend", "model", "adapter", "format", "reasoning_hash", "twin_cache")
 
 
@@ -43,6 +45,11 @@ def hashed_settings(ck: Checkpoint) -> dict:
     cfg = ck.cfg.to_dict()
     options = dict(cfg.pop("format") or {})
     cfg.update(strategy=options.pop("name", ck.cfg.format_name), format=options)
+    if _EMBEDDING_SPEC.search(ck.spec):
+        # baseline:embedding reads the reasoning config's object lines (scene facts included) since it became
+        # the peer of the rows reading them; it read the descriptions before: results saved then must not
+        # resume under the same identity
+        cfg["texts"] = "object_texts"
     return _without_earlier_behaviour({k: v for k, v in cfg.items() if k not in OPERATIONAL})
 
 

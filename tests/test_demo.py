@@ -528,3 +528,9 @@ def test_verdict_margin_sets_how_sure_a_yes_must_be(tmp_path: Path) -> None:
         return hashed_settings(Checkpoint("a", "m", ReasoningConfig(model="m", **kw)))
 
     assert "verdict_margin" not in settings() and settings(verdict_margin=1.5)["verdict_margin"] == 1.5
+    # the embedding picker reads the config's object lines since it became their peer: its results saved
+    # when it read the descriptions never resume under the same identity
+    for spec in ("baseline:embedding", "emb=baseline:embedding:runs/retriever"):
+        assert hashed_settings(Checkpoint("e", spec, ReasoningConfig(model="m")))["texts"] == "object_texts"
+    assert "texts" not in settings() and "texts" not in hashed_settings(
+        Checkpoint("l", "baseline:lexical", ReasoningConfig(model="m")))
