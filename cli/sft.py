@@ -245,6 +245,9 @@ def train(
         own = word.partition("=")[0].replace("_", "-")
         if word.startswith("--") and own in TRAIN_OPTIONS:
             raise typer.BadParameter(f"{word.partition('=')[0]}: did you mean {own}?")
+    if _is_retriever_recipe(config):
+        _check_retriever_recipe(config, words, dry_run)
+        return
     overrides = flag_overrides(words) + ([] if progress else ["training.disable_tqdm=true"])
     overrides += ["training.resume_from_checkpoint=false"] if restart else []
     try:
@@ -280,6 +283,42 @@ def _demo_kind(path: Path) -> str | None:
     from dtwinseg.workflows.paper import is_paper_recipe  # the workflows only for a demo recipe
 
     return "paper" if is_paper_recipe(data) else "demo"
+
+
+def _is_retriever_recipe(path: Path) -> bool:
+    """Whether ``path`` is a retriever recipe (recipes/retriever.yaml): fields of RetrieverConfig only."""
+    from dataclasses import fields
+
+    from dtwinseg.config import load_config_yaml
+    from dtwinseg.training.retriever import RetrieverConfig
+
+    if not path.is_file():
+        return False
+    data = load_config_yaml(path)
+    return bool(data) and "training" not in data and set(data) <= {f.name for f in fields(RetrieverConfig)}
+
+
+def _check_retriever_recipe(recipe: Path, words: list[str], dry_run: bool) -> None:
+    """``train recipes/retriever.yaml --dry-run [field=value ...]``: the retriever config resolved and checked
+    as ``dtwinseg train-retriever`` checks it (no weights load); without --dry-run one line says what to run."""
+    from dtwinseg.config import ConfigError
+    from dtwinseg.io import dump_yaml
+    from dtwinseg.training.retriever import RetrieverConfig
+
+    command = f"dtwinseg train-retriever {recipe}" + "".join(f" {w}" for w in words)
+    if not dry_run:
+        raise ConfigError(recipe, None, f"a retriever recipe, not a training recipe: `{command}` trains it; add "
+                          "--dry-run to check it")
+    flags = [w for w in words if w.startswith("--")]
+    if flags:
+        raise ConfigError("override", flags[0].lstrip("-"), "a retriever recipe takes field=value overrides "
+                          "(e.g. max_steps=300)")
+    cfg = RetrieverConfig.load(recipe, words)
+    typer.echo(f"# retriever recipe {recipe}: the config `{command}` trains (dtwinseg.training.retriever)")
+    typer.echo(dump_yaml(cfg.to_dict()).rstrip())
+    if not Path(cfg.records).is_file():
+        typer.echo(f"# records: {cfg.records} does not exist yet (`make demo` or `dtwinseg build-segdt` writes it)")
+    typer.echo("# RetrieverConfig: ok")
 
 
 def _check_demo_recipe(recipe: Path, kind: str, overrides: list[str], dry_run: bool, accelerate_config: Path | None,

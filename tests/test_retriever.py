@@ -202,3 +202,20 @@ def test_the_embedding_picker_applies_the_window_of_its_config(tmp_path):
                     for w in (0.0, 0.5))
     (a,), (b,) = narrow.reason([(twin, "the red mug")]), wide.reason([(twin, "the red mug")])
     assert a.ids == [0] and b.ids[:2] == [0, 1] and a.scores == b.scores
+
+
+def test_train_dry_run_checks_a_retriever_recipe():
+    """`dtwinseg train recipes/retriever.yaml --dry-run` (a user's first command): the config resolved and
+    checked, no weights loaded; without --dry-run one line names the command that trains it."""
+    from typer.testing import CliRunner
+
+    from dtwinseg.cli.main import app
+
+    recipe = str(ROOT / "recipes" / "retriever.yaml")
+    res = CliRunner().invoke(app, ["train", recipe, "--dry-run", "max_steps=7"])
+    assert res.exit_code == 0, res.output
+    assert "# RetrieverConfig: ok" in res.output and "max_steps: 7" in res.output
+    res = CliRunner().invoke(app, ["train", recipe, "--dry-run", "negatives=0"])
+    assert res.exit_code == 2 and "negatives" in res.output
+    res = CliRunner().invoke(app, ["train", recipe])
+    assert res.exit_code == 2 and "dtwinseg train-retriever" in res.output
