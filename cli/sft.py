@@ -289,8 +289,9 @@ def _is_retriever_recipe(path: Path) -> bool:
     """Whether ``path`` is a retriever recipe (recipes/retriever.yaml): fields of RetrieverConfig only."""
     from dataclasses import fields
 
-    from dtwinseg.config import load_config_yaml
     from dtwinseg.training.retriever import RetrieverConfig
+
+    from dtwinseg.config import load_config_yaml
 
     if not path.is_file():
         return False
@@ -301,9 +302,10 @@ def _is_retriever_recipe(path: Path) -> bool:
 def _check_retriever_recipe(recipe: Path, words: list[str], dry_run: bool) -> None:
     """``train recipes/retriever.yaml --dry-run [field=value ...]``: the retriever config resolved and checked
     as ``dtwinseg train-retriever`` checks it (no weights load); without --dry-run one line says what to run."""
+    from dtwinseg.training.retriever import RetrieverConfig
+
     from dtwinseg.config import ConfigError
     from dtwinseg.io import dump_yaml
-    from dtwinseg.training.retriever import RetrieverConfig
 
     command = f"dtwinseg train-retriever {recipe}" + "".join(f" {w}" for w in words)
     if not dry_run:

@@ -207,9 +207,8 @@ def test_the_embedding_picker_applies_the_window_of_its_config(tmp_path):
 def test_train_dry_run_checks_a_retriever_recipe():
     """`dtwinseg train recipes/retriever.yaml --dry-run` (a user's first command): the config resolved and
     checked, no weights loaded; without --dry-run one line names the command that trains it."""
-    from typer.testing import CliRunner
-
     from dtwinseg.cli.main import app
+    from typer.testing import CliRunner
 
     recipe = str(ROOT / "recipes" / "retriever.yaml")
     res = CliRunner().invoke(app, ["train", recipe, "--dry-run", "max_steps=7"])
