@@ -245,15 +245,15 @@ def train(
         own = word.partition("=")[0].replace("_", "-")
         if word.startswith("--") and own in TRAIN_OPTIONS:
             raise typer.BadParameter(f"{word.partition('=')[0]}: did you mean {own}?")
-    if _is_retriever_recipe(config):
+    kind = _recipe_kind(config)
+    if kind == "retriever":
         _check_retriever_recipe(config, words, dry_run)
         return
     overrides = flag_overrides(words) + ([] if progress else ["training.disable_tqdm=true"])
     overrides += ["training.resume_from_checkpoint=false"] if restart else []
     try:
-        demo = _demo_kind(config)
-        if demo:
-            _check_demo_recipe(config, demo, overrides, dry_run, accelerate_config, num_processes)
+        if kind:
+            _check_demo_recipe(config, kind, overrides, dry_run, accelerate_config, num_processes)
             return
         out = launch(config, overrides, accelerate_config=accelerate_config, num_processes=num_processes,
                      accelerate_args=list(accelerate_arg), dry_run_only=dry_run, echo=typer.echo)
@@ -270,33 +270,28 @@ DEMO_OUT = Path("runs/demo")  # `dtwinseg demo`'s default --out
 PAPER_OUT = Path("runs/demo-paper")  # `dtwinseg demo --preset paper`'s
 
 
-def _demo_kind(path: Path) -> str | None:
-    """"demo" (recipes/demo.yaml) or "paper" (recipes/demo_paper.yaml) for a demo recipe, a demo's fields
-    with trained ``rows``; None for a training recipe (a ``training`` section)."""
+def _recipe_kind(path: Path) -> str | None:
+    """What a recipe file given to ``train`` is: None for a training recipe (a ``training`` section), "demo"
+    (recipes/demo.yaml) or "paper" (recipes/demo_paper.yaml) for a demo recipe (a demo's fields with trained
+    ``rows``), "retriever" (recipes/retriever.yaml: fields of RetrieverConfig only)."""
+    from dataclasses import fields
+
+    from dtwinseg.training.retriever import RetrieverConfig
+
     from dtwinseg.config import load_config_yaml  # the reader (and ConfigError) of training recipes
 
     if not path.is_file():
         return None  # launch() reports the missing file in one line
     data = load_config_yaml(path)
-    if "training" in data or "rows" not in data:
+    if "training" in data:
+        return None
+    if data and set(data) <= {f.name for f in fields(RetrieverConfig)}:
+        return "retriever"
+    if "rows" not in data:
         return None
     from dtwinseg.workflows.paper import is_paper_recipe  # the workflows only for a demo recipe
 
     return "paper" if is_paper_recipe(data) else "demo"
-
-
-def _is_retriever_recipe(path: Path) -> bool:
-    """Whether ``path`` is a retriever recipe (recipes/retriever.yaml): fields of RetrieverConfig only."""
-    from dataclasses import fields
-
-    from dtwinseg.training.retriever import RetrieverConfig
-
-    from dtwinseg.config import load_config_yaml
-
-    if not path.is_file():
-        return False
-    data = load_config_yaml(path)
-    return bool(data) and "training" not in data and set(data) <= {f.name for f in fields(RetrieverConfig)}
 
 
 def _check_retriever_recipe(recipe: Path, words: list[str], dry_run: bool) -> None:
@@ -311,10 +306,6 @@ def _check_retriever_recipe(recipe: Path, words: list[str], dry_run: bool) -> No
     if not dry_run:
         raise ConfigError(recipe, None, f"a retriever recipe, not a training recipe: `{command}` trains it; add "
                           "--dry-run to check it")
-    flags = [w for w in words if w.startswith("--")]
-    if flags:
-        raise ConfigError("override", flags[0].lstrip("-"), "a retriever recipe takes field=value overrides "
-                          "(e.g. max_steps=300)")
     cfg = RetrieverConfig.load(recipe, words)
     typer.echo(f"# retriever recipe {recipe}: the config `{command}` trains (dtwinseg.training.retriever)")
     typer.echo(dump_yaml(cfg.to_dict()).rstrip())

@@ -9,6 +9,7 @@ that place models on a device.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -142,6 +143,23 @@ def progress(items: Iterable[T], label: str, enabled: bool = True, total: int | 
         for item in items:
             yield item
             bar.advance()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (restored afterwards; n <= 0: unchanged).
+
+    With 2 threads on a 2-core machine that another job also uses, every op waits for the descheduled
+    thread (measured: best_subset 0.42 s per sample with 2 threads vs 0.02 s with 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- devices -----------------------------------------------------------------------------------

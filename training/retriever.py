@@ -29,7 +29,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -189,21 +188,6 @@ def scene_loss(query_vecs: Any, line_vecs: Any, batch: list[Example], temperatur
 
 
 # --- training ------------------------------------------------------------------------------------
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    import torch
-
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _check_output_dir(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / INFO_FILE).is_file())):
         raise DataError(str(out), "output_dir", f"holds files that no retriever run wrote (no {INFO_FILE}); "
@@ -221,7 +205,7 @@ def train_retriever(cfg: RetrieverConfig, *, progress: bool = True,
     from transformers import AutoModel, AutoTokenizer
 
     from dtwinseg.base_models import resolve_model_path
-    from dtwinseg.runtime import ProgressBar, resolve_device
+    from dtwinseg.runtime import ProgressBar, resolve_device, torch_threads
 
     out = Path(cfg.output_dir)
     _check_output_dir(out)
@@ -238,7 +222,7 @@ def train_retriever(cfg: RetrieverConfig, *, progress: bool = True,
         f"without an answer object, {counts['no_negative']} whose answer is every object, {len(errors)} unreadable)")
     device = resolve_device(cfg.device)
     t0 = time.time()
-    with _threads(cfg.threads):
+    with torch_threads(cfg.threads or 0):
         torch.manual_seed(cfg.seed)
         path = resolve_model_path(cfg.model)
         tok = AutoTokenizer.from_pretrained(path)

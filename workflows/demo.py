@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from dtwinseg.formats.compact import CompactOptions
 from dtwinseg.io import DataError, atomic_write_json, atomic_write_text, load_yaml
 from dtwinseg.reasoning.config import DECODINGS
 from dtwinseg.reasoning.similarity import DEFAULT_EMBEDDING_MODEL
+from dtwinseg.runtime import torch_threads
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = PROJECT_ROOT / "recipes" / "demo.yaml"
@@ -281,23 +281,6 @@ def project_path(path: str | os.PathLike) -> Path:
     """A path from summary.json / the recipe: absolute as is, else relative to the project root."""
     p = Path(path)
     return p if p.is_absolute() else PROJECT_ROOT / p
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (restored afterwards; n <= 0: unchanged).
-
-    With 2 threads on a 2-core machine that another job also uses, every op waits for the descheduled
-    thread (measured: best_subset 0.42 s per sample with 2 threads vs 0.02 s with 1)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def cpu_seconds() -> float:
@@ -811,7 +794,7 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: bool, log: Callable[[str],
                                    **({"prefix_lm": True} if spec.get("prefix_lm") else {}),
                                    **({"similarity_prior": prior} if prior is not None else {})}}
     if retriever is not None:
-        rows["retriever"] = retriever_row(rows, retriever, out)
+        rows["retriever"] = retriever_row(rows, rcfg, out)
     rows.update(baseline_rows(cfg, rows, out, base))
 
     t = time.time()
@@ -1005,24 +988,15 @@ def baseline_rows(cfg: DemoConfig, trained: dict[str, dict], out: Path, base: Pa
     return rows
 
 
-def retriever_row(trained: dict[str, dict], folder: Path, out: Path) -> dict:
-    """The table row of the demo's retriever: the objects its similarity picks over the lines it was trained
-    on (``baseline:embedding:FOLDER``, with the lines of the first trained row reading them; its similarity
-    window chosen on val)."""
-    import json
-
-    info = json.loads((folder / "retriever.json").read_text(encoding="utf-8"))
-    options = info["config"]["format"]
-    reader = next((r for r in trained.values() if r["trained"].get("target") != "retrieval"
-                   and _same_lines(r["trained"]["format"], options)), None)
-    if reader is None:
-        raise DataError(None, "retriever.format", "no trained row reads the retriever's lines (give it a row's "
-                        "format options)")
-    return {"checkpoint": f"baseline:embedding:{rel(folder)}",
+def retriever_row(trained: dict[str, dict], rcfg: Any, out: Path) -> dict:
+    """The table row of the demo's retriever (``rcfg``, its RetrieverConfig): the objects its similarity
+    picks over the lines it was trained on (``baseline:embedding:FOLDER``, with the lines of the first
+    trained row reading them, which DemoConfig checked at load; its similarity window chosen on val)."""
+    reader = next(r for r in trained.values() if _same_lines(r["trained"]["format"], rcfg.format))
+    return {"checkpoint": f"baseline:embedding:{rel(rcfg.output_dir)}",
             "reasoning_config": rel(picker_config(out, "retriever", reader["reasoning_config"])),
-            "trained": {"target": "retrieval", "weighted": False, "steps": int(info["config"]["max_steps"]),
-                        "batch_size": int(info["config"]["scenes_per_step"]), "decoding": "similarity",
-                        "format": options}}
+            "trained": {"target": "retrieval", "weighted": False, "steps": rcfg.max_steps,
+                        "batch_size": rcfg.scenes_per_step, "decoding": "similarity", "format": rcfg.format}}
 
 
 def _same_lines(a: dict, b: dict) -> bool:
